@@ -1,0 +1,544 @@
+//! Weight formats, their packing, quantization and dequantization.
+//!
+//! This module is the one definition of how weights are laid out; the WGSL in
+//! `shaders/qweight.wgsl` mirrors it, and the round-trip tests pin both.
+//!
+//! Every weight is viewed as a matrix of `rows × cols`, where `cols` is the last
+//! dimension (the reduction dimension of a matmul, the hidden size of an
+//! embedding table) and `rows` the product of the others. Each row is packed
+//! into `words_per_row` little-endian `u32` words, padded with zero values, so a
+//! row starts on a word boundary whatever `cols` is:
+//!
+//! | format | values per word | value bits | scales (`scales` words) | value |
+//! |---|---|---|---|---|
+//! | `f32` | 1 | f32 bits | none | `w` |
+//! | `f16` | 2 | IEEE half, low half first | none | `w` |
+//! | `q8` | 4 | i8, byte `j` holds column `4i+j` | one f32 per row | `q · s` |
+//! | `q4` | 8 | u4 nibble `j` (bits `4j..4j+4`) holds `q + 8` | one f16 per group, two per word, low half first, groups numbered row-major | `(u − 8) · s` |
+//! | `q4_1` | 8 | u4 as `q4` | one word per group: `pack2x16float(s, m)` | `u · s + m` |
+//!
+//! Groups run along `cols`: group `g` of a row covers columns `g·G .. (g+1)·G`,
+//! and a row has `ceil(cols / G)` groups. `G` is 32, 64 or 128.
+//!
+//! Rounding is round-half-to-even after a true division `w / s`, as
+//! `torch.round(w / s)` does, so packed values match PyTorch fake quantization.
+
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, weight_err};
+
+/// How a weight's values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Format {
+    /// 32-bit float.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// Symmetric INT8 per row (output channel), f32 scale `max|w| / 127`.
+    Q8,
+    /// Symmetric INT4 in groups along the row, f16 scale `max|w| / 7`, values in `[-8, 7]`.
+    Q4 {
+        /// Group size along the reduction dimension: 32, 64 or 128.
+        group: u32,
+    },
+    /// Asymmetric INT4 in groups (scale and minimum, as GGUF `Q4_1`), values in `[0, 15]`.
+    Q4_1 {
+        /// Group size along the reduction dimension: 32, 64 or 128.
+        group: u32,
+    },
+}
+
+/// Group sizes accepted for the grouped formats.
+pub const GROUP_SIZES: [u32; 3] = [32, 64, 128];
+
+/// Numeric codes shared with WGSL (`WTYPE` override constant).
+impl Format {
+    /// The `WTYPE` code used by the kernels.
+    pub fn code(self) -> u32 {
+        match self {
+            Format::F32 => 0,
+            Format::F16 => 1,
+            Format::Q8 => 2,
+            Format::Q4 { .. } => 3,
+            Format::Q4_1 { .. } => 4,
+        }
+    }
+
+    /// Short name, as used on the command line (`f32`, `f16`, `q8`, `q4`, `q4_1`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::F32 => "f32",
+            Format::F16 => "f16",
+            Format::Q8 => "q8",
+            Format::Q4 { .. } => "q4",
+            Format::Q4_1 { .. } => "q4_1",
+        }
+    }
+
+    /// Parse `f32`, `f16`, `q8`, `q4`, `q4_1`, with the group size used for the grouped ones.
+    pub fn parse(s: &str, group: u32) -> Option<Format> {
+        Some(match s {
+            "f32" => Format::F32,
+            "f16" => Format::F16,
+            "q8" => Format::Q8,
+            "q4" => Format::Q4 { group },
+            "q4_1" => Format::Q4_1 { group },
+            _ => return None,
+        })
+    }
+
+    /// Values packed into one `u32` word.
+    pub fn values_per_word(self) -> usize {
+        match self {
+            Format::F32 => 1,
+            Format::F16 => 2,
+            Format::Q8 => 4,
+            Format::Q4 { .. } | Format::Q4_1 { .. } => 8,
+        }
+    }
+
+    /// Group size for the grouped formats, 0 otherwise.
+    pub fn group(self) -> u32 {
+        match self {
+            Format::Q4 { group } | Format::Q4_1 { group } => group,
+            _ => 0,
+        }
+    }
+
+    /// Packed words per row of `cols` values.
+    pub fn words_per_row(self, cols: usize) -> usize {
+        cols.div_ceil(self.values_per_word())
+    }
+
+    /// Groups per row (0 for ungrouped formats).
+    pub fn groups_per_row(self, cols: usize) -> usize {
+        match self.group() {
+            0 => 0,
+            g => cols.div_ceil(g as usize),
+        }
+    }
+
+    /// Number of value words and scale words for a `rows × cols` weight, or `None` on overflow.
+    pub fn packed_words(self, rows: usize, cols: usize) -> Option<(usize, usize)> {
+        let words = rows.checked_mul(self.words_per_row(cols))?;
+        let scales = match self {
+            Format::F32 | Format::F16 => 0,
+            Format::Q8 => rows,
+            Format::Q4 { .. } => rows.checked_mul(self.groups_per_row(cols))?.div_ceil(2),
+            Format::Q4_1 { .. } => rows.checked_mul(self.groups_per_row(cols))?,
+        };
+        Some((words, scales))
+    }
+
+    /// Checks the format's own parameters.
+    pub fn validate(self) -> std::result::Result<(), String> {
+        match self {
+            Format::Q4 { group } | Format::Q4_1 { group } if !GROUP_SIZES.contains(&group) => Err(
+                format!("group size {group} is not supported (use one of {GROUP_SIZES:?})"),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.group() {
+            0 => f.write_str(self.name()),
+            g => write!(f, "{}/g{g}", self.name()),
+        }
+    }
+}
+
+/// A named weight tensor in one of the [`Format`]s, packed as the module docs describe.
+#[derive(Clone, PartialEq)]
+pub struct Weight {
+    /// Tensor name (as in the source checkpoint).
+    pub name: String,
+    /// Logical shape; the last dimension is `cols`.
+    pub shape: Vec<usize>,
+    /// Storage format.
+    pub format: Format,
+    /// Packed values, `rows × words_per_row` words.
+    pub words: Vec<u32>,
+    /// Packed scales (and minimums for `q4_1`).
+    pub scales: Vec<u32>,
+}
+
+impl std::fmt::Debug for Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weight")
+            .field("name", &self.name)
+            .field("shape", &self.shape)
+            .field("format", &self.format)
+            .field("words", &self.words.len())
+            .field("scales", &self.scales.len())
+            .finish()
+    }
+}
+
+/// `(rows, cols)` of a shape: cols is the last dimension, rows the product of the rest.
+pub fn rows_cols(shape: &[usize]) -> Option<(usize, usize)> {
+    let cols = *shape.last()?;
+    let rows = shape[..shape.len() - 1]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    Some((rows, cols))
+}
+
+fn round_div(w: f32, s: f32) -> f32 {
+    (w / s).round_ties_even()
+}
+
+fn check_len(name: &str, shape: &[usize], n: usize) -> Result<(usize, usize)> {
+    let (rows, cols) =
+        rows_cols(shape).ok_or_else(|| weight_err(name, format!("bad shape {shape:?}")))?;
+    if rows.checked_mul(cols) != Some(n) {
+        return Err(weight_err(
+            name,
+            format!("shape {shape:?} does not hold {n} values"),
+        ));
+    }
+    Ok((rows, cols))
+}
+
+impl Weight {
+    /// Quantizes (or stores) f32 values of the given shape in `format`, with the plain
+    /// round-to-nearest scales described in the module docs.
+    pub fn quantize(name: &str, shape: &[usize], values: &[f32], format: Format) -> Result<Weight> {
+        format.validate().map_err(|m| weight_err(name, m))?;
+        let (rows, cols) = check_len(name, shape, values.len())?;
+        let wpr = format.words_per_row(cols);
+        let (nw, ns) = format
+            .packed_words(rows, cols)
+            .ok_or_else(|| weight_err(name, "size overflows"))?;
+        let mut words = vec![0u32; nw];
+        let mut scales = vec![0u32; ns];
+        let ng = format.groups_per_row(cols);
+        let mut half_scales: Vec<f16> = Vec::new();
+        if let Format::Q4 { .. } = format {
+            half_scales = vec![f16::ZERO; rows * ng];
+        }
+        for r in 0..rows {
+            let row = &values[r * cols..(r + 1) * cols];
+            let out = &mut words[r * wpr..(r + 1) * wpr];
+            match format {
+                Format::F32 => {
+                    for (o, v) in out.iter_mut().zip(row) {
+                        *o = v.to_bits();
+                    }
+                }
+                Format::F16 => {
+                    for (c, v) in row.iter().enumerate() {
+                        let h = u32::from(f16::from_f32(*v).to_bits());
+                        out[c / 2] |= h << (16 * (c % 2));
+                    }
+                }
+                Format::Q8 => {
+                    let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let mut s = amax / 127.0;
+                    if s == 0.0 {
+                        s = 1.0;
+                    }
+                    scales[r] = s.to_bits();
+                    for (c, v) in row.iter().enumerate() {
+                        let q = round_div(*v, s).clamp(-127.0, 127.0) as i32;
+                        out[c / 4] |= ((q as u32) & 0xff) << (8 * (c % 4));
+                    }
+                }
+                Format::Q4 { group } | Format::Q4_1 { group } => {
+                    let g = group as usize;
+                    for gi in 0..ng {
+                        let chunk = &row[gi * g..((gi + 1) * g).min(cols)];
+                        let (s, m, lo, hi) = if let Format::Q4 { .. } = format {
+                            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            let mut s = f16::from_f32(amax / 7.0);
+                            if s.to_f32() == 0.0 {
+                                s = f16::ONE;
+                            }
+                            half_scales[r * ng + gi] = s;
+                            (s.to_f32(), 0.0, -8.0, 7.0)
+                        } else {
+                            let mn = chunk.iter().fold(f32::INFINITY, |m, v| m.min(*v));
+                            let mx = chunk.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+                            let m16 = f16::from_f32(mn);
+                            let mut s16 = f16::from_f32((mx - m16.to_f32()) / 15.0);
+                            if s16.to_f32() <= 0.0 || !s16.is_finite() {
+                                s16 = f16::ONE;
+                            }
+                            scales[r * ng + gi] =
+                                u32::from(s16.to_bits()) | (u32::from(m16.to_bits()) << 16);
+                            (s16.to_f32(), m16.to_f32(), 0.0, 15.0)
+                        };
+                        for (j, v) in chunk.iter().enumerate() {
+                            let c = gi * g + j;
+                            let q = round_div(*v - m, s).clamp(lo, hi) as i32;
+                            let u = if m == 0.0 && lo < 0.0 { q + 8 } else { q } as u32;
+                            out[c / 8] |= (u & 0xf) << (4 * (c % 8));
+                        }
+                    }
+                }
+            }
+        }
+        if let Format::Q4 { .. } = format {
+            for (i, s) in half_scales.iter().enumerate() {
+                scales[i / 2] |= u32::from(s.to_bits()) << (16 * (i % 2));
+            }
+        }
+        Ok(Weight {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            format,
+            words,
+            scales,
+        })
+    }
+
+    /// An f32 weight that owns `values` as they are.
+    pub fn from_f32(name: &str, shape: &[usize], values: &[f32]) -> Result<Weight> {
+        Weight::quantize(name, shape, values, Format::F32)
+    }
+
+    /// Builds a weight from already packed words, checking every length against the shape.
+    pub fn from_packed(
+        name: &str,
+        shape: &[usize],
+        format: Format,
+        words: Vec<u32>,
+        scales: Vec<u32>,
+    ) -> Result<Weight> {
+        let w = Weight {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            format,
+            words,
+            scales,
+        };
+        w.validate()?;
+        Ok(w)
+    }
+
+    /// Checks that the packed data has exactly the size the format and shape call for.
+    pub fn validate(&self) -> Result<()> {
+        self.format
+            .validate()
+            .map_err(|m| weight_err(&self.name, m))?;
+        let (rows, cols) = rows_cols(&self.shape)
+            .ok_or_else(|| weight_err(&self.name, format!("bad shape {:?}", self.shape)))?;
+        let (nw, ns) = self
+            .format
+            .packed_words(rows, cols)
+            .ok_or_else(|| weight_err(&self.name, "size overflows"))?;
+        if self.words.len() != nw || self.scales.len() != ns {
+            return Err(weight_err(
+                &self.name,
+                format!(
+                    "{} {:?} needs {nw} value words and {ns} scale words, found {} and {}",
+                    self.format,
+                    self.shape,
+                    self.words.len(),
+                    self.scales.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `(rows, cols)` of this weight.
+    pub fn rows_cols(&self) -> (usize, usize) {
+        rows_cols(&self.shape).unwrap_or((0, 0))
+    }
+
+    /// Number of logical values.
+    pub fn numel(&self) -> usize {
+        let (r, c) = self.rows_cols();
+        r * c
+    }
+
+    /// Bytes of packed storage (values and scales).
+    pub fn packed_bytes(&self) -> usize {
+        4 * (self.words.len() + self.scales.len())
+    }
+
+    /// The affine `(scale, offset)` that applies to the values of packed word `word` of `row`.
+    #[inline]
+    pub fn word_affine(&self, row: usize, word: usize) -> (f32, f32) {
+        let cols = self.shape.last().copied().unwrap_or(0);
+        match self.format {
+            Format::F32 | Format::F16 => (1.0, 0.0),
+            Format::Q8 => (f32::from_bits(self.scales[row]), 0.0),
+            Format::Q4 { group } => {
+                let g = row * self.format.groups_per_row(cols) + word * 8 / group as usize;
+                let s = f16::from_bits((self.scales[g / 2] >> (16 * (g % 2))) as u16).to_f32();
+                (s, -8.0 * s)
+            }
+            Format::Q4_1 { group } => {
+                let g = row * self.format.groups_per_row(cols) + word * 8 / group as usize;
+                let sm = self.scales[g];
+                (
+                    f16::from_bits(sm as u16).to_f32(),
+                    f16::from_bits((sm >> 16) as u16).to_f32(),
+                )
+            }
+        }
+    }
+
+    /// Dequantizes row `row` into `out` (length `cols`).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        let cols = out.len();
+        let vpw = self.format.values_per_word();
+        let wpr = self.format.words_per_row(cols);
+        let words = &self.words[row * wpr..(row + 1) * wpr];
+        for (wi, &word) in words.iter().enumerate() {
+            let (s, m) = self.word_affine(row, wi);
+            let base = wi * vpw;
+            let n = vpw.min(cols - base);
+            let dst = &mut out[base..base + n];
+            match self.format {
+                Format::F32 => dst[0] = f32::from_bits(word),
+                Format::F16 => {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = f16::from_bits((word >> (16 * j)) as u16).to_f32();
+                    }
+                }
+                Format::Q8 => {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = f32::from((word >> (8 * j)) as u8 as i8) * s;
+                    }
+                }
+                Format::Q4 { .. } | Format::Q4_1 { .. } => {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = ((word >> (4 * j)) & 0xf) as f32 * s + m;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dequantizes the whole weight to f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let (rows, cols) = self.rows_cols();
+        let mut out = vec![0f32; rows * cols];
+        if cols > 0 {
+            for (r, chunk) in out.chunks_exact_mut(cols).enumerate() {
+                self.dequantize_row(r, chunk);
+            }
+        }
+        out
+    }
+
+    /// Half a quantization step at column `col` of `row`: the largest error round-to-nearest allows.
+    pub fn half_step(&self, row: usize, col: usize) -> f32 {
+        match self.format {
+            Format::F32 => 0.0,
+            Format::F16 => 0.0,
+            _ => {
+                let (s, _) = self.word_affine(row, col / self.format.values_per_word());
+                s / 2.0
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+    }
+
+    const FORMATS: [Format; 9] = [
+        Format::F32,
+        Format::F16,
+        Format::Q8,
+        Format::Q4 { group: 32 },
+        Format::Q4 { group: 64 },
+        Format::Q4 { group: 128 },
+        Format::Q4_1 { group: 32 },
+        Format::Q4_1 { group: 64 },
+        Format::Q4_1 { group: 128 },
+    ];
+
+    #[test]
+    fn round_trip_within_half_a_step() {
+        for (i, &format) in FORMATS.iter().enumerate() {
+            for &(rows, cols) in &[(1, 1), (3, 7), (5, 33), (4, 130), (2, 256), (7, 100)] {
+                let v = random(rows * cols, i as u64 * 100 + cols as u64);
+                let w = Weight::quantize("t", &[rows, cols], &v, format).unwrap();
+                w.validate().unwrap();
+                let back = w.to_f32();
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let (got, want) = (back[r * cols + c], v[r * cols + c]);
+                        let tol = match format {
+                            Format::F32 => 0.0,
+                            Format::F16 => want.abs() * 1e-3,
+                            // an f16-rounded minimum may sit above the true one by 2^-11 of it
+                            Format::Q4_1 { .. } => w.half_step(r, c) * 1.0001 + want.abs() * 1e-3,
+                            _ => w.half_step(r, c) * 1.0001,
+                        };
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{format} [{rows},{cols}] at ({r},{c}): got {got}, want {want}, tol {tol}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_matches_torch_rounding() {
+        // scale 1/127 * 127 = 1: values at exact halves round to even
+        let v = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -127.0, 3.0];
+        let w = Weight::quantize("t", &[1, 8], &v, Format::Q8).unwrap();
+        assert_eq!(f32::from_bits(w.scales[0]), 1.0);
+        assert_eq!(
+            w.to_f32(),
+            vec![127.0, 0.0, 2.0, 2.0, -0.0, -2.0, -127.0, 3.0]
+        );
+    }
+
+    #[test]
+    fn q4_layout_is_documented_one() {
+        let mut v = vec![0f32; 32];
+        v[0] = 7.0;
+        v[1] = -8.0;
+        v[9] = 3.0;
+        let w = Weight::quantize("t", &[1, 32], &v, Format::Q4 { group: 32 }).unwrap();
+        // max|w| is 8, so the scale is f16(8/7)
+        let s = half::f16::from_f32(8.0 / 7.0).to_f32();
+        assert_eq!(w.scales.len(), 1);
+        assert_eq!(f16::from_bits(w.scales[0] as u16).to_f32(), s);
+        let q0 = (7.0f32 / s).round_ties_even() as u32 + 8;
+        assert_eq!(w.words[0] & 0xf, q0);
+        assert_eq!((w.words[0] >> 4) & 0xf, 1); // -8 / (8/7) = -7, stored as -7 + 8
+        assert_eq!(
+            (w.words[1] >> 4) & 0xf,
+            (3.0f32 / s).round_ties_even() as u32 + 8
+        );
+    }
+
+    #[test]
+    fn rejects_inconsistent_packing() {
+        let w = Weight::quantize("t", &[4, 64], &random(256, 1), Format::Q4 { group: 32 }).unwrap();
+        let err = Weight::from_packed("t", &[4, 65], w.format, w.words.clone(), w.scales.clone())
+            .unwrap_err();
+        assert!(err.to_string().contains("needs"), "{err}");
+        assert!(Weight::quantize("t", &[2, 2], &[0.0; 3], Format::F32).is_err());
+        assert!(Weight::quantize("t", &[2, 32], &[0.0; 64], Format::Q4 { group: 48 }).is_err());
+    }
+
+    #[test]
+    fn zero_rows_do_not_divide_by_zero() {
+        for &format in &FORMATS {
+            let w = Weight::quantize("z", &[2, 40], &[0.0; 80], format).unwrap();
+            assert!(w.to_f32().iter().all(|v| *v == 0.0), "{format}");
+        }
+    }
+}

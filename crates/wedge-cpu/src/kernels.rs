@@ -1,0 +1,315 @@
+//! CPU kernels: the plain f32 definitions every GPU kernel is tested against.
+
+use wedge_core::graph::{Activation, BinaryOp, RopeMode};
+use wedge_core::plan::rope_inv_freq;
+use wedge_core::quant::Weight;
+
+#[cfg(not(target_arch = "wasm32"))]
+use rayon::prelude::*;
+
+/// GELU with the exact error function.
+pub fn gelu_erf(v: f32) -> f32 {
+    0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU, tanh approximation.
+pub fn gelu_tanh(v: f32) -> f32 {
+    let u = 0.797_884_6 * (v + 0.044715 * v * v * v);
+    0.5 * v * (1.0 + u.tanh())
+}
+
+/// SiLU.
+pub fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+fn act1(act: Activation, v: f32) -> f32 {
+    match act {
+        Activation::None => v,
+        Activation::GeluErf => gelu_erf(v),
+        Activation::GeluTanh => gelu_tanh(v),
+        Activation::Silu => silu(v),
+    }
+}
+
+pub(crate) fn activate(act: Activation, x: &mut [f32]) {
+    if act != Activation::None {
+        x.iter_mut().for_each(|v| *v = act1(act, *v));
+    }
+}
+
+/// Dot product with eight independent accumulators, so the compiler vectorizes it.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+const N_BLOCK: usize = 32;
+
+/// `out[m, n] = act(Σ_k x[m, k] · W[n, k] + bias[n])` with `W` in any format. Weight
+/// rows are dequantized a block at a time and reused for every row of `x`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    x: &[f32],
+    w: &Weight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let blocks = n.div_ceil(N_BLOCK);
+    let block = |bi: usize| -> Vec<f32> {
+        let n0 = bi * N_BLOCK;
+        let nb = N_BLOCK.min(n - n0);
+        let mut wt = vec![0f32; nb * k];
+        for j in 0..nb {
+            w.dequantize_row(n0 + j, &mut wt[j * k..(j + 1) * k]);
+        }
+        let mut res = vec![0f32; m * nb];
+        for r in 0..m {
+            let xr = &x[r * k..(r + 1) * k];
+            for j in 0..nb {
+                let b = bias.map_or(0.0, |b| b[n0 + j]);
+                res[r * nb + j] = act1(act, dot(xr, &wt[j * k..(j + 1) * k]) + b);
+            }
+        }
+        res
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let results: Vec<Vec<f32>> = (0..blocks).into_par_iter().map(block).collect();
+    #[cfg(target_arch = "wasm32")]
+    let results: Vec<Vec<f32>> = (0..blocks).map(block).collect();
+    for (bi, res) in results.iter().enumerate() {
+        let n0 = bi * N_BLOCK;
+        let nb = N_BLOCK.min(n - n0);
+        for r in 0..m {
+            out[r * n + n0..r * n + n0 + nb].copy_from_slice(&res[r * nb..(r + 1) * nb]);
+        }
+    }
+}
+
+pub(crate) fn binary(op: BinaryOp, a: &[f32], b: &[f32], bn: usize, out: &mut [f32]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let bv = b[i % bn];
+        *o = match op {
+            BinaryOp::Add => a[i] + bv,
+            BinaryOp::Mul => a[i] * bv,
+        };
+    }
+}
+
+/// LayerNorm over rows of `cols`.
+pub fn layernorm(x: &[f32], g: &[f32], b: &[f32], eps: f32, cols: usize, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        let mean = xr.iter().sum::<f32>() / cols as f32;
+        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for c in 0..cols {
+            or[c] = (xr[c] - mean) * inv * g[c] + b[c];
+        }
+    }
+}
+
+pub(crate) fn rmsnorm(x: &[f32], g: &[f32], eps: f32, cols: usize, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / cols as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for c in 0..cols {
+            or[c] = xr[c] * inv * g[c];
+        }
+    }
+}
+
+pub(crate) fn softmax(x: &[f32], cols: usize, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        let m = xr.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
+        let mut sum = 0.0;
+        for (o, v) in or.iter_mut().zip(xr) {
+            *o = (v - m).exp();
+            sum += *o;
+        }
+        or.iter_mut().for_each(|o| *o /= sum);
+    }
+}
+
+pub(crate) fn l2_normalize(x: &[f32], cols: usize, eps: f32, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        let norm = xr.iter().map(|v| v * v).sum::<f32>().sqrt().max(eps);
+        for (o, v) in or.iter_mut().zip(xr) {
+            *o = v / norm;
+        }
+    }
+}
+
+/// Sizes of an attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionDims {
+    /// Batch.
+    pub batch: usize,
+    /// Query length.
+    pub q_len: usize,
+    /// Key length.
+    pub kv_len: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head size.
+    pub head_dim: usize,
+    /// Causal mask with offset `kv_len − q_len`.
+    pub causal: bool,
+    /// Score scale.
+    pub scale: f32,
+}
+
+/// Attention over `q [b, s, h·d]`, `k`, `v [b, t, kvh·d]`, optional mask `[b, t]`.
+/// A query that can see no key gets zeros.
+pub fn attention(
+    dims: &AttentionDims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[u32]>,
+    out: &mut [f32],
+) {
+    let AttentionDims {
+        batch,
+        q_len,
+        kv_len,
+        heads,
+        kv_heads,
+        head_dim: d,
+        causal,
+        scale,
+    } = *dims;
+    let group = heads / kv_heads;
+    let row = |b: usize, i: usize| {
+        let mut res = vec![0f32; heads * d];
+        let mut scores = vec![0f32; kv_len];
+        for h in 0..heads {
+            let kvh = h / group;
+            let qv = &q[((b * q_len + i) * heads + h) * d..][..d];
+            let t_end = if causal {
+                kv_len.min(i + (kv_len - q_len) + 1)
+            } else {
+                kv_len
+            };
+            let mut mx = f32::NEG_INFINITY;
+            for t in 0..kv_len {
+                let visible = t < t_end && mask.is_none_or(|m| m[b * kv_len + t] != 0);
+                scores[t] = if visible {
+                    let kv = &k[((b * kv_len + t) * kv_heads + kvh) * d..][..d];
+                    dot(qv, kv) * scale
+                } else {
+                    f32::NEG_INFINITY
+                };
+                mx = mx.max(scores[t]);
+            }
+            if mx == f32::NEG_INFINITY {
+                continue;
+            }
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - mx).exp();
+                sum += *s;
+            }
+            let o = &mut res[h * d..(h + 1) * d];
+            for (t, s) in scores.iter().enumerate() {
+                if *s == 0.0 {
+                    continue;
+                }
+                let vv = &v[((b * kv_len + t) * kv_heads + kvh) * d..][..d];
+                for c in 0..d {
+                    o[c] += s / sum * vv[c];
+                }
+            }
+        }
+        res
+    };
+    let rows: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| (0..q_len).map(move |i| (b, i)))
+        .collect();
+    #[cfg(not(target_arch = "wasm32"))]
+    let results: Vec<Vec<f32>> = rows.par_iter().map(|&(b, i)| row(b, i)).collect();
+    #[cfg(target_arch = "wasm32")]
+    let results: Vec<Vec<f32>> = rows.iter().map(|&(b, i)| row(b, i)).collect();
+    for (r, res) in results.into_iter().enumerate() {
+        out[r * heads * d..(r + 1) * heads * d].copy_from_slice(&res);
+    }
+}
+
+pub(crate) fn rope(
+    x: &[f32],
+    pos: &[u32],
+    heads: usize,
+    d: usize,
+    base: f32,
+    mode: RopeMode,
+    out: &mut [f32],
+) {
+    let inv = rope_inv_freq(d, base);
+    let half = d / 2;
+    for (t, &p) in pos.iter().enumerate() {
+        for h in 0..heads {
+            let off = (t * heads + h) * d;
+            for (i, f) in inv.iter().enumerate() {
+                let (i0, i1) = match mode {
+                    RopeMode::Interleaved => (2 * i, 2 * i + 1),
+                    RopeMode::Half => (i, i + half),
+                };
+                let ang = p as f32 * f;
+                let (s, c) = ang.sin_cos();
+                let (x0, x1) = (x[off + i0], x[off + i1]);
+                out[off + i0] = x0 * c - x1 * s;
+                out[off + i1] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+pub(crate) fn mean_pool(x: &[f32], mask: &[u32], seq: usize, hidden: usize, out: &mut [f32]) {
+    for (b, o) in out.chunks_exact_mut(hidden).enumerate() {
+        o.fill(0.0);
+        let mut cnt = 0f32;
+        for s in 0..seq {
+            if mask[b * seq + s] != 0 {
+                cnt += 1.0;
+                let xr = &x[(b * seq + s) * hidden..][..hidden];
+                o.iter_mut().zip(xr).for_each(|(a, v)| *a += v);
+            }
+        }
+        let div = cnt.max(1e-9);
+        o.iter_mut().for_each(|a| *a /= div);
+    }
+}
+
+pub(crate) fn transpose(x: &[u32], dims: [usize; 4], perm: [usize; 4], out: &mut [u32]) {
+    let strides = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
+    let od = perm.map(|p| dims[p]);
+    let os = perm.map(|p| strides[p]);
+    let mut i = 0;
+    for a in 0..od[0] {
+        for b in 0..od[1] {
+            for c in 0..od[2] {
+                for d in 0..od[3] {
+                    out[i] = x[a * os[0] + b * os[1] + c * os[2] + d * os[3]];
+                    i += 1;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! wedge-cpu: the CPU backend. It executes a [`Plan`] step by step over the same
+//! liveness-planned slots the GPU uses, multithreaded with rayon on native targets
+//! and single-threaded on wasm32. It is the fallback when no GPU adapter exists
+//! and the reference the kernel tests compare against.
+//!
+//! It depends only on wedge-core: no GPU API, no I/O.
+
+mod kernels;
+
+use thiserror::Error;
+use wedge_core::plan::{HostTensor, Plan, StepKind};
+use wedge_core::quant::{Format, Weight};
+
+pub use kernels::{attention, gelu_erf, gelu_tanh, layernorm, matmul, silu};
+
+/// Errors from the CPU backend.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CpuError {
+    /// A core error (bad inputs, plan mismatch).
+    #[error(transparent)]
+    Core(#[from] wedge_core::Error),
+    /// The weights given do not fit the plan.
+    #[error("weight {index} (`{name}`): {msg}")]
+    Weight {
+        /// Index in the graph's weight list.
+        index: usize,
+        /// Weight name.
+        name: String,
+        /// The problem.
+        msg: String,
+    },
+}
+
+/// Weights prepared for the CPU: the packed weights, plus f32 copies of the small
+/// vectors (biases, norm scales) that every step reads whole.
+#[derive(Debug)]
+pub struct CpuWeights {
+    weights: Vec<Weight>,
+    vectors: Vec<Option<Vec<f32>>>,
+}
+
+impl CpuWeights {
+    /// Takes the weights of a graph, in the order of `graph.weights`.
+    pub fn new(weights: Vec<Weight>) -> CpuWeights {
+        let vectors = weights
+            .iter()
+            .map(|w| {
+                (w.shape.len() == 1 && matches!(w.format, Format::F32 | Format::F16))
+                    .then(|| w.to_f32())
+            })
+            .collect();
+        CpuWeights { weights, vectors }
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &[Weight] {
+        &self.weights
+    }
+
+    fn vector(&self, id: wedge_core::WeightId) -> Result<&[f32], CpuError> {
+        let i = id.0 as usize;
+        self.vectors
+            .get(i)
+            .and_then(|v| v.as_deref())
+            .ok_or_else(|| CpuError::Weight {
+                index: i,
+                name: self
+                    .weights
+                    .get(i)
+                    .map(|w| w.name.clone())
+                    .unwrap_or_default(),
+                msg: "must be a 1-D f32 or f16 vector".into(),
+            })
+    }
+
+    fn weight(&self, id: wedge_core::WeightId) -> &Weight {
+        &self.weights[id.0 as usize]
+    }
+}
+
+fn f32s(words: &[u32]) -> &[f32] {
+    bytemuck::cast_slice(words)
+}
+
+fn f32s_mut(words: &mut [u32]) -> &mut [f32] {
+    bytemuck::cast_slice_mut(words)
+}
+
+/// Runs `plan` on the CPU and returns its outputs in the plan's output order.
+pub fn execute(
+    plan: &Plan,
+    weights: &CpuWeights,
+    inputs: &[HostTensor],
+) -> Result<Vec<HostTensor>, CpuError> {
+    plan.check_inputs(inputs)?;
+    let mut slots: Vec<Vec<u32>> = plan.slot_words.iter().map(|&w| vec![0u32; w]).collect();
+    for (t, v) in inputs.iter().zip(&plan.inputs) {
+        let slot = plan.values[v.0 as usize].slot;
+        slots[slot][..t.data.len()].copy_from_slice(&t.data);
+    }
+    for step in &plan.steps {
+        let out_info = &plan.values[step.output.0 as usize];
+        let out_n = out_info.numel();
+        let mut out = std::mem::take(&mut slots[out_info.slot]);
+        {
+            let inp = |j: usize| -> &[u32] {
+                let info = &plan.values[step.inputs[j].0 as usize];
+                &slots[info.slot][..info.numel()]
+            };
+            let o = &mut out[..out_n];
+            match &step.kind {
+                StepKind::Gather { table, cols, .. } => {
+                    let w = weights.weight(*table);
+                    let o = f32s_mut(o);
+                    for (t, &id) in inp(0).iter().enumerate() {
+                        w.dequantize_row(id as usize, &mut o[t * cols..(t + 1) * cols]);
+                    }
+                }
+                StepKind::MatMul {
+                    weight,
+                    bias,
+                    act,
+                    m,
+                    k,
+                    n,
+                    ..
+                } => {
+                    let b = bias.map(|b| weights.vector(b)).transpose()?;
+                    kernels::matmul(
+                        f32s(inp(0)),
+                        weights.weight(*weight),
+                        b,
+                        *act,
+                        *m,
+                        *k,
+                        *n,
+                        f32s_mut(o),
+                    );
+                }
+                StepKind::Binary { op, bn, .. } => {
+                    let (a, b) = (f32s(inp(0)), f32s(inp(1)));
+                    kernels::binary(*op, a, b, *bn, f32s_mut(o));
+                }
+                StepKind::Act { act, .. } => {
+                    let o = f32s_mut(o);
+                    o.copy_from_slice(f32s(inp(0)));
+                    kernels::activate(*act, o);
+                }
+                StepKind::LayerNorm {
+                    gamma,
+                    beta,
+                    eps,
+                    cols,
+                    ..
+                } => {
+                    let (g, b) = (weights.vector(*gamma)?, weights.vector(*beta)?);
+                    kernels::layernorm(f32s(inp(0)), g, b, *eps, *cols, f32s_mut(o));
+                }
+                StepKind::RmsNorm {
+                    gamma, eps, cols, ..
+                } => {
+                    kernels::rmsnorm(
+                        f32s(inp(0)),
+                        weights.vector(*gamma)?,
+                        *eps,
+                        *cols,
+                        f32s_mut(o),
+                    );
+                }
+                StepKind::Softmax { cols, .. } => {
+                    kernels::softmax(f32s(inp(0)), *cols, f32s_mut(o))
+                }
+                StepKind::L2Normalize { cols, eps, .. } => {
+                    kernels::l2_normalize(f32s(inp(0)), *cols, *eps, f32s_mut(o))
+                }
+                StepKind::Attention {
+                    batch,
+                    q_len,
+                    kv_len,
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    causal,
+                    scale,
+                    masked,
+                } => {
+                    let mask = if *masked { Some(inp(3)) } else { None };
+                    let dims = kernels::AttentionDims {
+                        batch: *batch,
+                        q_len: *q_len,
+                        kv_len: *kv_len,
+                        heads: *heads,
+                        kv_heads: *kv_heads,
+                        head_dim: *head_dim,
+                        causal: *causal,
+                        scale: *scale,
+                    };
+                    kernels::attention(
+                        &dims,
+                        f32s(inp(0)),
+                        f32s(inp(1)),
+                        f32s(inp(2)),
+                        mask,
+                        f32s_mut(o),
+                    );
+                }
+                StepKind::Rope {
+                    heads,
+                    head_dim,
+                    base,
+                    mode,
+                    ..
+                } => {
+                    kernels::rope(
+                        f32s(inp(0)),
+                        inp(1),
+                        *heads,
+                        *head_dim,
+                        *base,
+                        *mode,
+                        f32s_mut(o),
+                    );
+                }
+                StepKind::MeanPool { seq, hidden, .. } => {
+                    kernels::mean_pool(f32s(inp(0)), inp(1), *seq, *hidden, f32s_mut(o));
+                }
+                StepKind::Transpose { dims, perm } => kernels::transpose(inp(0), *dims, *perm, o),
+                other => {
+                    return Err(CpuError::Core(wedge_core::Error::Graph(format!(
+                        "the CPU backend cannot run {other:?}"
+                    ))));
+                }
+            }
+        }
+        slots[out_info.slot] = out;
+    }
+    Ok(plan
+        .outputs
+        .iter()
+        .map(|(_, v)| {
+            let info = &plan.values[v.0 as usize];
+            HostTensor {
+                shape: info.shape.clone(),
+                elem: info.elem,
+                data: slots[info.slot][..info.numel()].to_vec(),
+            }
+        })
+        .collect())
+}

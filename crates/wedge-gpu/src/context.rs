@@ -1,0 +1,325 @@
+//! Adapter selection, device creation, capability detection and the pipeline cache.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wedge_shaders::{BindingKind, Family, KernelKey};
+
+use crate::GpuError;
+
+/// Which adapters are acceptable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterChoice {
+    /// Hardware adapters only: a software rasterizer (lavapipe, SwiftShader) is slower
+    /// than the CPU backend, so `Device::auto()` does not take one.
+    Hardware,
+    /// Any adapter, software ones included (asked for by name, e.g. `--device gpu`).
+    Any,
+}
+
+/// What the adapter is, for logs, metrics and `wedge bench`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSummary {
+    /// Adapter name.
+    pub name: String,
+    /// Backend (`vulkan`, `metal`, `dx12`, `gl`, `webgpu`).
+    pub backend: String,
+    /// Device type (`DiscreteGpu`, `Cpu`, ...).
+    pub device_type: String,
+    /// A software implementation.
+    pub software: bool,
+    /// `shader-f16` is available (not required by any kernel).
+    pub shader_f16: bool,
+    /// Subgroup operations are available (not required by any kernel).
+    pub subgroups: bool,
+    /// Most invocations per workgroup.
+    pub max_invocations: u32,
+    /// Largest storage buffer binding.
+    pub max_storage_binding: u64,
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}, {}", self.name, self.backend, self.device_type)?;
+        if self.software {
+            f.write_str(", software")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Kernel shapes chosen for this adapter.
+#[derive(Clone, Debug)]
+pub(crate) struct Tuning {
+    pub(crate) gemv_wg: u32,
+    pub(crate) gemv_tpr: u32,
+    pub(crate) gemm_ts: u32,
+    pub(crate) wg: u32,
+    pub(crate) attention_wg: u32,
+}
+
+struct FamilyLayout {
+    bgl: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+}
+
+/// An open GPU device with its pipeline cache.
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) summary: AdapterSummary,
+    pub(crate) tuning: Tuning,
+    pub(crate) limits: wgpu::Limits,
+    layouts: HashMap<Family, FamilyLayout>,
+    pipelines: Mutex<HashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
+    pub(crate) dummy: wgpu::Buffer,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+fn rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl GpuContext {
+    /// Opens the best adapter that `choice` allows.
+    pub async fn new(choice: AdapterChoice) -> Result<GpuContext, GpuError> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pick_adapter(&instance).await?;
+        let info = adapter.get_info();
+        let software = info.device_type == wgpu::DeviceType::Cpu;
+        if software && choice == AdapterChoice::Hardware {
+            return Err(GpuError::NoAdapter(format!(
+                "only a software adapter ({}) is present; ask for it by name to use it",
+                info.name
+            )));
+        }
+        let limits = adapter.limits();
+        let features = adapter.features();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("wedge"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            ..Default::default()
+        };
+        let (device, queue) = adapter
+            .request_device(&desc)
+            .await
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        let limits = device.limits();
+        let summary = AdapterSummary {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend).to_lowercase(),
+            device_type: format!("{:?}", info.device_type),
+            software,
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            max_invocations: limits.max_compute_invocations_per_workgroup,
+            max_storage_binding: u64::from(limits.max_storage_buffer_binding_size),
+        };
+        let tuning = tune(&summary, &limits);
+        let layouts = Family::ALL
+            .iter()
+            .map(|&f| (f, family_layout(&device, f)))
+            .collect();
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wedge.dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        tracing::info!(adapter = %summary, "GPU device opened");
+        Ok(GpuContext {
+            device,
+            queue,
+            summary,
+            tuning,
+            limits,
+            layouts,
+            pipelines: Mutex::new(HashMap::new()),
+            dummy,
+        })
+    }
+
+    /// What adapter this is.
+    pub fn summary(&self) -> &AdapterSummary {
+        &self.summary
+    }
+
+    /// The wgpu device and queue, for applications that share them.
+    pub fn device_queue(&self) -> (&wgpu::Device, &wgpu::Queue) {
+        (&self.device, &self.queue)
+    }
+
+    /// Number of pipelines built so far.
+    pub fn pipelines_built(&self) -> usize {
+        self.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    pub(crate) fn bind_group_layout(&self, f: Family) -> &wgpu::BindGroupLayout {
+        &self.layouts[&f].bgl
+    }
+
+    /// The pipeline for `key`, built on first use inside an error scope.
+    pub(crate) async fn pipeline(
+        &self,
+        key: &KernelKey,
+    ) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
+        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(key).cloned()) {
+            return Ok(p);
+        }
+        let label = key.label();
+        let src = key.source().map_err(|e| GpuError::Pipeline {
+            key: label.clone(),
+            message: e.to_string(),
+        })?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        let constants: Vec<(&str, f64)> = key.overrides.clone();
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&self.layouts[&key.family].pipeline_layout),
+                module: &module,
+                entry_point: Some(key.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // every kernel writes workgroup memory before it reads it
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(err) = scope.pop().await {
+            return Err(GpuError::Pipeline {
+                key: label,
+                message: err.to_string(),
+            });
+        }
+        let p = Arc::new(pipeline);
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(key.clone(), p.clone());
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter, GpuError> {
+    let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+    adapters
+        .into_iter()
+        .min_by_key(|a| {
+            let i = a.get_info();
+            // prefer Vulkan/Metal/DX12 over GL at equal rank
+            (
+                rank(i.device_type),
+                u32::from(i.backend == wgpu::Backend::Gl),
+            )
+        })
+        .ok_or_else(|| {
+            GpuError::NoAdapter(
+                "no adapter found (is a Vulkan, Metal or DX12 driver installed?)".into(),
+            )
+        })
+}
+
+#[cfg(target_arch = "wasm32")]
+async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter, GpuError> {
+    let _ = rank;
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| GpuError::NoAdapter(e.to_string()))
+}
+
+fn tune(s: &AdapterSummary, limits: &wgpu::Limits) -> Tuning {
+    let inv = limits
+        .max_compute_invocations_per_workgroup
+        .min(limits.max_compute_workgroup_size_x);
+    let big = inv >= 256;
+    let (gemv_wg, gemv_tpr) = if s.software {
+        // On CPU-emulated devices a column per invocation is fastest (no cross-lane reduction).
+        (64, 1)
+    } else if big {
+        (256, 32)
+    } else {
+        (64, 8)
+    };
+    let gemm_ts = if limits.max_compute_invocations_per_workgroup >= 256
+        && limits.max_compute_workgroup_size_y >= 16
+    {
+        16
+    } else {
+        8
+    };
+    Tuning {
+        gemv_wg,
+        gemv_tpr,
+        gemm_ts,
+        wg: if big { 256 } else { 64 },
+        attention_wg: 64,
+    }
+}
+
+fn family_layout(device: &wgpu::Device, f: Family) -> FamilyLayout {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = f
+        .bindings()
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match kind {
+                    BindingKind::StorageRead => {
+                        wgpu::BufferBindingType::Storage { read_only: true }
+                    }
+                    BindingKind::StorageReadWrite => {
+                        wgpu::BufferBindingType::Storage { read_only: false }
+                    }
+                    BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let label = format!("wedge.{f}");
+    let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(&label),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(&label),
+        bind_group_layouts: &[Some(&bgl)],
+        immediate_size: 0,
+    });
+    FamilyLayout {
+        bgl,
+        pipeline_layout,
+    }
+}

@@ -1,0 +1,680 @@
+//! Weight upload and plan execution: each step checks its sizes, builds its
+//! [`KernelKey`], fetches the cached pipeline and records one dispatch.
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use wedge_core::WeightId;
+use wedge_core::graph::{BinaryOp, RopeMode};
+use wedge_core::plan::{HostTensor, Plan, StepKind, rope_inv_freq};
+use wedge_core::quant::{Format, Weight};
+use wedge_shaders::{Family, KernelKey};
+
+use crate::GpuError;
+use crate::context::GpuContext;
+
+/// Rows of `x` up to which a matmul takes the GEMV path (the kernel's `MAXM`).
+const GEMV_MAX_ROWS: usize = 4;
+/// GEMM tile: threads per side × outputs per thread (the kernel's `TS × MICRO`).
+const MICRO: usize = 4;
+
+struct Packed {
+    words: wgpu::Buffer,
+    scales: Option<wgpu::Buffer>,
+}
+
+/// Weights uploaded to the device: packed for matmuls and gathers, f32 for vectors.
+pub struct GpuWeights {
+    packed: Vec<Option<Packed>>,
+    vectors: Vec<Option<wgpu::Buffer>>,
+    names: Vec<String>,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for GpuWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuWeights")
+            .field("count", &self.names.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+fn check_size(ctx: &GpuContext, what: &str, bytes: u64) -> Result<(), GpuError> {
+    let limit = ctx.summary.max_storage_binding;
+    if bytes > limit {
+        return Err(GpuError::TooLarge {
+            what: what.to_string(),
+            bytes,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+fn init_buffer(ctx: &GpuContext, label: &str, words: &[u32]) -> wgpu::Buffer {
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(words),
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+}
+
+impl GpuWeights {
+    /// Uploads the weights of a graph (in the order of `graph.weights`).
+    pub fn upload(ctx: &GpuContext, weights: &[Weight]) -> Result<GpuWeights, GpuError> {
+        let mut packed = Vec::with_capacity(weights.len());
+        let mut vectors = Vec::with_capacity(weights.len());
+        let mut bytes = 0u64;
+        for w in weights {
+            w.validate()?;
+            let label = format!("wedge.weight.{}", w.name);
+            if w.shape.len() == 1 && matches!(w.format, Format::F32 | Format::F16) {
+                let v = w.to_f32();
+                check_size(ctx, &label, 4 * v.len() as u64)?;
+                let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+                vectors.push(Some(init_buffer(ctx, &label, &bits)));
+                packed.push(None);
+                bytes += 4 * v.len() as u64;
+            } else {
+                check_size(ctx, &label, 4 * w.words.len() as u64)?;
+                check_size(ctx, &label, 4 * w.scales.len() as u64)?;
+                let words = init_buffer(
+                    ctx,
+                    &label,
+                    if w.words.is_empty() { &[0] } else { &w.words },
+                );
+                let scales = (!w.scales.is_empty())
+                    .then(|| init_buffer(ctx, &format!("{label}.scales"), &w.scales));
+                packed.push(Some(Packed { words, scales }));
+                vectors.push(None);
+                bytes += w.packed_bytes() as u64;
+            }
+        }
+        Ok(GpuWeights {
+            packed,
+            vectors,
+            names: weights.iter().map(|w| w.name.clone()).collect(),
+            bytes,
+        })
+    }
+
+    /// Bytes of weights on the device.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn packed(&self, id: WeightId) -> Result<&Packed, GpuError> {
+        let i = id.0 as usize;
+        self.packed
+            .get(i)
+            .and_then(|p| p.as_ref())
+            .ok_or_else(|| self.err(i, "is not a packed 2-D weight"))
+    }
+
+    fn vector(&self, id: WeightId) -> Result<&wgpu::Buffer, GpuError> {
+        let i = id.0 as usize;
+        self.vectors
+            .get(i)
+            .and_then(|p| p.as_ref())
+            .ok_or_else(|| self.err(i, "is not a 1-D f32/f16 vector"))
+    }
+
+    fn err(&self, i: usize, msg: &str) -> GpuError {
+        GpuError::Weight {
+            name: self
+                .names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("#{i}")),
+            msg: msg.into(),
+        }
+    }
+}
+
+struct Dispatch {
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+/// A plan made resident on the device: activation buffers, pipelines and bind groups
+/// built once, so it can be run again and again (serving, benchmarks).
+pub struct ResidentRun<'a> {
+    ctx: &'a GpuContext,
+    plan: &'a Plan,
+    slots: Vec<wgpu::Buffer>,
+    dispatches: Vec<Dispatch>,
+    _uniforms: Option<wgpu::Buffer>,
+    _tables: Vec<wgpu::Buffer>,
+}
+
+impl std::fmt::Debug for ResidentRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResidentRun")
+            .field("dispatches", &self.dispatches.len())
+            .finish()
+    }
+}
+
+/// One step, before buffers are bound.
+struct Encoded<'b> {
+    key: KernelKey,
+    bindings: Vec<&'b wgpu::Buffer>,
+    params: Vec<u32>,
+    groups: [u32; 3],
+}
+
+fn grid(ctx: &GpuContext, groups: usize) -> Result<[u32; 3], GpuError> {
+    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let groups = groups.max(1);
+    if groups <= max {
+        return Ok([groups as u32, 1, 1]);
+    }
+    let y = groups.div_ceil(max);
+    if y > max {
+        return Err(GpuError::Dispatch(format!(
+            "{groups} workgroups exceed the adapter's dispatch limits"
+        )));
+    }
+    Ok([max as u32, y as u32, 1])
+}
+
+fn dims3(ctx: &GpuContext, what: &str, g: [usize; 3]) -> Result<[u32; 3], GpuError> {
+    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    if g.iter().any(|&d| d > max) {
+        return Err(GpuError::Dispatch(format!(
+            "{what}: dispatch {g:?} exceeds the per-dimension limit {max}"
+        )));
+    }
+    Ok(g.map(|d| d.max(1) as u32))
+}
+
+fn u(v: usize) -> u32 {
+    v as u32
+}
+
+impl<'a> ResidentRun<'a> {
+    /// Allocates the plan's slots and builds every dispatch.
+    pub async fn prepare(
+        ctx: &'a GpuContext,
+        plan: &'a Plan,
+        weights: &GpuWeights,
+    ) -> Result<ResidentRun<'a>, GpuError> {
+        let slots: Vec<wgpu::Buffer> = plan
+            .slot_words
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let bytes = (4 * w as u64).max(16).next_multiple_of(16);
+                check_size(ctx, &format!("activation slot {i}"), bytes)?;
+                Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("wedge.slot{i}")),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }))
+            })
+            .collect::<Result<_, GpuError>>()?;
+        let t = &ctx.tuning;
+        // Rope frequency tables, made first so steps can borrow them.
+        let mut tables = Vec::new();
+        for step in &plan.steps {
+            if let StepKind::Rope { head_dim, base, .. } = step.kind {
+                let bits: Vec<u32> = rope_inv_freq(head_dim, base)
+                    .iter()
+                    .map(|f| f.to_bits())
+                    .collect();
+                tables.push(init_buffer(ctx, "wedge.rope_inv_freq", &bits));
+            }
+        }
+        let mut encoded = Vec::with_capacity(plan.steps.len());
+        let mut rope_i = 0;
+        for step in &plan.steps {
+            let slot = |j: usize| &slots[plan.values[step.inputs[j].0 as usize].slot];
+            let out = &slots[plan.values[step.output.0 as usize].slot];
+            let d = &ctx.dummy;
+            let e = match &step.kind {
+                StepKind::MatMul {
+                    weight,
+                    format,
+                    bias,
+                    act,
+                    m,
+                    k,
+                    n,
+                } => {
+                    let pw = weights.packed(*weight)?;
+                    let b = bias.map(|b| weights.vector(b)).transpose()?;
+                    let gemv = *m <= GEMV_MAX_ROWS;
+                    let tile = t.gemm_ts as usize * MICRO;
+                    let groups = if gemv {
+                        grid(ctx, n.div_ceil((t.gemv_wg / t.gemv_tpr) as usize))?
+                    } else {
+                        dims3(ctx, "gemm", [n.div_ceil(tile), m.div_ceil(tile), 1])?
+                    };
+                    Encoded {
+                        key: KernelKey::new(
+                            Family::QWeight,
+                            if gemv { "gemv" } else { "gemm" },
+                            vec![("WG", t.gemv_wg), ("TPR", t.gemv_tpr), ("TS", t.gemm_ts)],
+                            vec![
+                                ("WTYPE", f64::from(format.code())),
+                                ("ACT", f64::from(act.code())),
+                                ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
+                            ],
+                        ),
+                        bindings: vec![
+                            slot(0),
+                            &pw.words,
+                            pw.scales.as_ref().unwrap_or(d),
+                            b.unwrap_or(d),
+                            out,
+                            d,
+                            d,
+                        ],
+                        params: qparams(*format, *m, *k, *n),
+                        groups,
+                    }
+                }
+                StepKind::Gather {
+                    table,
+                    format,
+                    tokens,
+                    cols,
+                    ..
+                } => {
+                    let pw = weights.packed(*table)?;
+                    Encoded {
+                        key: KernelKey::new(
+                            Family::QWeight,
+                            "gather",
+                            vec![("WG", t.gemv_wg), ("TPR", t.gemv_tpr), ("TS", t.gemm_ts)],
+                            vec![
+                                ("WTYPE", f64::from(format.code())),
+                                ("ACT", 0.0),
+                                ("HAS_BIAS", 0.0),
+                            ],
+                        ),
+                        bindings: vec![
+                            d,
+                            &pw.words,
+                            pw.scales.as_ref().unwrap_or(d),
+                            d,
+                            out,
+                            d,
+                            slot(0),
+                        ],
+                        params: qparams(*format, *tokens, *cols, 0),
+                        groups: grid(ctx, (tokens * cols).div_ceil(t.gemv_wg as usize))?,
+                    }
+                }
+                StepKind::Binary { op, n, bn } => Encoded {
+                    key: KernelKey::new(
+                        Family::Elementwise,
+                        "binary",
+                        vec![("WG", t.wg)],
+                        vec![
+                            ("OP", if *op == BinaryOp::Mul { 1.0 } else { 0.0 }),
+                            ("ACT", 0.0),
+                        ],
+                    ),
+                    bindings: vec![slot(0), slot(1), out, d],
+                    params: vec![u(*n), u(*bn), 0, 0],
+                    groups: grid(ctx, n.div_ceil(t.wg as usize))?,
+                },
+                StepKind::Act { act, n } => Encoded {
+                    key: KernelKey::new(
+                        Family::Elementwise,
+                        "activation",
+                        vec![("WG", t.wg)],
+                        vec![("OP", 0.0), ("ACT", f64::from(act.code()))],
+                    ),
+                    bindings: vec![slot(0), d, out, d],
+                    params: vec![u(*n), 1, 0, 0],
+                    groups: grid(ctx, n.div_ceil(t.wg as usize))?,
+                },
+                StepKind::LayerNorm {
+                    gamma,
+                    beta,
+                    eps,
+                    rows,
+                    cols,
+                } => Encoded {
+                    key: KernelKey::new(Family::Rows, "layernorm", vec![("WG", t.wg)], vec![]),
+                    bindings: vec![
+                        slot(0),
+                        weights.vector(*gamma)?,
+                        weights.vector(*beta)?,
+                        out,
+                        d,
+                    ],
+                    params: vec![u(*rows), u(*cols), eps.to_bits(), 0],
+                    groups: grid(ctx, *rows)?,
+                },
+                StepKind::RmsNorm {
+                    gamma,
+                    eps,
+                    rows,
+                    cols,
+                } => Encoded {
+                    key: KernelKey::new(Family::Rows, "rmsnorm", vec![("WG", t.wg)], vec![]),
+                    bindings: vec![slot(0), weights.vector(*gamma)?, d, out, d],
+                    params: vec![u(*rows), u(*cols), eps.to_bits(), 0],
+                    groups: grid(ctx, *rows)?,
+                },
+                StepKind::Softmax { rows, cols } => Encoded {
+                    key: KernelKey::new(Family::Rows, "softmax", vec![("WG", t.wg)], vec![]),
+                    bindings: vec![slot(0), d, d, out, d],
+                    params: vec![u(*rows), u(*cols), 0, 0],
+                    groups: grid(ctx, *rows)?,
+                },
+                StepKind::L2Normalize { rows, cols, eps } => Encoded {
+                    key: KernelKey::new(Family::Rows, "l2_normalize", vec![("WG", t.wg)], vec![]),
+                    bindings: vec![slot(0), d, d, out, d],
+                    params: vec![u(*rows), u(*cols), eps.to_bits(), 0],
+                    groups: grid(ctx, *rows)?,
+                },
+                StepKind::Attention {
+                    batch,
+                    q_len,
+                    kv_len,
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    causal,
+                    scale,
+                    masked,
+                } => {
+                    let wg = t.attention_wg as usize;
+                    if *head_dim > wg * 4 {
+                        return Err(GpuError::Dispatch(format!(
+                            "head_dim {head_dim} exceeds {} for this kernel",
+                            wg * 4
+                        )));
+                    }
+                    Encoded {
+                        key: KernelKey::new(
+                            Family::Attention,
+                            "attention",
+                            vec![("WG", t.attention_wg)],
+                            vec![],
+                        ),
+                        bindings: vec![
+                            slot(0),
+                            slot(1),
+                            slot(2),
+                            if *masked { slot(3) } else { d },
+                            out,
+                            d,
+                        ],
+                        params: vec![
+                            u(*batch),
+                            u(*q_len),
+                            u(*kv_len),
+                            u(*heads),
+                            u(*kv_heads),
+                            u(*head_dim),
+                            u32::from(*causal),
+                            u32::from(*masked),
+                            scale.to_bits(),
+                            0,
+                            0,
+                            0,
+                        ],
+                        groups: dims3(ctx, "attention", [*q_len, *heads, *batch])?,
+                    }
+                }
+                StepKind::Rope {
+                    tokens,
+                    heads,
+                    head_dim,
+                    mode,
+                    ..
+                } => {
+                    let table = &tables[rope_i];
+                    rope_i += 1;
+                    let mode = u32::from(*mode == RopeMode::Half);
+                    Encoded {
+                        key: KernelKey::new(Family::Misc, "rope", vec![("WG", t.wg)], vec![]),
+                        bindings: vec![slot(0), slot(1), table, out, d],
+                        params: vec![u(*tokens), u(*heads), u(*head_dim), mode, 0, 0, 0, 0],
+                        groups: grid(ctx, (tokens * heads * head_dim / 2).div_ceil(t.wg as usize))?,
+                    }
+                }
+                StepKind::MeanPool { batch, seq, hidden } => Encoded {
+                    key: KernelKey::new(Family::Misc, "mean_pool", vec![("WG", t.wg)], vec![]),
+                    bindings: vec![slot(0), slot(1), d, out, d],
+                    params: vec![u(*batch), u(*seq), u(*hidden), 0, 0, 0, 0, 0],
+                    groups: grid(ctx, (batch * hidden).div_ceil(t.wg as usize))?,
+                },
+                StepKind::Transpose { dims, perm } => {
+                    let strides = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
+                    let od = perm.map(|p| u(dims[p]));
+                    let os = perm.map(|p| u(strides[p]));
+                    let total: usize = dims.iter().product();
+                    Encoded {
+                        key: KernelKey::new(Family::Misc, "transpose", vec![("WG", t.wg)], vec![]),
+                        bindings: vec![slot(0), d, d, out, d],
+                        params: vec![od[0], od[1], od[2], od[3], os[0], os[1], os[2], os[3]],
+                        groups: grid(ctx, total.div_ceil(t.wg as usize))?,
+                    }
+                }
+                other => {
+                    return Err(GpuError::Core(wedge_core::Error::Graph(format!(
+                        "the GPU backend cannot run {other:?}"
+                    ))));
+                }
+            };
+            encoded.push(e);
+        }
+
+        // All parameters in one uniform buffer, one aligned record per step.
+        let align = ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
+        let record = 64usize.next_multiple_of(align);
+        let mut blob = vec![0u8; record * encoded.len().max(1)];
+        for (i, e) in encoded.iter().enumerate() {
+            let bytes: &[u8] = bytemuck::cast_slice(&e.params);
+            blob[i * record..i * record + bytes.len()].copy_from_slice(bytes);
+        }
+        let uniforms = (!encoded.is_empty()).then(|| {
+            ctx.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("wedge.params"),
+                    contents: &blob,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                })
+        });
+        let mut dispatches = Vec::with_capacity(encoded.len());
+        for (i, e) in encoded.iter().enumerate() {
+            let pipeline = ctx.pipeline(&e.key).await?;
+            let uniform_index = e
+                .key
+                .family
+                .bindings()
+                .iter()
+                .position(|b| *b == wedge_shaders::BindingKind::Uniform);
+            let entries: Vec<wgpu::BindGroupEntry> = e
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(j, buf)| {
+                    let resource = match (&uniforms, Some(j) == uniform_index) {
+                        (Some(ub), true) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: ub,
+                            offset: (i * record) as u64,
+                            size: std::num::NonZeroU64::new((4 * e.params.len()) as u64),
+                        }),
+                        _ => buf.as_entire_binding(),
+                    };
+                    wgpu::BindGroupEntry {
+                        binding: j as u32,
+                        resource,
+                    }
+                })
+                .collect();
+            let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&e.key.label()),
+                layout: ctx.bind_group_layout(e.key.family),
+                entries: &entries,
+            });
+            dispatches.push(Dispatch {
+                pipeline,
+                bind_group,
+                groups: e.groups,
+            });
+        }
+        drop(encoded);
+        Ok(ResidentRun {
+            ctx,
+            plan,
+            slots,
+            dispatches,
+            _uniforms: uniforms,
+            _tables: tables,
+        })
+    }
+
+    /// Uploads the inputs (checked against the plan).
+    pub fn write_inputs(&self, inputs: &[HostTensor]) -> Result<(), GpuError> {
+        self.plan.check_inputs(inputs)?;
+        for (t, v) in inputs.iter().zip(&self.plan.inputs) {
+            let slot = &self.slots[self.plan.values[v.0 as usize].slot];
+            if !t.data.is_empty() {
+                self.ctx
+                    .queue
+                    .write_buffer(slot, 0, bytemuck::cast_slice(&t.data));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records every dispatch `repeats` times into one submission and submits it.
+    pub fn submit(&self, repeats: usize) {
+        let mut enc = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wedge.run"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("wedge.plan"),
+                timestamp_writes: None,
+            });
+            for _ in 0..repeats {
+                for d in &self.dispatches {
+                    pass.set_pipeline(&d.pipeline);
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                }
+            }
+        }
+        self.ctx.queue.submit([enc.finish()]);
+    }
+
+    /// Blocks until submitted work is done (native only; in a browser, await a readback).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait(&self) -> Result<(), GpuError> {
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| GpuError::Readback(e.to_string()))
+    }
+
+    /// Copies the outputs back to the host.
+    pub async fn read_outputs(&self) -> Result<Vec<HostTensor>, GpuError> {
+        let infos: Vec<_> = self
+            .plan
+            .outputs
+            .iter()
+            .map(|(_, v)| &self.plan.values[v.0 as usize])
+            .collect();
+        let sizes: Vec<u64> = infos.iter().map(|i| 4 * i.numel() as u64).collect();
+        let total: u64 = sizes.iter().sum::<u64>().max(4);
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wedge.readback"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wedge.readback"),
+            });
+        let mut off = 0;
+        for (info, &size) in infos.iter().zip(&sizes) {
+            if size > 0 {
+                enc.copy_buffer_to_buffer(&self.slots[info.slot], 0, &staging, off, size);
+            }
+            off += size;
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait()?;
+        rx.await
+            .map_err(|_| {
+                GpuError::Readback("the device was lost before the results arrived".into())
+            })?
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let mut outs = Vec::with_capacity(infos.len());
+        {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
+            let words: &[u32] = bytemuck::cast_slice(&view);
+            let mut off = 0;
+            for info in infos {
+                let n = info.numel();
+                outs.push(HostTensor {
+                    shape: info.shape.clone(),
+                    elem: info.elem,
+                    data: words[off..off + n].to_vec(),
+                });
+                off += n;
+            }
+        }
+        staging.unmap();
+        Ok(outs)
+    }
+}
+
+fn qparams(format: Format, m: usize, k: usize, n: usize) -> Vec<u32> {
+    let group = format.group().max(1);
+    vec![
+        u(m),
+        u(k),
+        u(n),
+        u(format.words_per_row(k)),
+        group,
+        u(format.groups_per_row(k)),
+        0,
+        0,
+    ]
+}
+
+/// Runs `plan` once on the GPU and returns its outputs.
+pub async fn execute(
+    ctx: &GpuContext,
+    plan: &Plan,
+    weights: &GpuWeights,
+    inputs: &[HostTensor],
+) -> Result<Vec<HostTensor>, GpuError> {
+    plan.check_inputs(inputs)?;
+    let run = ResidentRun::prepare(ctx, plan, weights).await?;
+    run.write_inputs(inputs)?;
+    run.submit(1);
+    run.read_outputs().await
+}

@@ -1,0 +1,296 @@
+//! wedge: portable inference with INT8/INT4 weights on wgpu (Vulkan, Metal, DX12),
+//! WebGPU in the browser, and a CPU backend behind the same plan.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), wedge::Error> {
+//! let device = wedge::Device::auto();           // a hardware GPU, else the CPU
+//! let bytes = std::fs::read("model.wedge")?;
+//! let model = wedge::Model::from_bytes(&bytes)?;
+//! let session = model.session(&device)?;
+//! # let inputs = vec![];
+//! let outputs = session.run(&inputs)?;
+//! # Ok(()) }
+//! ```
+//!
+//! This crate is the facade: a small API over wedge-core (formats, graph, plans),
+//! wedge-cpu and wedge-gpu. It re-exports by name what applications need.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+
+pub use wedge_core::graph::{Activation, Dim, Elem, Graph, Op, RopeMode, ValueId, WeightId};
+pub use wedge_core::models::{DecoderConfig, EncoderConfig, ModelGraph, Pooling};
+pub use wedge_core::package::{Package, PackageLimits};
+pub use wedge_core::plan::{HostTensor, Plan, WeightInfo};
+pub use wedge_core::quant::{Format, Weight};
+pub use wedge_gpu::{AdapterChoice, AdapterSummary};
+
+/// wgpu types, for applications that share a device with wedge.
+pub mod gpu {
+    pub use wedge_gpu::GpuContext;
+    pub use wedge_gpu::gpu::{Adapter, Device, Queue};
+}
+
+/// Errors from wedge.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Formats, graphs, plans, inputs.
+    #[error(transparent)]
+    Core(#[from] wedge_core::Error),
+    /// The CPU backend.
+    #[error(transparent)]
+    Cpu(#[from] wedge_cpu::CpuError),
+    /// The GPU backend.
+    #[error(transparent)]
+    Gpu(#[from] wedge_gpu::GpuError),
+    /// Reading a model file.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Cpu,
+    Gpu(Arc<wedge_gpu::GpuContext>),
+}
+
+/// Where a model runs.
+#[derive(Clone, Debug)]
+pub struct Device {
+    backend: Backend,
+    fallback: Option<String>,
+}
+
+impl Device {
+    /// The CPU backend.
+    pub fn cpu() -> Device {
+        Device {
+            backend: Backend::Cpu,
+            fallback: None,
+        }
+    }
+
+    /// Opens a GPU adapter (software ones included, since it was asked for by name).
+    pub async fn gpu_async() -> Result<Device> {
+        let ctx = wedge_gpu::GpuContext::new(AdapterChoice::Any).await?;
+        Ok(Device {
+            backend: Backend::Gpu(Arc::new(ctx)),
+            fallback: None,
+        })
+    }
+
+    /// A hardware GPU adapter if there is one, else the CPU, with the reason kept in
+    /// [`Device::fallback_reason`].
+    pub async fn auto_async() -> Device {
+        match wedge_gpu::GpuContext::new(AdapterChoice::Hardware).await {
+            Ok(ctx) => Device {
+                backend: Backend::Gpu(Arc::new(ctx)),
+                fallback: None,
+            },
+            Err(e) => Device {
+                backend: Backend::Cpu,
+                fallback: Some(e.to_string()),
+            },
+        }
+    }
+
+    /// Blocking [`Device::gpu_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn gpu() -> Result<Device> {
+        pollster::block_on(Device::gpu_async())
+    }
+
+    /// Blocking [`Device::auto_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn auto() -> Device {
+        pollster::block_on(Device::auto_async())
+    }
+
+    /// Why `auto` chose the CPU, if it did.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// Whether this is a GPU.
+    pub fn is_gpu(&self) -> bool {
+        matches!(self.backend, Backend::Gpu(_))
+    }
+
+    /// The adapter, for a GPU device.
+    pub fn adapter(&self) -> Option<&AdapterSummary> {
+        match &self.backend {
+            Backend::Gpu(ctx) => Some(ctx.summary()),
+            Backend::Cpu => None,
+        }
+    }
+
+    /// The GPU context, for a GPU device.
+    pub fn gpu_context(&self) -> Option<&wedge_gpu::GpuContext> {
+        match &self.backend {
+            Backend::Gpu(ctx) => Some(ctx),
+            Backend::Cpu => None,
+        }
+    }
+
+    /// `cpu` or the adapter's description.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Cpu => "cpu".to_string(),
+            Backend::Gpu(ctx) => format!("gpu: {}", ctx.summary()),
+        }
+    }
+}
+
+/// A model: its graph and weights, from a `.wedge` package or built in code.
+#[derive(Debug)]
+pub struct Model {
+    graph: Graph,
+    weights: Vec<Weight>,
+    package: Option<(String, serde_json::Value)>,
+    digest: Option<String>,
+}
+
+impl Model {
+    /// Loads a `.wedge` package from bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        let (pkg, digest) = Package::from_bytes(bytes)?;
+        let mg = wedge_core::models::build(&pkg.architecture, &pkg.config)?;
+        let weights = mg.take_weights(pkg.tensors)?;
+        Ok(Model {
+            graph: mg.graph,
+            weights,
+            package: Some((pkg.architecture, pkg.config)),
+            digest: Some(digest),
+        })
+    }
+
+    /// A model from a graph and its weights (in the order of `graph.weights`).
+    pub fn from_graph(graph: Graph, weights: Vec<Weight>) -> Result<Model> {
+        graph.validate()?;
+        if weights.len() != graph.weights.len() {
+            return Err(wedge_core::Error::Graph(format!(
+                "graph refers to {} weights, {} given",
+                graph.weights.len(),
+                weights.len()
+            ))
+            .into());
+        }
+        Ok(Model {
+            graph,
+            weights,
+            package: None,
+            digest: None,
+        })
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &[Weight] {
+        &self.weights
+    }
+
+    /// Architecture name, for a model loaded from a package.
+    pub fn architecture(&self) -> Option<&str> {
+        self.package.as_ref().map(|(a, _)| a.as_str())
+    }
+
+    /// The package digest (hex SHA-256 of its header), for a model loaded from a package.
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// Prepares the model on a device (uploads weights for a GPU).
+    pub fn session(&self, device: &Device) -> Result<Session> {
+        Session::new(device, self.graph.clone(), self.weights.clone())
+    }
+}
+
+enum Weights {
+    Cpu(wedge_cpu::CpuWeights),
+    Gpu(Arc<wedge_gpu::GpuContext>, wedge_gpu::GpuWeights),
+}
+
+/// A model bound to a device, with compiled plans cached by input shape.
+pub struct Session {
+    graph: Graph,
+    infos: Vec<WeightInfo>,
+    weights: Weights,
+    plans: Mutex<HashMap<Vec<Vec<usize>>, Arc<Plan>>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("weights", &self.infos.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Binds a graph and its weights to a device.
+    pub fn new(device: &Device, graph: Graph, weights: Vec<Weight>) -> Result<Session> {
+        graph.validate()?;
+        let infos = weights.iter().map(WeightInfo::from).collect();
+        let weights = match &device.backend {
+            Backend::Cpu => Weights::Cpu(wedge_cpu::CpuWeights::new(weights)),
+            Backend::Gpu(ctx) => {
+                let w = wedge_gpu::GpuWeights::upload(ctx, &weights)?;
+                Weights::Gpu(ctx.clone(), w)
+            }
+        };
+        Ok(Session {
+            graph,
+            infos,
+            weights,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The plan for inputs of these shapes (compiled once per distinct shape set).
+    pub fn plan(&self, shapes: &[Vec<usize>]) -> Result<Arc<Plan>> {
+        let key = shapes.to_vec();
+        if let Some(p) = self.plans.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(p);
+        }
+        let plan = Arc::new(Plan::compile(&self.graph, &self.infos, shapes)?);
+        if let Ok(mut m) = self.plans.lock() {
+            // bounded: a server sees many shapes
+            if m.len() >= 256 {
+                m.clear();
+            }
+            m.insert(key, plan.clone());
+        }
+        Ok(plan)
+    }
+
+    /// Runs the graph and returns its outputs in the graph's output order.
+    pub async fn run_async(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
+        let plan = self.plan(&shapes)?;
+        Ok(match &self.weights {
+            Weights::Cpu(w) => wedge_cpu::execute(&plan, w, inputs)?,
+            Weights::Gpu(ctx, w) => wedge_gpu::execute(ctx, &plan, w, inputs).await?,
+        })
+    }
+
+    /// Blocking [`Session::run_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        pollster::block_on(self.run_async(inputs))
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+}

@@ -1,0 +1,112 @@
+//! Shared test helpers: the GPU device (required under WEDGE_REQUIRE_GPU=1), random
+//! data, single-op graphs and the tolerance table.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use wedge::{Device, Elem, Format, Graph, HostTensor, Op, Session, Weight};
+
+/// The GPU device, opened once per test binary. Fails the test when
+/// `WEDGE_REQUIRE_GPU=1` and no adapter exists; otherwise returns `None` to skip.
+pub fn gpu() -> Option<&'static Device> {
+    static DEV: OnceLock<Result<Device, String>> = OnceLock::new();
+    match DEV.get_or_init(|| Device::gpu().map_err(|e| e.to_string())) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if std::env::var("WEDGE_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("WEDGE_REQUIRE_GPU=1 but no GPU adapter: {e}");
+            }
+            eprintln!("skipping GPU comparison: {e}");
+            None
+        }
+    }
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+pub fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// One table of tolerances: (absolute, relative) by op, for GPU against CPU.
+pub fn tolerance(op: &str) -> (f32, f32) {
+    match op {
+        // summation order differs; values are O(sqrt(k))
+        "matmul" => (2e-4, 2e-4),
+        "gather" | "binary" | "transpose" | "mean_pool" => (1e-6, 1e-6),
+        // erf is approximated on the GPU (A&S 7.1.26, 1.5e-7)
+        "activation" => (2e-6, 1e-5),
+        "layernorm" | "rmsnorm" | "softmax" | "l2_normalize" => (1e-5, 1e-5),
+        "attention" => (1e-5, 1e-4),
+        "rope" => (2e-5, 1e-5),
+        "encoder" | "decoder" => (2e-4, 2e-3),
+        other => panic!("no tolerance for {other}"),
+    }
+}
+
+/// Compares element by element and reports the first failure with index, got and want.
+pub fn assert_close(what: &str, op: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let (atol, rtol) = tolerance(op);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan());
+        assert!(
+            ok,
+            "{what}: index {i}: got {g}, want {w} (tolerance {atol} + {rtol}·|want|)"
+        );
+    }
+}
+
+/// A graph of one op over inputs of the given element types and shapes.
+pub fn single(op: Op, inputs: &[(Elem, Vec<usize>)], weights: &[&str]) -> Graph {
+    let mut g = Graph::default();
+    let ids: Vec<_> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (e, s))| {
+            g.input(
+                &format!("in{i}"),
+                *e,
+                s.iter().map(|&d| wedge::Dim::Fixed(d)).collect(),
+            )
+        })
+        .collect();
+    for w in weights {
+        g.weight(w);
+    }
+    let y = g.push(op, &ids);
+    g.output("y", y);
+    g
+}
+
+/// Runs a graph on the CPU and, when present, on the GPU; returns (cpu, gpu) outputs.
+pub fn both(
+    graph: &Graph,
+    weights: &[Weight],
+    inputs: &[HostTensor],
+) -> (Vec<HostTensor>, Option<Vec<HostTensor>>) {
+    let cpu = Session::new(&Device::cpu(), graph.clone(), weights.to_vec())
+        .expect("cpu session")
+        .run(inputs)
+        .expect("cpu run");
+    let gpu = gpu().map(|d| {
+        Session::new(d, graph.clone(), weights.to_vec())
+            .expect("gpu session")
+            .run(inputs)
+            .expect("gpu run")
+    });
+    (cpu, gpu)
+}
+
+pub const FORMATS: [Format; 7] = [
+    Format::F32,
+    Format::F16,
+    Format::Q8,
+    Format::Q4 { group: 32 },
+    Format::Q4 { group: 64 },
+    Format::Q4 { group: 128 },
+    Format::Q4_1 { group: 32 },
+];

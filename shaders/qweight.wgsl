@@ -1,0 +1,215 @@
+// Kernels over packed weights: the fused dequantizing GEMV (few rows), the tiled
+// GEMM (many rows) and the embedding gather. The packing is defined once in
+// wedge-core (`quant.rs`); `affine`, `raw` and `load_w` mirror it.
+
+// Scalar knobs (pipeline-overridable constants).
+override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1
+override ACT: u32 = 0u;         // 0 none, 1 gelu (erf), 2 gelu (tanh), 3 silu
+override HAS_BIAS: bool = false;
+
+// Shape-giving parameters (checked template substitution by wedge-shaders).
+const WG: u32 = 64u; // template: invocations per workgroup (gemv, gather)
+const TPR: u32 = 1u; // template: invocations that share one gemv output column (power of two)
+const TS: u32 = 16u; // template: gemm invocations per tile side
+
+const MAXM: u32 = 4u;    // rows of x a gemv dispatch handles
+const BK: u32 = 16u;     // gemm reduction chunk
+const MICRO: u32 = 4u;   // gemm outputs per invocation along each side
+const TILE: u32 = TS * MICRO;
+
+struct Params {
+    m: u32,      // rows of x (gather: number of ids)
+    k: u32,      // reduction size (gather: table columns)
+    n: u32,      // output columns (gather: table rows)
+    wpr: u32,    // packed words per weight row
+    group: u32,  // q4 group size
+    gpr: u32,    // groups per weight row
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> s: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(6) var<storage, read> ids: array<u32>;
+
+var<workgroup> red: array<f32, WG * MAXM>;
+var<workgroup> xs: array<f32, TILE * BK>;
+var<workgroup> ws: array<f32, TILE * BK>;
+
+fn vpw() -> u32 {
+    if (WTYPE == 0u) { return 1u; }
+    if (WTYPE == 1u) { return 2u; }
+    if (WTYPE == 2u) { return 4u; }
+    return 8u;
+}
+
+// (scale, offset) that turn the raw values of word `wi` of weight row `row` into weights.
+fn affine(row: u32, wi: u32) -> vec2<f32> {
+    if (WTYPE == 2u) {
+        return vec2<f32>(bitcast<f32>(s[row]), 0.0);
+    }
+    if (WTYPE == 3u) {
+        let g = row * p.gpr + (wi * 8u) / p.group;
+        let pair = unpack2x16float(s[g >> 1u]);
+        let sc = select(pair.x, pair.y, (g & 1u) == 1u);
+        return vec2<f32>(sc, -8.0 * sc);
+    }
+    if (WTYPE == 4u) {
+        let g = row * p.gpr + (wi * 8u) / p.group;
+        return unpack2x16float(s[g]);
+    }
+    return vec2<f32>(1.0, 0.0);
+}
+
+// Raw value `j` of a packed word, before the affine.
+fn raw(word: u32, j: u32) -> f32 {
+    if (WTYPE == 0u) { return bitcast<f32>(word); }
+    if (WTYPE == 1u) {
+        let h = unpack2x16float(word);
+        return select(h.x, h.y, j == 1u);
+    }
+    if (WTYPE == 2u) { return f32(extractBits(bitcast<i32>(word), j * 8u, 8u)); }
+    return f32(extractBits(word, j * 4u, 4u));
+}
+
+fn load_w(row: u32, col: u32) -> f32 {
+    let v = vpw();
+    let wi = col / v;
+    let a = affine(row, wi);
+    return raw(w[row * p.wpr + wi], col % v) * a.x + a.y;
+}
+
+// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); WGSL has no erf.
+fn erf_approx(v: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.3275911 * abs(v));
+    let poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t;
+    return sign(v) * (1.0 - poly * exp(-v * v));
+}
+
+fn act(v: f32) -> f32 {
+    if (ACT == 1u) { return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752)); }
+    if (ACT == 2u) {
+        // clamped so that tanh never sees arguments some drivers overflow on
+        let u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
+        return 0.5 * v * (1.0 + tanh(u));
+    }
+    if (ACT == 3u) { return v / (1.0 + exp(-v)); }
+    return v;
+}
+
+fn bias_at(col: u32) -> f32 {
+    if (HAS_BIAS) { return bias[col]; }
+    return 0.0;
+}
+
+// out[r, col] for r < m <= MAXM: each weight word is decoded once and used for every row.
+@compute @workgroup_size(WG)
+fn gemv(@builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let lane = lid.x % TPR;
+    let col = (wid.x + wid.y * nwg.x) * (WG / TPR) + lid.x / TPR;
+    let rows = min(p.m, MAXM);
+    var acc: array<f32, MAXM>;
+    if (col < p.n) {
+        let v = vpw();
+        for (var wi = lane; wi < p.wpr; wi += TPR) {
+            let word = w[col * p.wpr + wi];
+            let a = affine(col, wi);
+            let k0 = wi * v;
+            let kn = min(v, p.k - k0);
+            for (var j = 0u; j < kn; j++) {
+                let wv = raw(word, j) * a.x + a.y;
+                for (var r = 0u; r < rows; r++) {
+                    acc[r] += wv * x[r * p.k + k0 + j];
+                }
+            }
+        }
+    }
+    if (TPR > 1u) {
+        for (var r = 0u; r < MAXM; r++) {
+            red[r * WG + lid.x] = acc[r];
+        }
+        workgroupBarrier();
+        for (var st = TPR / 2u; st > 0u; st >>= 1u) {
+            if (lane < st) {
+                for (var r = 0u; r < MAXM; r++) {
+                    red[r * WG + lid.x] += red[r * WG + lid.x + st];
+                }
+            }
+            workgroupBarrier();
+        }
+        for (var r = 0u; r < MAXM; r++) {
+            acc[r] = red[r * WG + lid.x];
+        }
+    }
+    if (col < p.n && lane == 0u) {
+        let b = bias_at(col);
+        for (var r = 0u; r < rows; r++) {
+            out[r * p.n + col] = act(acc[r] + b);
+        }
+    }
+}
+
+// Tiled GEMM: a TILE x TILE block of out per workgroup, MICRO x MICRO per invocation.
+// Weights are dequantized into workgroup memory as the tile is loaded.
+@compute @workgroup_size(TS, TS)
+fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(workgroup_id) wid: vec3<u32>) {
+    let m0 = wid.y * TILE;
+    let n0 = wid.x * TILE;
+    let tid = lid.y * TS + lid.x;
+    var acc: array<f32, MICRO * MICRO>;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var i = tid; i < TILE * BK; i += TS * TS) {
+            let r = i / BK;
+            let gk = k0 + i % BK;
+            var xv = 0.0;
+            var wv = 0.0;
+            if (gk < p.k) {
+                if (m0 + r < p.m) { xv = x[(m0 + r) * p.k + gk]; }
+                if (n0 + r < p.n) { wv = load_w(n0 + r, gk); }
+            }
+            xs[i] = xv;
+            ws[i] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var a: array<f32, MICRO>;
+            var b: array<f32, MICRO>;
+            for (var i = 0u; i < MICRO; i++) {
+                a[i] = xs[(lid.y + i * TS) * BK + kk];
+                b[i] = ws[(lid.x + i * TS) * BK + kk];
+            }
+            for (var i = 0u; i < MICRO; i++) {
+                for (var j = 0u; j < MICRO; j++) {
+                    acc[i * MICRO + j] += a[i] * b[j];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < MICRO; i++) {
+        let gm = m0 + lid.y + i * TS;
+        for (var j = 0u; j < MICRO; j++) {
+            let gn = n0 + lid.x + j * TS;
+            if (gm < p.m && gn < p.n) {
+                out[gm * p.n + gn] = act(acc[i * MICRO + j] + bias_at(gn));
+            }
+        }
+    }
+}
+
+// Embedding gather: out[t, c] = table[ids[t], c] in any weight format.
+@compute @workgroup_size(WG)
+fn gather(@builtin(global_invocation_id) gid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= p.m * p.k) { return; }
+    let t = i / p.k;
+    out[i] = load_w(ids[t], i % p.k);
+}
