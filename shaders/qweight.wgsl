@@ -106,14 +106,17 @@ fn bias_at(col: u32) -> f32 {
     return 0.0;
 }
 
-// out[r, col] for r < m <= MAXM: each weight word is decoded once and used for every row.
+// out[r0 + r, col] for r < MAXM, r0 = MAXM * workgroup_id.z: each weight word is decoded
+// once and used for every row of the block. With TPR 1 it needs no workgroup memory or
+// barriers, and it is the many-row fallback to the tiled GEMM.
 @compute @workgroup_size(WG)
 fn gemv(@builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
     let lane = lid.x % TPR;
     let col = (wid.x + wid.y * nwg.x) * (WG / TPR) + lid.x / TPR;
-    let rows = min(p.m, MAXM);
+    let r0 = wid.z * MAXM;
+    let rows = min(p.m - min(r0, p.m), MAXM);
     var acc: array<f32, MAXM>;
     if (col < p.n) {
         let v = vpw();
@@ -125,7 +128,7 @@ fn gemv(@builtin(local_invocation_id) lid: vec3<u32>,
             for (var j = 0u; j < kn; j++) {
                 let wv = raw(word, j) * a.x + a.y;
                 for (var r = 0u; r < rows; r++) {
-                    acc[r] += wv * x[r * p.k + k0 + j];
+                    acc[r] += wv * x[(r0 + r) * p.k + k0 + j];
                 }
             }
         }
@@ -150,7 +153,7 @@ fn gemv(@builtin(local_invocation_id) lid: vec3<u32>,
     if (col < p.n && lane == 0u) {
         let b = bias_at(col);
         for (var r = 0u; r < rows; r++) {
-            out[r * p.n + col] = act(acc[r] + b);
+            out[(r0 + r) * p.n + col] = act(acc[r] + b);
         }
     }
 }

@@ -33,8 +33,5 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn weight_err(name: &str, msg: impl Into<String>) -> Error {
-    Error::Weight {
-        name: name.to_string(),
-        msg: msg.into(),
-    }
+    Error::Weight { name: name.to_string(), msg: msg.into() }
 }

@@ -196,11 +196,7 @@ impl Graph {
     /// Adds a graph input; must be called before any node is added.
     pub fn input(&mut self, name: &str, elem: Elem, dims: Vec<Dim>) -> ValueId {
         debug_assert!(self.nodes.is_empty(), "inputs come before nodes");
-        self.inputs.push(Input {
-            name: name.to_string(),
-            elem,
-            dims,
-        });
+        self.inputs.push(Input { name: name.to_string(), elem, dims });
         ValueId(self.inputs.len() as u32 - 1)
     }
 
@@ -215,10 +211,7 @@ impl Graph {
 
     /// Appends a node and returns its output value.
     pub fn push(&mut self, op: Op, inputs: &[ValueId]) -> ValueId {
-        self.nodes.push(Node {
-            op,
-            inputs: inputs.to_vec(),
-        });
+        self.nodes.push(Node { op, inputs: inputs.to_vec() });
         ValueId((self.inputs.len() + self.nodes.len() - 1) as u32)
     }
 
@@ -246,19 +239,13 @@ impl Graph {
             }
             for w in op_weights(&node.op) {
                 if w.0 as usize >= self.weights.len() {
-                    return Err(Error::Graph(format!(
-                        "node {i} refers to unknown weight {}",
-                        w.0
-                    )));
+                    return Err(Error::Graph(format!("node {i} refers to unknown weight {}", w.0)));
                 }
             }
         }
         for (name, v) in &self.outputs {
             if v.0 as usize >= self.num_values() {
-                return Err(Error::Graph(format!(
-                    "output `{name}` refers to unknown value {}",
-                    v.0
-                )));
+                return Err(Error::Graph(format!("output `{name}` refers to unknown value {}", v.0)));
             }
         }
         Ok(())

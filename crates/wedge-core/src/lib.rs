@@ -8,6 +8,8 @@
 //! It must not depend on a GPU API, on threads or on file-system I/O beyond byte
 //! slices and readers: it builds for `wasm32-unknown-unknown`.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::type_complexity))]
+
 mod error;
 pub mod graph;
 pub mod models;

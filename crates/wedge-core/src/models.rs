@@ -91,9 +91,8 @@ impl ModelGraph {
             .iter()
             .zip(&self.weight_shapes)
             .map(|(name, shape)| {
-                let w = by_name
-                    .remove(name)
-                    .ok_or_else(|| Error::Config(format!("the package has no tensor `{name}`")))?;
+                let w =
+                    by_name.remove(name).ok_or_else(|| Error::Config(format!("the package has no tensor `{name}`")))?;
                 if &w.shape != shape {
                     return Err(Error::Config(format!(
                         "tensor `{name}` has shape {:?}, the model needs {shape:?}",
@@ -110,15 +109,11 @@ impl ModelGraph {
 pub fn build(architecture: &str, config: &serde_json::Value) -> Result<ModelGraph> {
     let parse_err = |e: serde_json::Error| Error::Config(format!("{architecture} config: {e}"));
     match architecture {
-        ENCODER => serde_json::from_value::<EncoderConfig>(config.clone())
-            .map_err(parse_err)?
-            .build(),
-        DECODER => serde_json::from_value::<DecoderConfig>(config.clone())
-            .map_err(parse_err)?
-            .build(),
-        other => Err(Error::Config(format!(
-            "architecture `{other}` is not supported (supported: {ENCODER}, {DECODER})"
-        ))),
+        ENCODER => serde_json::from_value::<EncoderConfig>(config.clone()).map_err(parse_err)?.build(),
+        DECODER => serde_json::from_value::<DecoderConfig>(config.clone()).map_err(parse_err)?.build(),
+        other => {
+            Err(Error::Config(format!("architecture `{other}` is not supported (supported: {ENCODER}, {DECODER})")))
+        }
     }
 }
 
@@ -145,24 +140,10 @@ impl Builder {
         id
     }
 
-    fn linear(
-        &mut self,
-        x: crate::ValueId,
-        prefix: &str,
-        n: usize,
-        k: usize,
-        bias: bool,
-    ) -> crate::ValueId {
+    fn linear(&mut self, x: crate::ValueId, prefix: &str, n: usize, k: usize, bias: bool) -> crate::ValueId {
         let weight = self.w(&format!("{prefix}.weight"), &[n, k]);
         let bias = bias.then(|| self.w(&format!("{prefix}.bias"), &[n]));
-        self.g.push(
-            Op::MatMul {
-                weight,
-                bias,
-                act: Activation::None,
-            },
-            &[x],
-        )
+        self.g.push(Op::MatMul { weight, bias, act: Activation::None }, &[x])
     }
 
     fn layernorm(&mut self, x: crate::ValueId, prefix: &str, d: usize, eps: f32) -> crate::ValueId {
@@ -173,11 +154,7 @@ impl Builder {
 }
 
 fn check(cond: bool, msg: &str) -> Result<()> {
-    if cond {
-        Ok(())
-    } else {
-        Err(Error::Config(msg.to_string()))
-    }
+    if cond { Ok(()) } else { Err(Error::Config(msg.to_string())) }
 }
 
 impl EncoderConfig {
@@ -186,32 +163,17 @@ impl EncoderConfig {
     /// with pooling, `embedding` `[batch, hidden]`.
     pub fn build(&self) -> Result<ModelGraph> {
         let (h, nh) = (self.hidden_size, self.num_heads);
-        check(
-            h > 0 && nh > 0 && h % nh == 0,
-            "hidden_size must be a positive multiple of num_heads",
-        )?;
-        check(
-            self.vocab_size > 0 && self.num_layers > 0,
-            "vocab_size and num_layers must be positive",
-        )?;
+        check(h > 0 && nh > 0 && h % nh == 0, "hidden_size must be a positive multiple of num_heads")?;
+        check(self.vocab_size > 0 && self.num_layers > 0, "vocab_size and num_layers must be positive")?;
         let d = h / nh;
-        let mut b = Builder {
-            g: Graph::default(),
-            shapes: Vec::new(),
-        };
+        let mut b = Builder { g: Graph::default(), shapes: Vec::new() };
         let ids = b.g.input("input_ids", Elem::U32, dims());
         let types = b.g.input("token_type_ids", Elem::U32, dims());
         let pos = b.g.input("position_ids", Elem::U32, dims());
         let mask = b.g.input("attention_mask", Elem::U32, dims());
         let we = b.w("embeddings.word_embeddings.weight", &[self.vocab_size, h]);
-        let pe = b.w(
-            "embeddings.position_embeddings.weight",
-            &[self.max_position_embeddings, h],
-        );
-        let te = b.w(
-            "embeddings.token_type_embeddings.weight",
-            &[self.type_vocab_size, h],
-        );
+        let pe = b.w("embeddings.position_embeddings.weight", &[self.max_position_embeddings, h]);
+        let te = b.w("embeddings.token_type_embeddings.weight", &[self.type_vocab_size, h]);
         let x = b.g.push(Op::Embedding { table: we }, &[ids]);
         let p = b.g.push(Op::Embedding { table: pe }, &[pos]);
         let t = b.g.push(Op::Embedding { table: te }, &[types]);
@@ -223,64 +185,28 @@ impl EncoderConfig {
             let q = b.linear(x, &format!("{pre}.attention.self.query"), h, h, true);
             let k = b.linear(x, &format!("{pre}.attention.self.key"), h, h, true);
             let v = b.linear(x, &format!("{pre}.attention.self.value"), h, h, true);
-            let att = Op::Attention {
-                heads: nh,
-                kv_heads: nh,
-                head_dim: d,
-                causal: false,
-                scale: 1.0 / (d as f32).sqrt(),
-            };
+            let att =
+                Op::Attention { heads: nh, kv_heads: nh, head_dim: d, causal: false, scale: 1.0 / (d as f32).sqrt() };
             let a = b.g.push(att, &[q, k, v, mask]);
             let a = b.linear(a, &format!("{pre}.attention.output.dense"), h, h, true);
             let a = b.g.push(Op::Binary(BinaryOp::Add), &[a, x]);
-            x = b.layernorm(
-                a,
-                &format!("{pre}.attention.output.LayerNorm"),
-                h,
-                self.layer_norm_eps,
-            );
-            let f = b.linear(
-                x,
-                &format!("{pre}.intermediate.dense"),
-                self.intermediate_size,
-                h,
-                true,
-            );
+            x = b.layernorm(a, &format!("{pre}.attention.output.LayerNorm"), h, self.layer_norm_eps);
+            let f = b.linear(x, &format!("{pre}.intermediate.dense"), self.intermediate_size, h, true);
             let f = b.g.push(Op::Act(self.activation), &[f]);
-            let f = b.linear(
-                f,
-                &format!("{pre}.output.dense"),
-                h,
-                self.intermediate_size,
-                true,
-            );
+            let f = b.linear(f, &format!("{pre}.output.dense"), h, self.intermediate_size, true);
             let f = b.g.push(Op::Binary(BinaryOp::Add), &[f, x]);
-            x = b.layernorm(
-                f,
-                &format!("{pre}.output.LayerNorm"),
-                h,
-                self.layer_norm_eps,
-            );
+            x = b.layernorm(f, &format!("{pre}.output.LayerNorm"), h, self.layer_norm_eps);
         }
         b.g.output("last_hidden_state", x);
         let pooled = match self.pooling {
             Pooling::Mean => b.g.push(Op::MeanPool, &[x, mask]),
             Pooling::Cls => {
-                return Err(Error::Config(
-                    "cls pooling is not supported yet; use mean".into(),
-                ));
+                return Err(Error::Config("cls pooling is not supported yet; use mean".into()));
             }
         };
-        let e = if self.normalize {
-            b.g.push(Op::L2Normalize { eps: 1e-12 }, &[pooled])
-        } else {
-            pooled
-        };
+        let e = if self.normalize { b.g.push(Op::L2Normalize { eps: 1e-12 }, &[pooled]) } else { pooled };
         b.g.output("embedding", e);
-        Ok(ModelGraph {
-            graph: b.g,
-            weight_shapes: b.shapes,
-        })
+        Ok(ModelGraph { graph: b.g, weight_shapes: b.shapes })
     }
 }
 
@@ -289,25 +215,11 @@ impl DecoderConfig {
     /// `positions`, `attention_mask` (all `[batch, seq]` u32). Output: `logits`
     /// `[batch, seq, vocab]`.
     pub fn build(&self) -> Result<ModelGraph> {
-        let (h, nh, nkv, d) = (
-            self.hidden_size,
-            self.num_heads,
-            self.num_kv_heads,
-            self.head_dim,
-        );
-        check(
-            nh > 0 && nkv > 0 && nh % nkv == 0,
-            "num_heads must be a positive multiple of num_kv_heads",
-        )?;
+        let (h, nh, nkv, d) = (self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim);
+        check(nh > 0 && nkv > 0 && nh % nkv == 0, "num_heads must be a positive multiple of num_kv_heads")?;
         check(d > 0 && d % 2 == 0, "head_dim must be even")?;
-        check(
-            self.vocab_size > 0 && self.num_layers > 0 && h > 0,
-            "sizes must be positive",
-        )?;
-        let mut b = Builder {
-            g: Graph::default(),
-            shapes: Vec::new(),
-        };
+        check(self.vocab_size > 0 && self.num_layers > 0 && h > 0, "sizes must be positive")?;
+        let mut b = Builder { g: Graph::default(), shapes: Vec::new() };
         let ids = b.g.input("input_ids", Elem::U32, dims());
         let pos = b.g.input("positions", Elem::U32, dims());
         let mask = b.g.input("attention_mask", Elem::U32, dims());
@@ -321,64 +233,29 @@ impl DecoderConfig {
             let q = b.linear(n, &format!("{pre}.self_attn.q_proj"), nh * d, h, false);
             let k = b.linear(n, &format!("{pre}.self_attn.k_proj"), nkv * d, h, false);
             let v = b.linear(n, &format!("{pre}.self_attn.v_proj"), nkv * d, h, false);
-            let rope = |heads| Op::Rope {
-                heads,
-                head_dim: d,
-                base: self.rope_theta,
-                mode: self.rope_mode,
-            };
+            let rope = |heads| Op::Rope { heads, head_dim: d, base: self.rope_theta, mode: self.rope_mode };
             let q = b.g.push(rope(nh), &[q, pos]);
             let k = b.g.push(rope(nkv), &[k, pos]);
-            let att = Op::Attention {
-                heads: nh,
-                kv_heads: nkv,
-                head_dim: d,
-                causal: true,
-                scale: 1.0 / (d as f32).sqrt(),
-            };
+            let att =
+                Op::Attention { heads: nh, kv_heads: nkv, head_dim: d, causal: true, scale: 1.0 / (d as f32).sqrt() };
             let a = b.g.push(att, &[q, k, v, mask]);
             let a = b.linear(a, &format!("{pre}.self_attn.o_proj"), h, nh * d, false);
             x = b.g.push(Op::Binary(BinaryOp::Add), &[x, a]);
             let g2 = b.w(&format!("{pre}.post_attention_layernorm.weight"), &[h]);
             let n = b.g.push(Op::RmsNorm { gamma: g2, eps }, &[x]);
-            let gate = b.linear(
-                n,
-                &format!("{pre}.mlp.gate_proj"),
-                self.intermediate_size,
-                h,
-                false,
-            );
+            let gate = b.linear(n, &format!("{pre}.mlp.gate_proj"), self.intermediate_size, h, false);
             let gate = b.g.push(Op::Act(Activation::Silu), &[gate]);
-            let up = b.linear(
-                n,
-                &format!("{pre}.mlp.up_proj"),
-                self.intermediate_size,
-                h,
-                false,
-            );
+            let up = b.linear(n, &format!("{pre}.mlp.up_proj"), self.intermediate_size, h, false);
             let f = b.g.push(Op::Binary(BinaryOp::Mul), &[gate, up]);
-            let f = b.linear(
-                f,
-                &format!("{pre}.mlp.down_proj"),
-                h,
-                self.intermediate_size,
-                false,
-            );
+            let f = b.linear(f, &format!("{pre}.mlp.down_proj"), h, self.intermediate_size, false);
             x = b.g.push(Op::Binary(BinaryOp::Add), &[x, f]);
         }
         let gn = b.w("model.norm.weight", &[h]);
         let x = b.g.push(Op::RmsNorm { gamma: gn, eps }, &[x]);
-        let head = if self.tie_word_embeddings {
-            "model.embed_tokens"
-        } else {
-            "lm_head"
-        };
+        let head = if self.tie_word_embeddings { "model.embed_tokens" } else { "lm_head" };
         let logits = b.linear(x, head, self.vocab_size, h, false);
         b.g.output("logits", logits);
-        Ok(ModelGraph {
-            graph: b.g,
-            weight_shapes: b.shapes,
-        })
+        Ok(ModelGraph { graph: b.g, weight_shapes: b.shapes })
     }
 }
 
@@ -404,14 +281,8 @@ mod tests {
             normalize: true,
         };
         let m = enc.build().unwrap();
-        let infos: Vec<_> = m
-            .weight_shapes
-            .iter()
-            .map(|s| WeightInfo {
-                shape: s.clone(),
-                format: Format::F32,
-            })
-            .collect();
+        let infos: Vec<_> =
+            m.weight_shapes.iter().map(|s| WeightInfo { shape: s.clone(), format: Format::F32 }).collect();
         let p = Plan::compile(&m.graph, &infos, &vec![vec![2, 5]; 4]).unwrap();
         assert_eq!(p.fused_activations, 2);
         assert!(p.peak_activation_bytes < p.unplanned_activation_bytes);
@@ -430,14 +301,8 @@ mod tests {
             tie_word_embeddings: true,
         };
         let m = dec.build().unwrap();
-        let infos: Vec<_> = m
-            .weight_shapes
-            .iter()
-            .map(|s| WeightInfo {
-                shape: s.clone(),
-                format: Format::F32,
-            })
-            .collect();
+        let infos: Vec<_> =
+            m.weight_shapes.iter().map(|s| WeightInfo { shape: s.clone(), format: Format::F32 }).collect();
         let p = Plan::compile(&m.graph, &infos, &vec![vec![1, 7]; 3]).unwrap();
         assert_eq!(p.fused_activations, 2);
     }

@@ -159,21 +159,15 @@ fn hex(bytes: &[u8]) -> String {
 /// Reads and validates the prefix and header of a package without touching tensor data.
 pub fn read_header(bytes: &[u8], limits: &PackageLimits) -> Result<ParsedHeader> {
     if bytes.len() < PREFIX_LEN {
-        return Err(bad(format!(
-            "truncated: {} bytes, the fixed prefix alone is {PREFIX_LEN}",
-            bytes.len()
-        )));
+        return Err(bad(format!("truncated: {} bytes, the fixed prefix alone is {PREFIX_LEN}", bytes.len())));
     }
     if bytes[..8] != MAGIC {
         return Err(bad("not a .wedge file (bad magic)"));
     }
-    let u32_at =
-        |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+    let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
     let version = u32_at(8);
     if version != VERSION {
-        return Err(bad(format!(
-            "format version {version} is not supported (this reader reads {VERSION})"
-        )));
+        return Err(bad(format!("format version {version} is not supported (this reader reads {VERSION})")));
     }
     let flags = u32_at(12);
     if flags != 0 {
@@ -183,16 +177,11 @@ pub fn read_header(bytes: &[u8], limits: &PackageLimits) -> Result<ParsedHeader>
     hl.copy_from_slice(&bytes[16..24]);
     let header_len = u64::from_le_bytes(hl);
     if header_len > limits.max_header_bytes {
-        return Err(bad(format!(
-            "header length {header_len} exceeds the limit of {} bytes",
-            limits.max_header_bytes
-        )));
+        return Err(bad(format!("header length {header_len} exceeds the limit of {} bytes", limits.max_header_bytes)));
     }
     let available = (bytes.len() - PREFIX_LEN) as u64;
     if header_len > available {
-        return Err(bad(format!(
-            "truncated: header length {header_len}, only {available} bytes follow"
-        )));
+        return Err(bad(format!("truncated: header length {header_len}, only {available} bytes follow")));
     }
     let header_len = header_len as usize;
     let header_bytes = &bytes[PREFIX_LEN..PREFIX_LEN + header_len];
@@ -200,40 +189,22 @@ pub fn read_header(bytes: &[u8], limits: &PackageLimits) -> Result<ParsedHeader>
     if digest[..] != bytes[24..56] {
         return Err(bad("header checksum mismatch (corrupt header)"));
     }
-    let header: Header = serde_json::from_slice(header_bytes)
-        .map_err(|e| bad(format!("header is not valid: {e}")))?;
+    let header: Header = serde_json::from_slice(header_bytes).map_err(|e| bad(format!("header is not valid: {e}")))?;
     let data_offset = PREFIX_LEN + header_len;
     let data_len = (bytes.len() - data_offset) as u64;
     validate_header(&header, data_len, limits)?;
-    Ok(ParsedHeader {
-        header,
-        digest: hex(&digest),
-        data_offset,
-        header_len,
-    })
+    Ok(ParsedHeader { header, digest: hex(&digest), data_offset, header_len })
 }
 
-fn check_section(
-    what: &str,
-    offset: u64,
-    stored: u64,
-    raw: u64,
-    data_len: u64,
-    limits: &PackageLimits,
-) -> Result<()> {
-    let end = offset
-        .checked_add(stored)
-        .ok_or_else(|| bad(format!("{what}: offset + length overflows")))?;
+fn check_section(what: &str, offset: u64, stored: u64, raw: u64, data_len: u64, limits: &PackageLimits) -> Result<()> {
+    let end = offset.checked_add(stored).ok_or_else(|| bad(format!("{what}: offset + length overflows")))?;
     if end > data_len {
         return Err(bad(format!(
             "{what}: section {offset}..{end} runs past the end of the data ({data_len} bytes; truncated file?)"
         )));
     }
     if raw > limits.max_entry_bytes {
-        return Err(bad(format!(
-            "{what}: raw length {raw} exceeds the limit of {}",
-            limits.max_entry_bytes
-        )));
+        return Err(bad(format!("{what}: raw length {raw} exceeds the limit of {}", limits.max_entry_bytes)));
     }
     Ok(())
 }
@@ -253,32 +224,19 @@ fn validate_header(h: &Header, data_len: u64, limits: &PackageLimits) -> Result<
         if !names.insert(("t", t.name.as_str())) {
             return Err(bad(format!("{what} appears twice")));
         }
-        t.format
-            .validate()
-            .map_err(|m| bad(format!("{what}: {m}")))?;
+        t.format.validate().map_err(|m| bad(format!("{what}: {m}")))?;
         if t.shape.is_empty() || t.shape.len() > limits.max_rank {
-            return Err(bad(format!(
-                "{what}: rank {} is outside 1..={}",
-                t.shape.len(),
-                limits.max_rank
-            )));
+            return Err(bad(format!("{what}: rank {} is outside 1..={}", t.shape.len(), limits.max_rank)));
         }
         let shape: Vec<usize> = t
             .shape
             .iter()
-            .map(|&d| {
-                usize::try_from(d).map_err(|_| bad(format!("{what}: dimension {d} is too large")))
-            })
+            .map(|&d| usize::try_from(d).map_err(|_| bad(format!("{what}: dimension {d} is too large"))))
             .collect::<Result<_>>()?;
-        let (rows, cols) =
-            rows_cols(&shape).ok_or_else(|| bad(format!("{what}: shape {shape:?} overflows")))?;
-        let (w, s) = t
-            .format
-            .packed_words(rows, cols)
-            .ok_or_else(|| bad(format!("{what}: shape {shape:?} overflows")))?;
-        let want = (w as u64)
-            .checked_add(s as u64)
-            .and_then(|n| n.checked_mul(4));
+        let (rows, cols) = rows_cols(&shape).ok_or_else(|| bad(format!("{what}: shape {shape:?} overflows")))?;
+        let (w, s) =
+            t.format.packed_words(rows, cols).ok_or_else(|| bad(format!("{what}: shape {shape:?} overflows")))?;
+        let want = (w as u64).checked_add(s as u64).and_then(|n| n.checked_mul(4));
         if want != Some(t.raw_len) {
             return Err(bad(format!(
                 "{what}: {} {shape:?} needs {} raw bytes, header says {}",
@@ -299,50 +257,31 @@ fn validate_header(h: &Header, data_len: u64, limits: &PackageLimits) -> Result<
         total = total.saturating_add(a.raw_len);
     }
     if total > limits.max_total_bytes {
-        return Err(bad(format!(
-            "entries total {total} raw bytes, over the limit of {}",
-            limits.max_total_bytes
-        )));
+        return Err(bad(format!("entries total {total} raw bytes, over the limit of {}", limits.max_total_bytes)));
     }
     Ok(())
 }
 
 /// Checks a section's CRC and decompresses it to exactly `raw_len` bytes.
-fn inflate(
-    what: &str,
-    data: &[u8],
-    offset: u64,
-    stored_len: u64,
-    raw_len: u64,
-    crc: u32,
-) -> Result<Vec<u8>> {
+fn inflate(what: &str, data: &[u8], offset: u64, stored_len: u64, raw_len: u64, crc: u32) -> Result<Vec<u8>> {
     // Bounds were checked in validate_header.
     let start = offset as usize;
     let stored = &data[start..start + stored_len as usize];
     if crc32fast::hash(stored) != crc {
         return Err(bad(format!("{what}: checksum mismatch (corrupt data)")));
     }
-    let decoder = ruzstd::decoding::StreamingDecoder::new(stored)
-        .map_err(|e| bad(format!("{what}: bad zstd frame: {e}")))?;
+    let decoder =
+        ruzstd::decoding::StreamingDecoder::new(stored).map_err(|e| bad(format!("{what}: bad zstd frame: {e}")))?;
     let mut out = Vec::new();
-    decoder
-        .take(raw_len + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| bad(format!("{what}: decompression failed: {e}")))?;
+    decoder.take(raw_len + 1).read_to_end(&mut out).map_err(|e| bad(format!("{what}: decompression failed: {e}")))?;
     if out.len() as u64 != raw_len {
-        return Err(bad(format!(
-            "{what}: decompressed to {} bytes, header says {raw_len}",
-            out.len()
-        )));
+        return Err(bad(format!("{what}: decompressed to {} bytes, header says {raw_len}", out.len())));
     }
     Ok(out)
 }
 
 fn words_of(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 impl Package {
@@ -365,25 +304,14 @@ impl Package {
             let (nw, _) = t.format.packed_words(rows, cols).unwrap_or((0, 0));
             let mut words = words_of(&raw);
             let scales = words.split_off(nw.min(words.len()));
-            tensors.push(Weight::from_packed(
-                &t.name, &shape, t.format, words, scales,
-            )?);
+            tensors.push(Weight::from_packed(&t.name, &shape, t.format, words, scales)?);
         }
         let mut assets = BTreeMap::new();
         for a in &h.assets {
             let what = format!("asset `{}`", a.name);
-            assets.insert(
-                a.name.clone(),
-                inflate(&what, data, a.offset, a.stored_len, a.raw_len, a.crc32)?,
-            );
+            assets.insert(a.name.clone(), inflate(&what, data, a.offset, a.stored_len, a.raw_len, a.crc32)?);
         }
-        let pkg = Package {
-            architecture: h.architecture,
-            config: h.config,
-            metadata: h.metadata,
-            tensors,
-            assets,
-        };
+        let pkg = Package { architecture: h.architecture, config: h.config, metadata: h.metadata, tensors, assets };
         Ok((pkg, parsed.digest))
     }
 
@@ -423,13 +351,7 @@ impl Package {
         let mut assets = Vec::new();
         for (name, raw) in &self.assets {
             let (offset, stored_len, crc32) = put(raw)?;
-            assets.push(AssetEntry {
-                name: name.clone(),
-                offset,
-                stored_len,
-                raw_len: raw.len() as u64,
-                crc32,
-            });
+            assets.push(AssetEntry { name: name.clone(), offset, stored_len, raw_len: raw.len() as u64, crc32 });
         }
         let header = Header {
             architecture: self.architecture.clone(),
@@ -438,8 +360,7 @@ impl Package {
             tensors: entries,
             assets,
         };
-        let hb =
-            serde_json::to_vec(&header).map_err(|e| bad(format!("cannot encode header: {e}")))?;
+        let hb = serde_json::to_vec(&header).map_err(|e| bad(format!("cannot encode header: {e}")))?;
         Ok(assemble(&hb, &data))
     }
 }
@@ -530,24 +451,12 @@ mod tests {
     fn hostile_headers_name_the_problem() {
         let (h, data) = parts();
         let cases: Vec<(Box<dyn Fn(&mut Header)>, &str)> = vec![
-            (
-                Box::new(|h| h.tensors[0].shape = vec![u64::MAX, u64::MAX]),
-                "overflows",
-            ),
-            (
-                Box::new(|h| h.tensors[0].shape = vec![1 << 40, 1 << 20]),
-                "raw bytes",
-            ),
+            (Box::new(|h| h.tensors[0].shape = vec![u64::MAX, u64::MAX]), "overflows"),
+            (Box::new(|h| h.tensors[0].shape = vec![1 << 40, 1 << 20]), "raw bytes"),
             (Box::new(|h| h.tensors[0].raw_len = 1 << 50), "raw bytes"),
-            (
-                Box::new(|h| h.tensors[0].offset = u64::MAX - 1),
-                "overflows",
-            ),
+            (Box::new(|h| h.tensors[0].offset = u64::MAX - 1), "overflows"),
             (Box::new(|h| h.tensors[0].offset = 1 << 30), "past the end"),
-            (
-                Box::new(|h| h.tensors[1].format = Format::Q4 { group: 7 }),
-                "group size",
-            ),
+            (Box::new(|h| h.tensors[1].format = Format::Q4 { group: 7 }), "group size"),
             (Box::new(|h| h.tensors[1].format = Format::F32), "raw bytes"),
             (Box::new(|h| h.tensors[2].shape = vec![]), "rank"),
             (Box::new(|h| h.tensors[2].shape = vec![1; 9]), "rank"),
@@ -557,8 +466,7 @@ mod tests {
         for (i, (edit, want)) in cases.iter().enumerate() {
             let mut h2 = h.clone();
             edit(&mut h2);
-            let err =
-                Package::from_bytes(&resigned(&h2, &data)).expect_err("hostile header accepted");
+            let err = Package::from_bytes(&resigned(&h2, &data)).expect_err("hostile header accepted");
             assert!(err.to_string().contains(want), "case {i}: {err}");
         }
         // A raw length that matches the shape but not what the frame holds.
@@ -570,21 +478,11 @@ mod tests {
         // A huge header length.
         let mut b = resigned(&h, &data);
         b[16..24].copy_from_slice(&(1u64 << 62).to_le_bytes());
-        assert!(
-            Package::from_bytes(&b)
-                .unwrap_err()
-                .to_string()
-                .contains("limit")
-        );
+        assert!(Package::from_bytes(&b).unwrap_err().to_string().contains("limit"));
         // Wrong version.
         let mut b = resigned(&h, &data);
         b[8] = 2;
-        assert!(
-            Package::from_bytes(&b)
-                .unwrap_err()
-                .to_string()
-                .contains("version 2")
-        );
+        assert!(Package::from_bytes(&b).unwrap_err().to_string().contains("version 2"));
     }
 
     proptest! {

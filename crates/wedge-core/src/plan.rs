@@ -15,9 +15,7 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// Inverse rotary frequencies `base^(-2i/d)` for `i < d/2`, computed in f64 and rounded
 /// once, so every backend rotates by the same f32 angles.
 pub fn rope_inv_freq(head_dim: usize, base: f32) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|i| (f64::from(base)).powf(-((2 * i) as f64) / head_dim as f64) as f32)
-        .collect()
+    (0..head_dim / 2).map(|i| (f64::from(base)).powf(-((2 * i) as f64) / head_dim as f64) as f32).collect()
 }
 
 /// Shape and format of a weight, which is all the planner needs to know of it.
@@ -31,10 +29,7 @@ pub struct WeightInfo {
 
 impl From<&Weight> for WeightInfo {
     fn from(w: &Weight) -> Self {
-        WeightInfo {
-            shape: w.shape.clone(),
-            format: w.format,
-        }
+        WeightInfo { shape: w.shape.clone(), format: w.format }
     }
 }
 
@@ -52,20 +47,12 @@ pub struct HostTensor {
 impl HostTensor {
     /// An f32 tensor.
     pub fn f32(shape: &[usize], values: &[f32]) -> HostTensor {
-        HostTensor {
-            shape: shape.to_vec(),
-            elem: Elem::F32,
-            data: values.iter().map(|v| v.to_bits()).collect(),
-        }
+        HostTensor { shape: shape.to_vec(), elem: Elem::F32, data: values.iter().map(|v| v.to_bits()).collect() }
     }
 
     /// A u32 tensor.
     pub fn u32(shape: &[usize], values: &[u32]) -> HostTensor {
-        HostTensor {
-            shape: shape.to_vec(),
-            elem: Elem::U32,
-            data: values.to_vec(),
-        }
+        HostTensor { shape: shape.to_vec(), elem: Elem::U32, data: values.to_vec() }
     }
 
     /// The values as f32 (meaningful for [`Elem::F32`]).
@@ -294,11 +281,7 @@ pub fn op_name(op: &Op) -> &'static str {
 
 impl Plan {
     /// Compiles `graph` for inputs of the given shapes.
-    pub fn compile(
-        graph: &Graph,
-        weights: &[WeightInfo],
-        input_shapes: &[Vec<usize>],
-    ) -> Result<Plan> {
+    pub fn compile(graph: &Graph, weights: &[WeightInfo], input_shapes: &[Vec<usize>]) -> Result<Plan> {
         graph.validate()?;
         if weights.len() != graph.weights.len() {
             return Err(Error::Graph(format!(
@@ -308,11 +291,7 @@ impl Plan {
             )));
         }
         if input_shapes.len() != graph.inputs.len() {
-            return Err(Error::Input(format!(
-                "expected {} inputs, got {}",
-                graph.inputs.len(),
-                input_shapes.len()
-            )));
+            return Err(Error::Input(format!("expected {} inputs, got {}", graph.inputs.len(), input_shapes.len())));
         }
         // Bind symbolic dimensions.
         let mut vars: HashMap<&str, usize> = HashMap::new();
@@ -334,27 +313,20 @@ impl Plan {
                         )));
                     }
                     Dim::Var(name) => {
-                        if let Some(prev) = vars.insert(name, got) {
-                            if prev != got {
-                                return Err(Error::Input(format!(
-                                    "dimension `{name}` is {prev} in one input and {got} in `{}`",
-                                    inp.name
-                                )));
-                            }
+                        if let Some(prev) = vars.insert(name, got)
+                            && prev != got
+                        {
+                            return Err(Error::Input(format!(
+                                "dimension `{name}` is {prev} in one input and {got} in `{}`",
+                                inp.name
+                            )));
                         }
                     }
                     _ => {}
                 }
             }
-            if shape
-                .iter()
-                .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .is_none()
-            {
-                return Err(Error::Input(format!(
-                    "input `{}` shape {shape:?} overflows",
-                    inp.name
-                )));
+            if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
+                return Err(Error::Input(format!("input `{}` shape {shape:?} overflows", inp.name)));
             }
         }
 
@@ -373,47 +345,29 @@ impl Plan {
         for node in &graph.nodes {
             if let Op::Act(act) = node.op {
                 let src = node.inputs.first().map(|v| v.0 as usize);
-                if let Some(j) = src.and_then(|s| s.checked_sub(ni)) {
-                    if let Op::MatMul {
-                        act: Activation::None,
-                        ..
-                    } = graph.nodes[j].op
-                    {
-                        if uses[ni + j] == 1
-                            && !graph.outputs.iter().any(|(_, v)| v.0 as usize == ni + j)
-                        {
-                            fused_into.insert(j, act);
-                        }
-                    }
+                if let Some(j) = src.and_then(|s| s.checked_sub(ni))
+                    && let Op::MatMul { act: Activation::None, .. } = graph.nodes[j].op
+                    && uses[ni + j] == 1
+                    && !graph.outputs.iter().any(|(_, v)| v.0 as usize == ni + j)
+                {
+                    fused_into.insert(j, act);
                 }
             }
         }
 
         for (i, node) in graph.nodes.iter().enumerate() {
             let op = &node.op;
-            let ins: Vec<&[usize]> = node
-                .inputs
-                .iter()
-                .map(|v| shapes[v.0 as usize].as_slice())
-                .collect();
+            let ins: Vec<&[usize]> = node.inputs.iter().map(|v| shapes[v.0 as usize].as_slice()).collect();
             let in_elems: Vec<Elem> = node.inputs.iter().map(|v| elems[v.0 as usize]).collect();
             let need = |n: usize| -> Result<()> {
                 if node.inputs.len() != n {
-                    return Err(shape_err(
-                        i,
-                        op,
-                        format!("takes {n} operands, got {}", node.inputs.len()),
-                    ));
+                    return Err(shape_err(i, op, format!("takes {n} operands, got {}", node.inputs.len())));
                 }
                 Ok(())
             };
             let want_elem = |idx: usize, e: Elem| -> Result<()> {
                 if in_elems[idx] != e {
-                    return Err(shape_err(
-                        i,
-                        op,
-                        format!("operand {idx} must be {e:?}, is {:?}", in_elems[idx]),
-                    ));
+                    return Err(shape_err(i, op, format!("operand {idx} must be {e:?}, is {:?}", in_elems[idx])));
                 }
                 Ok(())
             };
@@ -425,19 +379,11 @@ impl Plan {
                     return Err(shape_err(
                         i,
                         op,
-                        format!(
-                            "weight `{}` has shape {:?}, expected [{len}]",
-                            wname(w),
-                            info.shape
-                        ),
+                        format!("weight `{}` has shape {:?}, expected [{len}]", wname(w), info.shape),
                     ));
                 }
                 if !matches!(info.format, Format::F32 | Format::F16) {
-                    return Err(shape_err(
-                        i,
-                        op,
-                        format!("weight `{}` must be f32 or f16", wname(w)),
-                    ));
+                    return Err(shape_err(i, op, format!("weight `{}` must be f32 or f16", wname(w))));
                 }
                 Ok(())
             };
@@ -469,16 +415,7 @@ impl Plan {
                     let mut s = ins[0].to_vec();
                     s.push(cols);
                     let tokens = numel(ins[0]);
-                    (
-                        s,
-                        Some(StepKind::Gather {
-                            table: *table,
-                            format: info.format,
-                            tokens,
-                            rows,
-                            cols,
-                        }),
-                    )
+                    (s, Some(StepKind::Gather { table: *table, format: info.format, tokens, rows, cols }))
                 }
                 Op::MatMul { weight, bias, act } => {
                     need(1)?;
@@ -488,11 +425,7 @@ impl Plan {
                         return Err(shape_err(
                             i,
                             op,
-                            format!(
-                                "weight `{}` must be 2-D, is {:?}",
-                                wname(*weight),
-                                info.shape
-                            ),
+                            format!("weight `{}` must be 2-D, is {:?}", wname(*weight), info.shape),
                         ));
                     }
                     let (n, k) = (info.shape[0], info.shape[1]);
@@ -521,18 +454,7 @@ impl Plan {
                         _ => *act,
                     };
                     let m = numel(ins[0]) / k.max(1);
-                    (
-                        s,
-                        Some(StepKind::MatMul {
-                            weight: *weight,
-                            format: info.format,
-                            bias: *bias,
-                            act,
-                            m,
-                            k,
-                            n,
-                        }),
-                    )
+                    (s, Some(StepKind::MatMul { weight: *weight, format: info.format, bias: *bias, act, m, k, n }))
                 }
                 Op::Binary(bop) => {
                     need(2)?;
@@ -540,20 +462,9 @@ impl Plan {
                     want_elem(1, Elem::F32)?;
                     let (a, b) = (ins[0], ins[1]);
                     if b.len() > a.len() || a[a.len() - b.len()..] != *b {
-                        return Err(shape_err(
-                            i,
-                            op,
-                            format!("cannot broadcast {b:?} onto {a:?}"),
-                        ));
+                        return Err(shape_err(i, op, format!("cannot broadcast {b:?} onto {a:?}")));
                     }
-                    (
-                        a.to_vec(),
-                        Some(StepKind::Binary {
-                            op: *bop,
-                            n: numel(a),
-                            bn: numel(b),
-                        }),
-                    )
+                    (a.to_vec(), Some(StepKind::Binary { op: *bop, n: numel(a), bn: numel(b) }))
                 }
                 Op::Act(act) => {
                     need(1)?;
@@ -563,13 +474,7 @@ impl Plan {
                         is_alias = true;
                         (ins[0].to_vec(), None)
                     } else {
-                        (
-                            ins[0].to_vec(),
-                            Some(StepKind::Act {
-                                act: *act,
-                                n: numel(ins[0]),
-                            }),
-                        )
+                        (ins[0].to_vec(), Some(StepKind::Act { act: *act, n: numel(ins[0]) }))
                     }
                 }
                 Op::LayerNorm { gamma, beta, eps } => {
@@ -579,16 +484,7 @@ impl Plan {
                     vec_weight(*gamma, cols)?;
                     vec_weight(*beta, cols)?;
                     let rows = numel(ins[0]) / cols.max(1);
-                    (
-                        ins[0].to_vec(),
-                        Some(StepKind::LayerNorm {
-                            gamma: *gamma,
-                            beta: *beta,
-                            eps: *eps,
-                            rows,
-                            cols,
-                        }),
-                    )
+                    (ins[0].to_vec(), Some(StepKind::LayerNorm { gamma: *gamma, beta: *beta, eps: *eps, rows, cols }))
                 }
                 Op::RmsNorm { gamma, eps } => {
                     need(1)?;
@@ -596,42 +492,18 @@ impl Plan {
                     let cols = last(ins[0]);
                     vec_weight(*gamma, cols)?;
                     let rows = numel(ins[0]) / cols.max(1);
-                    (
-                        ins[0].to_vec(),
-                        Some(StepKind::RmsNorm {
-                            gamma: *gamma,
-                            eps: *eps,
-                            rows,
-                            cols,
-                        }),
-                    )
+                    (ins[0].to_vec(), Some(StepKind::RmsNorm { gamma: *gamma, eps: *eps, rows, cols }))
                 }
                 Op::Softmax => {
                     need(1)?;
                     want_elem(0, Elem::F32)?;
                     let cols = last(ins[0]);
-                    (
-                        ins[0].to_vec(),
-                        Some(StepKind::Softmax {
-                            rows: numel(ins[0]) / cols.max(1),
-                            cols,
-                        }),
-                    )
+                    (ins[0].to_vec(), Some(StepKind::Softmax { rows: numel(ins[0]) / cols.max(1), cols }))
                 }
-                Op::Attention {
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    causal,
-                    scale,
-                } => {
+                Op::Attention { heads, kv_heads, head_dim, causal, scale } => {
                     let masked = node.inputs.len() == 4;
                     if !(3..=4).contains(&node.inputs.len()) {
-                        return Err(shape_err(
-                            i,
-                            op,
-                            format!("takes 3 or 4 operands, got {}", node.inputs.len()),
-                        ));
+                        return Err(shape_err(i, op, format!("takes 3 or 4 operands, got {}", node.inputs.len())));
                     }
                     for j in 0..3 {
                         want_elem(j, Elem::F32)?;
@@ -647,19 +519,11 @@ impl Plan {
                         ));
                     }
                     let (q, k, v) = (ins[0], ins[1], ins[2]);
-                    if q.len() != 3
-                        || k.len() != 3
-                        || k != v
-                        || q[2] != h * d
-                        || k[2] != kvh * d
-                        || q[0] != k[0]
-                    {
+                    if q.len() != 3 || k.len() != 3 || k != v || q[2] != h * d || k[2] != kvh * d || q[0] != k[0] {
                         return Err(shape_err(
                             i,
                             op,
-                            format!(
-                                "q {q:?}, k {k:?}, v {v:?} do not fit heads {h}, kv_heads {kvh}, head_dim {d}"
-                            ),
+                            format!("q {q:?}, k {k:?}, v {v:?} do not fit heads {h}, kv_heads {kvh}, head_dim {d}"),
                         ));
                     }
                     if *causal && k[1] < q[1] {
@@ -672,11 +536,7 @@ impl Plan {
                     if masked {
                         want_elem(3, Elem::U32)?;
                         if ins[3] != [k[0], k[1]] {
-                            return Err(shape_err(
-                                i,
-                                op,
-                                format!("mask {:?} must be [{}, {}]", ins[3], k[0], k[1]),
-                            ));
+                            return Err(shape_err(i, op, format!("mask {:?} must be [{}, {}]", ins[3], k[0], k[1])));
                         }
                     }
                     (
@@ -694,27 +554,16 @@ impl Plan {
                         }),
                     )
                 }
-                Op::Rope {
-                    heads,
-                    head_dim,
-                    base,
-                    mode,
-                } => {
+                Op::Rope { heads, head_dim, base, mode } => {
                     need(2)?;
                     want_elem(0, Elem::F32)?;
                     want_elem(1, Elem::U32)?;
                     let (x, pos) = (ins[0], ins[1]);
-                    if x.len() != 3
-                        || head_dim % 2 != 0
-                        || x[2] != heads * head_dim
-                        || pos != [x[0], x[1]]
-                    {
+                    if x.len() != 3 || head_dim % 2 != 0 || x[2] != heads * head_dim || pos != [x[0], x[1]] {
                         return Err(shape_err(
                             i,
                             op,
-                            format!(
-                                "x {x:?} and positions {pos:?} do not fit {heads} heads of (even) size {head_dim}"
-                            ),
+                            format!("x {x:?} and positions {pos:?} do not fit {heads} heads of (even) size {head_dim}"),
                         ));
                     }
                     (
@@ -734,20 +583,9 @@ impl Plan {
                     want_elem(1, Elem::U32)?;
                     let (x, m) = (ins[0], ins[1]);
                     if x.len() != 3 || m != [x[0], x[1]] {
-                        return Err(shape_err(
-                            i,
-                            op,
-                            format!("x {x:?} must be [b, s, h] and mask {m:?} [b, s]"),
-                        ));
+                        return Err(shape_err(i, op, format!("x {x:?} must be [b, s, h] and mask {m:?} [b, s]")));
                     }
-                    (
-                        vec![x[0], x[2]],
-                        Some(StepKind::MeanPool {
-                            batch: x[0],
-                            seq: x[1],
-                            hidden: x[2],
-                        }),
-                    )
+                    (vec![x[0], x[2]], Some(StepKind::MeanPool { batch: x[0], seq: x[1], hidden: x[2] }))
                 }
                 Op::L2Normalize { eps } => {
                     need(1)?;
@@ -755,21 +593,14 @@ impl Plan {
                     let cols = last(ins[0]);
                     (
                         ins[0].to_vec(),
-                        Some(StepKind::L2Normalize {
-                            rows: numel(ins[0]) / cols.max(1),
-                            cols,
-                            eps: *eps,
-                        }),
+                        Some(StepKind::L2Normalize { rows: numel(ins[0]) / cols.max(1), cols, eps: *eps }),
                     )
                 }
                 Op::Reshape(spec) => {
                     need(1)?;
                     out_elem = in_elems[0];
                     is_alias = true;
-                    (
-                        reshape(ins[0], spec).map_err(|m| shape_err(i, op, m))?,
-                        None,
-                    )
+                    (reshape(ins[0], spec).map_err(|m| shape_err(i, op, m))?, None)
                 }
                 Op::Transpose(perm) => {
                     need(1)?;
@@ -792,10 +623,7 @@ impl Plan {
                         dims[pad + j] = x[j];
                         p4[pad + j] = pad + perm[j];
                     }
-                    (
-                        perm.iter().map(|&p| x[p]).collect(),
-                        Some(StepKind::Transpose { dims, perm: p4 }),
-                    )
+                    (perm.iter().map(|&p| x[p]).collect(), Some(StepKind::Transpose { dims, perm: p4 }))
                 }
             };
             shapes.push(out_shape);
@@ -806,9 +634,7 @@ impl Plan {
 
         // Liveness over slot roots.
         let nv = graph.num_values();
-        let roots: Vec<ValueId> = (0..nv)
-            .map(|v| root_of(&alias, ValueId(v as u32)))
-            .collect();
+        let roots: Vec<ValueId> = (0..nv).map(|v| root_of(&alias, ValueId(v as u32))).collect();
         let mut last_use = vec![0usize; nv]; // step index (node index) after which the root is dead
         for (i, node) in graph.nodes.iter().enumerate() {
             for v in &node.inputs {
@@ -832,12 +658,7 @@ impl Plan {
                 .filter(|(_, s)| slot_words[**s] >= need)
                 .min_by_key(|(_, s)| slot_words[**s])
                 .map(|(i, _)| i)
-                .or_else(|| {
-                    free.iter()
-                        .enumerate()
-                        .max_by_key(|(_, s)| slot_words[**s])
-                        .map(|(i, _)| i)
-                });
+                .or_else(|| free.iter().enumerate().max_by_key(|(_, s)| slot_words[**s]).map(|(i, _)| i));
             match best {
                 Some(i) => {
                     let s = free.swap_remove(i);
@@ -850,8 +671,8 @@ impl Plan {
                 }
             }
         };
-        for v in 0..ni {
-            slot_of[v] = alloc(words(v), &mut free, &mut slot_words);
+        for (v, slot) in slot_of.iter_mut().enumerate().take(ni) {
+            *slot = alloc(words(v), &mut free, &mut slot_words);
             unplanned += 4 * words(v) as u64;
         }
         let mut steps = Vec::new();
@@ -864,19 +685,11 @@ impl Plan {
                 unplanned += 4 * words(v) as u64;
             }
             if let Some(kind) = kinds[i].take() {
-                steps.push(Step {
-                    kind,
-                    inputs: node.inputs.clone(),
-                    output: ValueId(v as u32),
-                });
+                steps.push(Step { kind, inputs: node.inputs.clone(), output: ValueId(v as u32) });
             }
             // Free roots whose last use is this node.
-            let mut dead: Vec<usize> = node
-                .inputs
-                .iter()
-                .map(|u| roots[u.0 as usize].0 as usize)
-                .filter(|r| last_use[*r] == i)
-                .collect();
+            let mut dead: Vec<usize> =
+                node.inputs.iter().map(|u| roots[u.0 as usize].0 as usize).filter(|r| last_use[*r] == i).collect();
             dead.sort_unstable();
             dead.dedup();
             for r in dead {
@@ -887,13 +700,8 @@ impl Plan {
                 free.push(slot_of[v]);
             }
         }
-        let values = (0..nv)
-            .map(|v| ValueInfo {
-                shape: shapes[v].clone(),
-                elem: elems[v],
-                slot: slot_of[v],
-            })
-            .collect();
+        let values =
+            (0..nv).map(|v| ValueInfo { shape: shapes[v].clone(), elem: elems[v], slot: slot_of[v] }).collect();
         let peak = slot_words.iter().map(|w| 4 * *w as u64).sum();
         Ok(Plan {
             values,
@@ -912,11 +720,7 @@ impl Plan {
     /// feeding an embedding stay inside its table.
     pub fn check_inputs(&self, inputs: &[HostTensor]) -> Result<()> {
         if inputs.len() != self.inputs.len() {
-            return Err(Error::Input(format!(
-                "expected {} inputs, got {}",
-                self.inputs.len(),
-                inputs.len()
-            )));
+            return Err(Error::Input(format!("expected {} inputs, got {}", self.inputs.len(), inputs.len())));
         }
         for (i, (t, v)) in inputs.iter().zip(&self.inputs).enumerate() {
             let info = &self.values[v.0 as usize];
@@ -930,17 +734,12 @@ impl Plan {
                     info.shape
                 )));
             }
-            if let Some(bound) = self.input_bounds[i] {
-                if let Some((j, id)) = t
-                    .data
-                    .iter()
-                    .enumerate()
-                    .find(|(_, id)| **id as usize >= bound)
-                {
-                    return Err(Error::Input(format!(
-                        "input {i}: id {id} at position {j} is outside the embedding table of {bound} rows"
-                    )));
-                }
+            if let Some(bound) = self.input_bounds[i]
+                && let Some((j, id)) = t.data.iter().enumerate().find(|(_, id)| **id as usize >= bound)
+            {
+                return Err(Error::Input(format!(
+                    "input {i}: id {id} at position {j} is outside the embedding table of {bound} rows"
+                )));
             }
         }
         Ok(())
@@ -960,10 +759,7 @@ fn reshape(x: &[usize], spec: &[i64]) -> std::result::Result<Vec<usize>, String>
     let mut infer = None;
     for (j, &d) in spec.iter().enumerate() {
         match d {
-            0 => out.push(
-                *x.get(j)
-                    .ok_or_else(|| format!("dim {j} copies a dimension {x:?} lacks"))?,
-            ),
+            0 => out.push(*x.get(j).ok_or_else(|| format!("dim {j} copies a dimension {x:?} lacks"))?),
             -1 if infer.is_none() => {
                 infer = Some(j);
                 out.push(1);
@@ -974,7 +770,7 @@ fn reshape(x: &[usize], spec: &[i64]) -> std::result::Result<Vec<usize>, String>
     }
     let known: usize = out.iter().product();
     if let Some(j) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {x:?} to {spec:?}"));
         }
         out[j] = total / known;
@@ -990,10 +786,7 @@ mod tests {
     use super::*;
 
     fn info(shape: &[usize]) -> WeightInfo {
-        WeightInfo {
-            shape: shape.to_vec(),
-            format: Format::F32,
-        }
+        WeightInfo { shape: shape.to_vec(), format: Format::F32 }
     }
 
     #[test]
@@ -1004,32 +797,15 @@ mod tests {
         let w2 = g.weight("w2");
         let mut h = x;
         for _ in 0..4 {
-            let a = g.push(
-                Op::MatMul {
-                    weight: w1,
-                    bias: None,
-                    act: Activation::None,
-                },
-                &[h],
-            );
+            let a = g.push(Op::MatMul { weight: w1, bias: None, act: Activation::None }, &[h]);
             let b = g.push(Op::Act(Activation::GeluErf), &[a]);
-            h = g.push(
-                Op::MatMul {
-                    weight: w2,
-                    bias: None,
-                    act: Activation::None,
-                },
-                &[b],
-            );
+            h = g.push(Op::MatMul { weight: w2, bias: None, act: Activation::None }, &[b]);
         }
         g.output("y", h);
         let p = Plan::compile(&g, &[info(&[16, 8]), info(&[8, 16])], &[vec![3, 8]]).unwrap();
         assert_eq!(p.fused_activations, 4);
         assert_eq!(p.steps.len(), 8);
-        assert!(
-            p.peak_activation_bytes < p.unplanned_activation_bytes / 2,
-            "{p:?}"
-        );
+        assert!(p.peak_activation_bytes < p.unplanned_activation_bytes / 2, "{p:?}");
         // No step writes a slot it reads.
         for s in &p.steps {
             let out = p.values[s.output.0 as usize].slot;
@@ -1042,14 +818,7 @@ mod tests {
         let mut g = Graph::default();
         let x = g.input("x", Elem::F32, vec![Dim::Var("m".into()), Dim::Fixed(8)]);
         let w = g.weight("w");
-        let y = g.push(
-            Op::MatMul {
-                weight: w,
-                bias: None,
-                act: Activation::None,
-            },
-            &[x],
-        );
+        let y = g.push(Op::MatMul { weight: w, bias: None, act: Activation::None }, &[x]);
         g.output("y", y);
         let err = Plan::compile(&g, &[info(&[4, 7])], &[vec![2, 8]]).unwrap_err();
         assert!(err.to_string().contains("matmul"), "{err}");

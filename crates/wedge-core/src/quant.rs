@@ -135,9 +135,9 @@ impl Format {
     /// Checks the format's own parameters.
     pub fn validate(self) -> std::result::Result<(), String> {
         match self {
-            Format::Q4 { group } | Format::Q4_1 { group } if !GROUP_SIZES.contains(&group) => Err(
-                format!("group size {group} is not supported (use one of {GROUP_SIZES:?})"),
-            ),
+            Format::Q4 { group } | Format::Q4_1 { group } if !GROUP_SIZES.contains(&group) => {
+                Err(format!("group size {group} is not supported (use one of {GROUP_SIZES:?})"))
+            }
             _ => Ok(()),
         }
     }
@@ -182,9 +182,7 @@ impl std::fmt::Debug for Weight {
 /// `(rows, cols)` of a shape: cols is the last dimension, rows the product of the rest.
 pub fn rows_cols(shape: &[usize]) -> Option<(usize, usize)> {
     let cols = *shape.last()?;
-    let rows = shape[..shape.len() - 1]
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    let rows = shape[..shape.len() - 1].iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
     Some((rows, cols))
 }
 
@@ -193,13 +191,9 @@ fn round_div(w: f32, s: f32) -> f32 {
 }
 
 fn check_len(name: &str, shape: &[usize], n: usize) -> Result<(usize, usize)> {
-    let (rows, cols) =
-        rows_cols(shape).ok_or_else(|| weight_err(name, format!("bad shape {shape:?}")))?;
+    let (rows, cols) = rows_cols(shape).ok_or_else(|| weight_err(name, format!("bad shape {shape:?}")))?;
     if rows.checked_mul(cols) != Some(n) {
-        return Err(weight_err(
-            name,
-            format!("shape {shape:?} does not hold {n} values"),
-        ));
+        return Err(weight_err(name, format!("shape {shape:?} does not hold {n} values")));
     }
     Ok((rows, cols))
 }
@@ -211,9 +205,7 @@ impl Weight {
         format.validate().map_err(|m| weight_err(name, m))?;
         let (rows, cols) = check_len(name, shape, values.len())?;
         let wpr = format.words_per_row(cols);
-        let (nw, ns) = format
-            .packed_words(rows, cols)
-            .ok_or_else(|| weight_err(name, "size overflows"))?;
+        let (nw, ns) = format.packed_words(rows, cols).ok_or_else(|| weight_err(name, "size overflows"))?;
         let mut words = vec![0u32; nw];
         let mut scales = vec![0u32; ns];
         let ng = format.groups_per_row(cols);
@@ -268,8 +260,7 @@ impl Weight {
                             if s16.to_f32() <= 0.0 || !s16.is_finite() {
                                 s16 = f16::ONE;
                             }
-                            scales[r * ng + gi] =
-                                u32::from(s16.to_bits()) | (u32::from(m16.to_bits()) << 16);
+                            scales[r * ng + gi] = u32::from(s16.to_bits()) | (u32::from(m16.to_bits()) << 16);
                             (s16.to_f32(), m16.to_f32(), 0.0, 15.0)
                         };
                         for (j, v) in chunk.iter().enumerate() {
@@ -287,13 +278,7 @@ impl Weight {
                 scales[i / 2] |= u32::from(s.to_bits()) << (16 * (i % 2));
             }
         }
-        Ok(Weight {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            format,
-            words,
-            scales,
-        })
+        Ok(Weight { name: name.to_string(), shape: shape.to_vec(), format, words, scales })
     }
 
     /// An f32 weight that owns `values` as they are.
@@ -309,28 +294,17 @@ impl Weight {
         words: Vec<u32>,
         scales: Vec<u32>,
     ) -> Result<Weight> {
-        let w = Weight {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            format,
-            words,
-            scales,
-        };
+        let w = Weight { name: name.to_string(), shape: shape.to_vec(), format, words, scales };
         w.validate()?;
         Ok(w)
     }
 
     /// Checks that the packed data has exactly the size the format and shape call for.
     pub fn validate(&self) -> Result<()> {
-        self.format
-            .validate()
-            .map_err(|m| weight_err(&self.name, m))?;
-        let (rows, cols) = rows_cols(&self.shape)
-            .ok_or_else(|| weight_err(&self.name, format!("bad shape {:?}", self.shape)))?;
-        let (nw, ns) = self
-            .format
-            .packed_words(rows, cols)
-            .ok_or_else(|| weight_err(&self.name, "size overflows"))?;
+        self.format.validate().map_err(|m| weight_err(&self.name, m))?;
+        let (rows, cols) =
+            rows_cols(&self.shape).ok_or_else(|| weight_err(&self.name, format!("bad shape {:?}", self.shape)))?;
+        let (nw, ns) = self.format.packed_words(rows, cols).ok_or_else(|| weight_err(&self.name, "size overflows"))?;
         if self.words.len() != nw || self.scales.len() != ns {
             return Err(weight_err(
                 &self.name,
@@ -377,10 +351,7 @@ impl Weight {
             Format::Q4_1 { group } => {
                 let g = row * self.format.groups_per_row(cols) + word * 8 / group as usize;
                 let sm = self.scales[g];
-                (
-                    f16::from_bits(sm as u16).to_f32(),
-                    f16::from_bits((sm >> 16) as u16).to_f32(),
-                )
+                (f16::from_bits(sm as u16).to_f32(), f16::from_bits((sm >> 16) as u16).to_f32())
             }
         }
     }
@@ -498,10 +469,7 @@ mod tests {
         let v = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -127.0, 3.0];
         let w = Weight::quantize("t", &[1, 8], &v, Format::Q8).unwrap();
         assert_eq!(f32::from_bits(w.scales[0]), 1.0);
-        assert_eq!(
-            w.to_f32(),
-            vec![127.0, 0.0, 2.0, 2.0, -0.0, -2.0, -127.0, 3.0]
-        );
+        assert_eq!(w.to_f32(), vec![127.0, 0.0, 2.0, 2.0, -0.0, -2.0, -127.0, 3.0]);
     }
 
     #[test]
@@ -518,17 +486,13 @@ mod tests {
         let q0 = (7.0f32 / s).round_ties_even() as u32 + 8;
         assert_eq!(w.words[0] & 0xf, q0);
         assert_eq!((w.words[0] >> 4) & 0xf, 1); // -8 / (8/7) = -7, stored as -7 + 8
-        assert_eq!(
-            (w.words[1] >> 4) & 0xf,
-            (3.0f32 / s).round_ties_even() as u32 + 8
-        );
+        assert_eq!((w.words[1] >> 4) & 0xf, (3.0f32 / s).round_ties_even() as u32 + 8);
     }
 
     #[test]
     fn rejects_inconsistent_packing() {
         let w = Weight::quantize("t", &[4, 64], &random(256, 1), Format::Q4 { group: 32 }).unwrap();
-        let err = Weight::from_packed("t", &[4, 65], w.format, w.words.clone(), w.scales.clone())
-            .unwrap_err();
+        let err = Weight::from_packed("t", &[4, 65], w.format, w.words.clone(), w.scales.clone()).unwrap_err();
         assert!(err.to_string().contains("needs"), "{err}");
         assert!(Weight::quantize("t", &[2, 2], &[0.0; 3], Format::F32).is_err());
         assert!(Weight::quantize("t", &[2, 32], &[0.0; 64], Format::Q4 { group: 48 }).is_err());

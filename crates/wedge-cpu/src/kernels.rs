@@ -178,24 +178,8 @@ pub struct AttentionDims {
 
 /// Attention over `q [b, s, h·d]`, `k`, `v [b, t, kvh·d]`, optional mask `[b, t]`.
 /// A query that can see no key gets zeros.
-pub fn attention(
-    dims: &AttentionDims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    mask: Option<&[u32]>,
-    out: &mut [f32],
-) {
-    let AttentionDims {
-        batch,
-        q_len,
-        kv_len,
-        heads,
-        kv_heads,
-        head_dim: d,
-        causal,
-        scale,
-    } = *dims;
+pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Option<&[u32]>, out: &mut [f32]) {
+    let AttentionDims { batch, q_len, kv_len, heads, kv_heads, head_dim: d, causal, scale } = *dims;
     let group = heads / kv_heads;
     let row = |b: usize, i: usize| {
         let mut res = vec![0f32; heads * d];
@@ -203,11 +187,7 @@ pub fn attention(
         for h in 0..heads {
             let kvh = h / group;
             let qv = &q[((b * q_len + i) * heads + h) * d..][..d];
-            let t_end = if causal {
-                kv_len.min(i + (kv_len - q_len) + 1)
-            } else {
-                kv_len
-            };
+            let t_end = if causal { kv_len.min(i + (kv_len - q_len) + 1) } else { kv_len };
             let mut mx = f32::NEG_INFINITY;
             for t in 0..kv_len {
                 let visible = t < t_end && mask.is_none_or(|m| m[b * kv_len + t] != 0);
@@ -240,9 +220,7 @@ pub fn attention(
         }
         res
     };
-    let rows: Vec<(usize, usize)> = (0..batch)
-        .flat_map(|b| (0..q_len).map(move |i| (b, i)))
-        .collect();
+    let rows: Vec<(usize, usize)> = (0..batch).flat_map(|b| (0..q_len).map(move |i| (b, i))).collect();
     #[cfg(not(target_arch = "wasm32"))]
     let results: Vec<Vec<f32>> = rows.par_iter().map(|&(b, i)| row(b, i)).collect();
     #[cfg(target_arch = "wasm32")]
@@ -252,15 +230,7 @@ pub fn attention(
     }
 }
 
-pub(crate) fn rope(
-    x: &[f32],
-    pos: &[u32],
-    heads: usize,
-    d: usize,
-    base: f32,
-    mode: RopeMode,
-    out: &mut [f32],
-) {
+pub(crate) fn rope(x: &[f32], pos: &[u32], heads: usize, d: usize, base: f32, mode: RopeMode, out: &mut [f32]) {
     let inv = rope_inv_freq(d, base);
     let half = d / 2;
     for (t, &p) in pos.iter().enumerate() {

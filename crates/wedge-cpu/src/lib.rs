@@ -5,6 +5,8 @@
 //!
 //! It depends only on wedge-core: no GPU API, no I/O.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::type_complexity))]
+
 mod kernels;
 
 use thiserror::Error;
@@ -45,10 +47,7 @@ impl CpuWeights {
     pub fn new(weights: Vec<Weight>) -> CpuWeights {
         let vectors = weights
             .iter()
-            .map(|w| {
-                (w.shape.len() == 1 && matches!(w.format, Format::F32 | Format::F16))
-                    .then(|| w.to_f32())
-            })
+            .map(|w| (w.shape.len() == 1 && matches!(w.format, Format::F32 | Format::F16)).then(|| w.to_f32()))
             .collect();
         CpuWeights { weights, vectors }
     }
@@ -60,18 +59,11 @@ impl CpuWeights {
 
     fn vector(&self, id: wedge_core::WeightId) -> Result<&[f32], CpuError> {
         let i = id.0 as usize;
-        self.vectors
-            .get(i)
-            .and_then(|v| v.as_deref())
-            .ok_or_else(|| CpuError::Weight {
-                index: i,
-                name: self
-                    .weights
-                    .get(i)
-                    .map(|w| w.name.clone())
-                    .unwrap_or_default(),
-                msg: "must be a 1-D f32 or f16 vector".into(),
-            })
+        self.vectors.get(i).and_then(|v| v.as_deref()).ok_or_else(|| CpuError::Weight {
+            index: i,
+            name: self.weights.get(i).map(|w| w.name.clone()).unwrap_or_default(),
+            msg: "must be a 1-D f32 or f16 vector".into(),
+        })
     }
 
     fn weight(&self, id: wedge_core::WeightId) -> &Weight {
@@ -88,11 +80,7 @@ fn f32s_mut(words: &mut [u32]) -> &mut [f32] {
 }
 
 /// Runs `plan` on the CPU and returns its outputs in the plan's output order.
-pub fn execute(
-    plan: &Plan,
-    weights: &CpuWeights,
-    inputs: &[HostTensor],
-) -> Result<Vec<HostTensor>, CpuError> {
+pub fn execute(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, CpuError> {
     plan.check_inputs(inputs)?;
     let mut slots: Vec<Vec<u32>> = plan.slot_words.iter().map(|&w| vec![0u32; w]).collect();
     for (t, v) in inputs.iter().zip(&plan.inputs) {
@@ -117,26 +105,9 @@ pub fn execute(
                         w.dequantize_row(id as usize, &mut o[t * cols..(t + 1) * cols]);
                     }
                 }
-                StepKind::MatMul {
-                    weight,
-                    bias,
-                    act,
-                    m,
-                    k,
-                    n,
-                    ..
-                } => {
+                StepKind::MatMul { weight, bias, act, m, k, n, .. } => {
                     let b = bias.map(|b| weights.vector(b)).transpose()?;
-                    kernels::matmul(
-                        f32s(inp(0)),
-                        weights.weight(*weight),
-                        b,
-                        *act,
-                        *m,
-                        *k,
-                        *n,
-                        f32s_mut(o),
-                    );
+                    kernels::matmul(f32s(inp(0)), weights.weight(*weight), b, *act, *m, *k, *n, f32s_mut(o));
                 }
                 StepKind::Binary { op, bn, .. } => {
                     let (a, b) = (f32s(inp(0)), f32s(inp(1)));
@@ -147,44 +118,18 @@ pub fn execute(
                     o.copy_from_slice(f32s(inp(0)));
                     kernels::activate(*act, o);
                 }
-                StepKind::LayerNorm {
-                    gamma,
-                    beta,
-                    eps,
-                    cols,
-                    ..
-                } => {
+                StepKind::LayerNorm { gamma, beta, eps, cols, .. } => {
                     let (g, b) = (weights.vector(*gamma)?, weights.vector(*beta)?);
                     kernels::layernorm(f32s(inp(0)), g, b, *eps, *cols, f32s_mut(o));
                 }
-                StepKind::RmsNorm {
-                    gamma, eps, cols, ..
-                } => {
-                    kernels::rmsnorm(
-                        f32s(inp(0)),
-                        weights.vector(*gamma)?,
-                        *eps,
-                        *cols,
-                        f32s_mut(o),
-                    );
+                StepKind::RmsNorm { gamma, eps, cols, .. } => {
+                    kernels::rmsnorm(f32s(inp(0)), weights.vector(*gamma)?, *eps, *cols, f32s_mut(o));
                 }
-                StepKind::Softmax { cols, .. } => {
-                    kernels::softmax(f32s(inp(0)), *cols, f32s_mut(o))
-                }
+                StepKind::Softmax { cols, .. } => kernels::softmax(f32s(inp(0)), *cols, f32s_mut(o)),
                 StepKind::L2Normalize { cols, eps, .. } => {
                     kernels::l2_normalize(f32s(inp(0)), *cols, *eps, f32s_mut(o))
                 }
-                StepKind::Attention {
-                    batch,
-                    q_len,
-                    kv_len,
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    causal,
-                    scale,
-                    masked,
-                } => {
+                StepKind::Attention { batch, q_len, kv_len, heads, kv_heads, head_dim, causal, scale, masked } => {
                     let mask = if *masked { Some(inp(3)) } else { None };
                     let dims = kernels::AttentionDims {
                         batch: *batch,
@@ -196,31 +141,10 @@ pub fn execute(
                         causal: *causal,
                         scale: *scale,
                     };
-                    kernels::attention(
-                        &dims,
-                        f32s(inp(0)),
-                        f32s(inp(1)),
-                        f32s(inp(2)),
-                        mask,
-                        f32s_mut(o),
-                    );
+                    kernels::attention(&dims, f32s(inp(0)), f32s(inp(1)), f32s(inp(2)), mask, f32s_mut(o));
                 }
-                StepKind::Rope {
-                    heads,
-                    head_dim,
-                    base,
-                    mode,
-                    ..
-                } => {
-                    kernels::rope(
-                        f32s(inp(0)),
-                        inp(1),
-                        *heads,
-                        *head_dim,
-                        *base,
-                        *mode,
-                        f32s_mut(o),
-                    );
+                StepKind::Rope { heads, head_dim, base, mode, .. } => {
+                    kernels::rope(f32s(inp(0)), inp(1), *heads, *head_dim, *base, *mode, f32s_mut(o));
                 }
                 StepKind::MeanPool { seq, hidden, .. } => {
                     kernels::mean_pool(f32s(inp(0)), inp(1), *seq, *hidden, f32s_mut(o));
@@ -240,11 +164,7 @@ pub fn execute(
         .iter()
         .map(|(_, v)| {
             let info = &plan.values[v.0 as usize];
-            HostTensor {
-                shape: info.shape.clone(),
-                elem: info.elem,
-                data: slots[info.slot][..info.numel()].to_vec(),
-            }
+            HostTensor { shape: info.shape.clone(), elem: info.elem, data: slots[info.slot][..info.numel()].to_vec() }
         })
         .collect())
 }

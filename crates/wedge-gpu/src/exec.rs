@@ -34,32 +34,24 @@ pub struct GpuWeights {
 
 impl std::fmt::Debug for GpuWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuWeights")
-            .field("count", &self.names.len())
-            .field("bytes", &self.bytes)
-            .finish()
+        f.debug_struct("GpuWeights").field("count", &self.names.len()).field("bytes", &self.bytes).finish()
     }
 }
 
 fn check_size(ctx: &GpuContext, what: &str, bytes: u64) -> Result<(), GpuError> {
     let limit = ctx.summary.max_storage_binding;
     if bytes > limit {
-        return Err(GpuError::TooLarge {
-            what: what.to_string(),
-            bytes,
-            limit,
-        });
+        return Err(GpuError::TooLarge { what: what.to_string(), bytes, limit });
     }
     Ok(())
 }
 
 fn init_buffer(ctx: &GpuContext, label: &str, words: &[u32]) -> wgpu::Buffer {
-    ctx.device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::cast_slice(words),
-            usage: wgpu::BufferUsages::STORAGE,
-        })
+    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: bytemuck::cast_slice(words),
+        usage: wgpu::BufferUsages::STORAGE,
+    })
 }
 
 impl GpuWeights {
@@ -81,24 +73,14 @@ impl GpuWeights {
             } else {
                 check_size(ctx, &label, 4 * w.words.len() as u64)?;
                 check_size(ctx, &label, 4 * w.scales.len() as u64)?;
-                let words = init_buffer(
-                    ctx,
-                    &label,
-                    if w.words.is_empty() { &[0] } else { &w.words },
-                );
-                let scales = (!w.scales.is_empty())
-                    .then(|| init_buffer(ctx, &format!("{label}.scales"), &w.scales));
+                let words = init_buffer(ctx, &label, if w.words.is_empty() { &[0] } else { &w.words });
+                let scales = (!w.scales.is_empty()).then(|| init_buffer(ctx, &format!("{label}.scales"), &w.scales));
                 packed.push(Some(Packed { words, scales }));
                 vectors.push(None);
                 bytes += w.packed_bytes() as u64;
             }
         }
-        Ok(GpuWeights {
-            packed,
-            vectors,
-            names: weights.iter().map(|w| w.name.clone()).collect(),
-            bytes,
-        })
+        Ok(GpuWeights { packed, vectors, names: weights.iter().map(|w| w.name.clone()).collect(), bytes })
     }
 
     /// Bytes of weights on the device.
@@ -108,29 +90,16 @@ impl GpuWeights {
 
     fn packed(&self, id: WeightId) -> Result<&Packed, GpuError> {
         let i = id.0 as usize;
-        self.packed
-            .get(i)
-            .and_then(|p| p.as_ref())
-            .ok_or_else(|| self.err(i, "is not a packed 2-D weight"))
+        self.packed.get(i).and_then(|p| p.as_ref()).ok_or_else(|| self.err(i, "is not a packed 2-D weight"))
     }
 
     fn vector(&self, id: WeightId) -> Result<&wgpu::Buffer, GpuError> {
         let i = id.0 as usize;
-        self.vectors
-            .get(i)
-            .and_then(|p| p.as_ref())
-            .ok_or_else(|| self.err(i, "is not a 1-D f32/f16 vector"))
+        self.vectors.get(i).and_then(|p| p.as_ref()).ok_or_else(|| self.err(i, "is not a 1-D f32/f16 vector"))
     }
 
     fn err(&self, i: usize, msg: &str) -> GpuError {
-        GpuError::Weight {
-            name: self
-                .names
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| format!("#{i}")),
-            msg: msg.into(),
-        }
+        GpuError::Weight { name: self.names.get(i).cloned().unwrap_or_else(|| format!("#{i}")), msg: msg.into() }
     }
 }
 
@@ -153,9 +122,7 @@ pub struct ResidentRun<'a> {
 
 impl std::fmt::Debug for ResidentRun<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResidentRun")
-            .field("dispatches", &self.dispatches.len())
-            .finish()
+        f.debug_struct("ResidentRun").field("dispatches", &self.dispatches.len()).finish()
     }
 }
 
@@ -175,9 +142,7 @@ fn grid(ctx: &GpuContext, groups: usize) -> Result<[u32; 3], GpuError> {
     }
     let y = groups.div_ceil(max);
     if y > max {
-        return Err(GpuError::Dispatch(format!(
-            "{groups} workgroups exceed the adapter's dispatch limits"
-        )));
+        return Err(GpuError::Dispatch(format!("{groups} workgroups exceed the adapter's dispatch limits")));
     }
     Ok([max as u32, y as u32, 1])
 }
@@ -185,9 +150,7 @@ fn grid(ctx: &GpuContext, groups: usize) -> Result<[u32; 3], GpuError> {
 fn dims3(ctx: &GpuContext, what: &str, g: [usize; 3]) -> Result<[u32; 3], GpuError> {
     let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
     if g.iter().any(|&d| d > max) {
-        return Err(GpuError::Dispatch(format!(
-            "{what}: dispatch {g:?} exceeds the per-dimension limit {max}"
-        )));
+        return Err(GpuError::Dispatch(format!("{what}: dispatch {g:?} exceeds the per-dimension limit {max}")));
     }
     Ok(g.map(|d| d.max(1) as u32))
 }
@@ -213,9 +176,7 @@ impl<'a> ResidentRun<'a> {
                 Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(&format!("wedge.slot{i}")),
                     size: bytes,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_DST
-                        | wgpu::BufferUsages::COPY_SRC,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
                     mapped_at_creation: false,
                 }))
             })
@@ -225,10 +186,7 @@ impl<'a> ResidentRun<'a> {
         let mut tables = Vec::new();
         for step in &plan.steps {
             if let StepKind::Rope { head_dim, base, .. } = step.kind {
-                let bits: Vec<u32> = rope_inv_freq(head_dim, base)
-                    .iter()
-                    .map(|f| f.to_bits())
-                    .collect();
+                let bits: Vec<u32> = rope_inv_freq(head_dim, base).iter().map(|f| f.to_bits()).collect();
                 tables.push(init_buffer(ctx, "wedge.rope_inv_freq", &bits));
             }
         }
@@ -239,21 +197,15 @@ impl<'a> ResidentRun<'a> {
             let out = &slots[plan.values[step.output.0 as usize].slot];
             let d = &ctx.dummy;
             let e = match &step.kind {
-                StepKind::MatMul {
-                    weight,
-                    format,
-                    bias,
-                    act,
-                    m,
-                    k,
-                    n,
-                } => {
+                StepKind::MatMul { weight, format, bias, act, m, k, n } => {
                     let pw = weights.packed(*weight)?;
                     let b = bias.map(|b| weights.vector(b)).transpose()?;
-                    let gemv = *m <= GEMV_MAX_ROWS;
+                    let gemv = *m <= GEMV_MAX_ROWS || !ctx.tiled_gemm();
                     let tile = t.gemm_ts as usize * MICRO;
                     let groups = if gemv {
-                        grid(ctx, n.div_ceil((t.gemv_wg / t.gemv_tpr) as usize))?
+                        let mut g = grid(ctx, n.div_ceil((t.gemv_wg / t.gemv_tpr) as usize))?;
+                        g[2] = dims3(ctx, "gemv row blocks", [1, 1, m.div_ceil(GEMV_MAX_ROWS)])?[2];
+                        g
                     } else {
                         dims3(ctx, "gemm", [n.div_ceil(tile), m.div_ceil(tile), 1])?
                     };
@@ -268,47 +220,21 @@ impl<'a> ResidentRun<'a> {
                                 ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
                             ],
                         ),
-                        bindings: vec![
-                            slot(0),
-                            &pw.words,
-                            pw.scales.as_ref().unwrap_or(d),
-                            b.unwrap_or(d),
-                            out,
-                            d,
-                            d,
-                        ],
+                        bindings: vec![slot(0), &pw.words, pw.scales.as_ref().unwrap_or(d), b.unwrap_or(d), out, d, d],
                         params: qparams(*format, *m, *k, *n),
                         groups,
                     }
                 }
-                StepKind::Gather {
-                    table,
-                    format,
-                    tokens,
-                    cols,
-                    ..
-                } => {
+                StepKind::Gather { table, format, tokens, cols, .. } => {
                     let pw = weights.packed(*table)?;
                     Encoded {
                         key: KernelKey::new(
                             Family::QWeight,
                             "gather",
                             vec![("WG", t.gemv_wg), ("TPR", t.gemv_tpr), ("TS", t.gemm_ts)],
-                            vec![
-                                ("WTYPE", f64::from(format.code())),
-                                ("ACT", 0.0),
-                                ("HAS_BIAS", 0.0),
-                            ],
+                            vec![("WTYPE", f64::from(format.code())), ("ACT", 0.0), ("HAS_BIAS", 0.0)],
                         ),
-                        bindings: vec![
-                            d,
-                            &pw.words,
-                            pw.scales.as_ref().unwrap_or(d),
-                            d,
-                            out,
-                            d,
-                            slot(0),
-                        ],
+                        bindings: vec![d, &pw.words, pw.scales.as_ref().unwrap_or(d), d, out, d, slot(0)],
                         params: qparams(*format, *tokens, *cols, 0),
                         groups: grid(ctx, (tokens * cols).div_ceil(t.gemv_wg as usize))?,
                     }
@@ -318,10 +244,7 @@ impl<'a> ResidentRun<'a> {
                         Family::Elementwise,
                         "binary",
                         vec![("WG", t.wg)],
-                        vec![
-                            ("OP", if *op == BinaryOp::Mul { 1.0 } else { 0.0 }),
-                            ("ACT", 0.0),
-                        ],
+                        vec![("OP", if *op == BinaryOp::Mul { 1.0 } else { 0.0 }), ("ACT", 0.0)],
                     ),
                     bindings: vec![slot(0), slot(1), out, d],
                     params: vec![u(*n), u(*bn), 0, 0],
@@ -338,30 +261,13 @@ impl<'a> ResidentRun<'a> {
                     params: vec![u(*n), 1, 0, 0],
                     groups: grid(ctx, n.div_ceil(t.wg as usize))?,
                 },
-                StepKind::LayerNorm {
-                    gamma,
-                    beta,
-                    eps,
-                    rows,
-                    cols,
-                } => Encoded {
+                StepKind::LayerNorm { gamma, beta, eps, rows, cols } => Encoded {
                     key: KernelKey::new(Family::Rows, "layernorm", vec![("WG", t.wg)], vec![]),
-                    bindings: vec![
-                        slot(0),
-                        weights.vector(*gamma)?,
-                        weights.vector(*beta)?,
-                        out,
-                        d,
-                    ],
+                    bindings: vec![slot(0), weights.vector(*gamma)?, weights.vector(*beta)?, out, d],
                     params: vec![u(*rows), u(*cols), eps.to_bits(), 0],
                     groups: grid(ctx, *rows)?,
                 },
-                StepKind::RmsNorm {
-                    gamma,
-                    eps,
-                    rows,
-                    cols,
-                } => Encoded {
+                StepKind::RmsNorm { gamma, eps, rows, cols } => Encoded {
                     key: KernelKey::new(Family::Rows, "rmsnorm", vec![("WG", t.wg)], vec![]),
                     bindings: vec![slot(0), weights.vector(*gamma)?, d, out, d],
                     params: vec![u(*rows), u(*cols), eps.to_bits(), 0],
@@ -379,17 +285,7 @@ impl<'a> ResidentRun<'a> {
                     params: vec![u(*rows), u(*cols), eps.to_bits(), 0],
                     groups: grid(ctx, *rows)?,
                 },
-                StepKind::Attention {
-                    batch,
-                    q_len,
-                    kv_len,
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    causal,
-                    scale,
-                    masked,
-                } => {
+                StepKind::Attention { batch, q_len, kv_len, heads, kv_heads, head_dim, causal, scale, masked } => {
                     let wg = t.attention_wg as usize;
                     if *head_dim > wg * 4 {
                         return Err(GpuError::Dispatch(format!(
@@ -398,20 +294,8 @@ impl<'a> ResidentRun<'a> {
                         )));
                     }
                     Encoded {
-                        key: KernelKey::new(
-                            Family::Attention,
-                            "attention",
-                            vec![("WG", t.attention_wg)],
-                            vec![],
-                        ),
-                        bindings: vec![
-                            slot(0),
-                            slot(1),
-                            slot(2),
-                            if *masked { slot(3) } else { d },
-                            out,
-                            d,
-                        ],
+                        key: KernelKey::new(Family::Attention, "attention", vec![("WG", t.attention_wg)], vec![]),
+                        bindings: vec![slot(0), slot(1), slot(2), if *masked { slot(3) } else { d }, out, d],
                         params: vec![
                             u(*batch),
                             u(*q_len),
@@ -429,13 +313,7 @@ impl<'a> ResidentRun<'a> {
                         groups: dims3(ctx, "attention", [*q_len, *heads, *batch])?,
                     }
                 }
-                StepKind::Rope {
-                    tokens,
-                    heads,
-                    head_dim,
-                    mode,
-                    ..
-                } => {
+                StepKind::Rope { tokens, heads, head_dim, mode, .. } => {
                     let table = &tables[rope_i];
                     rope_i += 1;
                     let mode = u32::from(*mode == RopeMode::Half);
@@ -482,22 +360,16 @@ impl<'a> ResidentRun<'a> {
             blob[i * record..i * record + bytes.len()].copy_from_slice(bytes);
         }
         let uniforms = (!encoded.is_empty()).then(|| {
-            ctx.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("wedge.params"),
-                    contents: &blob,
-                    usage: wgpu::BufferUsages::UNIFORM,
-                })
+            ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("wedge.params"),
+                contents: &blob,
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
         });
         let mut dispatches = Vec::with_capacity(encoded.len());
         for (i, e) in encoded.iter().enumerate() {
             let pipeline = ctx.pipeline(&e.key).await?;
-            let uniform_index = e
-                .key
-                .family
-                .bindings()
-                .iter()
-                .position(|b| *b == wedge_shaders::BindingKind::Uniform);
+            let uniform_index = e.key.family.bindings().iter().position(|b| *b == wedge_shaders::BindingKind::Uniform);
             let entries: Vec<wgpu::BindGroupEntry> = e
                 .bindings
                 .iter()
@@ -511,10 +383,7 @@ impl<'a> ResidentRun<'a> {
                         }),
                         _ => buf.as_entire_binding(),
                     };
-                    wgpu::BindGroupEntry {
-                        binding: j as u32,
-                        resource,
-                    }
+                    wgpu::BindGroupEntry { binding: j as u32, resource }
                 })
                 .collect();
             let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -522,21 +391,10 @@ impl<'a> ResidentRun<'a> {
                 layout: ctx.bind_group_layout(e.key.family),
                 entries: &entries,
             });
-            dispatches.push(Dispatch {
-                pipeline,
-                bind_group,
-                groups: e.groups,
-            });
+            dispatches.push(Dispatch { pipeline, bind_group, groups: e.groups });
         }
         drop(encoded);
-        Ok(ResidentRun {
-            ctx,
-            plan,
-            slots,
-            dispatches,
-            _uniforms: uniforms,
-            _tables: tables,
-        })
+        Ok(ResidentRun { ctx, plan, slots, dispatches, _uniforms: uniforms, _tables: tables })
     }
 
     /// Uploads the inputs (checked against the plan).
@@ -545,9 +403,7 @@ impl<'a> ResidentRun<'a> {
         for (t, v) in inputs.iter().zip(&self.plan.inputs) {
             let slot = &self.slots[self.plan.values[v.0 as usize].slot];
             if !t.data.is_empty() {
-                self.ctx
-                    .queue
-                    .write_buffer(slot, 0, bytemuck::cast_slice(&t.data));
+                self.ctx.queue.write_buffer(slot, 0, bytemuck::cast_slice(&t.data));
             }
         }
         Ok(())
@@ -555,17 +411,11 @@ impl<'a> ResidentRun<'a> {
 
     /// Records every dispatch `repeats` times into one submission and submits it.
     pub fn submit(&self, repeats: usize) {
-        let mut enc = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wedge.run"),
-            });
+        let mut enc =
+            self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wedge.run") });
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("wedge.plan"),
-                timestamp_writes: None,
-            });
+            let mut pass = enc
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wedge.plan"), timestamp_writes: None });
             for _ in 0..repeats {
                 for d in &self.dispatches {
                     pass.set_pipeline(&d.pipeline);
@@ -589,12 +439,7 @@ impl<'a> ResidentRun<'a> {
 
     /// Copies the outputs back to the host.
     pub async fn read_outputs(&self) -> Result<Vec<HostTensor>, GpuError> {
-        let infos: Vec<_> = self
-            .plan
-            .outputs
-            .iter()
-            .map(|(_, v)| &self.plan.values[v.0 as usize])
-            .collect();
+        let infos: Vec<_> = self.plan.outputs.iter().map(|(_, v)| &self.plan.values[v.0 as usize]).collect();
         let sizes: Vec<u64> = infos.iter().map(|i| 4 * i.numel() as u64).collect();
         let total: u64 = sizes.iter().sum::<u64>().max(4);
         let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -603,12 +448,8 @@ impl<'a> ResidentRun<'a> {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = self
-            .ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wedge.readback"),
-            });
+        let mut enc =
+            self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wedge.readback") });
         let mut off = 0;
         for (info, &size) in infos.iter().zip(&sizes) {
             if size > 0 {
@@ -624,16 +465,11 @@ impl<'a> ResidentRun<'a> {
         #[cfg(not(target_arch = "wasm32"))]
         self.wait()?;
         rx.await
-            .map_err(|_| {
-                GpuError::Readback("the device was lost before the results arrived".into())
-            })?
+            .map_err(|_| GpuError::Readback("the device was lost before the results arrived".into()))?
             .map_err(|e| GpuError::Readback(e.to_string()))?;
         let mut outs = Vec::with_capacity(infos.len());
         {
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| GpuError::Readback(e.to_string()))?;
+            let view = staging.slice(..).get_mapped_range().map_err(|e| GpuError::Readback(e.to_string()))?;
             let words: &[u32] = bytemuck::cast_slice(&view);
             let mut off = 0;
             for info in infos {
@@ -653,16 +489,7 @@ impl<'a> ResidentRun<'a> {
 
 fn qparams(format: Format, m: usize, k: usize, n: usize) -> Vec<u32> {
     let group = format.group().max(1);
-    vec![
-        u(m),
-        u(k),
-        u(n),
-        u(format.words_per_row(k)),
-        group,
-        u(format.groups_per_row(k)),
-        0,
-        0,
-    ]
+    vec![u(m), u(k), u(n), u(format.words_per_row(k)), group, u(format.groups_per_row(k)), 0, 0]
 }
 
 /// Runs `plan` once on the GPU and returns its outputs.

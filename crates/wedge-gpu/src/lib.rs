@@ -8,6 +8,8 @@
 //! plan runs on an adapter without `shader-f16` or subgroups and with 256
 //! invocations per workgroup. Public wgpu types appear only in [`gpu`].
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::type_complexity))]
+
 mod context;
 mod exec;
 

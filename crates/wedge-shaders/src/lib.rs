@@ -9,6 +9,8 @@
 //! It must not depend on a GPU API: keys, sources and binding tables are plain
 //! data, and a test validates every registered variant with naga, without a GPU.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::type_complexity))]
+
 use std::fmt;
 
 use thiserror::Error;
@@ -68,13 +70,7 @@ use BindingKind::{StorageRead as R, StorageReadWrite as W, Uniform as U};
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 5] = [
-        Family::QWeight,
-        Family::Elementwise,
-        Family::Rows,
-        Family::Attention,
-        Family::Misc,
-    ];
+    pub const ALL: [Family; 5] = [Family::QWeight, Family::Elementwise, Family::Rows, Family::Attention, Family::Misc];
 
     /// The file name under `shaders/`.
     pub fn file(self) -> &'static str {
@@ -124,11 +120,9 @@ impl Family {
     /// Override constants the family declares, with the values each may take.
     pub fn overrides(self) -> &'static [(&'static str, &'static [f64])] {
         match self {
-            Family::QWeight => &[
-                ("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0]),
-                ("ACT", &[0.0, 1.0, 2.0, 3.0]),
-                ("HAS_BIAS", &[0.0, 1.0]),
-            ],
+            Family::QWeight => {
+                &[("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0]), ("HAS_BIAS", &[0.0, 1.0])]
+            }
             Family::Elementwise => &[("OP", &[0.0, 1.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0])],
             _ => &[],
         }
@@ -194,12 +188,7 @@ impl KernelKey {
     ) -> KernelKey {
         template.sort_by_key(|(k, _)| *k);
         overrides.sort_by(|a, b| a.0.cmp(b.0));
-        KernelKey {
-            family,
-            entry,
-            template,
-            overrides,
-        }
+        KernelKey { family, entry, template, overrides }
     }
 
     /// `family.entry[WG=64,TPR=1]{WTYPE=3,ACT=1}`
@@ -210,10 +199,7 @@ impl KernelKey {
     /// The expanded WGSL source for this key's template values.
     pub fn source(&self) -> Result<String, ShaderError> {
         if !self.family.entries().contains(&self.entry) {
-            return Err(ShaderError::UnknownEntry {
-                file: self.family.file(),
-                entry: self.entry.into(),
-            });
+            return Err(ShaderError::UnknownEntry { file: self.family.file(), entry: self.entry.into() });
         }
         expand(self.family.file(), self.family.source(), &self.template)
     }
@@ -223,19 +209,11 @@ impl fmt::Display for KernelKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.family, self.entry)?;
         if !self.template.is_empty() {
-            let t: Vec<String> = self
-                .template
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let t: Vec<String> = self.template.iter().map(|(k, v)| format!("{k}={v}")).collect();
             write!(f, "[{}]", t.join(","))?;
         }
         if !self.overrides.is_empty() {
-            let o: Vec<String> = self
-                .overrides
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let o: Vec<String> = self.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
             write!(f, "{{{}}}", o.join(","))?;
         }
         Ok(())
@@ -244,9 +222,7 @@ impl fmt::Display for KernelKey {
 
 /// Template parameters a source declares: lines `const NAME: u32 = <value>u; // template...`.
 pub fn template_keys(src: &str) -> Vec<&str> {
-    src.lines()
-        .filter_map(|l| parse_template_line(l).map(|(name, _, _)| name))
-        .collect()
+    src.lines().filter_map(|l| parse_template_line(l).map(|(name, _, _)| name)).collect()
 }
 
 /// Splits a template line `const NAME: u32 = 64u; // template ...` into
@@ -265,19 +241,11 @@ fn parse_template_line(line: &str) -> Option<(&str, &str, &str)> {
 
 /// Replaces the values of template constants. Every key must be declared as a template
 /// in `src`; keys not given keep the value stored in the file.
-pub fn expand(
-    file: &'static str,
-    src: &str,
-    values: &[(&str, u32)],
-) -> Result<String, ShaderError> {
+pub fn expand(file: &'static str, src: &str, values: &[(&str, u32)]) -> Result<String, ShaderError> {
     let known = template_keys(src);
     for (k, _) in values {
         if !known.contains(k) {
-            return Err(ShaderError::UnknownKey {
-                file,
-                key: (*k).to_string(),
-                known: known.join(", "),
-            });
+            return Err(ShaderError::UnknownKey { file, key: (*k).to_string(), known: known.join(", ") });
         }
     }
     let mut out = String::with_capacity(src.len() + 64);
@@ -345,12 +313,7 @@ mod tests {
 
     #[test]
     fn labels_are_stable() {
-        let k = KernelKey::new(
-            Family::QWeight,
-            "gemv",
-            vec![("WG", 64)],
-            vec![("WTYPE", 3.0), ("ACT", 1.0)],
-        );
+        let k = KernelKey::new(Family::QWeight, "gemv", vec![("WG", 64)], vec![("WTYPE", 3.0), ("ACT", 1.0)]);
         assert_eq!(k.label(), "qweight.gemv[WG=64]{ACT=1,WTYPE=3}");
         let bad = KernelKey::new(Family::Rows, "gemv", vec![], vec![]);
         assert!(bad.source().is_err());

@@ -1,21 +1,19 @@
 //! Every registered kernel variant parses, validates, has its overrides resolved
 //! and translates to SPIR-V with naga — no GPU needed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use naga::back::spv;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use wedge_shaders::{Family, all_variants, template_keys};
 
 fn validate(label: &str, src: &str) -> (naga::Module, naga::valid::ModuleInfo) {
-    let module = naga::front::wgsl::parse_str(src)
-        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
+    let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
     // unpack2x16float is core WGSL (wgpu grants this capability on every backend wedge
     // targets); nothing else is allowed, so no kernel can come to need shader-f16 or subgroups.
-    let info = Validator::new(
-        ValidationFlags::all(),
-        Capabilities::SHADER_FLOAT16_IN_FLOAT32,
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
+    let info = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
     (module, info)
 }
 
@@ -23,10 +21,7 @@ fn validate(label: &str, src: &str) -> (naga::Module, naga::valid::ModuleInfo) {
 fn files_are_valid_wgsl_as_stored() {
     for f in Family::ALL {
         validate(f.file(), f.source());
-        assert!(
-            !template_keys(f.source()).is_empty(),
-            "{f} declares no template parameters"
-        );
+        assert!(!template_keys(f.source()).is_empty(), "{f} declares no template parameters");
     }
 }
 
@@ -39,11 +34,8 @@ fn every_variant_validates_and_translates() {
         let label = key.label();
         let src = key.source().unwrap_or_else(|e| panic!("{label}: {e}"));
         let (module, info) = validate(&label, &src);
-        let constants: naga::back::PipelineConstants = key
-            .overrides
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), *v))
-            .collect();
+        let constants: naga::back::PipelineConstants =
+            key.overrides.iter().map(|(k, v)| ((*k).to_string(), *v)).collect();
         let (module, info) = naga::back::pipeline_constants::process_overrides(
             &module,
             &info,
@@ -51,10 +43,8 @@ fn every_variant_validates_and_translates() {
             &constants,
         )
         .unwrap_or_else(|e| panic!("{label}: overrides: {e}"));
-        let pipeline = spv::PipelineOptions {
-            shader_stage: naga::ShaderStage::Compute,
-            entry_point: key.entry.to_string(),
-        };
+        let pipeline =
+            spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: key.entry.to_string() };
         spv::write_vec(&module, &info, &spv::Options::default(), Some(&pipeline))
             .unwrap_or_else(|e| panic!("{label}: spir-v: {e}"));
         // the family's declared binding table matches the module

@@ -15,10 +15,15 @@
 //! This crate is the facade: a small API over wedge-core (formats, graph, plans),
 //! wedge-cpu and wedge-gpu. It re-exports by name what applications need.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::type_complexity))]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
+
+mod embed;
+pub use embed::{Embedder, Tokens};
 
 pub use wedge_core::graph::{Activation, Dim, Elem, Graph, Op, RopeMode, ValueId, WeightId};
 pub use wedge_core::models::{DecoderConfig, EncoderConfig, ModelGraph, Pooling};
@@ -70,33 +75,21 @@ pub struct Device {
 impl Device {
     /// The CPU backend.
     pub fn cpu() -> Device {
-        Device {
-            backend: Backend::Cpu,
-            fallback: None,
-        }
+        Device { backend: Backend::Cpu, fallback: None }
     }
 
     /// Opens a GPU adapter (software ones included, since it was asked for by name).
     pub async fn gpu_async() -> Result<Device> {
         let ctx = wedge_gpu::GpuContext::new(AdapterChoice::Any).await?;
-        Ok(Device {
-            backend: Backend::Gpu(Arc::new(ctx)),
-            fallback: None,
-        })
+        Ok(Device { backend: Backend::Gpu(Arc::new(ctx)), fallback: None })
     }
 
     /// A hardware GPU adapter if there is one, else the CPU, with the reason kept in
     /// [`Device::fallback_reason`].
     pub async fn auto_async() -> Device {
         match wedge_gpu::GpuContext::new(AdapterChoice::Hardware).await {
-            Ok(ctx) => Device {
-                backend: Backend::Gpu(Arc::new(ctx)),
-                fallback: None,
-            },
-            Err(e) => Device {
-                backend: Backend::Cpu,
-                fallback: Some(e.to_string()),
-            },
+            Ok(ctx) => Device { backend: Backend::Gpu(Arc::new(ctx)), fallback: None },
+            Err(e) => Device { backend: Backend::Cpu, fallback: Some(e.to_string()) },
         }
     }
 
@@ -159,15 +152,23 @@ pub struct Model {
 impl Model {
     /// Loads a `.wedge` package from bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        Ok(Model::from_bytes_with_assets(bytes)?.0)
+    }
+
+    /// Loads a package and also returns its assets and its config.
+    pub fn from_bytes_with_assets(
+        bytes: &[u8],
+    ) -> Result<(Model, std::collections::BTreeMap<String, Vec<u8>>, serde_json::Value)> {
         let (pkg, digest) = Package::from_bytes(bytes)?;
         let mg = wedge_core::models::build(&pkg.architecture, &pkg.config)?;
         let weights = mg.take_weights(pkg.tensors)?;
-        Ok(Model {
+        let model = Model {
             graph: mg.graph,
             weights,
-            package: Some((pkg.architecture, pkg.config)),
+            package: Some((pkg.architecture, pkg.config.clone())),
             digest: Some(digest),
-        })
+        };
+        Ok((model, pkg.assets, pkg.config))
     }
 
     /// A model from a graph and its weights (in the order of `graph.weights`).
@@ -181,12 +182,7 @@ impl Model {
             ))
             .into());
         }
-        Ok(Model {
-            graph,
-            weights,
-            package: None,
-            digest: None,
-        })
+        Ok(Model { graph, weights, package: None, digest: None })
     }
 
     /// The graph.
@@ -230,9 +226,7 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("weights", &self.infos.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Session").field("weights", &self.infos.len()).finish_non_exhaustive()
     }
 }
 
@@ -248,12 +242,7 @@ impl Session {
                 Weights::Gpu(ctx.clone(), w)
             }
         };
-        Ok(Session {
-            graph,
-            infos,
-            weights,
-            plans: Mutex::new(HashMap::new()),
-        })
+        Ok(Session { graph, infos, weights, plans: Mutex::new(HashMap::new()) })
     }
 
     /// The plan for inputs of these shapes (compiled once per distinct shape set).

@@ -1,6 +1,8 @@
 //! Every GPU kernel against the CPU backend over seeded random shapes, including
 //! sizes that are not multiples of any workgroup or tile size, for every weight format.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -17,21 +19,22 @@ fn compare(what: &str, op: &str, graph: &wedge::Graph, weights: &[Weight], input
 
 #[test]
 fn matmul_every_format_gemv_and_gemm() {
+    // both many-row paths: the tiled GEMM and the barrier-free row-block kernel
+    for tiled in [true, false] {
+        if let Some(ctx) = gpu().and_then(|d| d.gpu_context()) {
+            ctx.set_tiled_gemm(tiled);
+        }
+        matmul_cases(tiled);
+    }
+}
+
+fn matmul_cases(_tiled: bool) {
     let mut r = rng(1);
-    let acts = [
-        Activation::None,
-        Activation::GeluErf,
-        Activation::GeluTanh,
-        Activation::Silu,
-    ];
+    let acts = [Activation::None, Activation::GeluErf, Activation::GeluTanh, Activation::Silu];
     for (fi, &format) in FORMATS.iter().enumerate() {
         for case in 0..10 {
             // alternate GEMV (m <= 4) and GEMM, with ragged sizes
-            let m = if case % 2 == 0 {
-                r.random_range(1..=4)
-            } else {
-                r.random_range(5..150)
-            };
+            let m = if case % 2 == 0 { r.random_range(1..=4) } else { r.random_range(5..150) };
             let k = [1, 7, 31, 32, 100, 129, 256, 300][r.random_range(0..8)];
             let n = [1, 13, 64, 65, 130, 200][r.random_range(0..6)];
             let bias = case % 3 != 0;
@@ -43,17 +46,11 @@ fn matmul_every_format_gemv_and_gemm() {
                 weights.push(Weight::from_f32("b", &[n], &rand_vec(&mut r, n, 1.0)).unwrap());
                 names.push("b");
             }
-            let op = Op::MatMul {
-                weight: wedge::WeightId(0),
-                bias: bias.then_some(wedge::WeightId(1)),
-                act,
-            };
+            let op = Op::MatMul { weight: wedge::WeightId(0), bias: bias.then_some(wedge::WeightId(1)), act };
             let g = single(op, &[(Elem::F32, vec![m, k])], &names);
             let x = HostTensor::f32(&[m, k], &rand_vec(&mut r, m * k, 1.0));
             compare(
-                &format!(
-                    "matmul {format} m={m} k={k} n={n} bias={bias} {act:?} (case {fi}.{case})"
-                ),
+                &format!("matmul {format} m={m} k={k} n={n} bias={bias} {act:?} (case {fi}.{case})"),
                 "matmul",
                 &g,
                 &weights,
@@ -67,33 +64,12 @@ fn matmul_every_format_gemv_and_gemm() {
 fn gather_every_format() {
     let mut r = rng(2);
     for &format in &FORMATS {
-        let (rows, cols) = (
-            r.random_range(2..60),
-            [5, 32, 33, 100][r.random_range(0..4)],
-        );
-        let w = Weight::quantize(
-            "t",
-            &[rows, cols],
-            &rand_vec(&mut r, rows * cols, 1.0),
-            format,
-        )
-        .unwrap();
+        let (rows, cols) = (r.random_range(2..60), [5, 32, 33, 100][r.random_range(0..4)]);
+        let w = Weight::quantize("t", &[rows, cols], &rand_vec(&mut r, rows * cols, 1.0), format).unwrap();
         let n = r.random_range(1..40);
         let ids: Vec<u32> = (0..n).map(|_| r.random_range(0..rows as u32)).collect();
-        let g = single(
-            Op::Embedding {
-                table: wedge::WeightId(0),
-            },
-            &[(Elem::U32, vec![n])],
-            &["t"],
-        );
-        compare(
-            &format!("gather {format} [{rows},{cols}] x{n}"),
-            "gather",
-            &g,
-            &[w],
-            &[HostTensor::u32(&[n], &ids)],
-        );
+        let g = single(Op::Embedding { table: wedge::WeightId(0) }, &[(Elem::U32, vec![n])], &["t"]);
+        compare(&format!("gather {format} [{rows},{cols}] x{n}"), "gather", &g, &[w], &[HostTensor::u32(&[n], &ids)]);
     }
 }
 
@@ -101,33 +77,15 @@ fn gather_every_format() {
 fn elementwise_with_broadcast() {
     let mut r = rng(3);
     for case in 0..8 {
-        let shape = vec![
-            r.random_range(1..5),
-            r.random_range(1..70),
-            r.random_range(1..300),
-        ];
+        let shape = vec![r.random_range(1..5), r.random_range(1..70), r.random_range(1..300)];
         let bshape = shape[case % 3..].to_vec();
         let n: usize = shape.iter().product();
         let bn: usize = bshape.iter().product();
-        let op = if case % 2 == 0 {
-            BinaryOp::Add
-        } else {
-            BinaryOp::Mul
-        };
-        let g = single(
-            Op::Binary(op),
-            &[(Elem::F32, shape.clone()), (Elem::F32, bshape.clone())],
-            &[],
-        );
+        let op = if case % 2 == 0 { BinaryOp::Add } else { BinaryOp::Mul };
+        let g = single(Op::Binary(op), &[(Elem::F32, shape.clone()), (Elem::F32, bshape.clone())], &[]);
         let a = HostTensor::f32(&shape, &rand_vec(&mut r, n, 2.0));
         let b = HostTensor::f32(&bshape, &rand_vec(&mut r, bn, 2.0));
-        compare(
-            &format!("{op:?} {shape:?} {bshape:?}"),
-            "binary",
-            &g,
-            &[],
-            &[a, b],
-        );
+        compare(&format!("{op:?} {shape:?} {bshape:?}"), "binary", &g, &[], &[a, b]);
     }
     for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Silu] {
         let n = r.random_range(1..5000);
@@ -147,50 +105,16 @@ fn row_reductions() {
         let cols = [1, 3, 64, 255, 256, 257, 1000][r.random_range(0..7)];
         let x = HostTensor::f32(&[rows, cols], &rand_vec(&mut r, rows * cols, 3.0));
         let gamma = Weight::from_f32("g", &[cols], &rand_vec(&mut r, cols, 1.0)).unwrap();
-        let beta =
-            Weight::quantize("b", &[cols], &rand_vec(&mut r, cols, 1.0), Format::F16).unwrap();
+        let beta = Weight::quantize("b", &[cols], &rand_vec(&mut r, cols, 1.0), Format::F16).unwrap();
         let (id0, id1) = (wedge::WeightId(0), wedge::WeightId(1));
         let inp = [(Elem::F32, vec![rows, cols])];
         let what = format!("[{rows},{cols}] case {case}");
-        let ln = single(
-            Op::LayerNorm {
-                gamma: id0,
-                beta: id1,
-                eps: 1e-5,
-            },
-            &inp,
-            &["g", "b"],
-        );
-        compare(
-            &format!("layernorm {what}"),
-            "layernorm",
-            &ln,
-            &[gamma.clone(), beta],
-            std::slice::from_ref(&x),
-        );
-        let rms = single(
-            Op::RmsNorm {
-                gamma: id0,
-                eps: 1e-6,
-            },
-            &inp,
-            &["g"],
-        );
-        compare(
-            &format!("rmsnorm {what}"),
-            "rmsnorm",
-            &rms,
-            std::slice::from_ref(&gamma),
-            std::slice::from_ref(&x),
-        );
+        let ln = single(Op::LayerNorm { gamma: id0, beta: id1, eps: 1e-5 }, &inp, &["g", "b"]);
+        compare(&format!("layernorm {what}"), "layernorm", &ln, &[gamma.clone(), beta], std::slice::from_ref(&x));
+        let rms = single(Op::RmsNorm { gamma: id0, eps: 1e-6 }, &inp, &["g"]);
+        compare(&format!("rmsnorm {what}"), "rmsnorm", &rms, std::slice::from_ref(&gamma), std::slice::from_ref(&x));
         let sm = single(Op::Softmax, &inp, &[]);
-        compare(
-            &format!("softmax {what}"),
-            "softmax",
-            &sm,
-            &[],
-            std::slice::from_ref(&x),
-        );
+        compare(&format!("softmax {what}"), "softmax", &sm, &[], std::slice::from_ref(&x));
         let l2 = single(Op::L2Normalize { eps: 1e-12 }, &inp, &[]);
         compare(&format!("l2 {what}"), "l2_normalize", &l2, &[], &[x]);
     }
@@ -215,11 +139,8 @@ fn attention_masks_and_grouped_heads() {
         let k = HostTensor::f32(&[bi, t, kvh * d], &rand_vec(&mut r, bi * t * kvh * d, 1.0));
         let v = HostTensor::f32(&[bi, t, kvh * d], &rand_vec(&mut r, bi * t * kvh * d, 1.0));
         let mut inputs = vec![q, k, v];
-        let mut shapes = vec![
-            (Elem::F32, vec![bi, s, h * d]),
-            (Elem::F32, vec![bi, t, kvh * d]),
-            (Elem::F32, vec![bi, t, kvh * d]),
-        ];
+        let mut shapes =
+            vec![(Elem::F32, vec![bi, s, h * d]), (Elem::F32, vec![bi, t, kvh * d]), (Elem::F32, vec![bi, t, kvh * d])];
         if masked {
             // each batch row keeps a random prefix (padding after it); one row fully masked
             let mut m = vec![0u32; bi * t];
@@ -230,18 +151,10 @@ fn attention_masks_and_grouped_heads() {
             inputs.push(HostTensor::u32(&[bi, t], &m));
             shapes.push((Elem::U32, vec![bi, t]));
         }
-        let op = Op::Attention {
-            heads: h,
-            kv_heads: kvh,
-            head_dim: d,
-            causal,
-            scale: 1.0 / (d as f32).sqrt(),
-        };
+        let op = Op::Attention { heads: h, kv_heads: kvh, head_dim: d, causal, scale: 1.0 / (d as f32).sqrt() };
         let g = single(op, &shapes, &[]);
         compare(
-            &format!(
-                "attention b={bi} s={s} t={t} h={h}/{kvh} d={d} causal={causal} masked={masked}"
-            ),
+            &format!("attention b={bi} s={s} t={t} h={h}/{kvh} d={d} causal={causal} masked={masked}"),
             "attention",
             &g,
             &[],
@@ -253,50 +166,23 @@ fn attention_masks_and_grouped_heads() {
 #[test]
 fn rope_pool_transpose() {
     let mut r = rng(6);
-    for (mode, (b, s, h, d)) in [
-        (RopeMode::Interleaved, (2, 7, 3, 8)),
-        (RopeMode::Half, (1, 33, 9, 64)),
-        (RopeMode::Interleaved, (3, 5, 1, 2)),
-    ] {
+    for (mode, (b, s, h, d)) in
+        [(RopeMode::Interleaved, (2, 7, 3, 8)), (RopeMode::Half, (1, 33, 9, 64)), (RopeMode::Interleaved, (3, 5, 1, 2))]
+    {
         let x = HostTensor::f32(&[b, s, h * d], &rand_vec(&mut r, b * s * h * d, 1.0));
-        let pos: Vec<u32> = (0..b * s)
-            .map(|i| (i % s) as u32 + 3 * (i / s) as u32)
-            .collect();
+        let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32 + 3 * (i / s) as u32).collect();
         let g = single(
-            Op::Rope {
-                heads: h,
-                head_dim: d,
-                base: 10000.0,
-                mode,
-            },
+            Op::Rope { heads: h, head_dim: d, base: 10000.0, mode },
             &[(Elem::F32, vec![b, s, h * d]), (Elem::U32, vec![b, s])],
             &[],
         );
-        compare(
-            &format!("rope {mode:?} {b}x{s}x{h}x{d}"),
-            "rope",
-            &g,
-            &[],
-            &[x, HostTensor::u32(&[b, s], &pos)],
-        );
+        compare(&format!("rope {mode:?} {b}x{s}x{h}x{d}"), "rope", &g, &[], &[x, HostTensor::u32(&[b, s], &pos)]);
     }
     for (b, s, hd) in [(1, 1, 1), (3, 17, 384), (2, 300, 5)] {
         let x = HostTensor::f32(&[b, s, hd], &rand_vec(&mut r, b * s * hd, 1.0));
-        let mask: Vec<u32> = (0..b * s)
-            .map(|i| u32::from(i % s < 1 + (i / s) * 3 % s))
-            .collect();
-        let g = single(
-            Op::MeanPool,
-            &[(Elem::F32, vec![b, s, hd]), (Elem::U32, vec![b, s])],
-            &[],
-        );
-        compare(
-            &format!("mean_pool {b}x{s}x{hd}"),
-            "mean_pool",
-            &g,
-            &[],
-            &[x, HostTensor::u32(&[b, s], &mask)],
-        );
+        let mask: Vec<u32> = (0..b * s).map(|i| u32::from(i % s < 1 + (i / s) * 3 % s)).collect();
+        let g = single(Op::MeanPool, &[(Elem::F32, vec![b, s, hd]), (Elem::U32, vec![b, s])], &[]);
+        compare(&format!("mean_pool {b}x{s}x{hd}"), "mean_pool", &g, &[], &[x, HostTensor::u32(&[b, s], &mask)]);
     }
     for (shape, perm) in [
         (vec![2, 3, 4, 5], vec![0, 2, 1, 3]),
@@ -306,41 +192,21 @@ fn rope_pool_transpose() {
     ] {
         let n: usize = shape.iter().product();
         let x = HostTensor::f32(&shape, &rand_vec(&mut r, n, 1.0));
-        let g = single(
-            Op::Transpose(perm.clone()),
-            &[(Elem::F32, shape.clone())],
-            &[],
-        );
-        compare(
-            &format!("transpose {shape:?} {perm:?}"),
-            "transpose",
-            &g,
-            &[],
-            &[x],
-        );
+        let g = single(Op::Transpose(perm.clone()), &[(Elem::F32, shape.clone())], &[]);
+        compare(&format!("transpose {shape:?} {perm:?}"), "transpose", &g, &[], &[x]);
     }
 }
 
 #[test]
 fn ids_outside_the_table_are_rejected_on_both_backends() {
     let w = Weight::from_f32("t", &[4, 3], &[0.0; 12]).unwrap();
-    let g = single(
-        Op::Embedding {
-            table: wedge::WeightId(0),
-        },
-        &[(Elem::U32, vec![2])],
-        &["t"],
-    );
+    let g = single(Op::Embedding { table: wedge::WeightId(0) }, &[(Elem::U32, vec![2])], &["t"]);
     let bad = [HostTensor::u32(&[2], &[1, 4])];
     let cpu = wedge::Session::new(&wedge::Device::cpu(), g.clone(), vec![w.clone()]).unwrap();
     let err = cpu.run(&bad).unwrap_err().to_string();
     assert!(err.contains("outside the embedding table"), "{err}");
     if let Some(d) = gpu() {
-        let err = wedge::Session::new(d, g, vec![w])
-            .unwrap()
-            .run(&bad)
-            .unwrap_err()
-            .to_string();
+        let err = wedge::Session::new(d, g, vec![w]).unwrap().run(&bad).unwrap_err().to_string();
         assert!(err.contains("outside the embedding table"), "{err}");
     }
 }

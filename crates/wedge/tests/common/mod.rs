@@ -1,5 +1,7 @@
 //! Shared test helpers: the GPU device (required under WEDGE_REQUIRE_GPU=1), random
 //! data, single-op graphs and the tolerance table.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::sync::OnceLock;
@@ -9,7 +11,7 @@ use wedge::{Device, Elem, Format, Graph, HostTensor, Op, Session, Weight};
 
 /// The GPU device, opened once per test binary. Fails the test when
 /// `WEDGE_REQUIRE_GPU=1` and no adapter exists; otherwise returns `None` to skip.
-pub fn gpu() -> Option<&'static Device> {
+pub(crate) fn gpu() -> Option<&'static Device> {
     static DEV: OnceLock<Result<Device, String>> = OnceLock::new();
     match DEV.get_or_init(|| Device::gpu().map_err(|e| e.to_string())) {
         Ok(d) => Some(d),
@@ -23,16 +25,16 @@ pub fn gpu() -> Option<&'static Device> {
     }
 }
 
-pub fn rng(seed: u64) -> StdRng {
+pub(crate) fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
-pub fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+pub(crate) fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
 /// One table of tolerances: (absolute, relative) by op, for GPU against CPU.
-pub fn tolerance(op: &str) -> (f32, f32) {
+pub(crate) fn tolerance(op: &str) -> (f32, f32) {
     match op {
         // summation order differs; values are O(sqrt(k))
         "matmul" => (2e-4, 2e-4),
@@ -48,31 +50,22 @@ pub fn tolerance(op: &str) -> (f32, f32) {
 }
 
 /// Compares element by element and reports the first failure with index, got and want.
-pub fn assert_close(what: &str, op: &str, got: &[f32], want: &[f32]) {
+pub(crate) fn assert_close(what: &str, op: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let (atol, rtol) = tolerance(op);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let ok = (g - w).abs() <= atol + rtol * w.abs() || (g.is_nan() && w.is_nan());
-        assert!(
-            ok,
-            "{what}: index {i}: got {g}, want {w} (tolerance {atol} + {rtol}·|want|)"
-        );
+        assert!(ok, "{what}: index {i}: got {g}, want {w} (tolerance {atol} + {rtol}·|want|)");
     }
 }
 
 /// A graph of one op over inputs of the given element types and shapes.
-pub fn single(op: Op, inputs: &[(Elem, Vec<usize>)], weights: &[&str]) -> Graph {
+pub(crate) fn single(op: Op, inputs: &[(Elem, Vec<usize>)], weights: &[&str]) -> Graph {
     let mut g = Graph::default();
     let ids: Vec<_> = inputs
         .iter()
         .enumerate()
-        .map(|(i, (e, s))| {
-            g.input(
-                &format!("in{i}"),
-                *e,
-                s.iter().map(|&d| wedge::Dim::Fixed(d)).collect(),
-            )
-        })
+        .map(|(i, (e, s))| g.input(&format!("in{i}"), *e, s.iter().map(|&d| wedge::Dim::Fixed(d)).collect()))
         .collect();
     for w in weights {
         g.weight(w);
@@ -83,7 +76,7 @@ pub fn single(op: Op, inputs: &[(Elem, Vec<usize>)], weights: &[&str]) -> Graph 
 }
 
 /// Runs a graph on the CPU and, when present, on the GPU; returns (cpu, gpu) outputs.
-pub fn both(
+pub(crate) fn both(
     graph: &Graph,
     weights: &[Weight],
     inputs: &[HostTensor],
@@ -92,16 +85,12 @@ pub fn both(
         .expect("cpu session")
         .run(inputs)
         .expect("cpu run");
-    let gpu = gpu().map(|d| {
-        Session::new(d, graph.clone(), weights.to_vec())
-            .expect("gpu session")
-            .run(inputs)
-            .expect("gpu run")
-    });
+    let gpu = gpu()
+        .map(|d| Session::new(d, graph.clone(), weights.to_vec()).expect("gpu session").run(inputs).expect("gpu run"));
     (cpu, gpu)
 }
 
-pub const FORMATS: [Format; 7] = [
+pub(crate) const FORMATS: [Format; 7] = [
     Format::F32,
     Format::F16,
     Format::Q8,

@@ -1,0 +1,159 @@
+//! Sentence embeddings: tokenizer, padding and masks around an encoder session.
+
+use tokenizers::{Tokenizer, TruncationParams};
+use wedge_core::plan::HostTensor;
+
+use crate::{Device, Error, Model, Result, Session};
+
+/// Tokenized text: ids and token types, truncated to the model's maximum length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tokens {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Token type ids.
+    pub type_ids: Vec<u32>,
+}
+
+/// A sentence-embedding model on a device: text in, one vector per text out.
+pub struct Embedder {
+    session: Session,
+    tokenizer: Tokenizer,
+    max_seq_length: usize,
+    dim: usize,
+    digest: Option<String>,
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedder")
+            .field("max_seq_length", &self.max_seq_length)
+            .field("dim", &self.dim)
+            .finish_non_exhaustive()
+    }
+}
+
+fn config_err(msg: String) -> Error {
+    Error::Core(wedge_core::Error::Config(msg))
+}
+
+impl Embedder {
+    /// Prepares an encoder package (with its `tokenizer.json` asset) on `device`.
+    pub fn new(model: &Model, tokenizer_json: &[u8], max_seq_length: usize, device: &Device) -> Result<Embedder> {
+        let mut tokenizer =
+            Tokenizer::from_bytes(tokenizer_json).map_err(|e| config_err(format!("tokenizer.json: {e}")))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: max_seq_length, ..Default::default() }))
+            .map_err(|e| config_err(format!("tokenizer truncation: {e}")))?;
+        tokenizer.with_padding(None);
+        let dim = model
+            .weights()
+            .iter()
+            .find(|w| w.name == "embeddings.word_embeddings.weight")
+            .map(|w| w.shape[1])
+            .ok_or_else(|| config_err("not an encoder: no embeddings.word_embeddings.weight".into()))?;
+        Ok(Embedder {
+            session: model.session(device)?,
+            tokenizer,
+            max_seq_length,
+            dim,
+            digest: model.digest().map(str::to_string),
+        })
+    }
+
+    /// Loads a `.wedge` encoder package from bytes onto `device`.
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Embedder> {
+        let (model, assets, config) = Model::from_bytes_with_assets(bytes)?;
+        let tok =
+            assets.get("tokenizer.json").ok_or_else(|| config_err("the package carries no tokenizer.json".into()))?;
+        let max = config
+            .get("max_seq_length")
+            .and_then(serde_json::Value::as_u64)
+            .map(|v| v as usize)
+            .or_else(|| config.get("max_position_embeddings").and_then(serde_json::Value::as_u64).map(|v| v as usize))
+            .ok_or_else(|| config_err("the package config has no max_seq_length".into()))?;
+        Embedder::new(&model, tok, max, device)
+    }
+
+    /// Embedding size.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Longest input in tokens; longer texts are truncated.
+    pub fn max_seq_length(&self) -> usize {
+        self.max_seq_length
+    }
+
+    /// The package digest.
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// Tokenizes one text (special tokens added, truncated to `max_seq_length`).
+    pub fn tokenize(&self, text: &str) -> Result<Tokens> {
+        let enc = self.tokenizer.encode(text, true).map_err(|e| config_err(format!("tokenizer: {e}")))?;
+        Ok(Tokens { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec() })
+    }
+
+    /// The encoder inputs for a batch, padded to its longest member with a padding mask.
+    pub fn inputs(&self, batch: &[Tokens]) -> Result<Vec<HostTensor>> {
+        let b = batch.len();
+        let s = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
+        if batch.iter().any(|t| t.ids.len() != t.type_ids.len()) {
+            return Err(Error::Core(wedge_core::Error::Input("ids and type ids differ in length".into())));
+        }
+        if s > self.max_seq_length {
+            return Err(Error::Core(wedge_core::Error::Input(format!(
+                "{s} tokens exceed the model's maximum of {}",
+                self.max_seq_length
+            ))));
+        }
+        let (mut ids, mut types, mut mask) = (vec![0u32; b * s], vec![0u32; b * s], vec![0u32; b * s]);
+        for (i, t) in batch.iter().enumerate() {
+            let l = t.ids.len();
+            ids[i * s..i * s + l].copy_from_slice(&t.ids);
+            types[i * s..i * s + l].copy_from_slice(&t.type_ids);
+            mask[i * s..i * s + l].fill(1);
+        }
+        let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
+        Ok(vec![
+            HostTensor::u32(&[b, s], &ids),
+            HostTensor::u32(&[b, s], &types),
+            HostTensor::u32(&[b, s], &pos),
+            HostTensor::u32(&[b, s], &mask),
+        ])
+    }
+
+    /// Embeds tokenized texts as one batch.
+    pub async fn embed_tokens_async(&self, batch: &[Tokens]) -> Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outputs = self.session.run_async(&self.inputs(batch)?).await?;
+        let emb = outputs
+            .iter()
+            .zip(&self.session.graph().outputs)
+            .find(|(_, (name, _))| name == "embedding")
+            .map(|(t, _)| t.to_f32())
+            .ok_or_else(|| config_err("the model has no `embedding` output".into()))?;
+        Ok(emb.chunks(self.dim).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Embeds texts as one batch (padded to the longest).
+    pub async fn embed_async(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>>>()?;
+        self.embed_tokens_async(&tokens).await
+    }
+
+    /// Blocking [`Embedder::embed_tokens_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn embed_tokens(&self, batch: &[Tokens]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.embed_tokens_async(batch))
+    }
+
+    /// Blocking [`Embedder::embed_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.embed_async(texts))
+    }
+}
