@@ -34,6 +34,10 @@ enum Command {
         /// Group size for q4 and q4_1 (32, 64 or 128).
         #[arg(long, default_value_t = 32)]
         group_size: u32,
+        /// Format of the embedding tables (default: f32, or f16 with --quant f16; chosen per
+        /// tensor with --quant auto).
+        #[arg(long)]
+        embeddings: Option<String>,
         /// For --quant auto: the mean cosine to the f32 model to keep on the calibration texts.
         #[arg(long, default_value_t = 0.997)]
         budget: f64,
@@ -65,8 +69,8 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Convert { src, output, quant, group_size, budget } => {
-            convert(&src, &output, &quant, group_size, budget)
+        Command::Convert { src, output, quant, group_size, embeddings, budget } => {
+            convert(&src, &output, &quant, group_size, embeddings.as_deref(), budget)
         }
         Command::Embed { model, device, batch } => embed(model.as_deref(), &device, batch),
         Command::Inspect { model, json } => inspect(&model, json),
@@ -82,7 +86,7 @@ fn main() {
     }
 }
 
-fn convert(src: &Path, out: &Path, quant: &str, group: u32, budget: f64) -> Result<()> {
+fn convert(src: &Path, out: &Path, quant: &str, group: u32, embeddings: Option<&str>, budget: f64) -> Result<()> {
     let enc = wedge_import::inspect_hf_folder(src)?;
     let weights = wedge_import::load_f32_weights(&enc)?;
     let opts = if quant == "auto" {
@@ -91,7 +95,12 @@ fn convert(src: &Path, out: &Path, quant: &str, group: u32, budget: f64) -> Resu
         let format = Format::parse(quant, group)
             .ok_or_else(|| anyhow::anyhow!("unknown --quant `{quant}` (use f32, f16, q8, q4, q4_1 or auto)"))?;
         format.validate().map_err(|m| anyhow::anyhow!("--group-size: {m}"))?;
-        ImportOptions::uniform(format)
+        let mut opts = ImportOptions::uniform(format);
+        if let Some(e) = embeddings {
+            opts.embeddings = Format::parse(e, group)
+                .ok_or_else(|| anyhow::anyhow!("unknown --embeddings `{e}` (use f32, f16, q8, q4 or q4_1)"))?;
+        }
+        opts
     };
     let bar = ProgressBar::new(weights.len() as u64);
     bar.set_style(

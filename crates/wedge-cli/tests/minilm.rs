@@ -174,7 +174,7 @@ fn q4_matches_pytorch_and_its_fake_quant() {
 }
 
 #[test]
-fn bundled_default_model_meets_the_auto_bounds() {
+fn bundled_default_model_meets_the_mixed_precision_bounds() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge");
     let bytes = std::fs::read(&path).expect("models/all-MiniLM-L6-v2.wedge is bundled");
     assert!(bytes.len() <= 20_000_000, "bundled model is {} bytes, over 20 MB", bytes.len());
