@@ -3,6 +3,8 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
+mod bench;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -62,6 +64,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure embeddings/s and p50/p95 latency of sentence-embedding packages on the GPU and
+    /// the CPU, in the onnxruntime baseline workloads (a benchmark, not a test).
+    Bench {
+        /// A .wedge package to measure (repeatable; default: the bundled model).
+        #[arg(long)]
+        model: Vec<PathBuf>,
+        /// Also convert this Hugging Face folder in memory, once per --quant format.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Formats for --from, comma separated (f32, f16, q8, q4, q4_1).
+        #[arg(long, default_value = "f32,q8,q4", value_delimiter = ',')]
+        quant: Vec<String>,
+        /// Devices, comma separated: cpu, gpu (any adapter, software included).
+        #[arg(long, default_value = "gpu,cpu", value_delimiter = ',')]
+        device: Vec<String>,
+        /// JSONL texts ({"text": ...}); default: the public test texts in the repository.
+        #[arg(long)]
+        texts: Option<PathBuf>,
+        /// Workloads, comma separated: fixed128_b<N> ([N,128] padded), public32_b1, public32_b32.
+        #[arg(
+            long,
+            default_value = "fixed128_b1,fixed128_b8,fixed128_b32,public32_b1,public32_b32",
+            value_delimiter = ','
+        )]
+        workloads: Vec<String>,
+        /// Measure each workload for at least this long (after two warm-up calls).
+        #[arg(long, default_value_t = 2.0)]
+        min_seconds: f64,
+        /// And for at least this many calls.
+        #[arg(long, default_value_t = 5)]
+        min_calls: usize,
+        /// Skip a workload whose warm-up call takes longer than this (software adapters).
+        #[arg(long, default_value_t = 20.0)]
+        max_call_seconds: f64,
+        /// Peer figures to print ratios against (default: benches/minilm-onnxruntime.json in
+        /// the repository, when present).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the compute devices wedge can use and which one `--device auto` picks.
     Devices,
 }
@@ -74,6 +118,33 @@ fn main() {
         }
         Command::Embed { model, device, batch } => embed(model.as_deref(), &device, batch),
         Command::Inspect { model, json } => inspect(&model, json),
+        Command::Bench {
+            model,
+            from,
+            quant,
+            device,
+            texts,
+            workloads,
+            min_seconds,
+            min_calls,
+            max_call_seconds,
+            baseline,
+            json,
+        } => bench_models(&model, from.as_deref(), &quant).and_then(|models| {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let default_baseline = repo.join("benches/minilm-onnxruntime.json");
+            bench::run(&bench::BenchArgs {
+                models,
+                devices: device,
+                texts: texts.unwrap_or_else(|| repo.join("tests/data/public.jsonl")),
+                workloads,
+                min_seconds,
+                min_calls: min_calls.max(1),
+                max_call_seconds,
+                baseline: baseline.or_else(|| default_baseline.is_file().then_some(default_baseline)),
+                json,
+            })
+        }),
         Command::Devices => devices(),
     };
     if let Err(e) = res {
@@ -256,6 +327,32 @@ fn embed(model: Option<&Path>, device: &str, batch: usize) -> Result<()> {
         }
     }
     flush(&mut pending, &mut out)
+}
+
+/// The packages `wedge bench` measures: the given files, the `--from` folder converted in
+/// memory to each format, or the bundled model.
+fn bench_models(paths: &[PathBuf], from: Option<&Path>, quants: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut models = Vec::new();
+    for p in paths {
+        let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+        models.push((p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), bytes));
+    }
+    if let Some(dir) = from {
+        let enc = wedge_import::inspect_hf_folder(dir)?;
+        let weights = wedge_import::load_f32_weights(&enc)?;
+        for q in quants {
+            let format = Format::parse(q, 32)
+                .ok_or_else(|| anyhow::anyhow!("unknown --quant `{q}` (use f32, f16, q8, q4 or q4_1)"))?;
+            let pkg = wedge_import::package(&enc, &weights, &ImportOptions::uniform(format), &mut |_, _, _| {})?;
+            models.push((q.clone(), pkg.to_bytes(1)?.0));
+        }
+    }
+    if models.is_empty() {
+        let p = default_model()?;
+        let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        models.push(("bundled".to_string(), bytes));
+    }
+    Ok(models)
 }
 
 fn inspect(path: &PathBuf, json: bool) -> Result<()> {

@@ -221,6 +221,26 @@ pub enum StepKind {
     },
 }
 
+impl StepKind {
+    /// A short name for logs and profiles.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Gather { .. } => "gather",
+            StepKind::MatMul { .. } => "matmul",
+            StepKind::Binary { .. } => "binary",
+            StepKind::Act { .. } => "act",
+            StepKind::LayerNorm { .. } => "layernorm",
+            StepKind::RmsNorm { .. } => "rmsnorm",
+            StepKind::Softmax { .. } => "softmax",
+            StepKind::Attention { .. } => "attention",
+            StepKind::Rope { .. } => "rope",
+            StepKind::MeanPool { .. } => "mean_pool",
+            StepKind::L2Normalize { .. } => "l2_normalize",
+            StepKind::Transpose { .. } => "transpose",
+        }
+    }
+}
+
 /// A kernel launch over values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {

@@ -23,7 +23,8 @@ pub fn silu(v: f32) -> f32 {
     v / (1.0 + (-v).exp())
 }
 
-fn act1(act: Activation, v: f32) -> f32 {
+#[inline(always)]
+pub(crate) fn act1(act: Activation, v: f32) -> f32 {
     match act {
         Activation::None => v,
         Activation::GeluErf => gelu_erf(v),
@@ -32,14 +33,71 @@ fn act1(act: Activation, v: f32) -> f32 {
     }
 }
 
+/// `e^x` from arithmetic and bit operations only, so loops over it vectorize: `x = n·ln2 + r`
+/// with `|r| ≤ ln2/2`, a degree-6 polynomial for `e^r` (relative error about 2e-7), and
+/// `2^n` built in the exponent bits. Exactly 0 below -87 (so masked scores vanish), and
+/// saturates at `e^88` above the range.
+#[inline(always)]
+pub(crate) fn exp_approx(x: f32) -> f32 {
+    if x < -87.0 {
+        return 0.0;
+    }
+    let x = x.min(88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = n.mul_add(-0.693_145_75, x);
+    let r = n.mul_add(-1.428_606_8e-6, r);
+    let p = r.mul_add(1.0 / 720.0, 1.0 / 120.0);
+    let p = p.mul_add(r, 1.0 / 24.0);
+    let p = p.mul_add(r, 1.0 / 6.0);
+    let p = p.mul_add(r, 0.5);
+    let p = p.mul_add(r, 1.0);
+    let p = p.mul_add(r, 1.0);
+    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the form the WGSL kernels use.
+#[inline(always)]
+pub(crate) fn erf_approx(v: f32) -> f32 {
+    let a = v.abs();
+    let t = 1.0 / a.mul_add(0.327_591_1, 1.0);
+    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
+    (1.0 - poly * exp_approx(-a * a)).copysign(v)
+}
+
+/// Applies `act` to every element, in loops the compiler vectorizes (no libm calls).
+#[inline(always)]
+pub(crate) fn activate_slice(act: Activation, x: &mut [f32]) {
+    match act {
+        Activation::None => {}
+        Activation::GeluErf => {
+            x.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf_approx(*v * std::f32::consts::FRAC_1_SQRT_2)))
+        }
+        Activation::GeluTanh => x.iter_mut().for_each(|v| {
+            let u = (0.797_884_6 * (*v + 0.044715 * *v * *v * *v)).clamp(-15.0, 15.0);
+            let tanh = 1.0 - 2.0 / (exp_approx(2.0 * u) + 1.0);
+            *v = 0.5 * *v * (1.0 + tanh);
+        }),
+        Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + exp_approx(-*v)),
+    }
+}
+
+/// [`activate_slice`] compiled for the CPU's vector unit.
 pub(crate) fn activate(act: Activation, x: &mut [f32]) {
+    struct Op<'a>(Activation, &'a mut [f32]);
+    impl pulp::WithSimd for Op<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) {
+            activate_slice(self.0, self.1);
+        }
+    }
     if act != Activation::None {
-        x.iter_mut().for_each(|v| *v = act1(act, *v));
+        pulp::Arch::new().dispatch(Op(act, x));
     }
 }
 
 /// Dot product with eight independent accumulators, so the compiler vectorizes it.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -58,10 +116,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 const N_BLOCK: usize = 32;
 
-/// `out[m, n] = act(Σ_k x[m, k] · W[n, k] + bias[n])` with `W` in any format. Weight
-/// rows are dequantized a block at a time and reused for every row of `x`.
+/// `out[m, n] = act(Σ_k x[m, k] · W[n, k] + bias[n])` with `W` in any format: the plain
+/// definition, through [`Weight::dequantize_row`], that the fast [`crate::matmul`] is tested
+/// against. Weight rows are dequantized a block at a time and reused for every row of `x`.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul(
+pub fn matmul_reference(
     x: &[f32],
     w: &Weight,
     bias: Option<&[f32]>,
@@ -179,54 +238,82 @@ pub struct AttentionDims {
 /// Attention over `q [b, s, h·d]`, `k`, `v [b, t, kvh·d]`, optional mask `[b, t]`.
 /// A query that can see no key gets zeros.
 pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Option<&[u32]>, out: &mut [f32]) {
-    let AttentionDims { batch, q_len, kv_len, heads, kv_heads, head_dim: d, causal, scale } = *dims;
-    let group = heads / kv_heads;
-    let row = |b: usize, i: usize| {
-        let mut res = vec![0f32; heads * d];
-        let mut scores = vec![0f32; kv_len];
-        for h in 0..heads {
-            let kvh = h / group;
-            let qv = &q[((b * q_len + i) * heads + h) * d..][..d];
-            let t_end = if causal { kv_len.min(i + (kv_len - q_len) + 1) } else { kv_len };
-            let mut mx = f32::NEG_INFINITY;
-            for t in 0..kv_len {
-                let visible = t < t_end && mask.is_none_or(|m| m[b * kv_len + t] != 0);
-                scores[t] = if visible {
-                    let kv = &k[((b * kv_len + t) * kv_heads + kvh) * d..][..d];
-                    dot(qv, kv) * scale
-                } else {
-                    f32::NEG_INFINITY
-                };
-                mx = mx.max(scores[t]);
-            }
-            if mx == f32::NEG_INFINITY {
-                continue;
-            }
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - mx).exp();
-                sum += *s;
-            }
-            let o = &mut res[h * d..(h + 1) * d];
-            for (t, s) in scores.iter().enumerate() {
-                if *s == 0.0 {
-                    continue;
+    /// Query rows `[r0, r1)` (row = batch × q_len + position), compiled for the vector unit.
+    struct Rows<'a> {
+        dims: &'a AttentionDims,
+        q: &'a [f32],
+        k: &'a [f32],
+        v: &'a [f32],
+        mask: Option<&'a [u32]>,
+        r0: usize,
+        r1: usize,
+    }
+    impl pulp::WithSimd for Rows<'_> {
+        type Output = Vec<f32>;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> Vec<f32> {
+            let Rows { dims, q, k, v, mask, r0, r1 } = self;
+            let AttentionDims { q_len, kv_len, heads, kv_heads, head_dim: d, causal, scale, .. } = *dims;
+            let group = heads / kv_heads;
+            let mut res = vec![0f32; (r1 - r0) * heads * d];
+            let mut scores = vec![0f32; kv_len];
+            for (r, out_row) in (r0..r1).zip(res.chunks_exact_mut(heads * d)) {
+                let (b, i) = (r / q_len, r % q_len);
+                let t_end = if causal { kv_len.min(i + (kv_len - q_len) + 1) } else { kv_len };
+                for h in 0..heads {
+                    let kvh = h / group;
+                    let qv = &q[(r * heads + h) * d..][..d];
+                    let mut mx = f32::NEG_INFINITY;
+                    for (t, sc) in scores.iter_mut().enumerate() {
+                        let visible = t < t_end && mask.is_none_or(|m| m[b * kv_len + t] != 0);
+                        *sc = if visible {
+                            let kv = &k[((b * kv_len + t) * kv_heads + kvh) * d..][..d];
+                            dot(qv, kv) * scale
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                        mx = mx.max(*sc);
+                    }
+                    if mx == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let mut sum = 0.0;
+                    for sc in scores.iter_mut() {
+                        *sc = exp_approx(*sc - mx);
+                        sum += *sc;
+                    }
+                    let inv = 1.0 / sum;
+                    let o = &mut out_row[h * d..(h + 1) * d];
+                    for (t, sc) in scores.iter().enumerate() {
+                        if *sc == 0.0 {
+                            continue;
+                        }
+                        let p = sc * inv;
+                        let vv = &v[((b * kv_len + t) * kv_heads + kvh) * d..][..d];
+                        for (oc, vc) in o.iter_mut().zip(vv) {
+                            *oc += p * vc;
+                        }
+                    }
                 }
-                let vv = &v[((b * kv_len + t) * kv_heads + kvh) * d..][..d];
-                for c in 0..d {
-                    o[c] += s / sum * vv[c];
-                }
             }
+            res
         }
-        res
+    }
+    const ROWS_PER_TASK: usize = 16;
+    let width = dims.heads * dims.head_dim;
+    let total = dims.batch * dims.q_len;
+    let arch = pulp::Arch::new();
+    let task = |t: usize| {
+        let (r0, r1) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(total));
+        arch.dispatch(Rows { dims, q, k, v, mask, r0, r1 })
     };
-    let rows: Vec<(usize, usize)> = (0..batch).flat_map(|b| (0..q_len).map(move |i| (b, i))).collect();
     #[cfg(not(target_arch = "wasm32"))]
-    let results: Vec<Vec<f32>> = rows.par_iter().map(|&(b, i)| row(b, i)).collect();
+    let results: Vec<Vec<f32>> = (0..total.div_ceil(ROWS_PER_TASK)).into_par_iter().map(task).collect();
     #[cfg(target_arch = "wasm32")]
-    let results: Vec<Vec<f32>> = rows.iter().map(|&(b, i)| row(b, i)).collect();
-    for (r, res) in results.into_iter().enumerate() {
-        out[r * heads * d..(r + 1) * heads * d].copy_from_slice(&res);
+    let results: Vec<Vec<f32>> = (0..total.div_ceil(ROWS_PER_TASK)).map(task).collect();
+    for (t, res) in results.into_iter().enumerate() {
+        let o = t * ROWS_PER_TASK * width;
+        out[o..o + res.len()].copy_from_slice(&res);
     }
 }
 

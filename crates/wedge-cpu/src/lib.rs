@@ -7,13 +7,15 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::type_complexity))]
 
+mod gemm;
 mod kernels;
 
 use thiserror::Error;
 use wedge_core::plan::{HostTensor, Plan, StepKind};
 use wedge_core::quant::{Format, Weight};
 
-pub use kernels::{attention, gelu_erf, gelu_tanh, layernorm, matmul, silu};
+pub use gemm::matmul;
+pub use kernels::{attention, gelu_erf, gelu_tanh, layernorm, matmul_reference, silu};
 
 /// Errors from the CPU backend.
 #[derive(Debug, Error)]
@@ -87,7 +89,12 @@ pub fn execute(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Resu
         let slot = plan.values[v.0 as usize].slot;
         slots[slot][..t.data.len()].copy_from_slice(&t.data);
     }
+    // WEDGE_CPU_PROFILE=1: time per step kind, printed to stderr after each run
+    let profile = std::env::var_os("WEDGE_CPU_PROFILE").is_some();
+    let mut times: Vec<(&'static str, f64)> = Vec::new();
     for step in &plan.steps {
+        #[cfg(not(target_arch = "wasm32"))]
+        let started = profile.then(std::time::Instant::now);
         let out_info = &plan.values[step.output.0 as usize];
         let out_n = out_info.numel();
         let mut out = std::mem::take(&mut slots[out_info.slot]);
@@ -107,7 +114,7 @@ pub fn execute(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Resu
                 }
                 StepKind::MatMul { weight, bias, act, m, k, n, .. } => {
                     let b = bias.map(|b| weights.vector(b)).transpose()?;
-                    kernels::matmul(f32s(inp(0)), weights.weight(*weight), b, *act, *m, *k, *n, f32s_mut(o));
+                    gemm::matmul(f32s(inp(0)), weights.weight(*weight), b, *act, *m, *k, *n, f32s_mut(o));
                 }
                 StepKind::Binary { op, bn, .. } => {
                     let (a, b) = (f32s(inp(0)), f32s(inp(1)));
@@ -158,6 +165,19 @@ pub fn execute(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Resu
             }
         }
         slots[out_info.slot] = out;
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(t) = started {
+            let name = step.kind.name();
+            match times.iter_mut().find(|(n, _)| *n == name) {
+                Some(e) => e.1 += t.elapsed().as_secs_f64(),
+                None => times.push((name, t.elapsed().as_secs_f64())),
+            }
+        }
+    }
+    if profile {
+        let total: f64 = times.iter().map(|t| t.1).sum();
+        let parts: Vec<String> = times.iter().map(|(n, t)| format!("{n} {:.2} ms", t * 1e3)).collect();
+        eprintln!("wedge-cpu: {:.2} ms: {}", total * 1e3, parts.join(", "));
     }
     Ok(plan
         .outputs

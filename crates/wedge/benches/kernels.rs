@@ -3,7 +3,7 @@
 //! backend. Prints GB/s of weight bytes, GFLOP/s, and the fraction of the device's
 //! memory bandwidth where it is known (set `WEDGE_BW_GBS` to supply it).
 //!
-//! `cargo bench -p wedge --bench kernels [-- --quick] [-- --json]`
+//! `cargo bench -p wedge --bench kernels [-- --quick] [-- --json] [-- --cpu]` (`--cpu`: skip the GPU)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -70,7 +70,7 @@ fn main() {
     let budget = Duration::from_millis(if quick { 150 } else { 800 });
     let shapes = [(1536usize, 384usize), (384, 1536), (4096, 4096)];
     let formats = [Format::F32, Format::Q8, Format::Q4 { group: 32 }];
-    let gpu = Device::gpu().ok();
+    let gpu = if args.iter().any(|a| a == "--cpu") { None } else { Device::gpu().ok() };
     let gpu_name = gpu.as_ref().and_then(|d| d.adapter()).map(|a| a.to_string());
     let mut rows = Vec::new();
     let mut seed = 0x9e3779b97f4a7c15u64;

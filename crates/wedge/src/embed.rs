@@ -97,8 +97,14 @@ impl Embedder {
 
     /// The encoder inputs for a batch, padded to its longest member with a padding mask.
     pub fn inputs(&self, batch: &[Tokens]) -> Result<Vec<HostTensor>> {
+        self.inputs_padded(batch, 1)
+    }
+
+    /// The encoder inputs for a batch padded to at least `min_len` tokens (pad id 0, mask 0),
+    /// for fixed-shape workloads; every position is computed, padding included.
+    pub fn inputs_padded(&self, batch: &[Tokens], min_len: usize) -> Result<Vec<HostTensor>> {
         let b = batch.len();
-        let s = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(1);
+        let s = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(min_len).max(1);
         if batch.iter().any(|t| t.ids.len() != t.type_ids.len()) {
             return Err(Error::Core(wedge_core::Error::Input("ids and type ids differ in length".into())));
         }
@@ -126,10 +132,15 @@ impl Embedder {
 
     /// Embeds tokenized texts as one batch.
     pub async fn embed_tokens_async(&self, batch: &[Tokens]) -> Result<Vec<Vec<f32>>> {
+        self.embed_padded_async(batch, 1).await
+    }
+
+    /// Embeds tokenized texts as one batch padded to at least `min_len` tokens.
+    pub async fn embed_padded_async(&self, batch: &[Tokens], min_len: usize) -> Result<Vec<Vec<f32>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let outputs = self.session.run_async(&self.inputs(batch)?).await?;
+        let outputs = self.session.run_async(&self.inputs_padded(batch, min_len)?).await?;
         let emb = outputs
             .iter()
             .zip(&self.session.graph().outputs)
@@ -149,6 +160,12 @@ impl Embedder {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn embed_tokens(&self, batch: &[Tokens]) -> Result<Vec<Vec<f32>>> {
         pollster::block_on(self.embed_tokens_async(batch))
+    }
+
+    /// Blocking [`Embedder::embed_padded_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn embed_padded(&self, batch: &[Tokens], min_len: usize) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.embed_padded_async(batch, min_len))
     }
 
     /// Blocking [`Embedder::embed_async`].
