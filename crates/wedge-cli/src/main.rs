@@ -43,6 +43,9 @@ enum Command {
         /// For --quant auto: the mean cosine to the f32 model to keep on the calibration texts.
         #[arg(long, default_value_t = 0.997)]
         budget: f64,
+        /// For --quant auto: the minimum cosine to the f32 model to keep on every calibration text.
+        #[arg(long, default_value_t = 0.99)]
+        budget_min: f64,
     },
     /// Embed JSONL texts from stdin ({"text": ...}); writes {"embedding": [...]} lines in input order.
     Embed {
@@ -113,7 +116,8 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Convert { src, output, quant, group_size, embeddings, budget } => {
+        Command::Convert { src, output, quant, group_size, embeddings, budget, budget_min } => {
+            let budget = wedge_import::Budget { mean: budget, min: budget_min };
             convert(&src, &output, &quant, group_size, embeddings.as_deref(), budget)
         }
         Command::Embed { model, device, batch } => embed(model.as_deref(), &device, batch),
@@ -157,7 +161,14 @@ fn main() {
     }
 }
 
-fn convert(src: &Path, out: &Path, quant: &str, group: u32, embeddings: Option<&str>, budget: f64) -> Result<()> {
+fn convert(
+    src: &Path,
+    out: &Path,
+    quant: &str,
+    group: u32,
+    embeddings: Option<&str>,
+    budget: wedge_import::Budget,
+) -> Result<()> {
     let enc = wedge_import::inspect_hf_folder(src)?;
     let weights = wedge_import::load_f32_weights(&enc)?;
     let opts = if quant == "auto" {
@@ -198,7 +209,7 @@ fn auto_options(
     enc: &wedge_import::HfEncoder,
     weights: &[wedge_import::F32Tensor],
     group: u32,
-    budget: f64,
+    budget: wedge_import::Budget,
 ) -> Result<ImportOptions> {
     let mg = enc.config.build()?;
     let texts = wedge_import::calibration_texts();
@@ -223,9 +234,10 @@ fn auto_options(
         .map(|(n, s, v)| wedge_core::Weight::from_f32(n, s, v))
         .collect::<wedge_core::Result<Vec<_>>>()?;
     let reference = embed(f32_weights)?;
-    let mut eval = |ws: &[wedge_core::Weight]| -> Result<f64, wedge_import::ImportError> {
+    let mut eval = |ws: &[wedge_core::Weight]| -> Result<(f64, f64), wedge_import::ImportError> {
         let got = embed(ws.to_vec()).map_err(|e| wedge_import::ImportError::Unsupported(format!("{e:#}")))?;
-        Ok(got.iter().zip(&reference).map(|(a, b)| cosine(a, b)).sum::<f64>() / got.len() as f64)
+        let cos: Vec<f64> = got.iter().zip(&reference).map(|(a, b)| cosine(a, b)).collect();
+        Ok((cos.iter().sum::<f64>() / cos.len() as f64, cos.iter().copied().fold(f64::INFINITY, f64::min)))
     };
     let bar = ProgressBar::new_spinner();
     let choice = wedge_import::auto_select(weights, budget, group, &mut eval, &mut |msg| {
@@ -234,9 +246,12 @@ fn auto_options(
     })?;
     bar.finish_and_clear();
     eprintln!(
-        "auto: mean cosine {:.6} to f32 on {} calibration texts (budget {budget}), {:.2} MB packed, {} evaluations",
-        choice.score,
+        "auto: cosine to f32 on {} calibration texts mean {:.6} min {:.6} (budget mean {} min {}), {:.2} MB packed, {} evaluations",
         texts.len(),
+        choice.score,
+        choice.min_score,
+        budget.mean,
+        budget.min,
         choice.bytes as f64 / 1e6,
         choice.evaluations
     );

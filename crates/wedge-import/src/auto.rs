@@ -1,12 +1,15 @@
 //! Mixed precision by measured sensitivity (`--quant auto`).
 //!
 //! Each candidate tensor (the encoder's linears and its embedding tables) is
-//! quantized to q4 alone and the damage measured on calibration texts; tensors
-//! are then ordered by damage per byte that a higher precision would cost, and
-//! the smallest prefix of that order promoted to q8 (then f16, if q8 everywhere is
+//! quantized alone to each 4-bit format, symmetric `q4` and asymmetric `q4_1`, and the
+//! damage measured on calibration texts; its 4-bit format is the one that hurts less
+//! (embedding tables, whose rows are not centred on zero, tend to pick `q4_1`).
+//! Tensors are then ordered by damage per byte that a higher precision would cost,
+//! and the smallest prefix of that order promoted to q8 (then f16, if q8 everywhere is
 //! not enough) that meets the quality budget is kept. The measurement itself is the
-//! caller's: it gets the candidate weights and returns the mean cosine similarity of
-//! the model's outputs to the f32 model's on the calibration texts.
+//! caller's: it gets the candidate weights and returns the mean and the minimum cosine
+//! similarity of the model's outputs to the f32 model's on the calibration texts; the
+//! budget bounds both (a mean alone lets a few texts degrade badly).
 
 use std::collections::BTreeMap;
 
@@ -29,9 +32,11 @@ pub struct AutoChoice {
     pub options: ImportOptions,
     /// Mean cosine to the f32 model on the calibration texts.
     pub score: f64,
+    /// Minimum cosine to the f32 model over the calibration texts.
+    pub min_score: f64,
     /// Packed bytes of all weights.
     pub bytes: usize,
-    /// Per candidate tensor: the mean cosine with only it at q4.
+    /// Per candidate tensor: the mean cosine with only it at its 4-bit format.
     pub sensitivity: Vec<(String, f64)>,
     /// Number of evaluations run.
     pub evaluations: usize,
@@ -46,20 +51,32 @@ fn quantize_all(weights: &[F32Tensor], opts: &ImportOptions) -> Result<Vec<Weigh
     weights.iter().map(|(n, s, v)| Ok(Weight::quantize(n, s, v, format_for(opts, n, s))?)).collect()
 }
 
-/// Picks a format per tensor: the smallest model whose calibration score reaches `budget`.
-/// `eval` returns the mean cosine to the f32 model for a full set of weights.
+/// Calibration scores of one candidate model: (mean, minimum) cosine to the f32 model.
+pub type Scores = (f64, f64);
+
+/// The quality a mixed-precision choice must keep on the calibration texts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budget {
+    /// Mean cosine to the f32 model.
+    pub mean: f64,
+    /// Minimum cosine to the f32 model over the texts.
+    pub min: f64,
+}
+
+/// Picks a format per tensor: the smallest model whose calibration scores meet `budget`.
+/// `eval` returns the (mean, minimum) cosine to the f32 model for a full set of weights.
 pub fn auto_select(
     weights: &[F32Tensor],
-    budget: f64,
+    budget: Budget,
     group: u32,
-    eval: &mut dyn FnMut(&[Weight]) -> Result<f64, ImportError>,
+    eval: &mut dyn FnMut(&[Weight]) -> Result<Scores, ImportError>,
     log: &mut dyn FnMut(&str),
 ) -> Result<AutoChoice, ImportError> {
     let q4 = Format::Q4 { group };
     q4.validate().map_err(ImportError::Unsupported)?;
     let f32_all = ImportOptions { linear: Format::F32, embeddings: Format::F32, overrides: BTreeMap::new() };
     let mut evaluations = 0;
-    let mut score_of = |opts: &ImportOptions, eval: &mut dyn FnMut(&[Weight]) -> Result<f64, ImportError>| {
+    let mut score_of = |opts: &ImportOptions, eval: &mut dyn FnMut(&[Weight]) -> Result<Scores, ImportError>| {
         evaluations += 1;
         let w = quantize_all(weights, opts)?;
         let bytes: usize = w.iter().map(Weight::packed_bytes).sum();
@@ -67,14 +84,24 @@ pub fn auto_select(
     };
     let candidates: Vec<usize> = (0..weights.len()).filter(|&i| is_candidate(&weights[i].0, &weights[i].1)).collect();
 
-    // 1. Sensitivity: one tensor at q4, the rest f32.
+    // 1. Sensitivity: one tensor at 4 bits, the rest f32; keep the 4-bit format that hurts less.
+    let q4_1 = Format::Q4_1 { group };
     let mut sensitivity = Vec::with_capacity(candidates.len());
+    let mut low = Vec::with_capacity(candidates.len());
     for &i in &candidates {
-        let mut o = f32_all.clone();
-        o.overrides.insert(weights[i].0.clone(), q4);
-        let (s, _) = score_of(&o, eval)?;
-        log(&format!("sensitivity {:<52} q4 alone: {s:.6}", weights[i].0));
-        sensitivity.push((weights[i].0.clone(), s));
+        let mut best = (f64::NEG_INFINITY, q4);
+        for f in [q4, q4_1] {
+            let mut o = f32_all.clone();
+            o.overrides.insert(weights[i].0.clone(), f);
+            let ((s, _), _) = score_of(&o, eval)?;
+            log(&format!("sensitivity {:<52} {f} alone: {s:.6}", weights[i].0));
+            // q4 is smaller, so q4_1 must do strictly better
+            if s > best.0 {
+                best = (s, f);
+            }
+        }
+        sensitivity.push((weights[i].0.clone(), best.0));
+        low.push(best.1);
     }
     // 2. Order by damage per byte that promoting q4 -> q8 would add.
     let mut order: Vec<usize> = (0..candidates.len()).collect();
@@ -84,18 +111,20 @@ pub fn auto_select(
         let db = (1.0 - sensitivity[b].1) / numel(b);
         db.total_cmp(&da)
     });
-    let with = |k: usize, high: Format, rest: Format| -> ImportOptions {
+    // `rest: None` keeps each tensor's own 4-bit format
+    let with = |k: usize, high: Format, rest: Option<Format>| -> ImportOptions {
         let mut o = f32_all.clone();
         for (j, &i) in order.iter().enumerate() {
-            o.overrides.insert(weights[candidates[i]].0.clone(), if j < k { high } else { rest });
+            o.overrides.insert(weights[candidates[i]].0.clone(), if j < k { high } else { rest.unwrap_or(low[i]) });
         }
         o
     };
-    // 3. The fewest promotions that meet the budget: q4 -> q8 first, then q8 -> f16.
-    for (high, rest) in [(Format::Q8, q4), (Format::F16, Format::Q8)] {
+    // 3. The fewest promotions that meet the budget: 4-bit -> q8 first, then q8 -> f16.
+    for (high, rest) in [(Format::Q8, None), (Format::F16, Some(Format::Q8))] {
+        let meets = |(mean, min): (f64, f64)| mean >= budget.mean && min >= budget.min;
         let full = score_of(&with(order.len(), high, rest), eval)?;
-        log(&format!("all candidates at {high}: {:.6}", full.0));
-        if full.0 < budget {
+        log(&format!("all candidates at {high}: mean {:.6} min {:.6}", full.0.0, full.0.1));
+        if !meets(full.0) {
             continue;
         }
         // binary search on the number promoted; the score is close to monotone in it
@@ -104,8 +133,14 @@ pub fn auto_select(
         while lo < hi {
             let mid = (lo + hi) / 2;
             let (s, b) = score_of(&with(mid, high, rest), eval)?;
-            log(&format!("{mid:>3} most sensitive at {high}, rest {rest}: {s:.6} ({:.2} MB)", b as f64 / 1e6));
-            if s >= budget {
+            let rest = rest.map_or("4-bit".to_string(), |f| f.to_string());
+            log(&format!(
+                "{mid:>3} most sensitive at {high}, rest {rest}: mean {:.6} min {:.6} ({:.2} MB)",
+                s.0,
+                s.1,
+                b as f64 / 1e6
+            ));
+            if meets(s) {
                 hi = mid;
                 best = (s, b);
             } else {
@@ -113,9 +148,17 @@ pub fn auto_select(
             }
         }
         let options = with(hi, high, rest);
-        return Ok(AutoChoice { options, score: best.0, bytes: best.1, sensitivity, evaluations });
+        return Ok(AutoChoice {
+            options,
+            score: best.0.0,
+            min_score: best.0.1,
+            bytes: best.1,
+            sensitivity,
+            evaluations,
+        });
     }
     Err(ImportError::Unsupported(format!(
-        "no mix of q4, q8 and f16 reaches the quality budget {budget} on the calibration texts; convert with --quant f32"
+        "no mix of q4, q8 and f16 reaches the quality budget (mean {}, min {}) on the calibration texts; convert with --quant f32",
+        budget.mean, budget.min
     )))
 }

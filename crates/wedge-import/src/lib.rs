@@ -12,7 +12,7 @@
 
 mod auto;
 
-pub use auto::{AutoChoice, CALIBRATION_TEXTS, auto_select, calibration_texts, is_candidate};
+pub use auto::{AutoChoice, Budget, CALIBRATION_TEXTS, Scores, auto_select, calibration_texts, is_candidate};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
