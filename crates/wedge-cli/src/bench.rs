@@ -173,6 +173,8 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         for (model_name, bytes) in &args.models {
             let e = wedge::Embedder::from_bytes(bytes, &device).with_context(|| format!("loading {model_name}"))?;
             let tokens = texts.iter().map(|t| e.tokenize(t)).collect::<wedge::Result<Vec<_>>>()?;
+            // a fixed128 batch over the time limit rules out the larger ones and the public batch
+            let mut too_slow: Option<(usize, String)> = None;
             for &w in &workloads {
                 eprintln!("bench: {model_name} on {device_label}: {}", w.name());
                 let (batch, row_tokens) = match w {
@@ -196,16 +198,30 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
                         .collect(),
                     _ => tokens.clone(),
                 };
-                let result = measure(args, |i| {
-                    let n = match w {
-                        Workload::Fixed128(_) => e.embed_padded(&fixed, 128)?.len(),
-                        Workload::PublicSingles => {
-                            e.embed_tokens(std::slice::from_ref(&tokens[i % tokens.len()]))?.len()
-                        }
-                        Workload::PublicBatch => e.embed_tokens(&fixed)?.len(),
-                    };
-                    Ok(n)
-                })?;
+                let ruled_out = match (&too_slow, w) {
+                    (Some((b, why)), Workload::Fixed128(n)) if n >= *b => Some(why.clone()),
+                    (Some((b, why)), Workload::PublicBatch) if *b <= 32 => Some(why.clone()),
+                    _ => None,
+                };
+                let result = if let Some(why) = ruled_out {
+                    Ok(Err(why))
+                } else {
+                    measure(args, |i| {
+                        let n = match w {
+                            Workload::Fixed128(_) => e.embed_padded(&fixed, 128)?.len(),
+                            Workload::PublicSingles => {
+                                e.embed_tokens(std::slice::from_ref(&tokens[i % tokens.len()]))?.len()
+                            }
+                            Workload::PublicBatch => e.embed_tokens(&fixed)?.len(),
+                        };
+                        Ok(n)
+                    })
+                }?;
+                if let (Err(why), Workload::Fixed128(b)) = (&result, w)
+                    && too_slow.is_none()
+                {
+                    too_slow = Some((b, format!("fixed128_b{b} already over the limit ({why})")));
+                }
                 let mut rec = Record {
                     model: model_name.clone(),
                     device: device_label.clone(),
