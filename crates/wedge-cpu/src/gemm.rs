@@ -62,9 +62,27 @@ fn dequantize_rows(w: &Weight, n0: usize, rows: usize, k: usize, panel: &mut [f3
                 }
             }
             Format::Q4 { group } | Format::Q4_1 { group } => {
-                let group = group as usize;
+                // first the raw nibbles of the whole row (one long loop that vectorizes), then
+                // each group's affine map
+                #[cfg(target_endian = "little")]
+                {
+                    // byte i holds values 2i (low nibble) and 2i + 1 (high nibble)
+                    let bytes: &[u8] = bytemuck::cast_slice(src);
+                    let mut pairs = dst.chunks_exact_mut(2);
+                    for (d2, b) in (&mut pairs).zip(bytes) {
+                        d2[0] = f32::from(b & 0xf);
+                        d2[1] = f32::from(b >> 4);
+                    }
+                    if let Some(last) = pairs.into_remainder().first_mut() {
+                        *last = f32::from(bytes[(k - 1) / 2] & 0xf);
+                    }
+                }
+                #[cfg(not(target_endian = "little"))]
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = ((src[i / 8] >> (4 * (i % 8))) & 0xf) as f32;
+                }
                 let gpr = w.format.groups_per_row(k);
-                for (g, dg) in dst.chunks_mut(group).enumerate() {
+                for (g, dg) in dst.chunks_mut(group as usize).enumerate() {
                     let gi = row * gpr + g;
                     let (s, m) = match w.format {
                         Format::Q4 { .. } => {
@@ -76,21 +94,7 @@ fn dequantize_rows(w: &Weight, n0: usize, rows: usize, k: usize, panel: &mut [f3
                             (half::f16::from_bits(sm as u16).to_f32(), half::f16::from_bits((sm >> 16) as u16).to_f32())
                         }
                     };
-                    let words = &src[g * group / 8..];
-                    let full = dg.len() / 8;
-                    let mut chunks = dg.chunks_exact_mut(8);
-                    for (d8, word) in (&mut chunks).zip(words) {
-                        for (j, d) in d8.iter_mut().enumerate() {
-                            *d = ((word >> (4 * j)) & 0xf) as f32 * s + m;
-                        }
-                    }
-                    let rest = chunks.into_remainder();
-                    if !rest.is_empty() {
-                        let word = words[full];
-                        for (j, d) in rest.iter_mut().enumerate() {
-                            *d = ((word >> (4 * j)) & 0xf) as f32 * s + m;
-                        }
-                    }
+                    dg.iter_mut().for_each(|d| *d = *d * s + m);
                 }
             }
         }
@@ -113,7 +117,7 @@ fn tile<S: Simd, const R: usize, const C: usize>(simd: S, xs: [&[f32]; R], ws: [
         for i in 0..R {
             let x = xh[i][c];
             for j in 0..C {
-                acc[i][j] = simd.mul_add_f32s(x, wc[j], acc[i][j]);
+                acc[i][j] = simd.mul_add_e_f32s(x, wc[j], acc[i][j]);
             }
         }
     }

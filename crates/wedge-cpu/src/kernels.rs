@@ -44,14 +44,15 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
     }
     let x = x.min(88.0);
     let n = (x * std::f32::consts::LOG2_E).round();
-    let r = n.mul_add(-0.693_145_75, x);
-    let r = n.mul_add(-1.428_606_8e-6, r);
-    let p = r.mul_add(1.0 / 720.0, 1.0 / 120.0);
-    let p = p.mul_add(r, 1.0 / 24.0);
-    let p = p.mul_add(r, 1.0 / 6.0);
-    let p = p.mul_add(r, 0.5);
-    let p = p.mul_add(r, 1.0);
-    let p = p.mul_add(r, 1.0);
+    // Cody-Waite: ln2 = C1 + C2 with C1 short enough that n·C1 is exact without FMA
+    // (plain multiply-adds throughout: wasm32 without SIMD has no fast fused multiply-add)
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = r * (1.0 / 720.0) + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
     f32::from_bits(((n as i32 + 127) as u32) << 23) * p
 }
 
@@ -59,7 +60,7 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn erf_approx(v: f32) -> f32 {
     let a = v.abs();
-    let t = 1.0 / a.mul_add(0.327_591_1, 1.0);
+    let t = 1.0 / (a * 0.327_591_1 + 1.0);
     let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
     (1.0 - poly * exp_approx(-a * a)).copysign(v)
 }
