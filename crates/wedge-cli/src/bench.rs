@@ -144,6 +144,12 @@ fn measure(
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
+    if !(args.min_seconds.is_finite() && (0.0..=3600.0).contains(&args.min_seconds)) {
+        anyhow::bail!("--min-seconds must be between 0 and 3600");
+    }
+    if !(args.max_call_seconds.is_finite() && args.max_call_seconds > 0.0) {
+        anyhow::bail!("--max-call-seconds must be a positive number");
+    }
     let workloads = args.workloads.iter().map(|w| Workload::parse(w)).collect::<Result<Vec<_>>>()?;
     let texts = read_texts(&args.texts)?;
     let baseline: Option<BaselineFile> = match &args.baseline {
