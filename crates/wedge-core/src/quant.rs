@@ -343,16 +343,26 @@ impl Weight {
         match self.format {
             Format::F32 | Format::F16 => (1.0, 0.0),
             Format::Q8 => (f32::from_bits(self.scales[row]), 0.0),
-            Format::Q4 { group } => {
-                let g = row * self.format.groups_per_row(cols) + word * 8 / group as usize;
+            Format::Q4 { group } | Format::Q4_1 { group } => {
+                self.group_affine(row * self.format.groups_per_row(cols) + word * 8 / group as usize)
+            }
+        }
+    }
+
+    /// The affine `(scale, offset)` of group `g` (counted over the whole tensor, row-major) of a
+    /// `q4` or `q4_1` weight: a value is `nibble · scale + offset`. `(1, 0)` for other formats.
+    #[inline]
+    pub fn group_affine(&self, g: usize) -> (f32, f32) {
+        match self.format {
+            Format::Q4 { .. } => {
                 let s = f16::from_bits((self.scales[g / 2] >> (16 * (g % 2))) as u16).to_f32();
                 (s, -8.0 * s)
             }
-            Format::Q4_1 { group } => {
-                let g = row * self.format.groups_per_row(cols) + word * 8 / group as usize;
+            Format::Q4_1 { .. } => {
                 let sm = self.scales[g];
                 (f16::from_bits(sm as u16).to_f32(), f16::from_bits((sm >> 16) as u16).to_f32())
             }
+            _ => (1.0, 0.0),
         }
     }
 

@@ -5,7 +5,7 @@
 //! task), then runs a register-blocked micro-kernel over `MR × NR` tiles: `MR` activation rows
 //! against `NR` weight rows, both read along the reduction dimension `k` (the layout `W` is
 //! stored in, so nothing is repacked), `MR × NR` vector accumulators reduced once at the end.
-//! On this project's 2-core AVX2 machines it runs at about 80% of the measured FMA peak. The kernel is written once over
+//! On this project's 2-core AVX2 machines it runs at about 70-80% of the measured FMA peak. The kernel is written once over
 //! `pulp::Simd` and dispatched at run time to the widest vector unit the CPU has (AVX2+FMA,
 //! AVX-512, NEON, wasm simd128), falling back to scalar code; everything inlined into it,
 //! dequantization included, is compiled for that unit, all in safe code.
@@ -41,13 +41,9 @@ fn dequantize_rows(w: &Weight, n0: usize, rows: usize, k: usize, panel: &mut [f3
                     *d = f32::from_bits(*s);
                 }
             }
-            Format::F16 => {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = half::f16::from_bits((src[i / 2] >> (16 * (i % 2))) as u16).to_f32();
-                }
-            }
+            Format::F16 => w.dequantize_row(row, dst),
             Format::Q8 => {
-                let s = f32::from_bits(w.scales[row]);
+                let (s, _) = w.word_affine(row, 0);
                 // byte j of a word is value j (little endian), so the row is a plain i8 run
                 #[cfg(target_endian = "little")]
                 {
@@ -83,17 +79,7 @@ fn dequantize_rows(w: &Weight, n0: usize, rows: usize, k: usize, panel: &mut [f3
                 }
                 let gpr = w.format.groups_per_row(k);
                 for (g, dg) in dst.chunks_mut(group as usize).enumerate() {
-                    let gi = row * gpr + g;
-                    let (s, m) = match w.format {
-                        Format::Q4 { .. } => {
-                            let s = half::f16::from_bits((w.scales[gi / 2] >> (16 * (gi % 2))) as u16).to_f32();
-                            (s, -8.0 * s)
-                        }
-                        _ => {
-                            let sm = w.scales[gi];
-                            (half::f16::from_bits(sm as u16).to_f32(), half::f16::from_bits((sm >> 16) as u16).to_f32())
-                        }
-                    };
+                    let (s, m) = w.group_affine(row * gpr + g);
                     dg.iter_mut().for_each(|d| *d = *d * s + m);
                 }
             }
