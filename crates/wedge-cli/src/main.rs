@@ -4,6 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod serve;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -111,6 +112,8 @@ enum Command {
     },
     /// Show the compute devices wedge can use and which one `--device auto` picks.
     Devices,
+    /// Run the edge node: OpenAI and KServe v2 HTTP APIs, dynamic batching, a prediction cache.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -150,6 +153,7 @@ fn main() {
             })
         }),
         Command::Devices => devices(),
+        Command::Serve(args) => serve::serve(args, default_model),
     };
     if let Err(e) = res {
         // a closed pipe (`wedge inspect m | head`) is not an error

@@ -1,0 +1,196 @@
+//! `wedge serve`: the edge node. Configuration from a TOML file with flags on top; with no
+//! models configured, the bundled model as `all-MiniLM-L6-v2` (alias `default`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wedge_serve::{Config, ModelConfig, Service};
+
+/// Flags of `wedge serve`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// A TOML configuration (see examples/wedge.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A model to serve, NAME=PATH or PATH (named after the file); repeatable. Replaces the
+    /// configuration's models.
+    #[arg(long = "model", value_name = "NAME=PATH")]
+    models: Vec<String>,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    addr: Option<String>,
+    /// auto (a hardware GPU, else the CPU), gpu or cpu.
+    #[arg(long)]
+    device: Option<String>,
+    /// TLS certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Most inputs per model run (1 turns batching off).
+    #[arg(long)]
+    max_batch_size: Option<usize>,
+    /// How long an input may wait for a batch to fill, in microseconds.
+    #[arg(long)]
+    max_queue_delay_us: Option<u64>,
+    /// Disk cache file (redb); none by default.
+    #[arg(long)]
+    cache_path: Option<PathBuf>,
+    /// Turn the prediction cache off.
+    #[arg(long)]
+    no_cache: bool,
+    /// Log format: human or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<Config> {
+    let mut c = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if !args.models.is_empty() {
+        c.models = args.models.iter().map(|m| model_flag(m)).collect::<Result<_>>()?;
+    }
+    if c.models.is_empty() {
+        c.models.push(ModelConfig {
+            name: "all-MiniLM-L6-v2".into(),
+            path: bundled()?,
+            version: None,
+            aliases: vec!["default".into()],
+            batching: None,
+        });
+    }
+    if let Some(a) = args.addr {
+        c.addr = a;
+    }
+    if let Some(d) = args.device {
+        c.device = d;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        c.tls = Some(wedge_serve::config::TlsConfig { cert, key });
+    }
+    if let Some(n) = args.max_batch_size {
+        c.batching.max_batch_size = n;
+    }
+    if let Some(us) = args.max_queue_delay_us {
+        c.batching.max_queue_delay_us = us;
+    }
+    if let Some(p) = args.cache_path {
+        c.cache.disk_path = Some(p);
+    }
+    if args.no_cache {
+        c.cache.enabled = false;
+    }
+    if let Some(f) = args.log_format {
+        c.log_format = f;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn model_flag(m: &str) -> Result<ModelConfig> {
+    let (name, path) = match m.split_once('=') {
+        Some((n, p)) => (n.to_string(), PathBuf::from(p)),
+        None => {
+            let p = PathBuf::from(m);
+            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            (stem, p)
+        }
+    };
+    if name.is_empty() {
+        anyhow::bail!("--model `{m}`: give NAME=PATH");
+    }
+    Ok(ModelConfig { name, path, version: None, aliases: vec![], batching: None })
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<()> {
+    let config = config(args, bundled)?;
+    init_logs(&config.log_format);
+    for m in &config.models {
+        if !Path::new(&m.path).is_file() {
+            anyhow::bail!("model `{}`: no file at {}", m.name, m.path.display());
+        }
+    }
+    let device = crate::open_device(&config.device)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    runtime.block_on(async move {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let addr = config.addr.clone();
+        let service = Arc::new(Service::new(config, device, &mut registry)?);
+        let server = wedge_server::Server::bind(service.clone(), registry, &addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let scheme = if server.is_tls() { "https" } else { "http" };
+        tracing::info!("listening on {scheme}://{}", server.local_addr()?);
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+        let loader = service.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = loader.load_models() {
+                let _ = failed_tx.send(e.into());
+            }
+        });
+        let mut load_error = None;
+        let stop = async {
+            tokio::select! {
+                () = shutdown_signal() => tracing::info!("signal received"),
+                Ok(e) = failed_rx => load_error = Some(e),
+            }
+        };
+        server.run(stop, Duration::from_secs(30)).await?;
+        let s = service.clone();
+        tokio::task::spawn_blocking(move || s.shutdown()).await.context("shutdown")?;
+        tracing::info!("stopped");
+        match load_error {
+            Some(e) => Err(e.context("loading models")),
+            None => Ok(()),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_flags() {
+        let m = model_flag("mini=/m/x.wedge").unwrap();
+        assert_eq!((m.name.as_str(), m.path.as_path()), ("mini", Path::new("/m/x.wedge")));
+        assert_eq!(model_flag("/m/minilm-q4.wedge").unwrap().name, "minilm-q4");
+        assert!(model_flag("=x").is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! Dynamic batching: inputs from concurrent requests wait in one bounded queue per model; a
+//! worker thread takes up to `max_batch_size` of them, waiting at most `max_queue_delay` after
+//! the oldest arrived, runs them as one batch and hands each result back to its waiter.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use wedge::Tokens;
+
+use crate::ServeError;
+use crate::config::BatchingConfig;
+use crate::metrics::{Metrics, ModelLabel};
+
+/// One embedding.
+pub type Vector = Arc<[f32]>;
+
+/// Runs one batch: a vector per input, in order.
+pub type RunBatch = Box<dyn Fn(&[Tokens]) -> Result<Vec<Vec<f32>>, String> + Send>;
+
+struct Item {
+    tokens: Tokens,
+    reply: oneshot::Sender<Result<Vector, ServeError>>,
+    queued_at: Instant,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    settings: BatchingConfig,
+    model: String,
+    metrics: Arc<Metrics>,
+    /// Mean seconds per input of recent runs (f64 bits), for `Retry-After`.
+    per_input_s: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A poisoned lock only means a panic elsewhere while holding it; the queue stays usable.
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn label(&self) -> ModelLabel {
+        ModelLabel { model: self.model.clone() }
+    }
+}
+
+/// The batcher of one model.
+pub struct Batcher {
+    shared: Arc<Shared>,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").field("model", &self.shared.model).field("settings", &self.shared.settings).finish()
+    }
+}
+
+impl Batcher {
+    /// Starts the worker thread of `model`.
+    pub fn start(model: &str, settings: BatchingConfig, metrics: Arc<Metrics>, run: RunBatch) -> Batcher {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            settings,
+            model: model.to_string(),
+            metrics,
+            per_input_s: std::sync::atomic::AtomicU64::new(0.01f64.to_bits()),
+        });
+        let s = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("wedge-batch-{model}"))
+            .spawn(move || work(&s, &run))
+            .map_err(|e| tracing::error!("cannot start the batch thread: {e}"))
+            .ok();
+        Batcher { shared, worker: Mutex::new(worker) }
+    }
+
+    /// Queues one input; the receiver gets its embedding. Refused when the queue is full.
+    pub fn submit(&self, tokens: Tokens) -> Result<oneshot::Receiver<Result<Vector, ServeError>>, ServeError> {
+        let (tx, rx) = oneshot::channel();
+        let mut q = self.shared.lock();
+        if q.closed {
+            return Err(ServeError::ShuttingDown);
+        }
+        let queued = q.items.len();
+        if queued >= self.shared.settings.max_queue {
+            drop(q);
+            self.shared.metrics.shed.get_or_create(&self.shared.label()).inc();
+            let per = f64::from_bits(self.shared.per_input_s.load(std::sync::atomic::Ordering::Relaxed));
+            let retry_after_s = ((queued as f64 * per).ceil() as u64).clamp(1, 60);
+            return Err(ServeError::Overloaded { model: self.shared.model.clone(), queued, retry_after_s });
+        }
+        q.items.push_back(Item { tokens, reply: tx, queued_at: Instant::now() });
+        self.shared.metrics.queue_depth.get_or_create(&self.shared.label()).set(q.items.len() as i64);
+        drop(q);
+        self.shared.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// Inputs waiting now.
+    pub fn queued(&self) -> usize {
+        self.shared.lock().items.len()
+    }
+
+    /// Refuses new inputs, runs the queued ones, and waits for the worker to finish.
+    pub fn shutdown(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+        let handle = self.worker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            tracing::error!(model = %self.shared.model, "the batch thread panicked");
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn work(s: &Shared, run: &RunBatch) {
+    let max = s.settings.max_batch_size.max(1);
+    let delay = Duration::from_micros(s.settings.max_queue_delay_us);
+    loop {
+        let mut q = s.lock();
+        while q.items.is_empty() && !q.closed {
+            q = s.wake.wait(q).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let Some(first) = q.items.front() else {
+            return; // closed and drained
+        };
+        // Wait for company until the oldest input has waited `delay`, the batch is full, or we close.
+        let deadline = first.queued_at + delay;
+        while q.items.len() < max && !q.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            q = s.wake.wait_timeout(q, deadline - now).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+        }
+        let n = q.items.len().min(max);
+        let batch: Vec<Item> = q.items.drain(..n).collect();
+        s.metrics.queue_depth.get_or_create(&s.label()).set(q.items.len() as i64);
+        drop(q);
+        // Inputs whose requests went away (timeout, disconnect) are not run.
+        let batch: Vec<Item> = batch.into_iter().filter(|i| !i.reply.is_closed()).collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let tokens: Vec<Tokens> = batch.iter().map(|i| i.tokens.clone()).collect();
+        let t0 = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&tokens)))
+            .unwrap_or_else(|_| Err("the model panicked".to_string()));
+        let secs = t0.elapsed().as_secs_f64();
+        let label = s.label();
+        s.metrics.batch_size.get_or_create(&label).observe(batch.len() as f64);
+        s.metrics.batch_seconds.get_or_create(&label).observe(secs);
+        s.per_input_s.store((secs / batch.len() as f64).to_bits(), std::sync::atomic::Ordering::Relaxed);
+        match result {
+            Ok(vectors) if vectors.len() == batch.len() => {
+                s.metrics.inferences.get_or_create(&label).inc_by(batch.len() as u64);
+                for (item, v) in batch.into_iter().zip(vectors) {
+                    let _ = item.reply.send(Ok(v.into())); // the waiter may have gone
+                }
+            }
+            Ok(vectors) => {
+                let msg = format!("the model returned {} vectors for {} inputs", vectors.len(), batch.len());
+                for item in batch {
+                    let _ = item.reply.send(Err(ServeError::Inference(msg.clone())));
+                }
+            }
+            Err(msg) => {
+                tracing::error!(model = %s.model, "batch failed: {msg}");
+                for item in batch {
+                    let _ = item.reply.send(Err(ServeError::Inference(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    fn tokens(i: u32) -> Tokens {
+        Tokens { ids: vec![i], type_ids: vec![0] }
+    }
+
+    /// A stand-in model that records its batch sizes and returns each input id as a vector.
+    fn recording(sizes: Arc<Mutex<Vec<usize>>>, pause: Duration) -> RunBatch {
+        Box::new(move |batch: &[Tokens]| {
+            sizes.lock().unwrap().push(batch.len());
+            std::thread::sleep(pause);
+            Ok(batch.iter().map(|t| vec![t.ids[0] as f32]).collect())
+        })
+    }
+
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new(&mut Registry::default()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_inputs_share_runs_and_come_back_in_order() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let settings = BatchingConfig { max_batch_size: 8, max_queue_delay_us: 50_000, max_queue: 100 };
+        let b = Batcher::start("m", settings, metrics(), recording(sizes.clone(), Duration::ZERO));
+        let rxs: Vec<_> = (0..20).map(|i| b.submit(tokens(i)).unwrap()).collect();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            assert_eq!(&*rx.await.unwrap().unwrap(), &[i as f32]);
+        }
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        assert!(sizes.iter().all(|&s| s <= 8), "{sizes:?}");
+        assert!(sizes.len() <= 4, "20 inputs queued at once should take 3 runs, got {sizes:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_sheds_and_shutdown_drains() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let settings = BatchingConfig { max_batch_size: 1, max_queue_delay_us: 0, max_queue: 3 };
+        let b = Batcher::start("m", settings, metrics(), recording(sizes.clone(), Duration::from_millis(100)));
+        let mut ok = Vec::new();
+        let mut shed = 0;
+        for i in 0..10 {
+            match b.submit(tokens(i)) {
+                Ok(rx) => ok.push(rx),
+                Err(ServeError::Overloaded { retry_after_s, .. }) => {
+                    assert!(retry_after_s >= 1);
+                    shed += 1
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(shed >= 6, "only {shed} shed");
+        b.shutdown();
+        assert!(matches!(b.submit(tokens(0)), Err(ServeError::ShuttingDown)));
+        for rx in ok {
+            rx.await.unwrap().unwrap(); // accepted inputs are all answered
+        }
+    }
+
+    #[tokio::test]
+    async fn model_errors_reach_every_waiter() {
+        let run: RunBatch = Box::new(|_| Err("boom".into()));
+        let b = Batcher::start("m", BatchingConfig::default(), metrics(), run);
+        let rx = b.submit(tokens(1)).unwrap();
+        assert!(matches!(rx.await.unwrap(), Err(ServeError::Inference(m)) if m == "boom"));
+        let run: RunBatch = Box::new(|_| panic!("bad"));
+        let b = Batcher::start("m", BatchingConfig::default(), metrics(), run);
+        let rx = b.submit(tokens(1)).unwrap();
+        assert!(matches!(rx.await.unwrap(), Err(ServeError::Inference(_))));
+    }
+}

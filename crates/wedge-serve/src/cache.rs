@@ -1,0 +1,424 @@
+//! The two-tier prediction cache.
+//!
+//! Tier 1 is in memory (`moka`, bounded by the bytes of the stored vectors, with a TTL). Tier 2
+//! is a `redb` file that survives restarts: bounded by value bytes (oldest entries go first),
+//! TTL checked on every read, every value checksummed (CRC-32) so a damaged one is dropped, not
+//! served, and written in redb transactions, so a crash mid-write leaves the previous state.
+//! Disk writes go through one writer thread that commits whatever has accumulated in one
+//! transaction, so requests never wait for `fsync`; [`DiskCache::flush`] waits for them.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use sha2::{Digest, Sha256};
+
+use crate::ServeError;
+use crate::batcher::Vector;
+use crate::metrics::Metrics;
+
+/// A cache key: SHA-256 of the model digest, the options that change the output and the
+/// canonical input.
+pub type Key = [u8; 32];
+
+/// Builds the key of one embedding. `canonical` is the input as the model sees it (token ids),
+/// so texts that tokenize alike share an entry.
+pub fn key(model_digest: &str, options: &str, canonical: &[u32]) -> Key {
+    let mut h = Sha256::new();
+    h.update(b"wedge-cache-v1\0");
+    h.update((model_digest.len() as u64).to_le_bytes());
+    h.update(model_digest.as_bytes());
+    h.update((options.len() as u64).to_le_bytes());
+    h.update(options.as_bytes());
+    for id in canonical {
+        h.update(id.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+/// Tier 1.
+pub type MemoryCache = moka::future::Cache<Key, Vector>;
+
+/// A memory tier bounded by `bytes` of vectors, entries living `ttl`.
+pub fn memory(bytes: u64, ttl: Duration) -> MemoryCache {
+    moka::future::Cache::builder()
+        .max_capacity(bytes)
+        .weigher(|_k: &Key, v: &Vector| u32::try_from(v.len() * 4 + 64).unwrap_or(u32::MAX))
+        .time_to_live(ttl)
+        .build()
+}
+
+const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+/// Insertion order: sequence number → key, for eviction of the oldest.
+const ORDER: TableDefinition<u64, &[u8]> = TableDefinition::new("order");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const MAGIC: u32 = 0x5745_4331; // "WEC1"
+/// magic, seq, expires (unix ms), count, crc
+const RECORD_HEADER: usize = 4 + 8 + 8 + 4 + 4;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn encode(seq: u64, expires: u64, v: &[f32]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        payload.extend_from_slice(&x.to_le_bytes());
+    }
+    let mut out = Vec::with_capacity(RECORD_HEADER + payload.len());
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&expires.to_le_bytes());
+    out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out);
+    crc.update(&payload);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// A decoded record: its sequence number, expiry and vector.
+struct Record {
+    seq: u64,
+    expires: u64,
+    vector: Vec<f32>,
+}
+
+fn decode(bytes: &[u8]) -> Option<Record> {
+    let word = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
+    let long = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?)) };
+    if word(0)? != MAGIC {
+        return None;
+    }
+    let (seq, expires, n) = (long(4)?, long(12)?, word(20)? as usize);
+    let stored = word(24)?;
+    let payload = bytes.get(RECORD_HEADER..)?;
+    if payload.len() != n.checked_mul(4)? {
+        return None;
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes[..24]);
+    crc.update(payload);
+    if crc.finalize() != stored {
+        return None;
+    }
+    let vector = payload.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Some(Record { seq, expires, vector })
+}
+
+enum Write {
+    Put(Key, Vector),
+    Remove(Key),
+    Flush(mpsc::Sender<()>),
+}
+
+/// Tier 2: a bounded, checksummed, crash-safe store in one redb file.
+pub struct DiskCache {
+    db: Arc<Database>,
+    ttl_ms: u64,
+    writer: Mutex<Option<(mpsc::SyncSender<Write>, std::thread::JoinHandle<()>)>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for DiskCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskCache").field("ttl_ms", &self.ttl_ms).finish_non_exhaustive()
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> ServeError {
+    ServeError::Config(format!("disk cache: {e}"))
+}
+
+impl DiskCache {
+    /// Opens (or creates) the cache file.
+    pub fn open(path: &Path, max_bytes: u64, ttl: Duration, metrics: Arc<Metrics>) -> Result<DiskCache, ServeError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| db_err(format!("{}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| db_err(format!("{}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(ENTRIES).map_err(db_err)?;
+            txn.open_table(ORDER).map_err(db_err)?;
+            txn.open_table(META).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::sync_channel(4096);
+        let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX / 2)) as u64;
+        let wdb = db.clone();
+        let handle = std::thread::Builder::new()
+            .name("wedge-cache-writer".into())
+            .spawn(move || writer(&wdb, &rx, max_bytes, ttl_ms))
+            .map_err(|e| db_err(format!("cannot start the writer thread: {e}")))?;
+        Ok(DiskCache { db, ttl_ms, writer: Mutex::new(Some((tx, handle))), metrics })
+    }
+
+    /// A live, intact value, or `None`. A damaged value is counted, dropped and reported as a miss.
+    pub fn get(&self, key: &Key) -> Option<Vector> {
+        let read = || -> Result<Option<Vec<u8>>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(ENTRIES)?;
+            Ok(table.get(key.as_slice())?.map(|g| g.value().to_vec()))
+        };
+        let bytes = match read() {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!("disk cache read failed: {e}");
+                return None;
+            }
+        };
+        match decode(&bytes) {
+            Some(r) if r.expires > now_ms() => Some(r.vector.into()),
+            Some(_) => None, // expired; the writer reclaims it when space is needed
+            None => {
+                self.metrics.cache_corrupt.inc();
+                tracing::warn!("disk cache value failed its checksum; dropped");
+                self.send(Write::Remove(*key));
+                None
+            }
+        }
+    }
+
+    /// Stores a value in the background.
+    pub fn put(&self, key: Key, v: Vector) {
+        self.send(Write::Put(key, v));
+    }
+
+    fn send(&self, w: Write) {
+        let guard = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((tx, _)) = guard.as_ref()
+            && tx.try_send(w).is_err()
+        {
+            self.metrics.cache_write_dropped.inc();
+        }
+    }
+
+    /// Waits until every write sent so far is committed.
+    pub fn flush(&self) {
+        let (ack, done) = mpsc::channel();
+        let tx = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|(t, _)| t.clone());
+        if let Some(tx) = tx
+            && tx.send(Write::Flush(ack)).is_ok()
+        {
+            let _ = done.recv();
+        }
+    }
+
+    /// Commits pending writes and stops the writer; later writes are dropped.
+    pub fn close(&self) {
+        let taken = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some((tx, handle)) = taken {
+            drop(tx);
+            if handle.join().is_err() {
+                tracing::error!("the disk cache writer panicked");
+            }
+        }
+    }
+
+    /// Entries stored (live or expired).
+    pub fn len(&self) -> usize {
+        let count = || -> Result<u64, redb::Error> {
+            let txn = self.db.begin_read()?;
+            Ok(txn.open_table(ENTRIES)?.len()?)
+        };
+        count().unwrap_or(0) as usize
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for DiskCache {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn writer(db: &Database, rx: &mpsc::Receiver<Write>, max_bytes: u64, ttl_ms: u64) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 1024 {
+                break;
+            }
+        }
+        let mut acks = Vec::new();
+        if let Err(e) = commit(db, batch, &mut acks, max_bytes, ttl_ms) {
+            tracing::warn!("disk cache write failed: {e}");
+        }
+        for a in acks {
+            let _ = a.send(());
+        }
+    }
+}
+
+fn commit(
+    db: &Database,
+    batch: Vec<Write>,
+    acks: &mut Vec<mpsc::Sender<()>>,
+    max_bytes: u64,
+    ttl_ms: u64,
+) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut entries = txn.open_table(ENTRIES)?;
+        let mut order = txn.open_table(ORDER)?;
+        let mut meta = txn.open_table(META)?;
+        let mut seq = meta.get("seq")?.map(|g| g.value()).unwrap_or(0);
+        let mut bytes = meta.get("bytes")?.map(|g| g.value()).unwrap_or(0);
+        let expires = now_ms().saturating_add(ttl_ms);
+        for w in batch {
+            match w {
+                Write::Put(key, v) => {
+                    seq += 1;
+                    let rec = encode(seq, expires, &v);
+                    if rec.len() as u64 > max_bytes {
+                        continue;
+                    }
+                    let old = entries.insert(key.as_slice(), rec.as_slice())?.map(|g| g.value().to_vec());
+                    if let Some(old) = old {
+                        bytes = bytes.saturating_sub(old.len() as u64);
+                        if let Some(r) = decode(&old) {
+                            order.remove(r.seq)?;
+                        }
+                    }
+                    order.insert(seq, key.as_slice())?;
+                    bytes += rec.len() as u64;
+                }
+                Write::Remove(key) => {
+                    if let Some(old) = entries.remove(key.as_slice())?.map(|g| g.value().to_vec()) {
+                        bytes = bytes.saturating_sub(old.len() as u64);
+                        if let Some(r) = decode(&old) {
+                            order.remove(r.seq)?;
+                        }
+                    }
+                }
+                Write::Flush(ack) => acks.push(ack),
+            }
+        }
+        // Over the bound: drop the oldest entries (expired ones are the oldest, since every entry
+        // has the same TTL).
+        while bytes > max_bytes {
+            let Some((_, key)) = order.pop_first()?.map(|(s, k)| (s.value(), k.value().to_vec())) else {
+                break;
+            };
+            if let Some(old) = entries.remove(key.as_slice())?.map(|g| g.value().to_vec()) {
+                bytes = bytes.saturating_sub(old.len() as u64);
+            }
+        }
+        meta.insert("seq", seq)?;
+        meta.insert("bytes", bytes)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new(&mut Registry::default()))
+    }
+
+    fn vector(x: f32, n: usize) -> Vector {
+        (0..n).map(|i| x + i as f32).collect::<Vec<_>>().into()
+    }
+
+    #[test]
+    fn keys_separate_models_options_and_inputs() {
+        let k = key("d1", "", &[1, 2, 3]);
+        assert_eq!(k, key("d1", "", &[1, 2, 3]));
+        assert_ne!(k, key("d2", "", &[1, 2, 3]));
+        assert_ne!(k, key("d1", "x", &[1, 2, 3]));
+        assert_ne!(k, key("d1", "", &[1, 2]));
+        assert_ne!(key("ab", "c", &[]), key("a", "bc", &[]));
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_damage() {
+        let v = [1.5f32, -2.0, 0.25];
+        let rec = encode(7, 99, &v);
+        let r = decode(&rec).unwrap();
+        assert_eq!((r.seq, r.expires, r.vector.as_slice()), (7, 99, &v[..]));
+        for i in 0..rec.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = rec.clone();
+                bad[i] ^= bit;
+                assert!(decode(&bad).is_none(), "flip at {i} accepted");
+            }
+        }
+        for cut in 0..rec.len() {
+            assert!(decode(&rec[..cut]).is_none());
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_drops_corrupt_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        let m = metrics();
+        {
+            let c = DiskCache::open(&path, 1 << 20, Duration::from_secs(60), m.clone()).unwrap();
+            c.put([1; 32], vector(1.0, 4));
+            c.put([2; 32], vector(2.0, 4));
+            c.close();
+        }
+        // Damage one value behind the cache's back.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(ENTRIES).unwrap();
+                let mut v = t.get([2u8; 32].as_slice()).unwrap().unwrap().value().to_vec();
+                let last = v.len() - 1;
+                v[last] ^= 0x10;
+                t.insert([2u8; 32].as_slice(), v.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let c = DiskCache::open(&path, 1 << 20, Duration::from_secs(60), m.clone()).unwrap();
+        assert_eq!(c.get(&[1; 32]).as_deref(), Some(&vector(1.0, 4)[..]));
+        assert_eq!(c.get(&[2; 32]), None);
+        assert_eq!(m.cache_corrupt.get(), 1);
+        c.flush();
+        assert_eq!(c.len(), 1, "the damaged value is removed");
+    }
+
+    #[test]
+    fn bounded_by_bytes_oldest_first_and_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = encode(0, 0, &vector(0.0, 16)).len() as u64;
+        let c = DiskCache::open(&dir.path().join("c.redb"), rec * 3, Duration::from_secs(60), metrics()).unwrap();
+        for i in 0..5u8 {
+            c.put([i; 32], vector(f32::from(i), 16));
+            c.flush();
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.get(&[0; 32]).is_none() && c.get(&[1; 32]).is_none());
+        assert!(c.get(&[4; 32]).is_some());
+        // Re-putting a key replaces it without growing.
+        c.put([4; 32], vector(9.0, 16));
+        c.flush();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&[4; 32]).unwrap()[0], 9.0);
+
+        let c = DiskCache::open(&dir.path().join("t.redb"), 1 << 20, Duration::ZERO, metrics()).unwrap();
+        c.put([1; 32], vector(1.0, 4));
+        c.flush();
+        assert!(c.get(&[1; 32]).is_none(), "expired entries are not served");
+    }
+}

@@ -1,0 +1,312 @@
+//! The serving configuration: a TOML file (see `examples/wedge.toml`), flags on top.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ServeError;
+
+/// Everything `wedge serve` needs to know. Every field has a default, so an empty file is valid.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub addr: String,
+    /// `auto` (a hardware GPU, else the CPU), `gpu` or `cpu`.
+    pub device: String,
+    /// Log format: `human` or `json`.
+    pub log_format: String,
+    /// The models to serve; with none, the caller supplies the bundled model.
+    pub models: Vec<ModelConfig>,
+    /// Dynamic batching defaults for every model.
+    pub batching: BatchingConfig,
+    /// The prediction cache.
+    pub cache: CacheConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// API keys.
+    pub auth: AuthConfig,
+    /// TLS; plain HTTP without it.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            addr: "127.0.0.1:8080".into(),
+            device: "auto".into(),
+            log_format: "human".into(),
+            models: Vec::new(),
+            batching: BatchingConfig::default(),
+            cache: CacheConfig::default(),
+            limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            tls: None,
+        }
+    }
+}
+
+/// One served model.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients use (`model` in OpenAI requests, `{name}` in KServe paths).
+    pub name: String,
+    /// The `.wedge` package.
+    pub path: PathBuf,
+    /// A version string reported by `GET /v2/models/{name}` (default `1`).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Other names for the same model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Batching for this model, overriding `[batching]` field by field.
+    #[serde(default)]
+    pub batching: Option<BatchingOverride>,
+}
+
+/// Dynamic batching: concurrent requests to one model are merged into one run.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Most inputs in one run; 1 turns batching off.
+    pub max_batch_size: usize,
+    /// How long the first input of a batch may wait for others, in microseconds.
+    pub max_queue_delay_us: u64,
+    /// Most inputs waiting per model; past it requests get 503 with `Retry-After`.
+    pub max_queue: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> BatchingConfig {
+        BatchingConfig { max_batch_size: 32, max_queue_delay_us: 2_000, max_queue: 1_024 }
+    }
+}
+
+/// Per-model batching fields; unset ones come from `[batching]`.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingOverride {
+    /// See [`BatchingConfig::max_batch_size`].
+    pub max_batch_size: Option<usize>,
+    /// See [`BatchingConfig::max_queue_delay_us`].
+    pub max_queue_delay_us: Option<u64>,
+    /// See [`BatchingConfig::max_queue`].
+    pub max_queue: Option<usize>,
+}
+
+impl BatchingConfig {
+    /// These settings with `o`'s fields on top.
+    pub fn with(self, o: Option<BatchingOverride>) -> BatchingConfig {
+        let o = o.unwrap_or_default();
+        BatchingConfig {
+            max_batch_size: o.max_batch_size.unwrap_or(self.max_batch_size),
+            max_queue_delay_us: o.max_queue_delay_us.unwrap_or(self.max_queue_delay_us),
+            max_queue: o.max_queue.unwrap_or(self.max_queue),
+        }
+    }
+}
+
+/// The two-tier prediction cache.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Whether to cache at all.
+    pub enabled: bool,
+    /// Tier 1 bound, in bytes of stored embeddings.
+    pub memory_bytes: u64,
+    /// Entry lifetime in seconds, both tiers.
+    pub ttl_secs: u64,
+    /// Tier 2 database file; no disk tier without it.
+    pub disk_path: Option<PathBuf>,
+    /// Tier 2 bound, in bytes of stored values.
+    pub disk_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            enabled: true,
+            memory_bytes: 256 << 20,
+            ttl_secs: 24 * 3600,
+            disk_path: None,
+            disk_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Most inputs in one request.
+    pub max_inputs: usize,
+    /// Longest input text, in bytes (the model truncates to its token limit after this).
+    pub max_input_bytes: usize,
+    /// Time a request may take before it is answered with 504, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Requests per second per API key (per client address when no keys are set); 0 turns it off.
+    pub rate_limit_per_sec: u32,
+    /// Requests a key may make at once above the rate (default: the rate, at least 1).
+    pub rate_limit_burst: Option<u32>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            max_body_bytes: 4 << 20,
+            max_inputs: 2_048,
+            max_input_bytes: 64 << 10,
+            request_timeout_ms: 30_000,
+            rate_limit_per_sec: 0,
+            rate_limit_burst: None,
+        }
+    }
+}
+
+/// API keys. With none, the server is open.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Hex SHA-256 digests of the accepted keys (`printf %s KEY | sha256sum`).
+    pub api_key_sha256: Vec<String>,
+    /// Keys in the clear (hashed when loaded; prefer `api_key_sha256`).
+    pub api_keys: Vec<String>,
+}
+
+/// TLS certificate chain and private key, PEM.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl Config {
+    /// Parses TOML; paths in it are taken relative to `base` (the file's folder).
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ServeError> {
+        let mut c: Config = toml::from_str(text).map_err(|e| ServeError::Config(e.to_string()))?;
+        let rel = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for m in &mut c.models {
+            rel(&mut m.path);
+        }
+        if let Some(p) = &mut c.cache.disk_path {
+            rel(p);
+        }
+        if let Some(t) = &mut c.tls {
+            rel(&mut t.cert);
+            rel(&mut t.key);
+        }
+        Ok(c)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ServeError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServeError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base).map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks values that TOML types alone do not.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        let bad = |m: String| Err(ServeError::Config(m));
+        if !matches!(self.device.as_str(), "auto" | "gpu" | "cpu") {
+            return bad(format!("device `{}`: use auto, gpu or cpu", self.device));
+        }
+        if !matches!(self.log_format.as_str(), "human" | "json") {
+            return bad(format!("log_format `{}`: use human or json", self.log_format));
+        }
+        let mut names = std::collections::HashSet::new();
+        for m in &self.models {
+            for n in std::iter::once(&m.name).chain(&m.aliases) {
+                if n.is_empty() || n.contains('/') {
+                    return bad(format!("model name `{n}` must be non-empty and contain no `/`"));
+                }
+                if !names.insert(n.clone()) {
+                    return bad(format!("model name `{n}` is used twice"));
+                }
+            }
+            let b = self.batching.with(m.batching);
+            if b.max_batch_size == 0 || b.max_queue == 0 {
+                return bad(format!("model `{}`: max_batch_size and max_queue must be at least 1", m.name));
+            }
+            if b.max_queue_delay_us > 10_000_000 {
+                return bad(format!("model `{}`: max_queue_delay_us is over 10 s", m.name));
+            }
+        }
+        let l = &self.limits;
+        if l.max_body_bytes == 0 || l.max_inputs == 0 || l.max_input_bytes == 0 || l.request_timeout_ms == 0 {
+            return bad("limits: max_body_bytes, max_inputs, max_input_bytes and request_timeout_ms must be > 0".into());
+        }
+        if l.rate_limit_burst == Some(0) {
+            return bad("limits: rate_limit_burst must be at least 1".into());
+        }
+        for h in &self.auth.api_key_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad("auth: api_key_sha256 entries must be 64 hex digits".into());
+            }
+        }
+        if self.auth.api_keys.iter().any(String::is_empty) {
+            return bad("auth: an API key is empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::from_toml("", Path::new("/etc")).unwrap();
+        assert_eq!(c.addr, "127.0.0.1:8080");
+        assert_eq!(c.batching.max_batch_size, 32);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_file_and_overrides_apply() {
+        let c = Config::from_toml(
+            r#"
+            [[models]]
+            name = "m"
+            path = "m.wedge"
+            batching = { max_batch_size = 1 }
+            [cache]
+            disk_path = "c.redb"
+            "#,
+            Path::new("/srv"),
+        )
+        .unwrap();
+        assert_eq!(c.models[0].path, Path::new("/srv/m.wedge"));
+        assert_eq!(c.cache.disk_path.as_deref(), Some(Path::new("/srv/c.redb")));
+        let b = c.batching.with(c.models[0].batching);
+        assert_eq!((b.max_batch_size, b.max_queue), (1, 1024));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = Config::from_toml("adr = 1", Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("adr"), "{e}");
+        let c = Config::from_toml("device = \"tpu\"", Path::new(".")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("tpu"));
+        let c = Config::from_toml("[auth]\napi_key_sha256 = [\"abc\"]", Path::new(".")).unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml(
+            "[[models]]\nname='a'\npath='x'\n[[models]]\nname='b'\npath='y'\naliases=['a']",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+    }
+}

@@ -1,0 +1,451 @@
+//! wedge-server: the HTTP front of `wedge serve`, on tokio + hyper 1.x (HTTP/1.1 and HTTP/2,
+//! `hyper-util`'s auto builder) with optional TLS through rustls (ALPN h2 and http/1.1).
+//!
+//! Routes: `POST /v1/embeddings` (OpenAI), `GET /v1/models`, `POST /v2/models/{name}/infer`,
+//! `GET /v2/models/{name}`, `GET /v2/models/{name}/ready`, `GET /v2/health/live`,
+//! `GET /v2/health/ready`, `GET /v2` (KServe v2), `GET /metrics` (Prometheus). Everything
+//! about serving itself (models, batching, cache, keys, limits) lives in `wedge-serve`.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+use wedge_serve::{CachePolicy, ServeError, Service};
+
+mod api;
+mod tls;
+
+pub use tls::tls_acceptor;
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Binding or accepting.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Certificate or key.
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+struct State {
+    service: Arc<Service>,
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    latency: Family<RouteLabel, Histogram>,
+    next_id: AtomicU64,
+}
+
+/// A bound server, ready to [`Server::run`].
+pub struct Server {
+    state: Arc<State>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.listener.local_addr().ok()).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Binds `addr`. `registry` already holds the service's metrics; the HTTP ones are added.
+    /// TLS comes from the service's configuration when it has a `[tls]` section.
+    pub async fn bind(service: Arc<Service>, mut registry: Registry, addr: &str) -> Result<Server, ServerError> {
+        let requests = Family::<RouteStatus, Counter>::default();
+        let latency = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
+        registry.register("wedge_http_requests", "HTTP requests by route and status", requests.clone());
+        registry.register("wedge_http_request_seconds", "HTTP request latency by route", latency.clone());
+        let tls = match &service.config().tls {
+            Some(t) => Some(tls_acceptor(&t.cert, &t.key)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(addr).await?;
+        let state = Arc::new(State { service, registry, requests, latency, next_id: AtomicU64::new(1) });
+        Ok(Server { state, listener, tls })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+    /// (at most `drain` long), and returns. The caller shuts the service down afterwards.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, drain: Duration) -> Result<(), ServerError> {
+        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let state = self.state.clone();
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let tls = self.tls.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| handle(state.clone(), peer, req));
+                let result = match tls {
+                    None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(s) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned()).await,
+                        Err(e) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                    },
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        }
+        drop(self.listener);
+        tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+            tracing::warn!("connections still open after {} s; closing them", drain.as_secs());
+        }
+        Ok(())
+    }
+}
+
+type Body = Full<Bytes>;
+
+/// The one place where errors become HTTP: status, `{"error": {"message", "type"}}`, headers.
+fn error_response(e: &ServeError) -> Response<Body> {
+    let (status, kind) = match e {
+        ServeError::BadInput(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+        ServeError::UnknownModel(_) => (StatusCode::NOT_FOUND, "model_not_found"),
+        ServeError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error"),
+        ServeError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+        ServeError::Overloaded { .. } | ServeError::NotReady | ServeError::ShuttingDown => {
+            (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error")
+        }
+        ServeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout_error"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+    };
+    let body = serde_json::json!({"error": {"message": e.to_string(), "type": kind}});
+    let mut r = json(status, body.to_string().into_bytes());
+    let retry = match e {
+        ServeError::RateLimited { retry_after_s } | ServeError::Overloaded { retry_after_s, .. } => {
+            Some(*retry_after_s)
+        }
+        ServeError::NotReady | ServeError::ShuttingDown => Some(1),
+        _ => None,
+    };
+    if let Some(s) = retry {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if matches!(e, ServeError::Unauthorized) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// Errors of the HTTP layer itself, expressed as serving errors or a status of their own.
+enum Failure {
+    Serve(ServeError),
+    TooLarge(usize),
+    NotFound(String),
+    MethodNotAllowed(&'static str),
+}
+
+impl From<ServeError> for Failure {
+    fn from(e: ServeError) -> Failure {
+        Failure::Serve(e)
+    }
+}
+
+fn failure_response(f: &Failure) -> Response<Body> {
+    let (status, kind, message) = match f {
+        Failure::Serve(e) => return error_response(e),
+        Failure::TooLarge(max) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("request body over {max} bytes"))
+        }
+        Failure::NotFound(path) => (StatusCode::NOT_FOUND, "not_found", format!("no route for {path}")),
+        Failure::MethodNotAllowed(allow) => {
+            let mut r = json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": {"message": format!("use {allow}"), "type": "invalid_request_error"}})
+                    .to_string()
+                    .into_bytes(),
+            );
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            return r;
+        }
+    };
+    json(status, serde_json::json!({"error": {"message": message, "type": kind}}).to_string().into_bytes())
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let t0 = Instant::now();
+    let id = match req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(v) if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) => v.to_string(),
+        _ => format!("{:016x}", state.next_id.fetch_add(1, Ordering::Relaxed)),
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = route_name(&path);
+    let span = tracing::info_span!("request", request_id = %id, %method, %path, %peer);
+    let timeout = Duration::from_millis(state.service.config().limits.request_timeout_ms);
+    let result = tokio::time::timeout(timeout, route_request(&state, peer, req)).instrument(span.clone()).await;
+    let mut resp = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(f)) => failure_response(&f),
+        Err(_) => error_response(&ServeError::Timeout(timeout.as_millis() as u64)),
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    let secs = t0.elapsed().as_secs_f64();
+    state.requests.get_or_create(&RouteStatus { route, status }).inc();
+    state.latency.get_or_create(&RouteLabel { route }).observe(secs);
+    span.in_scope(|| tracing::info!(status, ms = secs * 1e3, "done"));
+    Ok(resp)
+}
+
+/// A bounded label for metrics (paths carry model names, which clients choose).
+fn route_name(path: &str) -> &'static str {
+    match path {
+        "/v1/embeddings" => "/v1/embeddings",
+        "/v1/models" => "/v1/models",
+        "/v2" => "/v2",
+        "/v2/health/live" => "/v2/health/live",
+        "/v2/health/ready" => "/v2/health/ready",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/v2/models/") && p.ends_with("/infer") => "/v2/models/{name}/infer",
+        p if p.starts_with("/v2/models/") && p.ends_with("/ready") => "/v2/models/{name}/ready",
+        p if p.starts_with("/v2/models/") => "/v2/models/{name}",
+        _ => "other",
+    }
+}
+
+fn expect(method: &Method, want: Method, allow: &'static str) -> Result<(), Failure> {
+    if *method == want { Ok(()) } else { Err(Failure::MethodNotAllowed(allow)) }
+}
+
+async fn route_request(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+    let service = &state.service;
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v2", "health", "live"] => {
+            expect(&method, Method::GET, "GET")?;
+            Ok(json(StatusCode::OK, br#"{"live":true}"#.to_vec()))
+        }
+        ["v2", "health", "ready"] => {
+            expect(&method, Method::GET, "GET")?;
+            let ready = service.ready();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            Ok(json(status, serde_json::json!({ "ready": ready }).to_string().into_bytes()))
+        }
+        ["metrics"] => {
+            expect(&method, Method::GET, "GET")?;
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &state.registry)
+                .map_err(|e| ServeError::Inference(format!("metrics: {e}")))?;
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            Ok(r)
+        }
+        ["v2"] => {
+            expect(&method, Method::GET, "GET")?;
+            let body = serde_json::json!({"name": "wedge", "version": env!("CARGO_PKG_VERSION"), "extensions": []});
+            Ok(json(StatusCode::OK, body.to_string().into_bytes()))
+        }
+        ["v1", "embeddings"] => {
+            expect(&method, Method::POST, "POST")?;
+            admit(service, req.headers(), peer)?;
+            let policy = cache_policy(req.headers());
+            let body = read_body(req, service.config().limits.max_body_bytes).await?;
+            let r: api::OpenAiRequest = parse_json(&body)?;
+            let encoding = r.encoding()?;
+            let name = match &r.model {
+                Some(m) => m.clone(),
+                None => service.models().first().map(|m| m.name.clone()).ok_or(ServeError::NotReady)?,
+            };
+            r.check_dimensions(&*service.model(&name)?)?;
+            let inputs = api::openai_inputs(r.input)?;
+            let out = service.embed(&name, &inputs, policy).await?;
+            Ok(with_cache(json(StatusCode::OK, api::openai_response(&out, encoding)?), out.cache_hit))
+        }
+        ["v1", "models"] => {
+            expect(&method, Method::GET, "GET")?;
+            admit(service, req.headers(), peer)?;
+            let data: Vec<_> = service
+                .models()
+                .iter()
+                .map(|m| serde_json::json!({"id": m.name, "object": "model", "owned_by": "wedge"}))
+                .collect();
+            Ok(json(StatusCode::OK, serde_json::json!({"object": "list", "data": data}).to_string().into_bytes()))
+        }
+        ["v2", "models", name] | ["v2", "models", name, "versions", _] => {
+            expect(&method, Method::GET, "GET")?;
+            admit(service, req.headers(), peer)?;
+            let m = service.model(name)?;
+            Ok(json(StatusCode::OK, api::model_metadata(&m).to_string().into_bytes()))
+        }
+        ["v2", "models", name, "ready"] | ["v2", "models", name, "versions", _, "ready"] => {
+            expect(&method, Method::GET, "GET")?;
+            admit(service, req.headers(), peer)?;
+            let m = service.model(name)?;
+            Ok(json(StatusCode::OK, serde_json::json!({"name": m.name, "ready": true}).to_string().into_bytes()))
+        }
+        ["v2", "models", name, "infer"] | ["v2", "models", name, "versions", _, "infer"] => {
+            expect(&method, Method::POST, "POST")?;
+            admit(service, req.headers(), peer)?;
+            let name = name.to_string();
+            service.model(&name)?; // 404 before reading a body for a model that is not here
+            let policy = cache_policy(req.headers());
+            let body = read_body(req, service.config().limits.max_body_bytes).await?;
+            let (id, texts) = parse_json::<api::InferRequest>(&body)?.texts()?;
+            let out = service.embed(&name, &texts, policy).await?;
+            Ok(with_cache(json(StatusCode::OK, api::infer_response(&out, id)?), out.cache_hit))
+        }
+        _ => Err(Failure::NotFound(path)),
+    }
+}
+
+fn admit(service: &Service, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ServeError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    service.admit(key, &peer.ip().to_string()).map(|_| ())
+}
+
+fn cache_policy(headers: &HeaderMap) -> CachePolicy {
+    let no_cache = headers.get_all(header::CACHE_CONTROL).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').map(str::trim).any(|d| d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store"))
+    });
+    if no_cache { CachePolicy::Bypass } else { CachePolicy::Use }
+}
+
+fn with_cache(mut r: Response<Body>, hit: bool) -> Response<Body> {
+    r.headers_mut().insert("x-wedge-cache", HeaderValue::from_static(if hit { "hit" } else { "miss" }));
+    r
+}
+
+/// Reads a body of at most `max` bytes: a larger `Content-Length` is refused before reading,
+/// and a body that grows past `max` while streaming is cut off.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(Failure::TooLarge(max));
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::TooLarge(max)),
+        Err(e) => Err(ServeError::BadInput(format!("reading the body: {e}")).into()),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServeError> {
+    serde_json::from_slice(body).map_err(|e| ServeError::BadInput(format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_bounded_labels() {
+        assert_eq!(route_name("/v2/models/anything/infer"), "/v2/models/{name}/infer");
+        assert_eq!(route_name("/v2/models/x"), "/v2/models/{name}");
+        assert_eq!(route_name("/etc/passwd"), "other");
+    }
+
+    #[test]
+    fn every_error_has_a_status_and_a_json_body() {
+        let cases = [
+            (ServeError::BadInput("x".into()), 400),
+            (ServeError::UnknownModel("m".into()), 404),
+            (ServeError::Unauthorized, 401),
+            (ServeError::RateLimited { retry_after_s: 2 }, 429),
+            (ServeError::Overloaded { model: "m".into(), queued: 9, retry_after_s: 3 }, 503),
+            (ServeError::NotReady, 503),
+            (ServeError::Timeout(5), 504),
+            (ServeError::Inference("x".into()), 500),
+        ];
+        for (e, status) in cases {
+            let r = error_response(&e);
+            assert_eq!(r.status().as_u16(), status, "{e}");
+            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        }
+        let r = error_response(&ServeError::Overloaded { model: "m".into(), queued: 9, retry_after_s: 3 });
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn no_cache_is_read_from_cache_control() {
+        let mut h = HeaderMap::new();
+        assert_eq!(cache_policy(&h), CachePolicy::Use);
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=0, No-Cache"));
+        assert_eq!(cache_policy(&h), CachePolicy::Bypass);
+    }
+}
