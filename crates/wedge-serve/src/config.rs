@@ -295,6 +295,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/wedge.toml");
+        let c = Config::load(&path).unwrap();
+        c.validate().unwrap();
+        assert!(c.models[0].path.is_file(), "{}", c.models[0].path.display());
+        assert_eq!(c.models[0].aliases, ["default"]);
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let e = Config::from_toml("adr = 1", Path::new(".")).unwrap_err().to_string();
         assert!(e.contains("adr"), "{e}");

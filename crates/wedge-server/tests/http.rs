@@ -1,0 +1,474 @@
+//! The edge node over real HTTP on a loopback port: every endpoint and error status, the
+//! cache tiers, batching, load shedding, TLS with h2, and graceful shutdown. The model is the
+//! bundled all-MiniLM-L6-v2 package on the CPU backend.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use wedge_serve::{Config, ModelConfig, Service};
+
+fn bundled() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge")
+}
+
+fn config(model: &Path) -> Config {
+    let mut c = Config::default();
+    c.models.push(ModelConfig {
+        name: "all-MiniLM-L6-v2".into(),
+        path: model.to_path_buf(),
+        version: None,
+        aliases: vec!["default".into()],
+        batching: None,
+    });
+    c
+}
+
+struct TestServer {
+    addr: std::net::SocketAddr,
+    service: Arc<Service>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    async fn start(config: Config) -> TestServer {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let service = Arc::new(Service::new(config, wedge::Device::cpu(), &mut registry).unwrap());
+        let loader = service.clone();
+        tokio::task::spawn_blocking(move || loader.load_models()).await.unwrap().unwrap();
+        let server = wedge_server::Server::bind(service.clone(), registry, "127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(
+                    async {
+                        let _ = stopped.await;
+                    },
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+        });
+        TestServer { addr, service, stop: Some(stop), task: Some(task) }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops accepting, waits for in-flight requests, then drains the batchers and the cache.
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        let s = self.service.clone();
+        tokio::task::spawn_blocking(move || s.shutdown()).await.unwrap();
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+    }
+
+    /// An error reply has the documented shape.
+    fn error_type(&self) -> String {
+        let v = self.json();
+        assert!(v["error"]["message"].is_string(), "{v}");
+        v["error"]["type"].as_str().unwrap().to_string()
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn call(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(Full::new(body.into())).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    Reply { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+}
+
+async fn get(url: &str) -> Reply {
+    call(Method::GET, url, &[], Bytes::new()).await
+}
+
+async fn post(url: &str, body: Value) -> Reply {
+    call(Method::POST, url, &[("content-type", "application/json")], body.to_string()).await
+}
+
+fn embedding(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+/// The first public text and its PyTorch fp32 embedding.
+fn reference() -> (String, Vec<f32>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/public.jsonl");
+    let line = std::fs::read_to_string(path).unwrap().lines().next().unwrap().to_string();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    (v["text"].as_str().unwrap().to_string(), embedding(&v["embedding"]))
+}
+
+async fn metric(server: &TestServer, prefix: &str) -> f64 {
+    let text = String::from_utf8(get(&server.url("/metrics")).await.body.to_vec()).unwrap();
+    text.lines().filter(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_answer_in_both_protocols() {
+    let s = TestServer::start(config(&bundled())).await;
+    assert_eq!(get(&s.url("/v2/health/live")).await.status, 200);
+    let ready = get(&s.url("/v2/health/ready")).await;
+    assert_eq!((ready.status, ready.json()["ready"].clone()), (StatusCode::OK, json!(true)));
+    let meta = get(&s.url("/v2/models/all-MiniLM-L6-v2")).await.json();
+    assert_eq!(meta["outputs"][0]["shape"], json!([-1, 384]));
+    assert_eq!(meta["inputs"][0]["datatype"], "BYTES");
+    assert_eq!(get(&s.url("/v2/models/default/ready")).await.status, 200);
+    assert_eq!(get(&s.url("/v2")).await.json()["name"], "wedge");
+    assert_eq!(get(&s.url("/v1/models")).await.json()["data"][0]["id"], "all-MiniLM-L6-v2");
+
+    // OpenAI: the vector matches PyTorch, usage counts tokens, base64 carries the same floats.
+    let (text, want) = reference();
+    let r = post(&s.url("/v1/embeddings"), json!({"model": "all-MiniLM-L6-v2", "input": [text, "edge"]})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-wedge-cache"), "miss");
+    assert!(!r.header("x-request-id").is_empty());
+    let v = r.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["data"][1]["index"], 1);
+    let got = embedding(&v["data"][0]["embedding"]);
+    assert_eq!(got.len(), 384);
+    assert!(cosine(&got, &want) > 0.99, "cosine {}", cosine(&got, &want));
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 3);
+    let b =
+        post(&s.url("/v1/embeddings"), json!({"model": "default", "input": text, "encoding_format": "base64"})).await;
+    assert_eq!(b.header("x-wedge-cache"), "hit");
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(b.json()["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let decoded: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(decoded, got);
+
+    // KServe v2: same vector, FP32 [N, 384], the request id echoed.
+    let body = json!({"id": "q1", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]});
+    let k = post(&s.url("/v2/models/all-MiniLM-L6-v2/infer"), body).await;
+    assert_eq!(k.status, 200);
+    let kv = k.json();
+    assert_eq!((kv["id"].clone(), kv["outputs"][0]["shape"].clone()), (json!("q1"), json!([1, 384])));
+    assert_eq!(kv["outputs"][0]["datatype"], "FP32");
+    assert_eq!(embedding(&kv["outputs"][0]["data"]), got);
+
+    // Errors: status, JSON shape, type.
+    let cases: Vec<(Reply, u16, &str)> = vec![
+        (post(&s.url("/v1/embeddings"), json!({"model": "nope", "input": "x"})).await, 404, "model_not_found"),
+        (post(&s.url("/v2/models/nope/infer"), json!({"inputs": []})).await, 404, "model_not_found"),
+        (get(&s.url("/v2/models/nope")).await, 404, "model_not_found"),
+        (post(&s.url("/v1/embeddings"), json!({"input": []})).await, 400, "invalid_request_error"),
+        (post(&s.url("/v1/embeddings"), json!({"input": [[1, 2]]})).await, 400, "invalid_request_error"),
+        (post(&s.url("/v1/embeddings"), json!({"inputs": "x"})).await, 400, "invalid_request_error"),
+        (
+            post(&s.url("/v1/embeddings"), json!({"input": "x", "encoding_format": "hex"})).await,
+            400,
+            "invalid_request_error",
+        ),
+        (post(&s.url("/v1/embeddings"), json!({"input": "x", "dimensions": 10})).await, 400, "invalid_request_error"),
+        (call(Method::POST, &s.url("/v1/embeddings"), &[], "{not json").await, 400, "invalid_request_error"),
+        (
+            post(
+                &s.url("/v2/models/default/infer"),
+                json!({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a"]}]}),
+            )
+            .await,
+            400,
+            "invalid_request_error",
+        ),
+        (get(&s.url("/v1/embeddings")).await, 405, "invalid_request_error"),
+        (get(&s.url("/nowhere")).await, 404, "not_found"),
+        (
+            call(Method::POST, &s.url("/v1/embeddings"), &[], vec![b' '; (4 << 20) + 1]).await,
+            413,
+            "invalid_request_error",
+        ),
+    ];
+    for (i, (r, status, kind)) in cases.iter().enumerate() {
+        assert_eq!(r.status.as_u16(), *status, "case {i}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.error_type(), *kind, "case {i}");
+    }
+    let m = String::from_utf8(get(&s.url("/metrics")).await.body.to_vec()).unwrap();
+    for needle in [
+        "wedge_http_requests_total{route=\"/v1/embeddings\",status=\"200\"}",
+        "wedge_http_requests_total{route=\"/v1/embeddings\",status=\"413\"}",
+        "wedge_http_request_seconds_bucket",
+        "wedge_batch_size_bucket",
+        "wedge_queue_depth",
+        "wedge_cache_lookups_total{tier=\"memory\",result=\"hit\"}",
+        "wedge_model_load_seconds{model=\"all-MiniLM-L6-v2\"}",
+        "wedge_device{model=\"all-MiniLM-L6-v2\",device=\"cpu\"} 1",
+    ] {
+        assert!(m.contains(needle), "/metrics lacks {needle}:\n{m}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rate_limits_and_timeouts() {
+    let mut c = config(&bundled());
+    c.auth.api_keys = vec!["k-one".into()];
+    c.limits.rate_limit_per_sec = 1;
+    c.limits.rate_limit_burst = Some(2);
+    let s = TestServer::start(c).await;
+    let url = s.url("/v1/embeddings");
+    let body = json!({"input": "hi"}).to_string();
+    let no_key = call(Method::POST, &url, &[], body.clone()).await;
+    assert_eq!((no_key.status.as_u16(), no_key.error_type().as_str()), (401, "authentication_error"));
+    assert_eq!(call(Method::POST, &url, &[("authorization", "Bearer k-two")], body.clone()).await.status, 401);
+    assert_eq!(call(Method::POST, &url, &[("authorization", "Bearer k-one")], body.clone()).await.status, 200);
+    assert_eq!(call(Method::POST, &url, &[("x-api-key", "k-one")], body.clone()).await.status, 200);
+    // A burst of 2 at 1/s: ten quick calls cannot all pass, however slow this machine is.
+    let mut limited = None;
+    for _ in 0..10 {
+        let r = call(Method::POST, &url, &[("authorization", "Bearer k-one")], body.clone()).await;
+        if r.status != 200 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("no call was rate limited");
+    assert_eq!((limited.status.as_u16(), limited.error_type().as_str()), (429, "rate_limit_error"));
+    assert!(limited.header("retry-after").parse::<u64>().unwrap() >= 1);
+    // Health and metrics stay open for probes and scrapers.
+    assert_eq!(get(&s.url("/v2/health/ready")).await.status, 200);
+    s.stop().await;
+
+    let mut c = config(&bundled());
+    c.limits.request_timeout_ms = 50;
+    c.batching.max_queue_delay_us = 2_000_000; // the batch waits longer than the request may
+    c.batching.max_batch_size = 64;
+    let s = TestServer::start(c).await;
+    let r = post(&s.url("/v1/embeddings"), json!({"input": "slow"})).await;
+    assert_eq!((r.status.as_u16(), r.error_type().as_str()), (504, "timeout_error"));
+    s.stop().await;
+}
+
+/// A copy of the bundled model with a different header, hence a different digest.
+fn changed_model(dir: &Path) -> PathBuf {
+    let bytes = std::fs::read(bundled()).unwrap();
+    let (mut pkg, digest) = wedge_core::Package::from_bytes(&bytes).unwrap();
+    pkg.config["wedge_test_revision"] = json!(2);
+    let (out, new_digest) = pkg.to_bytes(1).unwrap();
+    assert_ne!(digest, new_digest);
+    let path = dir.join("changed.wedge");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_bypass_restart_and_invalidation() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_disk = |model: &Path| {
+        let mut c = config(model);
+        c.cache.disk_path = Some(dir.path().join("cache.redb"));
+        c
+    };
+    let body = json!({"input": ["cached text", "another"]});
+    let s = TestServer::start(with_disk(&bundled())).await;
+    let url = s.url("/v1/embeddings");
+    let first = post(&url, body.clone()).await;
+    assert_eq!(first.header("x-wedge-cache"), "miss");
+    let second = post(&url, body.clone()).await;
+    assert_eq!(second.header("x-wedge-cache"), "hit");
+    assert_eq!(first.json()["data"], second.json()["data"]);
+    let bypass = call(Method::POST, &url, &[("cache-control", "no-cache")], body.to_string()).await;
+    assert_eq!(bypass.header("x-wedge-cache"), "miss");
+    assert_eq!(metric(&s, "wedge_inferences_total").await, 4.0, "the bypass ran the model again");
+    s.stop().await; // flushes the disk tier
+
+    // A restart has an empty memory tier; the disk tier answers.
+    let s = TestServer::start(with_disk(&bundled())).await;
+    let again = post(&s.url("/v1/embeddings"), body.clone()).await;
+    assert_eq!(again.header("x-wedge-cache"), "hit");
+    assert_eq!(again.json()["data"], first.json()["data"]);
+    assert_eq!(metric(&s, "wedge_cache_lookups_total{tier=\"disk\",result=\"hit\"}").await, 2.0);
+    assert_eq!(metric(&s, "wedge_inferences_total").await, 0.0);
+    s.stop().await;
+
+    // A new model file (new digest) never sees the old entries.
+    let s = TestServer::start(with_disk(&changed_model(dir.path()))).await;
+    let fresh = post(&s.url("/v1/embeddings"), body.clone()).await;
+    assert_eq!(fresh.header("x-wedge-cache"), "miss");
+    assert_eq!(metric(&s, "wedge_inferences_total").await, 2.0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_batched_and_identical_misses_run_once() {
+    let mut c = config(&bundled());
+    c.batching.max_batch_size = 64;
+    c.batching.max_queue_delay_us = 200_000;
+    let s = Arc::new(TestServer::start(c).await);
+    let url = s.url("/v1/embeddings");
+    let distinct: Vec<_> = (0..16)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move { post(&url, json!({"input": format!("sentence number {i}")})).await })
+        })
+        .collect();
+    for t in distinct {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    let runs = metric(&s, "wedge_batch_size_count").await;
+    let inputs = metric(&s, "wedge_batch_size_sum").await;
+    assert_eq!(inputs, 16.0);
+    assert!(runs < 16.0, "16 concurrent requests took {runs} runs: not merged");
+
+    let same: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { post(&url, json!({"input": "the very same text"})).await })
+        })
+        .collect();
+    let mut vectors = Vec::new();
+    for t in same {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        vectors.push(r.json()["data"][0]["embedding"].clone());
+    }
+    assert!(vectors.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(metric(&s, "wedge_inferences_total").await, 17.0, "12 identical misses ran the model once");
+    Arc::into_inner(s).unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_answered_with_503_not_timeouts() {
+    let mut c = config(&bundled());
+    c.cache.enabled = false;
+    c.batching.max_batch_size = 1;
+    c.batching.max_queue_delay_us = 0;
+    c.batching.max_queue = 2;
+    let s = TestServer::start(c).await;
+    let url = s.url("/v1/embeddings");
+    let long = "a long input that keeps the model busy for a while ".repeat(20);
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let (url, text) = (url.clone(), format!("{i} {long}"));
+            tokio::spawn(async move { post(&url, json!({"input": text})).await })
+        })
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status.as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(r.error_type(), "overloaded_error");
+                assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+                shed += 1;
+            }
+            other => panic!("status {other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
+    assert_eq!(metric(&s, "wedge_shed_requests_total").await, f64::from(shed));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_negotiates_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let mut c = config(&bundled());
+    c.tls = Some(wedge_serve::config::TlsConfig { cert, key });
+    let s = TestServer::start(c).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("https://localhost:{}/v1/embeddings", s.addr.port()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json!({"input": "over h2"}).to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    // Plain HTTP to the TLS port gets nowhere.
+    assert!(client().get(s.url("/v2/health/live").parse().unwrap()).await.is_err());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_loses_no_in_flight_response() {
+    let mut c = config(&bundled());
+    c.batching.max_queue_delay_us = 400_000; // requests sit in the queue when the stop comes
+    c.batching.max_batch_size = 64;
+    let s = TestServer::start(c).await;
+    let url = s.url("/v1/embeddings");
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move { post(&url, json!({"input": format!("in flight {i}")})).await })
+        })
+        .collect();
+    // Stop once all six are queued, i.e. accepted and waiting for their batch.
+    let model = s.service.model("default").unwrap();
+    while model.queued() < 6 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let addr = s.addr;
+    s.stop().await;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    }
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+}
