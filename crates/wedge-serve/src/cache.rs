@@ -398,6 +398,55 @@ mod tests {
         assert_eq!(c.len(), 1, "the damaged value is removed");
     }
 
+    /// Run by `a_crash_mid_write_serves_no_torn_value` in a child process: writes until killed.
+    #[test]
+    #[ignore = "a helper run in a child process"]
+    fn crash_writer_child() {
+        let Ok(path) = std::env::var("WEDGE_CRASH_DB") else { return };
+        let c = DiskCache::open(Path::new(&path), 1 << 20, Duration::from_secs(60), metrics()).unwrap();
+        for i in 0u32.. {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            c.put(k, vector(i as f32, 384));
+            if i % 64 == 0 {
+                c.flush();
+            }
+        }
+    }
+
+    #[test]
+    fn a_crash_mid_write_serves_no_torn_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crash.redb");
+        for round in 0..3 {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "cache::tests::crash_writer_child", "--ignored", "--nocapture"])
+                .env("WEDGE_CRASH_DB", &path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300 + 150 * round));
+            child.kill().unwrap(); // SIGKILL: no destructor, no flush
+            child.wait().unwrap();
+            let m = metrics();
+            let c = DiskCache::open(&path, 1 << 20, Duration::from_secs(60), m.clone()).unwrap();
+            let db = c.db.clone();
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(ENTRIES).unwrap();
+            let mut n = 0;
+            for row in table.iter().unwrap() {
+                let (k, v) = row.unwrap();
+                let r = decode(v.value()).expect("a stored value failed its checksum");
+                let i = u32::from_le_bytes(k.value()[..4].try_into().unwrap());
+                assert_eq!(r.vector, vector(i as f32, 384)[..]);
+                n += 1;
+            }
+            assert!(n > 0, "round {round}: nothing was committed before the kill");
+            assert_eq!(m.cache_corrupt.get(), 0);
+        }
+    }
+
     #[test]
     fn bounded_by_bytes_oldest_first_and_ttl() {
         let dir = tempfile::tempdir().unwrap();
