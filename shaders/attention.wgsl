@@ -33,7 +33,7 @@ var<workgroup> qs: array<f32, MAX_D>;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
 
-const NEG: f32 = -3.4028235e38;
+const NEG: f32 = -0x1.fffffep+127f; // -f32::MAX, exact (a rounded decimal is rejected by Tint)
 
 fn reduce(val: f32, tid: u32, is_max: bool) -> f32 {
     red[tid] = val;

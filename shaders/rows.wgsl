@@ -91,7 +91,7 @@ fn softmax(@builtin(local_invocation_id) lid: vec3<u32>,
     if (row >= p.rows) { return; }
     let base = row * p.cols;
     let tid = lid.x;
-    var mx = -3.4028235e38;
+    var mx = -0x1.fffffep+127f; // -f32::MAX, exact (a rounded decimal is rejected by Tint)
     for (var c = tid; c < p.cols; c += WG) { mx = max(mx, x[base + c]); }
     let m = reduce_max(mx, tid);
     var sum = 0.0;
