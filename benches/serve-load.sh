@@ -2,7 +2,10 @@
 # Load benchmark of `wedge serve` on loopback with wrk (`apt-get install wrk`); a benchmark,
 # not a test. Prints requests/s and p50/p95/p99 for
 #   (a) cache hits at concurrency 64,
-#   (b) cache misses (distinct inputs, cache off) at concurrency 32, batching on and off.
+#   (b) cache misses (distinct inputs, cache off) at concurrency 32, batching on and off;
+# wrk keeps every connection busy (closed loop), so its latency at concurrency 64 is queueing on
+# a saturated server. With oha installed (`cargo install oha`), hits are also measured open loop:
+# 64 connections at a fixed offered rate (RATES, default "1000 3000 6000" requests/s).
 # Usage: benches/serve-load.sh [--device cpu|gpu|auto]   (DURATION=15s THREADS=2 to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +41,30 @@ run() { # label server-flags... -- wrk-script concurrency
   printf '| %-34s | %4s | %s | mean batch %s |\n' "$label" "$conns" "${line#RESULT }" "$batches"
 }
 
+oha_hits() {
+  command -v oha >/dev/null || { echo "(oha not installed: no open-loop figures)"; return; }
+  "$WEDGE" serve --device "$DEVICE" --addr "127.0.0.1:$PORT" 2>/tmp/wedge-serve-load.log &
+  local pid=$!
+  for _ in $(seq 200); do
+    curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  local body='{"model":"default","input":"How do I reset my password on the edge node?"}'
+  for rate in ${RATES:-1000 3000 6000}; do
+    oha -z "$DURATION" -c 64 -q "$rate" --latency-correction --no-tui -m POST \
+      -H 'content-type: application/json' -d "$body" "$URL" >/tmp/wedge-oha.txt 2>&1
+    printf '| hits, open loop %6s/s (oha)       |   64 | rps=%s p50_ms=%s p95_ms=%s p99_ms=%s success=%s |\n' "$rate" \
+      "$(awk '/Requests\/sec/{print $2}' /tmp/wedge-oha.txt)" \
+      "$(awk '/ 50.00% in/{print $3}' /tmp/wedge-oha.txt)" \
+      "$(awk '/ 95.00% in/{print $3}' /tmp/wedge-oha.txt)" \
+      "$(awk '/ 99.00% in/{print $3}' /tmp/wedge-oha.txt)" \
+      "$(awk '/Success rate/{print $3}' /tmp/wedge-oha.txt)"
+  done
+  kill -TERM $pid; wait $pid || true
+}
+
 echo "wedge serve load ($DEVICE, $(nproc) cores shared by server and wrk, $DURATION per run)"
 run "hits (cache on)" -- hit.lua 64
 run "misses, batching on (32, 2 ms)" --no-cache --max-batch-size 32 --max-queue-delay-us 2000 -- miss.lua 32
 run "misses, batching off" --no-cache --max-batch-size 1 -- miss.lua 32
+oha_hits
