@@ -91,6 +91,7 @@ pub fn execute(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Resu
     }
     // WEDGE_CPU_PROFILE=1: time per step kind, printed to stderr after each run
     let profile = std::env::var_os("WEDGE_CPU_PROFILE").is_some();
+    #[cfg_attr(target_arch = "wasm32", allow(unused_mut))] // no clock to profile with there
     let mut times: Vec<(&'static str, f64)> = Vec::new();
     for step in &plan.steps {
         #[cfg(not(target_arch = "wasm32"))]

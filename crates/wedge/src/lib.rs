@@ -27,7 +27,7 @@ pub use embed::{Embedder, Tokens};
 
 pub use wedge_core::graph::{Activation, Dim, Elem, Graph, Op, RopeMode, ValueId, WeightId};
 pub use wedge_core::models::{DecoderConfig, EncoderConfig, ModelGraph, Pooling};
-pub use wedge_core::package::{Package, PackageLimits};
+pub use wedge_core::package::{Package, PackageLimits, ParsedHeader, read_header};
 pub use wedge_core::plan::{HostTensor, Plan, WeightInfo};
 pub use wedge_core::quant::{Format, Weight};
 pub use wedge_gpu::{AdapterChoice, AdapterSummary};
@@ -79,6 +79,8 @@ impl Device {
     }
 
     /// Opens a GPU adapter (software ones included, since it was asked for by name).
+    // wgpu objects are not Send on wasm32 (one thread there); Arc is what native needs.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub async fn gpu_async() -> Result<Device> {
         let ctx = wedge_gpu::GpuContext::new(AdapterChoice::Any).await?;
         Ok(Device { backend: Backend::Gpu(Arc::new(ctx)), fallback: None })
@@ -86,6 +88,7 @@ impl Device {
 
     /// A hardware GPU adapter if there is one, else the CPU, with the reason kept in
     /// [`Device::fallback_reason`].
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub async fn auto_async() -> Device {
         match wedge_gpu::GpuContext::new(AdapterChoice::Hardware).await {
             Ok(ctx) => Device { backend: Backend::Gpu(Arc::new(ctx)), fallback: None },

@@ -1,0 +1,149 @@
+// Browser tests in Debian's headless Chromium, driven by playwright-core (see shared BROWSER.md):
+// embeddings of the public texts on WebGPU (SwiftShader) and on the wasm CPU backend against
+// the PyTorch reference, a Web Worker, the Cache Storage second load, and damaged files.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const MODEL = '/models/all-MiniLM-L6-v2.wedge';
+// The bundled package is `auto` mixed precision: the bounds of the native tests for it.
+const BOUNDS = { min: 0.99, mean: 0.997 };
+const BASE_ARGS = ['--no-sandbox', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--disable-quic'];
+
+const reference = readFileSync(join(root, 'tests', 'data', 'public.jsonl'), 'utf8')
+  .trim().split('\n').map((l) => JSON.parse(l));
+
+let server;
+const browsers = [];
+
+async function openPage(webgpu) {
+  const args = webgpu ? ['--enable-unsafe-webgpu', ...BASE_ARGS] : BASE_ARGS;
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args });
+  browsers.push(browser);
+  const page = await browser.newPage();
+  page.on('pageerror', (e) => console.error('page error:', e.message));
+  await page.goto(`${server.origin}/web/test/pages/embed.html`);
+  await page.waitForFunction(() => window.wedgeReady === true);
+  return page;
+}
+
+function cosine(a, b) {
+  let dot = 0, na = 0, nb = 0;
+  for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
+  return dot / Math.sqrt(na * nb);
+}
+
+function checkAccuracy(vectors, label) {
+  const cos = vectors.map((v, i) => cosine(v, reference[i].embedding));
+  const min = Math.min(...cos), mean = cos.reduce((a, b) => a + b, 0) / cos.length;
+  console.log(`${label}: cosine to PyTorch min ${min.toFixed(6)} mean ${mean.toFixed(6)}`);
+  assert.ok(min >= BOUNDS.min && mean >= BOUNDS.mean, `${label}: min ${min}, mean ${mean}`);
+}
+
+// Embeds the first `count` public texts in batches of 8; reports the seconds spent embedding.
+async function embedPublic(page, device, count) {
+  const out = await page.evaluate(async ({ url, device, texts }) => {
+    const model = await window.wedge.load(url, { device, cache: false });
+    const vectors = [];
+    const t0 = performance.now();
+    for (let i = 0; i < texts.length; i += 8) {
+      for (const v of await model.embed(texts.slice(i, i + 8))) vectors.push(Array.from(v));
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const out = { device: model.device, info: model.deviceInfo, dim: model.dim, vectors, seconds };
+    model.dispose();
+    return out;
+  }, { url: MODEL, device, texts: reference.slice(0, count).map((r) => r.text) });
+  assert.equal(out.vectors.length, count);
+  console.log(`${device}: ${count} texts in ${out.seconds.toFixed(1)} s (first calls, kernels compiled on the way)`);
+  return out;
+}
+
+before(async () => {
+  server = await startServer(root);
+});
+
+after(async () => {
+  for (const b of browsers) await b.close();
+  await server?.close();
+});
+
+// SwiftShader runs the kernels on the CPU at seconds per text (all 32 took 9 minutes here), so
+// the WebGPU check covers the first 8 public texts; the CPU path below checks all 32.
+test('WebGPU: public texts match PyTorch', { timeout: 900_000 }, async () => {
+  const page = await openPage(true);
+  assert.ok(await page.evaluate(() => window.wedge.hasWebGPU()), 'no navigator.gpu with --enable-unsafe-webgpu');
+  const out = await embedPublic(page, 'webgpu', Number(process.env.WEDGE_WEBGPU_TEXTS ?? 8));
+  assert.equal(out.device, 'webgpu');
+  console.log(`WebGPU adapter: ${out.info}`);
+  checkAccuracy(out.vectors, 'webgpu');
+});
+
+test('without WebGPU, auto falls back to the wasm CPU backend with the same results', { timeout: 600_000 }, async () => {
+  const page = await openPage(false);
+  const out = await embedPublic(page, 'auto', reference.length);
+  assert.equal(out.device, 'cpu');
+  checkAccuracy(out.vectors, 'cpu');
+  const err = await page.evaluate(() => window.wedge.load('/models/all-MiniLM-L6-v2.wedge', { device: 'webgpu' })
+    .then(() => 'loaded', (e) => String(e.message)));
+  assert.match(err, /WebGPU/);
+});
+
+test('a Web Worker embeds too', { timeout: 300_000 }, async () => {
+  const page = await openPage(false);
+  const texts = reference.slice(0, 2).map((r) => r.text);
+  const out = await page.evaluate(async ({ url, texts }) => {
+    const w = new Worker('/web/test/pages/worker.js', { type: 'module' });
+    const reply = await new Promise((ok) => { w.onmessage = (e) => ok(e.data); w.postMessage({ url, texts, device: 'cpu' }); });
+    w.terminate();
+    return reply;
+  }, { url: MODEL, texts });
+  assert.equal(out.error, undefined, out.error);
+  assert.equal(out.device, 'cpu');
+  for (let i = 0; i < texts.length; i++) assert.ok(cosine(out.vectors[i], reference[i].embedding) > 0.99);
+});
+
+test('a second load comes from Cache Storage, not the network', { timeout: 300_000 }, async () => {
+  const page = await openPage(false);
+  const before = server.counts.get(MODEL) ?? 0;
+  const progress = await page.evaluate(async (url) => {
+    const seen = [];
+    const a = await window.wedge.load(url, { device: 'cpu', onProgress: (l, t) => seen.push([l, t]) });
+    const digest = a.digest;
+    a.dispose();
+    const b = await window.wedge.load(url, { device: 'cpu' });
+    const same = b.digest === digest;
+    const [v] = await b.embed(['cached']);
+    b.dispose();
+    return { seen: seen.length, last: seen.at(-1), same, dim: v.length };
+  }, MODEL);
+  assert.equal((server.counts.get(MODEL) ?? 0) - before, 1, 'the package was fetched twice');
+  assert.ok(progress.seen >= 1 && progress.last[0] === progress.last[1], JSON.stringify(progress));
+  assert.ok(progress.same);
+  assert.equal(progress.dim, 384);
+});
+
+test('damaged or wrong files give a clear error, not a hang', { timeout: 120_000 }, async () => {
+  const page = await openPage(false);
+  const cases = [
+    ['/bad/flipped.wedge', /checksum|corrupt/i],
+    ['/bad/truncated.wedge', /truncat|past the end|length/i],
+    ['/bad/not-a-model.wedge', /not a \.wedge file/],
+    ['/models/missing.wedge', /HTTP 404/],
+  ];
+  for (const [url, want] of cases) {
+    const msg = await page.evaluate((url) => window.wedge.load(url, { device: 'cpu', cache: false })
+      .then(() => 'loaded', (e) => `${e.constructor.name}: ${e.message}`), url);
+    assert.match(msg, want, `${url}: ${msg}`);
+    assert.match(msg, /^Error/, `${url}: not an Error: ${msg}`);
+  }
+  const bad = await page.evaluate(() => window.wedge.load(new ArrayBuffer(10), { device: 'cpu' })
+    .then(() => 'loaded', (e) => e.message));
+  assert.match(bad, /truncated/);
+});
