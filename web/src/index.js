@@ -14,7 +14,12 @@ const CACHE = 'wedge-models-v1';
 let ready = null;
 
 function initOnce() {
-  if (!ready) ready = init({ module_or_path: new URL('./pkg/wedge_web_bg.wasm', import.meta.url) });
+  if (!ready) {
+    ready = init({ module_or_path: new URL('./pkg/wedge_web_bg.wasm', import.meta.url) }).catch((e) => {
+      ready = null; // let a later load() try again (a network error is not forever)
+      throw new Error(`loading the wedge wasm module: ${e?.message ?? e}`);
+    });
+  }
   return ready;
 }
 

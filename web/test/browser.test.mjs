@@ -147,3 +147,20 @@ test('damaged or wrong files give a clear error, not a hang', { timeout: 120_000
     .then(() => 'loaded', (e) => e.message));
   assert.match(bad, /truncated/);
 });
+
+test('the demo page loads, indexes its corpus and answers a query', { timeout: 600_000 }, async () => {
+  const page = await openPage(false);
+  await page.goto(`${server.origin}/web/demo/?device=auto`);
+  await page.waitForFunction(() => window.demo?.ready !== undefined, null, { timeout: 300_000 });
+  assert.equal(await page.evaluate(() => window.demo.error ?? null), null);
+  await page.fill('#query', 'how do I get my money back?');
+  await page.click('#go');
+  await page.waitForSelector('#results li');
+  const top = await page.$$eval('#results li', (lis) => lis.map((li) => li.textContent));
+  assert.match(top[0], /refund|return/i, top.join('\n'));
+  const weather = await page.evaluate(async () => (await window.demo.search('will it rain this weekend?')).results[0].text);
+  assert.match(weather, /rain|sunny|weather|storm|forecast/i, weather);
+  const facts = await page.$$eval('#facts dd', (dds) => dds.map((d) => d.textContent));
+  console.log(`demo: ${facts.join(' | ')}`);
+  if (process.env.WEDGE_SCREENSHOT) await page.screenshot({ path: process.env.WEDGE_SCREENSHOT, fullPage: true });
+});

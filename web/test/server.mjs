@@ -11,7 +11,7 @@ const TYPES = {
 };
 const ROOTS = ['/web/', '/models/', '/tests/data/'];
 
-export async function startServer(root) {
+export async function startServer(root, port = 0) {
   const counts = new Map();
   const model = await readFile(join(root, 'models', 'all-MiniLM-L6-v2.wedge'));
   const bad = {
@@ -21,7 +21,8 @@ export async function startServer(root) {
     '/bad/not-a-model.wedge': Buffer.from('<!doctype html><html><body>not a model, an error page</body></html>'),
   };
   const server = createServer(async (req, res) => {
-    const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    let path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    if (path.endsWith('/')) path += 'index.html';
     counts.set(path, (counts.get(path) ?? 0) + 1);
     if (bad[path]) {
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bad[path].length });
@@ -45,7 +46,6 @@ export async function startServer(root) {
       res.writeHead(404).end('not found');
     }
   });
-  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-  const { port } = server.address();
-  return { origin: `http://127.0.0.1:${port}`, counts, close: () => new Promise((ok) => server.close(ok)) };
+  await new Promise((ok) => server.listen(port, '127.0.0.1', ok));
+  return { origin: `http://127.0.0.1:${server.address().port}`, counts, close: () => new Promise((ok) => server.close(ok)) };
 }
