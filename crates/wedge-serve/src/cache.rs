@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, DatabaseError, ReadableDatabase, StorageError, ReadableTable, ReadableTableMetadata, TableDefinition};
 use sha2::{Digest, Sha256};
 
 use crate::ServeError;
@@ -134,15 +134,48 @@ fn db_err(e: impl std::fmt::Display) -> ServeError {
     ServeError::Config(format!("disk cache: {e}"))
 }
 
+/// Whether opening failed on the file's content (as opposed to permissions, a lock, ...).
+fn not_a_database(e: &DatabaseError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        DatabaseError::Storage(StorageError::Corrupted(_)) | DatabaseError::UpgradeRequired(_) => true,
+        DatabaseError::Storage(StorageError::Io(io)) => {
+            matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof)
+        }
+        _ => false,
+    }
+}
+
 impl DiskCache {
-    /// Opens (or creates) the cache file.
+    /// Opens (or creates) the cache file; one that is not a database is set aside as
+    /// `<path>.damaged` and replaced by an empty cache.
     pub fn open(path: &Path, max_bytes: u64, ttl: Duration, metrics: Arc<Metrics>) -> Result<DiskCache, ServeError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir).map_err(|e| db_err(format!("{}: {e}", dir.display())))?;
         }
-        let db = Database::create(path).map_err(|e| db_err(format!("{}: {e}", path.display())))?;
+        // redb asserts on some truncated files rather than returning an error: a panic
+        // while opening counts as an unreadable file too.
+        let opened = std::panic::catch_unwind(|| Database::create(path))
+            .unwrap_or_else(|_| Err(DatabaseError::Storage(StorageError::Corrupted("redb panicked reading it".into()))));
+        let db = match opened {
+            Ok(db) => db,
+            // A cache file that is not a database (a crash while it was first written, a
+            // truncated or foreign file) is set aside for inspection and replaced by an
+            // empty cache: the node starts, and at most one damaged copy is kept.
+            Err(e) if not_a_database(&e) => {
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(".damaged");
+                let aside = std::path::PathBuf::from(aside);
+                tracing::warn!(path = %path.display(), error = %e, set_aside = %aside.display(), "disk cache unreadable, starting empty");
+                metrics.cache_corrupt.inc();
+                std::fs::rename(path, &aside)
+                    .map_err(|e| db_err(format!("{}: cannot set the damaged file aside: {e}", path.display())))?;
+                Database::create(path).map_err(|e| db_err(format!("{}: {e}", path.display())))?
+            }
+            Err(e) => return Err(db_err(format!("{}: {e}", path.display()))),
+        };
         let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(ENTRIES).map_err(db_err)?;
@@ -410,6 +443,9 @@ mod tests {
             c.put(k, vector(i as f32, 384));
             if i % 64 == 0 {
                 c.flush();
+                if i == 64 {
+                    println!("committed");
+                }
             }
         }
     }
@@ -422,11 +458,18 @@ mod tests {
             let mut child = std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "cache::tests::crash_writer_child", "--ignored", "--nocapture"])
                 .env("WEDGE_CRASH_DB", &path)
-                .stdout(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(300 + 150 * round));
+            // kill it mid-write, once it has committed something (however loaded the machine)
+            let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            while !line.contains("committed") {
+                line.clear();
+                assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "the writer exited");
+            }
+            std::thread::sleep(Duration::from_millis(50 + 100 * round));
             child.kill().unwrap(); // SIGKILL: no destructor, no flush
             child.wait().unwrap();
             let m = metrics();
@@ -444,6 +487,41 @@ mod tests {
             }
             assert!(n > 0, "round {round}: nothing was committed before the kill");
             assert_eq!(m.cache_corrupt.get(), 0);
+        }
+    }
+
+    #[test]
+    fn a_damaged_cache_file_is_set_aside_and_the_cache_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.redb");
+        {
+            let c = DiskCache::open(&good, 1 << 20, Duration::from_secs(60), metrics()).unwrap();
+            for i in 0..50u8 {
+                c.put([i; 32], vector(f32::from(i), 384));
+            }
+            c.close();
+        }
+        let bytes = std::fs::read(&good).unwrap();
+        let path = dir.path().join("cut.redb");
+        let mut damaged = bytes.clone();
+        damaged[..64].fill(0x5a);
+        let cuts: Vec<Vec<u8>> = [1, 100, 512, 4096, bytes.len() / 2].iter().map(|&n| bytes[..n].to_vec()).collect();
+        for (i, file) in cuts.iter().chain([&damaged, &b"<html>not a database</html>".to_vec()]).enumerate() {
+            std::fs::write(&path, file).unwrap();
+            let m = metrics();
+            let c = DiskCache::open(&path, 1 << 20, Duration::from_secs(60), m.clone())
+                .unwrap_or_else(|e| panic!("case {i} ({} bytes): {e}", file.len()));
+            // whatever survived is intact; a put after it works
+            for k in 0..50u8 {
+                if let Some(v) = c.get(&[k; 32]) {
+                    assert_eq!(v, vector(f32::from(k), 384));
+                }
+            }
+            c.put([99; 32], vector(1.0, 4));
+            c.flush();
+            assert!(c.get(&[99; 32]).is_some(), "case {i}");
+            c.close();
+            let _ = std::fs::remove_file(dir.path().join("cut.redb.damaged"));
         }
     }
 
