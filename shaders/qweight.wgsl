@@ -106,9 +106,11 @@ fn bias_at(col: u32) -> f32 {
     return 0.0;
 }
 
-// out[r0 + r, col] for r < MAXM, r0 = MAXM * workgroup_id.z: each weight word is decoded
-// once and used for every row of the block. With TPR 1 it needs no workgroup memory or
-// barriers, and it is the many-row fallback to the tiled GEMM.
+// out[r0 + r, col] for r < MAXM (4), r0 = MAXM * workgroup_id.z: each weight word is
+// decoded once and used for every row of the block, the rows held in one vec4 (no
+// dynamically indexed private array). The x reads are the same for every invocation
+// of the workgroup, which CPU-emulated devices turn into scalar loads. With TPR 1 it
+// needs no workgroup memory or barriers: the many-row kernel for such devices.
 @compute @workgroup_size(WG)
 fn gemv(@builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(workgroup_id) wid: vec3<u32>,
@@ -116,8 +118,13 @@ fn gemv(@builtin(local_invocation_id) lid: vec3<u32>,
     let lane = lid.x % TPR;
     let col = (wid.x + wid.y * nwg.x) * (WG / TPR) + lid.x / TPR;
     let r0 = wid.z * MAXM;
-    let rows = min(p.m - min(r0, p.m), MAXM);
-    var acc: array<f32, MAXM>;
+    // rows past the end read the last row (in bounds) and are not stored
+    let last = max(p.m, 1u) - 1u;
+    let o0 = min(r0, last) * p.k;
+    let o1 = min(r0 + 1u, last) * p.k;
+    let o2 = min(r0 + 2u, last) * p.k;
+    let o3 = min(r0 + 3u, last) * p.k;
+    var acc = vec4<f32>();
     if (col < p.n) {
         let v = vpw();
         for (var wi = lane; wi < p.wpr; wi += TPR) {
@@ -126,10 +133,8 @@ fn gemv(@builtin(local_invocation_id) lid: vec3<u32>,
             let k0 = wi * v;
             let kn = min(v, p.k - k0);
             for (var j = 0u; j < kn; j++) {
-                let wv = raw(word, j) * a.x + a.y;
-                for (var r = 0u; r < rows; r++) {
-                    acc[r] += wv * x[(r0 + r) * p.k + k0 + j];
-                }
+                let kk = k0 + j;
+                acc += (raw(word, j) * a.x + a.y) * vec4<f32>(x[o0 + kk], x[o1 + kk], x[o2 + kk], x[o3 + kk]);
             }
         }
     }
@@ -152,13 +157,17 @@ fn gemv(@builtin(local_invocation_id) lid: vec3<u32>,
     }
     if (col < p.n && lane == 0u) {
         let b = bias_at(col);
-        for (var r = 0u; r < rows; r++) {
-            out[(r0 + r) * p.n + col] = act(acc[r] + b);
+        for (var r = 0u; r < MAXM; r++) {
+            if (r0 + r < p.m) {
+                out[(r0 + r) * p.n + col] = act(acc[r] + b);
+            }
         }
     }
 }
 
-// Tiled GEMM: a TILE x TILE block of out per workgroup, MICRO x MICRO per invocation.
+// Tiled GEMM: a TILE x TILE block of out per workgroup, MICRO x MICRO (4 x 4) per
+// invocation held in four vec4 accumulators: no dynamically indexed private arrays,
+// which CPU-emulated devices (lavapipe, SwiftShader) turn into per-lane memory traffic.
 // Weights are dequantized into workgroup memory as the tile is loaded.
 @compute @workgroup_size(TS, TS)
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
@@ -166,7 +175,10 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     let m0 = wid.y * TILE;
     let n0 = wid.x * TILE;
     let tid = lid.y * TS + lid.x;
-    var acc: array<f32, MICRO * MICRO>;
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var i = tid; i < TILE * BK; i += TS * TS) {
             let r = i / BK;
@@ -181,28 +193,31 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
             ws[i] = wv;
         }
         workgroupBarrier();
+        let ar = lid.y * BK;
+        let br = lid.x * BK;
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, MICRO>;
-            var b: array<f32, MICRO>;
-            for (var i = 0u; i < MICRO; i++) {
-                a[i] = xs[(lid.y + i * TS) * BK + kk];
-                b[i] = ws[(lid.x + i * TS) * BK + kk];
-            }
-            for (var i = 0u; i < MICRO; i++) {
-                for (var j = 0u; j < MICRO; j++) {
-                    acc[i * MICRO + j] += a[i] * b[j];
-                }
-            }
+            let a = vec4<f32>(xs[ar + kk], xs[ar + TS * BK + kk], xs[ar + 2u * TS * BK + kk], xs[ar + 3u * TS * BK + kk]);
+            let b = vec4<f32>(ws[br + kk], ws[br + TS * BK + kk], ws[br + 2u * TS * BK + kk], ws[br + 3u * TS * BK + kk]);
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < MICRO; i++) {
-        let gm = m0 + lid.y + i * TS;
-        for (var j = 0u; j < MICRO; j++) {
-            let gn = n0 + lid.x + j * TS;
-            if (gm < p.m && gn < p.n) {
-                out[gm * p.n + gn] = act(acc[i * MICRO + j] + bias_at(gn));
-            }
+    store4(m0 + lid.y, n0 + lid.x, acc0);
+    store4(m0 + lid.y + TS, n0 + lid.x, acc1);
+    store4(m0 + lid.y + 2u * TS, n0 + lid.x, acc2);
+    store4(m0 + lid.y + 3u * TS, n0 + lid.x, acc3);
+}
+
+// out[gm, gn + j * TS] = act(v[j] + bias) for the columns inside the matrix.
+fn store4(gm: u32, gn: u32, v: vec4<f32>) {
+    if (gm >= p.m) { return; }
+    for (var j = 0u; j < MICRO; j++) {
+        let c = gn + j * TS;
+        if (c < p.n) {
+            out[gm * p.n + c] = act(v[j] + bias_at(c));
         }
     }
 }

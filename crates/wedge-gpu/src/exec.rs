@@ -104,6 +104,8 @@ impl GpuWeights {
 }
 
 struct Dispatch {
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // read by `profile`, native only
+    label: String,
     pipeline: Arc<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
@@ -391,7 +393,7 @@ impl<'a> ResidentRun<'a> {
                 layout: ctx.bind_group_layout(e.key.family),
                 entries: &entries,
             });
-            dispatches.push(Dispatch { pipeline, bind_group, groups: e.groups });
+            dispatches.push(Dispatch { label: e.key.label(), pipeline, bind_group, groups: e.groups });
         }
         drop(encoded);
         Ok(ResidentRun { ctx, plan, slots, dispatches, _uniforms: uniforms, _tables: tables })
@@ -425,6 +427,40 @@ impl<'a> ResidentRun<'a> {
             }
         }
         self.ctx.queue.submit([enc.finish()]);
+    }
+
+    /// Runs every dispatch in a submission of its own and waits for it: host-timed
+    /// seconds per kernel label, summed over the plan, largest first. A profiling aid
+    /// (each wait adds the submission's fixed cost), not a way to serve.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&self) -> Result<Vec<(String, usize, f64)>, GpuError> {
+        let mut times: Vec<(String, usize, f64)> = Vec::new();
+        for d in &self.dispatches {
+            let started = std::time::Instant::now();
+            let mut enc = self
+                .ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wedge.profile") });
+            {
+                let mut pass = enc
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&d.label), timestamp_writes: None });
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+            self.ctx.queue.submit([enc.finish()]);
+            self.wait()?;
+            let secs = started.elapsed().as_secs_f64();
+            match times.iter_mut().find(|t| t.0 == d.label) {
+                Some(t) => {
+                    t.1 += 1;
+                    t.2 += secs;
+                }
+                None => times.push((d.label.clone(), 1, secs)),
+            }
+        }
+        times.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(times)
     }
 
     /// Blocks until submitted work is done (native only; in a browser, await a readback).
@@ -501,6 +537,16 @@ pub async fn execute(
 ) -> Result<Vec<HostTensor>, GpuError> {
     let run = ResidentRun::prepare(ctx, plan, weights).await?;
     run.write_inputs(inputs)?;
+    // WEDGE_GPU_PROFILE=1: time per kernel, printed to stderr after each run
+    #[cfg(not(target_arch = "wasm32"))]
+    if std::env::var_os("WEDGE_GPU_PROFILE").is_some() {
+        let times = run.profile()?;
+        let total: f64 = times.iter().map(|t| t.2).sum();
+        let parts: Vec<String> =
+            times.iter().map(|(label, n, t)| format!("  {:>9.2} ms {n:>3}× {label}", t * 1e3)).collect();
+        eprintln!("wedge-gpu: {:.2} ms\n{}", total * 1e3, parts.join("\n"));
+        return run.read_outputs().await;
+    }
     run.submit(1);
     run.read_outputs().await
 }
