@@ -56,7 +56,7 @@ enum Command {
         /// auto (a hardware GPU, else the CPU), gpu (any adapter, software included) or cpu.
         #[arg(long, default_value = "auto")]
         device: String,
-        /// Texts per batch (padded to the longest in the batch).
+        /// Most texts per run: texts of like length run together, padded to the longest.
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
@@ -221,16 +221,8 @@ fn auto_options(
     let embed = |ws: Vec<wedge_core::Weight>| -> Result<Vec<Vec<f32>>> {
         let model = wedge::Model::from_graph(mg.graph.clone(), ws)?;
         let e = wedge::Embedder::new(&model, &enc.tokenizer, enc.max_seq_length, &cpu)?;
-        let mut tokens: Vec<(usize, wedge::Tokens)> =
-            texts.iter().map(|t| e.tokenize(t)).collect::<wedge::Result<Vec<_>>>()?.into_iter().enumerate().collect();
-        tokens.sort_by_key(|(_, t)| t.ids.len());
-        let mut out = vec![Vec::new(); texts.len()];
-        for chunk in tokens.chunks(16) {
-            let batch: Vec<wedge::Tokens> = chunk.iter().map(|(_, t)| t.clone()).collect();
-            for ((i, _), v) in chunk.iter().zip(e.embed_tokens(&batch)?) {
-                out[*i] = v;
-            }
-        }
+        let tokens = texts.iter().map(|t| e.tokenize(t)).collect::<wedge::Result<Vec<_>>>()?;
+        let out = e.embed_batched(&tokens, 16)?;
         Ok(out)
     };
     let f32_weights = weights
@@ -305,6 +297,9 @@ fn open_device(kind: &str) -> Result<wedge::Device> {
     })
 }
 
+/// `wedge embed` reads this many batches of texts before it runs them, longest first.
+const EMBED_WINDOW_BATCHES: usize = 8;
+
 fn embed(model: Option<&Path>, device: &str, batch: usize) -> Result<()> {
     if batch == 0 {
         anyhow::bail!("--batch must be at least 1");
@@ -321,7 +316,7 @@ fn embed(model: Option<&Path>, device: &str, batch: usize) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut pending: Vec<wedge::Tokens> = Vec::new();
     let flush = |pending: &mut Vec<wedge::Tokens>, out: &mut dyn Write| -> Result<()> {
-        for e in embedder.embed_tokens(pending)? {
+        for e in embedder.embed_batched(pending, batch)? {
             serde_json::to_writer(&mut *out, &serde_json::json!({ "embedding": e }))?;
             out.write_all(b"\n")?;
         }
@@ -341,7 +336,8 @@ fn embed(model: Option<&Path>, device: &str, batch: usize) -> Result<()> {
             .and_then(serde_json::Value::as_str)
             .ok_or_else(|| anyhow::anyhow!("line {}: expected an object with a string field \"text\"", i + 1))?;
         pending.push(embedder.tokenize(text)?);
-        if pending.len() == batch {
+        // a window of several batches, so that texts of like length can share a run
+        if pending.len() >= batch.saturating_mul(EMBED_WINDOW_BATCHES) {
             flush(&mut pending, &mut out)?;
         }
     }

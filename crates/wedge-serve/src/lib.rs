@@ -181,7 +181,8 @@ impl Service {
             let digest = embedder.digest().unwrap_or_default().to_string();
             let settings = self.config.batching.with(mc.batching);
             let e = embedder.clone();
-            let run: batcher::RunBatch = Box::new(move |b: &[Tokens]| e.embed_tokens(b).map_err(|e| e.to_string()));
+            let run: batcher::RunBatch =
+                Box::new(move |b: &[Tokens]| e.embed_batched(b, b.len()).map_err(|e| e.to_string()));
             let device = self.device.describe();
             let label = ModelLabel { model: mc.name.clone() };
             self.metrics.model_load_seconds.get_or_create(&label).set(load_seconds);

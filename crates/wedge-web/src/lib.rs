@@ -77,15 +77,11 @@ impl WebEmbedder {
         self.embedder.digest().unwrap_or_default().to_string()
     }
 
-    /// One vector per text, in order; runs [`CHUNK`] texts at a time.
+    /// One vector per text, in order; runs at most [`CHUNK`] texts of like length at a time.
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(CHUNK) {
-            let tokens = chunk.iter().map(|t| self.embedder.tokenize(t)).collect::<Result<Vec<_>, _>>();
-            let tokens = tokens.map_err(|e| e.to_string())?;
-            out.extend(self.embedder.embed_tokens_async(&tokens).await.map_err(|e| e.to_string())?);
-        }
-        Ok(out)
+        let tokens = texts.iter().map(|t| self.embedder.tokenize(t)).collect::<Result<Vec<_>, _>>();
+        let tokens = tokens.map_err(|e| e.to_string())?;
+        self.embedder.embed_batched_async(&tokens, CHUNK).await.map_err(|e| e.to_string())
     }
 }
 

@@ -14,6 +14,42 @@ pub struct Tokens {
     pub type_ids: Vec<u32>,
 }
 
+/// Texts per run when [`Embedder::embed_async`] splits its input.
+pub const DEFAULT_MAX_BATCH: usize = 32;
+
+/// Padded tokens a run may always hold, however uneven its lengths (small runs are cheap).
+const PAD_FLOOR: usize = 512;
+
+/// Splits texts of these token lengths into runs for [`Embedder::embed_batched_async`]:
+/// longest first, at most `max_batch` texts a run, and a run's padded size (texts × its
+/// longest) at most 1.5× its real tokens, or [`PAD_FLOOR`] tokens. One long text among
+/// short ones then costs its own run rather than padding every other text to its length.
+/// Returns the indices of each run; every index appears once.
+pub fn length_batches(lens: &[usize], max_batch: usize) -> Vec<Vec<usize>> {
+    let max_batch = max_batch.max(1);
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut real = 0;
+    for i in order {
+        let fits = runs.last().is_some_and(|run| {
+            let longest = lens[run[0]].max(1);
+            let padded = (run.len() + 1) * longest;
+            run.len() < max_batch && (padded <= PAD_FLOOR || 2 * padded <= 3 * (real + lens[i]))
+        });
+        if fits {
+            real += lens[i];
+            if let Some(run) = runs.last_mut() {
+                run.push(i);
+            }
+        } else {
+            real = lens[i];
+            runs.push(vec![i]);
+        }
+    }
+    runs
+}
+
 /// A sentence-embedding model on a device: text in, one vector per text out.
 pub struct Embedder {
     session: Session,
@@ -150,10 +186,25 @@ impl Embedder {
         Ok(emb.chunks(self.dim).map(<[f32]>::to_vec).collect())
     }
 
-    /// Embeds texts as one batch (padded to the longest).
+    /// Embeds tokenized texts in runs of similar length ([`length_batches`]) of at most
+    /// `max_batch` texts; the vectors come back in input order.
+    pub async fn embed_batched_async(&self, tokens: &[Tokens], max_batch: usize) -> Result<Vec<Vec<f32>>> {
+        let lens: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
+        let mut out = vec![Vec::new(); tokens.len()];
+        for run in length_batches(&lens, max_batch) {
+            let batch: Vec<Tokens> = run.iter().map(|&i| tokens[i].clone()).collect();
+            for (&i, v) in run.iter().zip(self.embed_tokens_async(&batch).await?) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Embeds texts, in runs of similar length of at most [`DEFAULT_MAX_BATCH`]; the
+    /// vectors come back in input order.
     pub async fn embed_async(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let tokens = texts.iter().map(|t| self.tokenize(t)).collect::<Result<Vec<_>>>()?;
-        self.embed_tokens_async(&tokens).await
+        self.embed_batched_async(&tokens, DEFAULT_MAX_BATCH).await
     }
 
     /// Blocking [`Embedder::embed_tokens_async`].
@@ -168,9 +219,57 @@ impl Embedder {
         pollster::block_on(self.embed_padded_async(batch, min_len))
     }
 
+    /// Blocking [`Embedder::embed_batched_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn embed_batched(&self, tokens: &[Tokens], max_batch: usize) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.embed_batched_async(tokens, max_batch))
+    }
+
     /// Blocking [`Embedder::embed_async`].
     #[cfg(not(target_arch = "wasm32"))]
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         pollster::block_on(self.embed_async(texts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::length_batches;
+
+    fn check(lens: &[usize], max_batch: usize) -> Vec<Vec<usize>> {
+        let runs = length_batches(lens, max_batch);
+        let mut seen: Vec<usize> = runs.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>(), "every text once");
+        for run in &runs {
+            assert!(!run.is_empty() && run.len() <= max_batch.max(1));
+            let longest = run.iter().map(|&i| lens[i]).max().unwrap_or(0);
+            let real: usize = run.iter().map(|&i| lens[i]).sum();
+            assert!(run.len() * longest <= 512 || 2 * run.len() * longest <= 3 * real, "{run:?} of {lens:?}");
+        }
+        runs
+    }
+
+    #[test]
+    fn similar_lengths_share_a_run_and_an_outlier_gets_its_own() {
+        assert_eq!(check(&[12, 6, 8, 9], 32).len(), 1);
+        // the public texts: one of 250 tokens, one of 141, the rest 4..25
+        let public = [
+            12, 6, 8, 9, 22, 20, 23, 15, 13, 10, 13, 22, 24, 4, 6, 14, 24, 11, 15, 20, 25, 141, 12, 13, 12, 22, 20, 15,
+            19, 11, 17, 250,
+        ];
+        let runs = check(&public, 32);
+        let padded: usize = runs.iter().map(|r| r.len() * r.iter().map(|&i| public[i]).max().unwrap()).sum();
+        assert!(padded < 1200, "{padded} padded tokens in {runs:?}");
+        assert_eq!(check(&public, 8).iter().map(Vec::len).max(), Some(8));
+    }
+
+    #[test]
+    fn edge_cases() {
+        assert!(check(&[], 4).is_empty());
+        assert_eq!(check(&[0, 0, 0], 2), vec![vec![0, 1], vec![2]]);
+        assert_eq!(check(&[3, 3, 3], 0).len(), 3);
+        check(&[256; 100], 32);
+        check(&[1, 256, 2, 255, 128, 64, 3], 32);
     }
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 mod embed;
-pub use embed::{Embedder, Tokens};
+pub use embed::{DEFAULT_MAX_BATCH, Embedder, Tokens, length_batches};
 
 pub use wedge_core::graph::{Activation, Dim, Elem, Graph, Op, RopeMode, ValueId, WeightId};
 pub use wedge_core::models::{DecoderConfig, EncoderConfig, ModelGraph, Pooling};
