@@ -28,6 +28,8 @@ export class Model {
   readonly digest: string;
   /** One vector per text, in input order. */
   embed(texts: string | string[]): Promise<Float32Array[]>;
+  /** Tokens per text as the model sees them (special tokens included, after truncation). */
+  countTokens(texts: string | string[]): number[];
   /** Frees the model, GPU buffers included. */
   dispose(): void;
 }

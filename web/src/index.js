@@ -46,6 +46,14 @@ export class Model {
     }
     return this.#alive().embed(texts);
   }
+  /** Tokens per text as the model sees them (special tokens included, after truncation). */
+  countTokens(texts) {
+    if (typeof texts === 'string') texts = [texts];
+    if (!Array.isArray(texts) || texts.some((t) => typeof t !== 'string')) {
+      throw new TypeError('countTokens() takes a string or an array of strings');
+    }
+    return Array.from(this.#alive().countTokens(texts));
+  }
   /** Frees the model's memory (GPU buffers included). */
   dispose() {
     if (this.#inner) {

@@ -6,15 +6,13 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 import { startServer } from './server.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const MODEL = '/models/all-MiniLM-L6-v2.wedge';
 // The bundled package is `auto` mixed precision: the bounds of the native tests for it.
 const BOUNDS = { min: 0.99, mean: 0.997 };
-const BASE_ARGS = ['--no-sandbox', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--disable-quic'];
 
 const reference = readFileSync(join(root, 'tests', 'data', 'public.jsonl'), 'utf8')
   .trim().split('\n').map((l) => JSON.parse(l));
@@ -23,8 +21,7 @@ let server;
 const browsers = [];
 
 async function openPage(webgpu) {
-  const args = webgpu ? ['--enable-unsafe-webgpu', ...BASE_ARGS] : BASE_ARGS;
-  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args });
+  const browser = await launchChromium({ webgpu });
   browsers.push(browser);
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error('page error:', e.message));
@@ -162,4 +159,16 @@ test('the demo page loads, indexes its corpus and answers a query', { timeout: 6
   const facts = await page.$$eval('#facts dd', (dds) => dds.map((d) => d.textContent));
   console.log(`demo: ${facts.join(' | ')}`);
   if (process.env.WEDGE_SCREENSHOT) await page.screenshot({ path: process.env.WEDGE_SCREENSHOT, fullPage: true });
+});
+
+test('the benchmark page measures every batch size it is given', { timeout: 300_000 }, async () => {
+  const page = await openPage(false);
+  await page.goto(`${server.origin}/web/bench/?device=cpu&batches=1,3&seconds=0&calls=2`);
+  await page.waitForFunction(() => window.bench !== undefined, null, { timeout: 240_000 });
+  const out = await page.evaluate(() => window.bench);
+  assert.equal(out.error, undefined, out.error);
+  assert.equal(out.device, 'cpu');
+  assert.deepEqual(out.rows.map((r) => [r.batch, r.calls]), [[1, 2], [3, 2]]);
+  for (const r of out.rows) assert.ok(r.embPerSecond > 0 && r.p50Ms > 0 && r.tokensPerText > 2, JSON.stringify(r));
+  assert.equal(await page.$$eval('#rows tr', (trs) => trs.length), 2);
 });

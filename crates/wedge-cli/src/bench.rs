@@ -174,7 +174,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         };
         let device_label = match device.adapter() {
             Some(a) => format!("gpu ({})", a.name),
-            None => format!("cpu ({} threads)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+            None => format!("cpu ({} threads)", wedge::cpu_threads()),
         };
         for (model_name, bytes) in &args.models {
             let e = wedge::Embedder::from_bytes(bytes, &device).with_context(|| format!("loading {model_name}"))?;

@@ -81,6 +81,15 @@ fn f32s_mut(words: &mut [u32]) -> &mut [f32] {
     bytemuck::cast_slice_mut(words)
 }
 
+/// Threads the CPU backend runs on (rayon's pool: `RAYON_NUM_THREADS`, else every core;
+/// one on wasm32).
+pub fn threads() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    return rayon::current_num_threads();
+    #[cfg(target_arch = "wasm32")]
+    return 1;
+}
+
 /// Runs `plan` on the CPU and returns its outputs in the plan's output order.
 pub fn execute(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, CpuError> {
     plan.check_inputs(inputs)?;

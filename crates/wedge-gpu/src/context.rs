@@ -41,7 +41,9 @@ pub struct AdapterSummary {
 
 impl std::fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}, {}", self.name, self.backend, self.device_type)?;
+        // browsers may hide the adapter's name
+        let name = if self.name.trim().is_empty() { "unnamed adapter" } else { self.name.as_str() };
+        write!(f, "{name} ({}, {}", self.backend, self.device_type)?;
         if self.software {
             f.write_str(", software")?;
         }

@@ -12,7 +12,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, DatabaseError, ReadableDatabase, StorageError, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageError, TableDefinition,
+};
 use sha2::{Digest, Sha256};
 
 use crate::ServeError;
@@ -157,8 +159,9 @@ impl DiskCache {
         }
         // redb asserts on some truncated files rather than returning an error: a panic
         // while opening counts as an unreadable file too.
-        let opened = std::panic::catch_unwind(|| Database::create(path))
-            .unwrap_or_else(|_| Err(DatabaseError::Storage(StorageError::Corrupted("redb panicked reading it".into()))));
+        let opened = std::panic::catch_unwind(|| Database::create(path)).unwrap_or_else(|_| {
+            Err(DatabaseError::Storage(StorageError::Corrupted("redb panicked reading it".into())))
+        });
         let db = match opened {
             Ok(db) => db,
             // A cache file that is not a database (a crash while it was first written, a

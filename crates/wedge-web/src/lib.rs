@@ -77,6 +77,11 @@ impl WebEmbedder {
         self.embedder.digest().unwrap_or_default().to_string()
     }
 
+    /// Tokens per text as the model sees them (special tokens included, after truncation).
+    pub fn count_tokens(&self, texts: &[String]) -> Result<Vec<u32>, String> {
+        texts.iter().map(|t| self.embedder.tokenize(t).map(|t| t.ids.len() as u32).map_err(|e| e.to_string())).collect()
+    }
+
     /// One vector per text, in order; runs at most [`CHUNK`] texts of like length at a time.
     pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
         let tokens = texts.iter().map(|t| self.embedder.tokenize(t)).collect::<Result<Vec<_>, _>>();
@@ -154,6 +159,12 @@ pub mod bindings {
             self.inner.digest()
         }
 
+        /// Tokens per text (special tokens included, after truncation).
+        #[wasm_bindgen(js_name = countTokens)]
+        pub fn count_tokens(&self, texts: Vec<String>) -> Result<Vec<u32>, JsError> {
+            self.inner.count_tokens(&texts).map_err(js_error)
+        }
+
         /// One `Float32Array` per text, in order.
         pub async fn embed(&self, texts: Vec<String>) -> Result<js_sys::Array, JsError> {
             let vectors = self.inner.embed(&texts).await.map_err(js_error)?;
@@ -188,6 +199,8 @@ mod tests {
         let want = native.embed(&[texts[CHUNK + 1].as_str()]).unwrap();
         let diff = got[CHUNK + 1].iter().zip(&want[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(diff < 1e-4, "{diff}");
+        let counts = m.count_tokens(&["hello world".to_string(), "x ".repeat(1000)]).unwrap();
+        assert_eq!(counts, vec![4, 256]);
         assert!(package_digest(&bytes[..100]).is_err());
         assert!(pollster::block_on(WebEmbedder::load(b"not a model", DeviceRequest::Cpu)).is_err());
     }
