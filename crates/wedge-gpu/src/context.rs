@@ -243,7 +243,8 @@ async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter, GpuErr
             ..Default::default()
         })
         .await
-        .map_err(|e| GpuError::NoAdapter(e.to_string()))
+        // wgpu's text lists every backend compiled out of a wasm build; say what happened
+        .map_err(|_| GpuError::NoAdapter("the browser offers no WebGPU adapter".into()))
 }
 
 fn tune(s: &AdapterSummary, limits: &wgpu::Limits) -> Tuning {
