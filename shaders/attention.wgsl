@@ -1,5 +1,5 @@
 // Fused attention, one workgroup per (query row, head, batch): scores, padding
-// and causal masks, a streaming (online) softmax and the weighted sum of values,
+// and causal masks (a query at a padding position itself gives zeros), a streaming (online) softmax and the weighted sum of values,
 // over keys in chunks of WG so that any key length fits in fixed workgroup memory.
 // Grouped-query attention: query head h reads key/value head h / (heads / kv_heads).
 
@@ -32,6 +32,7 @@ struct Params {
 var<workgroup> qs: array<f32, MAX_D>;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
+var<workgroup> own_masked: u32;
 
 const NEG: f32 = -0x1.fffffep+127f; // -f32::MAX, exact (a rounded decimal is rejected by Tint)
 
@@ -62,6 +63,18 @@ fn attention(@builtin(local_invocation_id) lid: vec3<u32>,
     let tid = lid.x;
     let d = p.head_dim;
     let q_off = ((b * p.q_len + i) * p.heads + h) * d;
+    // A query at a masked (padding) position (query i sits at key i + kv_len - q_len)
+    // gets zeros: nothing reads it, and a padded batch then costs its real rows only. Broadcast so the branch is workgroup-uniform.
+    if (tid == 0u) {
+        own_masked = select(0u, 1u, p.masked == 1u && p.kv_len >= p.q_len
+                                     && mask[b * p.kv_len + i + (p.kv_len - p.q_len)] == 0u);
+    }
+    if (workgroupUniformLoad(&own_masked) == 1u) {
+        for (var c = tid; c < d; c += WG) {
+            out[q_off + c] = 0.0;
+        }
+        return;
+    }
     for (var c = tid; c < d; c += WG) {
         qs[c] = q[q_off + c] * p.scale;
     }

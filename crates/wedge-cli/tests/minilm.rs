@@ -110,20 +110,12 @@ fn min_mean(got: &[Vec<f32>], want: &[Vec<f32>]) -> (f64, f64) {
     (c.iter().copied().fold(1.0, f64::min), c.iter().sum::<f64>() / c.len() as f64)
 }
 
-/// The GPU adapter in CI is a software one (lavapipe) and slow; there the q8 model runs on
-/// it in full and the other formats on the CPU, unless `WEDGE_GPU_ALL_FORMATS=1`.
-fn gpu_all_formats() -> bool {
-    std::env::var("WEDGE_GPU_ALL_FORMATS").as_deref() == Ok("1")
-        || Device::gpu().ok().and_then(|d| d.adapter().map(|a| !a.software)).unwrap_or(false)
-}
-
-fn check(format: Format, name: &str, min_ref: f64, mean_ref: f64, fake: Option<(&str, f64)>, on_gpu: bool) {
+/// Every format on the CPU backend and the GPU adapter (lavapipe in CI).
+fn check(format: Format, name: &str, min_ref: f64, mean_ref: f64, fake: Option<(&str, f64)>) {
     let Some(bytes) = package(format) else { return };
     let reference: Vec<Vec<f32>> = cases().iter().map(|c| c.embedding.clone()).collect();
     let mut devices = vec![Device::cpu()];
-    if on_gpu {
-        devices.extend(gpu());
-    }
+    devices.extend(gpu());
     for device in &devices {
         let e = Embedder::from_bytes(&bytes, device).expect("load");
         let got = embed_all(&e);
@@ -159,18 +151,18 @@ fn token_ids_match_the_reference() {
 
 #[test]
 fn f32_matches_pytorch() {
-    check(Format::F32, "f32", 0.99999, 0.99999, None, gpu_all_formats());
+    check(Format::F32, "f32", 0.99999, 0.99999, None);
 }
 
 #[test]
 fn q8_matches_pytorch_and_its_fake_quant() {
-    check(Format::Q8, "q8", 0.994, 0.999, Some(("int8_pc", 0.9999)), true);
+    check(Format::Q8, "q8", 0.994, 0.999, Some(("int8_pc", 0.9999)));
 }
 
 #[test]
 fn q4_matches_pytorch_and_its_fake_quant() {
-    check(Format::Q4 { group: 32 }, "q4/g32", 0.85, 0.945, Some(("int4_g32", 0.999)), gpu_all_formats());
-    check(Format::Q4 { group: 128 }, "q4/g128", 0.80, 0.92, Some(("int4_g128", 0.999)), gpu_all_formats());
+    check(Format::Q4 { group: 32 }, "q4/g32", 0.85, 0.945, Some(("int4_g32", 0.999)));
+    check(Format::Q4 { group: 128 }, "q4/g128", 0.80, 0.92, Some(("int4_g128", 0.999)));
 }
 
 #[test]
@@ -180,9 +172,7 @@ fn bundled_default_model_meets_the_mixed_precision_bounds() {
     assert!(bytes.len() <= 20_000_000, "bundled model is {} bytes, over 20 MB", bytes.len());
     let reference: Vec<Vec<f32>> = cases().iter().map(|c| c.embedding.clone()).collect();
     let mut devices = vec![Device::cpu()];
-    if gpu_all_formats() {
-        devices.extend(gpu());
-    }
+    devices.extend(gpu());
     for device in &devices {
         let e = Embedder::from_bytes(&bytes, device).expect("load");
         let (min, mean) = min_mean(&embed_all(&e), &reference);

@@ -122,7 +122,8 @@ pub enum Op {
     /// Softmax over the last dimension.
     Softmax,
     /// Fused attention: inputs `q [b, s, heads·d]`, `k`, `v [b, t, kv_heads·d]`, optional
-    /// padding mask `[b, t]` (u32, 0 = masked). Output `[b, s, heads·d]`.
+    /// padding mask `[b, t]` (u32, 0 = masked). Output `[b, s, heads·d]`; a query at a masked
+    /// position (query `i` is key `i + t − s` when `t ≥ s`) or seeing no key gives zeros.
     Attention {
         /// Query heads.
         heads: usize,

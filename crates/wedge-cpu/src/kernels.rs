@@ -237,7 +237,8 @@ pub struct AttentionDims {
 }
 
 /// Attention over `q [b, s, h·d]`, `k`, `v [b, t, kvh·d]`, optional mask `[b, t]`.
-/// A query that can see no key gets zeros.
+/// A query that can see no key gets zeros, and so does a query at a masked position (query
+/// `i` sits at key `i + t − s` when `t ≥ s`): padding rows cost nothing.
 pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Option<&[u32]>, out: &mut [f32]) {
     /// Query rows `[r0, r1)` (row = batch × q_len + position), compiled for the vector unit.
     struct Rows<'a> {
@@ -260,6 +261,10 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
             let mut scores = vec![0f32; kv_len];
             for (r, out_row) in (r0..r1).zip(res.chunks_exact_mut(heads * d)) {
                 let (b, i) = (r / q_len, r % q_len);
+                // a query at a padding position (key i + kv_len - q_len) gives zeros: nothing reads it
+                if kv_len >= q_len && mask.is_some_and(|m| m[b * kv_len + i + (kv_len - q_len)] == 0) {
+                    continue;
+                }
                 let t_end = if causal { kv_len.min(i + (kv_len - q_len) + 1) } else { kv_len };
                 for h in 0..heads {
                     let kvh = h / group;

@@ -249,9 +249,18 @@ impl Service {
         Ok(caller)
     }
 
-    /// Embeds `inputs` with `model`, through the cache and the model's batcher.
+    /// Embeds `inputs` with the model named `model`, through the cache and its batcher.
     pub async fn embed(&self, model: &str, inputs: &[String], policy: CachePolicy) -> Result<Embeddings, ServeError> {
-        let model = self.model(model)?;
+        self.embed_with(self.model(model)?, inputs, policy).await
+    }
+
+    /// [`Service::embed`] with a model already looked up by [`Service::model`].
+    pub async fn embed_with(
+        &self,
+        model: Arc<ServedModel>,
+        inputs: &[String],
+        policy: CachePolicy,
+    ) -> Result<Embeddings, ServeError> {
         let limits = &self.config.limits;
         if inputs.is_empty() {
             return Err(ServeError::BadInput("`input` is empty".into()));

@@ -327,9 +327,10 @@ async fn route_request(state: &State, peer: SocketAddr, req: Request<Incoming>) 
                 Some(m) => m.clone(),
                 None => service.models().first().map(|m| m.name.clone()).ok_or(ServeError::NotReady)?,
             };
-            r.check_dimensions(&*service.model(&name)?)?;
+            let model = service.model(&name)?;
+            r.check_dimensions(&model)?;
             let inputs = api::openai_inputs(r.input)?;
-            let out = service.embed(&name, &inputs, policy).await?;
+            let out = service.embed_with(model, &inputs, policy).await?;
             Ok(with_cache(json(StatusCode::OK, api::openai_response(&out, encoding)?), out.cache_hit))
         }
         ["v1", "models"] => {
@@ -357,12 +358,11 @@ async fn route_request(state: &State, peer: SocketAddr, req: Request<Incoming>) 
         ["v2", "models", name, "infer"] | ["v2", "models", name, "versions", _, "infer"] => {
             expect(&method, Method::POST, "POST")?;
             admit(service, req.headers(), peer)?;
-            let name = name.to_string();
-            service.model(&name)?; // 404 before reading a body for a model that is not here
+            let model = service.model(name)?; // 404 before reading a body for a model that is not here
             let policy = cache_policy(req.headers());
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
             let (id, texts) = parse_json::<api::InferRequest>(&body)?.texts()?;
-            let out = service.embed(&name, &texts, policy).await?;
+            let out = service.embed_with(model, &texts, policy).await?;
             Ok(with_cache(json(StatusCode::OK, api::infer_response(&out, id)?), out.cache_hit))
         }
         _ => Err(Failure::NotFound(path)),
