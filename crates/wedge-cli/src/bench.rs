@@ -63,7 +63,8 @@ struct BaselineFile {
 /// A workload: named as in the onnxruntime baselines.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Workload {
-    /// `[batch, 128]`: public sentences padded with [PAD] to 128 tokens, every position computed.
+    /// `[batch, 128]`: public sentences padded with [PAD] (mask 0) to 128 tokens. The matmuls
+    /// compute every position; attention skips the padding queries, as it does in any batch.
     Fixed128(usize),
     /// The public sentences one at a time, unpadded; one call per sentence.
     PublicSingles,

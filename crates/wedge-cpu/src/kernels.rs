@@ -244,59 +244,98 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
     struct Rows<'a> {
         dims: &'a AttentionDims,
         q: &'a [f32],
-        k: &'a [f32],
         v: &'a [f32],
         mask: Option<&'a [u32]>,
+        /// per batch row: its keys up to the last unmasked one, transposed to [kv head][d][key]
+        kt: &'a [(usize, Vec<f32>)],
         r0: usize,
         r1: usize,
     }
     impl pulp::WithSimd for Rows<'_> {
         type Output = Vec<f32>;
         #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _: S) -> Vec<f32> {
-            let Rows { dims, q, k, v, mask, r0, r1 } = self;
+        fn with_simd<S: pulp::Simd>(self, simd: S) -> Vec<f32> {
+            let Rows { dims, q, v, mask, kt, r0, r1 } = self;
             let AttentionDims { q_len, kv_len, heads, kv_heads, head_dim: d, causal, scale, .. } = *dims;
             let group = heads / kv_heads;
             let mut res = vec![0f32; (r1 - r0) * heads * d];
             let mut scores = vec![0f32; kv_len];
+            let mut qs = vec![0f32; d];
             for (r, out_row) in (r0..r1).zip(res.chunks_exact_mut(heads * d)) {
                 let (b, i) = (r / q_len, r % q_len);
                 // a query at a padding position (key i + kv_len - q_len) gives zeros: nothing reads it
                 if kv_len >= q_len && mask.is_some_and(|m| m[b * kv_len + i + (kv_len - q_len)] == 0) {
                     continue;
                 }
-                let t_end = if causal { kv_len.min(i + (kv_len - q_len) + 1) } else { kv_len };
+                let (keys, kt) = (kt[b].0, &kt[b].1);
+                let mut t_end = if causal { kv_len.min(i + (kv_len - q_len) + 1) } else { kv_len };
+                t_end = t_end.min(keys);
+                if t_end == 0 {
+                    continue;
+                }
                 for h in 0..heads {
                     let kvh = h / group;
-                    let qv = &q[(r * heads + h) * d..][..d];
-                    let mut mx = f32::NEG_INFINITY;
-                    for (t, sc) in scores.iter_mut().enumerate() {
-                        let visible = t < t_end && mask.is_none_or(|m| m[b * kv_len + t] != 0);
-                        *sc = if visible {
-                            let kv = &k[((b * kv_len + t) * kv_heads + kvh) * d..][..d];
-                            dot(qv, kv) * scale
-                        } else {
-                            f32::NEG_INFINITY
-                        };
-                        mx = mx.max(*sc);
+                    for (dst, &x) in qs.iter_mut().zip(&q[(r * heads + h) * d..][..d]) {
+                        *dst = x * scale;
                     }
+                    let sc = &mut scores[..t_end];
+                    sc.fill(0.0);
+                    let kh = &kt[kvh * d * keys..(kvh + 1) * d * keys];
+                    for (qc, row) in qs.iter().zip(kh.chunks_exact(keys)) {
+                        let (sv, stail) = S::as_mut_simd_f32s(sc);
+                        let (rv, rtail) = S::as_simd_f32s(&row[..t_end]);
+                        let qv = simd.splat_f32s(*qc);
+                        for (s, r) in sv.iter_mut().zip(rv) {
+                            *s = simd.mul_add_e_f32s(qv, *r, *s);
+                        }
+                        for (s, r) in stail.iter_mut().zip(rtail) {
+                            *s += qc * r;
+                        }
+                    }
+                    if let Some(m) = mask {
+                        for (s, &keep) in sc.iter_mut().zip(&m[b * kv_len..]) {
+                            if keep == 0 {
+                                *s = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                    // eight running maxima and sums, so the loops vectorize
+                    let mut lanes = [f32::NEG_INFINITY; 8];
+                    for c in sc.chunks(8) {
+                        for (l, &x) in lanes.iter_mut().zip(c) {
+                            *l = l.max(x);
+                        }
+                    }
+                    let mx = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     if mx == f32::NEG_INFINITY {
                         continue;
                     }
-                    let mut sum = 0.0;
-                    for sc in scores.iter_mut() {
-                        *sc = exp_approx(*sc - mx);
-                        sum += *sc;
+                    for s in sc.iter_mut() {
+                        *s = exp_approx(*s - mx);
                     }
-                    let inv = 1.0 / sum;
-                    let o = &mut out_row[h * d..(h + 1) * d];
-                    for (t, sc) in scores.iter().enumerate() {
-                        if *sc == 0.0 {
-                            continue;
+                    let mut sums = [0f32; 8];
+                    for c in sc.chunks(8) {
+                        for (l, &x) in sums.iter_mut().zip(c) {
+                            *l += x;
                         }
-                        let p = sc * inv;
-                        let vv = &v[((b * kv_len + t) * kv_heads + kvh) * d..][..d];
-                        for (oc, vc) in o.iter_mut().zip(vv) {
+                    }
+                    let sum: f32 = sums.iter().sum();
+                    let inv = 1.0 / sum;
+                    // four keys per pass over the output row, so it is loaded and stored a
+                    // quarter as often
+                    let o = &mut out_row[h * d..(h + 1) * d];
+                    let vrow = |t: usize| &v[((b * kv_len + t) * kv_heads + kvh) * d..][..d];
+                    let quads = sc.len() / 4 * 4;
+                    for t in (0..quads).step_by(4) {
+                        let p = [sc[t] * inv, sc[t + 1] * inv, sc[t + 2] * inv, sc[t + 3] * inv];
+                        let rows = o.iter_mut().zip(vrow(t)).zip(vrow(t + 1)).zip(vrow(t + 2)).zip(vrow(t + 3));
+                        for ((((oc, a), b2), c2), e) in rows {
+                            *oc += p[0] * a + p[1] * b2 + p[2] * c2 + p[3] * e;
+                        }
+                    }
+                    for (t, s) in sc.iter().enumerate().skip(quads) {
+                        let p = s * inv;
+                        for (oc, vc) in o.iter_mut().zip(vrow(t)) {
                             *oc += p * vc;
                         }
                     }
@@ -305,13 +344,37 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
             res
         }
     }
+    // Each batch row's keys transposed once, so that scores for many keys come from
+    // broadcast multiply-adds along the keys with no horizontal sums; only up to the
+    // last unmasked key, which bounds every query's scores too.
+    let (kv_len, kv_heads, d) = (dims.kv_len, dims.kv_heads, dims.head_dim);
+    let transpose = |b: usize| -> (usize, Vec<f32>) {
+        let keys = match mask {
+            Some(m) => m[b * kv_len..(b + 1) * kv_len].iter().rposition(|&x| x != 0).map_or(0, |t| t + 1),
+            None => kv_len,
+        };
+        let mut kt = vec![0f32; kv_heads * d * keys];
+        for t in 0..keys {
+            for kh in 0..kv_heads {
+                let src = &k[((b * kv_len + t) * kv_heads + kh) * d..][..d];
+                for (c, &x) in src.iter().enumerate() {
+                    kt[(kh * d + c) * keys + t] = x;
+                }
+            }
+        }
+        (keys, kt)
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let kt: Vec<(usize, Vec<f32>)> = (0..dims.batch).into_par_iter().map(transpose).collect();
+    #[cfg(target_arch = "wasm32")]
+    let kt: Vec<(usize, Vec<f32>)> = (0..dims.batch).map(transpose).collect();
     const ROWS_PER_TASK: usize = 16;
     let width = dims.heads * dims.head_dim;
     let total = dims.batch * dims.q_len;
     let arch = pulp::Arch::new();
     let task = |t: usize| {
         let (r0, r1) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(total));
-        arch.dispatch(Rows { dims, q, k, v, mask, r0, r1 })
+        arch.dispatch(Rows { dims, q, v, mask, kt: &kt, r0, r1 })
     };
     #[cfg(not(target_arch = "wasm32"))]
     let results: Vec<Vec<f32>> = (0..total.div_ceil(ROWS_PER_TASK)).into_par_iter().map(task).collect();
