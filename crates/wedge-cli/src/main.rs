@@ -222,8 +222,7 @@ fn auto_options(
         let model = wedge::Model::from_graph(mg.graph.clone(), ws)?;
         let e = wedge::Embedder::new(&model, &enc.tokenizer, enc.max_seq_length, &cpu)?;
         let tokens = texts.iter().map(|t| e.tokenize(t)).collect::<wedge::Result<Vec<_>>>()?;
-        let out = e.embed_batched(&tokens, 16)?;
-        Ok(out)
+        Ok(e.embed_batched(&tokens, 16)?)
     };
     let f32_weights = weights
         .iter()

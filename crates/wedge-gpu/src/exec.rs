@@ -413,17 +413,20 @@ impl<'a> ResidentRun<'a> {
 
     /// Records every dispatch `repeats` times into one submission and submits it.
     pub fn submit(&self, repeats: usize) {
+        self.submit_dispatches((0..repeats).flat_map(|_| &self.dispatches), "wedge.plan");
+    }
+
+    /// Records `dispatches` into one compute pass and submits it.
+    fn submit_dispatches<'d>(&self, dispatches: impl Iterator<Item = &'d Dispatch>, label: &str) {
         let mut enc =
             self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wedge.run") });
         {
-            let mut pass = enc
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wedge.plan"), timestamp_writes: None });
-            for _ in 0..repeats {
-                for d in &self.dispatches {
-                    pass.set_pipeline(&d.pipeline);
-                    pass.set_bind_group(0, &d.bind_group, &[]);
-                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-                }
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+            for d in dispatches {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
             }
         }
         self.ctx.queue.submit([enc.finish()]);
@@ -437,18 +440,7 @@ impl<'a> ResidentRun<'a> {
         let mut times: Vec<(String, usize, f64)> = Vec::new();
         for d in &self.dispatches {
             let started = std::time::Instant::now();
-            let mut enc = self
-                .ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wedge.profile") });
-            {
-                let mut pass = enc
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&d.label), timestamp_writes: None });
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-            }
-            self.ctx.queue.submit([enc.finish()]);
+            self.submit_dispatches(std::iter::once(d), &d.label);
             self.wait()?;
             let secs = started.elapsed().as_secs_f64();
             match times.iter_mut().find(|t| t.0 == d.label) {
