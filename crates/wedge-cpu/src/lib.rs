@@ -11,10 +11,11 @@ mod gemm;
 mod kernels;
 
 use thiserror::Error;
+use wedge_core::graph::{Activation, Graph, Op, op_weights};
 use wedge_core::plan::{HostTensor, Plan, StepKind};
 use wedge_core::quant::{Format, Weight};
 
-pub use gemm::matmul;
+pub use gemm::{Packed, matmul};
 pub use kernels::{attention, gelu_erf, gelu_tanh, layernorm, matmul_reference, silu};
 
 /// Errors from the CPU backend.
@@ -36,22 +37,67 @@ pub enum CpuError {
     },
 }
 
-/// Weights prepared for the CPU: the packed weights, plus f32 copies of the small
-/// vectors (biases, norm scales) that every step reads whole.
+/// Weights prepared for the CPU: the packed weights, f32 copies of the small vectors
+/// (biases, norm scales) that every step reads whole, and the matrices a faster kernel
+/// wants in its own layout ([`Packed`]: `q8` on AVX2, in place of the f32 panels).
 #[derive(Debug)]
 pub struct CpuWeights {
     weights: Vec<Weight>,
     vectors: Vec<Option<Vec<f32>>>,
+    packed: Vec<Option<Packed>>,
 }
 
 impl CpuWeights {
     /// Takes the weights of a graph, in the order of `graph.weights`.
     pub fn new(weights: Vec<Weight>) -> CpuWeights {
-        let vectors = weights
-            .iter()
-            .map(|w| (w.shape.len() == 1 && matches!(w.format, Format::F32 | Format::F16)).then(|| w.to_f32()))
-            .collect();
-        CpuWeights { weights, vectors }
+        let vectors = weights.iter().map(vector).collect();
+        let packed = weights.iter().map(Packed::new).collect();
+        CpuWeights { weights, vectors, packed }
+    }
+
+    /// Takes the weights of `graph`, in the order of `graph.weights`, laying out for its
+    /// kernel only the matrices the graph multiplies by. A matrix nothing else reads (no
+    /// gather from the same table) then keeps only that layout, not its packed words too:
+    /// its [`Weight`] here has a shape, a format and no `words`.
+    pub fn for_graph(graph: &Graph, mut weights: Vec<Weight>) -> CpuWeights {
+        let mut by_matmul = vec![false; weights.len()];
+        let mut by_other = vec![false; weights.len()];
+        for node in &graph.nodes {
+            let is_matmul = matches!(node.op, Op::MatMul { .. });
+            for (j, id) in op_weights(&node.op).into_iter().enumerate() {
+                if let Some(i) = Some(id.0 as usize).filter(|i| *i < weights.len()) {
+                    // a matmul's second weight is its bias
+                    if is_matmul && j == 0 { by_matmul[i] = true } else { by_other[i] = true }
+                }
+            }
+        }
+        let vectors = weights.iter().map(vector).collect();
+        let packed: Vec<Option<Packed>> =
+            weights.iter().zip(&by_matmul).map(|(w, m)| if *m { Packed::new(w) } else { None }).collect();
+        for ((w, p), other) in weights.iter_mut().zip(&packed).zip(&by_other) {
+            if p.is_some() && !other {
+                w.words = Vec::new();
+            }
+        }
+        CpuWeights { weights, vectors, packed }
+    }
+
+    /// `out = act(x · Wᵀ + bias)` with weight `index` (`n × k`) and `x` (`m × k`), on the
+    /// kernel the backend uses for it.
+    ///
+    /// # Panics
+    /// If `index` is out of range or the slices are shorter than the shapes say.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        index: usize,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        act: Activation,
+        (m, k, n): (usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        gemm::matmul_with(x, &self.weights[index], self.packed[index].as_ref(), bias, act, m, k, n, out);
     }
 
     /// The weights.
@@ -71,6 +117,11 @@ impl CpuWeights {
     fn weight(&self, id: wedge_core::WeightId) -> &Weight {
         &self.weights[id.0 as usize]
     }
+}
+
+/// An f32 copy of a 1-D f32 or f16 weight (a bias, a norm scale).
+fn vector(w: &Weight) -> Option<Vec<f32>> {
+    (w.shape.len() == 1 && matches!(w.format, Format::F32 | Format::F16)).then(|| w.to_f32())
 }
 
 fn f32s(words: &[u32]) -> &[f32] {
@@ -124,7 +175,8 @@ pub fn execute(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Resu
                 }
                 StepKind::MatMul { weight, bias, act, m, k, n, .. } => {
                     let b = bias.map(|b| weights.vector(b)).transpose()?;
-                    gemm::matmul(f32s(inp(0)), weights.weight(*weight), b, *act, *m, *k, *n, f32s_mut(o));
+                    let i = weight.0 as usize;
+                    weights.matmul(i, f32s(inp(0)), b, *act, (*m, *k, *n), f32s_mut(o));
                 }
                 StepKind::Binary { op, bn, .. } => {
                     let (a, b) = (f32s(inp(0)), f32s(inp(1)));

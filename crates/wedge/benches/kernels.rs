@@ -88,7 +88,9 @@ fn main() {
                 let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
                 // CPU backend
                 let mut out = vec![0f32; m * n];
-                let secs = time(budget, 3, || wedge_cpu::matmul(&x, &w, None, Activation::None, m, k, n, &mut out));
+                // the backend's path: weights laid out once, as when a model loads
+                let cw = wedge_cpu::CpuWeights::new(vec![w.clone()]);
+                let secs = time(budget, 3, || cw.matmul(0, &x, None, Activation::None, (m, k, n), &mut out));
                 eprintln!("cpu {kernel} {format} {n}x{k}: {:.1} µs", secs * 1e6);
                 rows.push(Row {
                     device: "cpu".into(),

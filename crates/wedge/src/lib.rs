@@ -240,7 +240,7 @@ impl Session {
         graph.validate()?;
         let infos = weights.iter().map(WeightInfo::from).collect();
         let weights = match &device.backend {
-            Backend::Cpu => Weights::Cpu(wedge_cpu::CpuWeights::new(weights)),
+            Backend::Cpu => Weights::Cpu(wedge_cpu::CpuWeights::for_graph(&graph, weights)),
             Backend::Gpu(ctx) => {
                 let w = wedge_gpu::GpuWeights::upload(ctx, &weights)?;
                 Weights::Gpu(ctx.clone(), w)
