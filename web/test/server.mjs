@@ -21,7 +21,15 @@ export async function startServer(root, port = 0) {
     '/bad/not-a-model.wedge': Buffer.from('<!doctype html><html><body>not a model, an error page</body></html>'),
   };
   const server = createServer(async (req, res) => {
-    let path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    let path;
+    try {
+      path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    } catch {
+      // a malformed %-escape is the client's mistake, not a reason to drop the connection
+      res.writeHead(400, { 'content-type': 'text/plain' });
+      res.end('bad request path');
+      return;
+    }
     if (path.endsWith('/')) path += 'index.html';
     counts.set(path, (counts.get(path) ?? 0) + 1);
     if (bad[path]) {
