@@ -24,6 +24,8 @@
 //! `torch.round(w / s)` does, so packed values match PyTorch fake quantization.
 
 use half::f16;
+#[cfg(target_endian = "little")]
+use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, weight_err};
@@ -372,24 +374,35 @@ impl Weight {
         let vpw = self.format.values_per_word();
         let wpr = self.format.words_per_row(cols);
         let words = &self.words[row * wpr..(row + 1) * wpr];
-        for (wi, &word) in words.iter().enumerate() {
-            let (s, m) = self.word_affine(row, wi);
-            let base = wi * vpw;
-            let n = vpw.min(cols - base);
-            let dst = &mut out[base..base + n];
-            match self.format {
-                Format::F32 => dst[0] = f32::from_bits(word),
-                Format::F16 => {
-                    for (j, d) in dst.iter_mut().enumerate() {
+        match self.format {
+            Format::F32 => out.iter_mut().zip(words).for_each(|(d, w)| *d = f32::from_bits(*w)),
+            #[cfg(target_endian = "little")]
+            Format::F16 => {
+                // the low half of a word is the first value: on little-endian targets the row
+                // is a plain run of halves, converted in bulk (F16C where the CPU has it)
+                let halves: &[f16] = bytemuck::cast_slice(words);
+                halves[..cols].convert_to_f32_slice(out);
+            }
+            #[cfg(not(target_endian = "little"))]
+            Format::F16 => {
+                for (pair, word) in out.chunks_mut(2).zip(words) {
+                    for (j, d) in pair.iter_mut().enumerate() {
                         *d = f16::from_bits((word >> (16 * j)) as u16).to_f32();
                     }
                 }
-                Format::Q8 => {
-                    for (j, d) in dst.iter_mut().enumerate() {
+            }
+            Format::Q8 => {
+                // one scale per row
+                let (s, _) = self.word_affine(row, 0);
+                for (quad, word) in out.chunks_mut(4).zip(words) {
+                    for (j, d) in quad.iter_mut().enumerate() {
                         *d = f32::from((word >> (8 * j)) as u8 as i8) * s;
                     }
                 }
-                Format::Q4 { .. } | Format::Q4_1 { .. } => {
+            }
+            Format::Q4 { .. } | Format::Q4_1 { .. } => {
+                for (wi, (dst, &word)) in out.chunks_mut(vpw).zip(words).enumerate() {
+                    let (s, m) = self.word_affine(row, wi);
                     for (j, d) in dst.iter_mut().enumerate() {
                         *d = ((word >> (4 * j)) & 0xf) as f32 * s + m;
                     }

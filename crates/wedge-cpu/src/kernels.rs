@@ -163,35 +163,64 @@ pub fn matmul_reference(
 }
 
 pub(crate) fn binary(op: BinaryOp, a: &[f32], b: &[f32], bn: usize, out: &mut [f32]) {
-    for (i, o) in out.iter_mut().enumerate() {
-        let bv = b[i % bn];
-        *o = match op {
-            BinaryOp::Add => a[i] + bv,
-            BinaryOp::Mul => a[i] * bv,
-        };
+    // `b` repeats every `bn` values: walk `a` and `out` in runs of `bn`, the op chosen once
+    let run = |f: fn(f32, f32) -> f32, out: &mut [f32]| {
+        for (oc, ac) in out.chunks_mut(bn).zip(a.chunks(bn)) {
+            for ((o, a), b) in oc.iter_mut().zip(ac).zip(b) {
+                *o = f(*a, *b);
+            }
+        }
+    };
+    match op {
+        BinaryOp::Add => run(|a, b| a + b, out),
+        BinaryOp::Mul => run(|a, b| a * b, out),
     }
+}
+
+/// `Σ f(v)` over `x` in eight running sums (so it vectorizes), then the tail.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += f(*v);
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().map(|v| f(*v)).sum::<f32>()
+}
+
+/// Runs `f(row of x, row of out)` over rows of `cols`, in parallel on native targets.
+fn rows(x: &[f32], cols: usize, out: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync + Send) {
+    if cols == 0 {
+        return;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    x.par_chunks_exact(cols).zip(out.par_chunks_exact_mut(cols)).with_min_len(16).for_each(|(xr, or)| f(xr, or));
+    #[cfg(target_arch = "wasm32")]
+    x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)).for_each(|(xr, or)| f(xr, or));
 }
 
 /// LayerNorm over rows of `cols`.
 pub fn layernorm(x: &[f32], g: &[f32], b: &[f32], eps: f32, cols: usize, out: &mut [f32]) {
-    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
-        let mean = xr.iter().sum::<f32>() / cols as f32;
-        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32;
+    rows(x, cols, out, |xr, or| {
+        let mean = lane_sum(xr, |v| v) / cols as f32;
+        let var = lane_sum(xr, |v| (v - mean) * (v - mean)) / cols as f32;
         let inv = 1.0 / (var + eps).sqrt();
-        for c in 0..cols {
-            or[c] = (xr[c] - mean) * inv * g[c] + b[c];
+        for (((o, v), g), b) in or.iter_mut().zip(xr).zip(g).zip(b) {
+            *o = (v - mean) * inv * g + b;
         }
-    }
+    });
 }
 
 pub(crate) fn rmsnorm(x: &[f32], g: &[f32], eps: f32, cols: usize, out: &mut [f32]) {
-    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / cols as f32;
+    rows(x, cols, out, |xr, or| {
+        let ms = lane_sum(xr, |v| v * v) / cols as f32;
         let inv = 1.0 / (ms + eps).sqrt();
-        for c in 0..cols {
-            or[c] = xr[c] * inv * g[c];
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(g) {
+            *o = v * inv * g;
         }
-    }
+    });
 }
 
 pub(crate) fn softmax(x: &[f32], cols: usize, out: &mut [f32]) {
@@ -207,12 +236,12 @@ pub(crate) fn softmax(x: &[f32], cols: usize, out: &mut [f32]) {
 }
 
 pub(crate) fn l2_normalize(x: &[f32], cols: usize, eps: f32, out: &mut [f32]) {
-    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
-        let norm = xr.iter().map(|v| v * v).sum::<f32>().sqrt().max(eps);
+    rows(x, cols, out, |xr, or| {
+        let norm = lane_sum(xr, |v| v * v).sqrt().max(eps);
         for (o, v) in or.iter_mut().zip(xr) {
             *o = v / norm;
         }
-    }
+    });
 }
 
 /// Sizes of an attention call.
