@@ -297,7 +297,7 @@ impl Packed {
 /// Each activation row gets its own scale `max|x| / qmax`, so a row's result does not depend
 /// on the other rows of its batch. `qmax` is the largest value (at most 32767) for which a
 /// whole row of products, `k · qmax · 128`, still fits an `i32`, so the sums are exact:
-/// 32767 up to `k` = 512, about 10900 at `k` = 1536, 4096 at `k` = 4096. The rounding error
+/// 32767 up to `k` = 512, about 10900 at `k` = 1536, 4095 at `k` = 4096. The rounding error
 /// of an output is at most `max|x| / (2 qmax) · Σ_k |w|`: the activations keep 13 to 16 bits.
 /// `vpmaddwd` multiplies 16 pairs of 16-bit values and adds neighbours into 8 `i32` lanes:
 /// twice the multiply-adds of an f32 FMA per instruction, from half the bytes.

@@ -65,9 +65,11 @@ impl CpuWeights {
         for node in &graph.nodes {
             let is_matmul = matches!(node.op, Op::MatMul { .. });
             for (j, id) in op_weights(&node.op).into_iter().enumerate() {
-                if let Some(i) = Some(id.0 as usize).filter(|i| *i < weights.len()) {
-                    // a matmul's second weight is its bias
-                    if is_matmul && j == 0 { by_matmul[i] = true } else { by_other[i] = true }
+                let i = id.0 as usize;
+                // a matmul's second weight is its bias
+                let seen = if is_matmul && j == 0 { &mut by_matmul } else { &mut by_other };
+                if let Some(s) = seen.get_mut(i) {
+                    *s = true;
                 }
             }
         }
