@@ -6,7 +6,7 @@
 # wrk keeps every connection busy (closed loop), so its latency at concurrency 64 is queueing on
 # a saturated server. With oha installed (`cargo install oha`), hits are also measured open loop:
 # 64 connections at a fixed offered rate (RATES, default "1000 3000 6000" requests/s).
-# Usage: benches/serve-load.sh [--device cpu|gpu|auto]   (DURATION=15s THREADS=2 to change)
+# Usage: benches/serve-load.sh [--device cpu|gpu|auto]   (DURATION=15s THREADS=2 WEDGE=bin to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=cpu
@@ -15,8 +15,10 @@ DURATION=${DURATION:-15s}
 THREADS=${THREADS:-2}
 PORT=${PORT:-18080}
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
-cargo build --release -q -p wedge-cli
-WEDGE="${CARGO_TARGET_DIR:-target}/release/wedge"
+if [ -z "${WEDGE:-}" ]; then # WEDGE=path/to/wedge: measure a binary built elsewhere
+  cargo build --release -q -p wedge-cli
+  WEDGE="${CARGO_TARGET_DIR:-target}/release/wedge"
+fi
 export WEDGE_LUA_DIR="$PWD/benches/serve"
 URL="http://127.0.0.1:$PORT/v1/embeddings"
 

@@ -447,15 +447,30 @@ fn inspect(path: &PathBuf, json: bool) -> Result<()> {
 }
 
 fn devices() -> Result<()> {
+    // written through a handle, so a closed pipe (`wedge devices | head -1`) is an error, not a panic
+    let mut out = std::io::stdout().lock();
     match wedge::Device::gpu() {
-        Ok(d) => println!("gpu   {}", d.adapter().map(|a| a.to_string()).unwrap_or_default()),
-        Err(e) => println!("gpu   none ({e})"),
+        Ok(d) => {
+            writeln!(out, "gpu   {}", d.adapter().map(|a| a.to_string()).unwrap_or_default())?;
+            if let Some(a) = d.adapter() {
+                let sg = d.gpu_context().is_some_and(|c| c.subgroups());
+                writeln!(
+                    out,
+                    "      shader-f16 {}, {} invocations per workgroup, subgroup GEMV {}",
+                    if a.shader_f16 { "yes" } else { "no" },
+                    a.max_invocations,
+                    if sg { "on" } else { "off" }
+                )?;
+            }
+        }
+        Err(e) => writeln!(out, "gpu   none ({e})")?,
     }
-    println!("cpu   {} threads", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    writeln!(out, "cpu   {} threads", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))?;
     let auto = wedge::Device::auto();
     match auto.fallback_reason() {
-        Some(why) => println!("auto  cpu ({why})"),
-        None => println!("auto  {}", auto.describe()),
+        Some(why) => writeln!(out, "auto  cpu ({why})")?,
+        None => writeln!(out, "auto  {}", auto.describe())?,
     }
+    out.flush()?;
     Ok(())
 }

@@ -18,6 +18,8 @@ use crate::context::GpuContext;
 const GEMV_MAX_ROWS: usize = 4;
 /// GEMM tile: threads per side × outputs per thread (the kernel's `TS × MICRO`).
 const MICRO: usize = 4;
+/// Output columns per workgroup of the subgroup GEMV (its `NC`).
+const SG_COLUMNS: usize = 4;
 
 struct Packed {
     words: wgpu::Buffer,
@@ -203,25 +205,29 @@ impl<'a> ResidentRun<'a> {
                     let pw = weights.packed(*weight)?;
                     let b = bias.map(|b| weights.vector(b)).transpose()?;
                     let gemv = *m <= GEMV_MAX_ROWS || !ctx.tiled_gemm();
-                    let tile = t.gemm_ts as usize * MICRO;
-                    let groups = if gemv {
+                    let overrides = vec![
+                        ("WTYPE", f64::from(format.code())),
+                        ("ACT", f64::from(act.code())),
+                        ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
+                    ];
+                    let rows = dims3(ctx, "gemv row blocks", [1, 1, m.div_ceil(GEMV_MAX_ROWS)])?[2];
+                    let (key, groups) = if gemv && ctx.subgroups() {
+                        // wide workgroups only when each column has words enough for them
+                        let wg = if format.words_per_row(*k) >= 1024 { 256 } else { 64 };
+                        let mut g = grid(ctx, n.div_ceil(SG_COLUMNS))?;
+                        g[2] = rows;
+                        (KernelKey::new(Family::QWeightSubgroup, "gemv_sg", vec![("WG", wg)], overrides), g)
+                    } else if gemv {
                         let mut g = grid(ctx, n.div_ceil((t.gemv_wg / t.gemv_tpr) as usize))?;
-                        g[2] = dims3(ctx, "gemv row blocks", [1, 1, m.div_ceil(GEMV_MAX_ROWS)])?[2];
-                        g
+                        g[2] = rows;
+                        (KernelKey::new(Family::QWeight, "gemv", qweight_template(t), overrides), g)
                     } else {
-                        dims3(ctx, "gemm", [n.div_ceil(tile), m.div_ceil(tile), 1])?
+                        let tile = t.gemm_ts as usize * MICRO;
+                        let g = dims3(ctx, "gemm", [n.div_ceil(tile), m.div_ceil(tile), 1])?;
+                        (KernelKey::new(Family::QWeight, "gemm", qweight_template(t), overrides), g)
                     };
                     Encoded {
-                        key: KernelKey::new(
-                            Family::QWeight,
-                            if gemv { "gemv" } else { "gemm" },
-                            vec![("WG", t.gemv_wg), ("TPR", t.gemv_tpr), ("TS", t.gemm_ts)],
-                            vec![
-                                ("WTYPE", f64::from(format.code())),
-                                ("ACT", f64::from(act.code())),
-                                ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
-                            ],
-                        ),
+                        key,
                         bindings: vec![slot(0), &pw.words, pw.scales.as_ref().unwrap_or(d), b.unwrap_or(d), out, d, d],
                         params: qparams(*format, *m, *k, *n),
                         groups,
@@ -233,7 +239,7 @@ impl<'a> ResidentRun<'a> {
                         key: KernelKey::new(
                             Family::QWeight,
                             "gather",
-                            vec![("WG", t.gemv_wg), ("TPR", t.gemv_tpr), ("TS", t.gemm_ts)],
+                            qweight_template(t),
                             vec![("WTYPE", f64::from(format.code())), ("ACT", 0.0), ("HAS_BIAS", 0.0)],
                         ),
                         bindings: vec![d, &pw.words, pw.scales.as_ref().unwrap_or(d), d, out, d, slot(0)],
@@ -513,6 +519,11 @@ impl<'a> ResidentRun<'a> {
         staging.unmap();
         Ok(outs)
     }
+}
+
+/// Template values of the `qweight` family for this adapter.
+fn qweight_template(t: &crate::context::Tuning) -> Vec<(&'static str, u32)> {
+    vec![("WG", t.gemv_wg), ("TPR", t.gemv_tpr), ("TS", t.gemm_ts)]
 }
 
 fn qparams(format: Format, m: usize, k: usize, n: usize) -> Vec<u32> {

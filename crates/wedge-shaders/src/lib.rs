@@ -45,6 +45,9 @@ pub enum ShaderError {
 pub enum Family {
     /// `qweight.wgsl`: gemv, gemm, gather over packed weights.
     QWeight,
+    /// `qweight_subgroup.wgsl` appended to `qweight.wgsl`: the GEMV with subgroup
+    /// reductions, built only on devices with subgroup operations.
+    QWeightSubgroup,
     /// `elementwise.wgsl`: binary ops and activations.
     Elementwise,
     /// `rows.wgsl`: layernorm, rmsnorm, softmax, l2 normalize.
@@ -70,12 +73,14 @@ use BindingKind::{StorageRead as R, StorageReadWrite as W, Uniform as U};
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 5] = [Family::QWeight, Family::Elementwise, Family::Rows, Family::Attention, Family::Misc];
+    pub const ALL: [Family; 6] =
+        [Family::QWeight, Family::QWeightSubgroup, Family::Elementwise, Family::Rows, Family::Attention, Family::Misc];
 
     /// The file name under `shaders/`.
     pub fn file(self) -> &'static str {
         match self {
             Family::QWeight => "qweight.wgsl",
+            Family::QWeightSubgroup => "qweight_subgroup.wgsl",
             Family::Elementwise => "elementwise.wgsl",
             Family::Rows => "rows.wgsl",
             Family::Attention => "attention.wgsl",
@@ -83,10 +88,17 @@ impl Family {
         }
     }
 
-    /// The WGSL source as stored.
+    /// The WGSL source as stored (for [`Family::QWeightSubgroup`]: `qweight.wgsl` with
+    /// `qweight_subgroup.wgsl` after it).
     pub fn source(self) -> &'static str {
         match self {
             Family::QWeight => include_str!("../../../shaders/qweight.wgsl"),
+            Family::QWeightSubgroup => {
+                concat!(
+                    include_str!("../../../shaders/qweight.wgsl"),
+                    include_str!("../../../shaders/qweight_subgroup.wgsl")
+                )
+            }
             Family::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
             Family::Rows => include_str!("../../../shaders/rows.wgsl"),
             Family::Attention => include_str!("../../../shaders/attention.wgsl"),
@@ -98,6 +110,7 @@ impl Family {
     pub fn entries(self) -> &'static [&'static str] {
         match self {
             Family::QWeight => &["gemv", "gemm", "gather"],
+            Family::QWeightSubgroup => &["gemv_sg"],
             Family::Elementwise => &["binary", "activation"],
             Family::Rows => &["layernorm", "rmsnorm", "softmax", "l2_normalize"],
             Family::Attention => &["attention"],
@@ -109,7 +122,7 @@ impl Family {
     /// shares one layout, so a dispatch binds them all.
     pub fn bindings(self) -> &'static [BindingKind] {
         match self {
-            Family::QWeight => &[R, R, R, R, W, U, R],
+            Family::QWeight | Family::QWeightSubgroup => &[R, R, R, R, W, U, R],
             Family::Elementwise => &[R, R, W, U],
             Family::Rows => &[R, R, R, W, U],
             Family::Attention => &[R, R, R, R, W, U],
@@ -120,10 +133,20 @@ impl Family {
     /// Override constants the family declares, with the values each may take.
     pub fn overrides(self) -> &'static [(&'static str, &'static [f64])] {
         match self {
-            Family::QWeight => {
+            Family::QWeight | Family::QWeightSubgroup => {
                 &[("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0]), ("HAS_BIAS", &[0.0, 1.0])]
             }
             Family::Elementwise => &[("OP", &[0.0, 1.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0])],
+            _ => &[],
+        }
+    }
+
+    /// WGSL extensions the family's source uses, each needing the device feature of the
+    /// same name: a browser (Tint) wants an `enable` directive for each, naga 30 only the
+    /// device feature (it rejects `enable subgroups;`), so the GPU backend writes them.
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Family::QWeightSubgroup => &["subgroups"],
             _ => &[],
         }
     }
@@ -138,6 +161,7 @@ impl Family {
                 }
                 v
             }
+            Family::QWeightSubgroup => vec![vec![("WG", 64)], vec![("WG", 256)]],
             Family::Attention => vec![vec![("WG", 64)], vec![("WG", 128)]],
             _ => vec![vec![("WG", 64)], vec![("WG", 256)]],
         }

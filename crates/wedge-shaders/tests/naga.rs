@@ -4,23 +4,35 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use naga::back::spv;
-use naga::valid::{Capabilities, ValidationFlags, Validator};
+use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
 use wedge_shaders::{Family, all_variants, template_keys};
 
-fn validate(label: &str, src: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+fn validate(label: &str, family: Family, src: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
     // unpack2x16float is core WGSL (wgpu grants this capability on every backend wedge
-    // targets); nothing else is allowed, so no kernel can come to need shader-f16 or subgroups.
-    let info = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32)
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
+    // targets); nothing else is allowed unless the family declares the extension, so no
+    // other kernel can come to need shader-f16 or subgroups.
+    let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    let subgroups = family.extensions().contains(&"subgroups");
+    if subgroups {
+        caps |= Capabilities::SUBGROUP;
+    }
+    let mut validator = Validator::new(ValidationFlags::all(), caps);
+    if subgroups {
+        // only what wgpu's SUBGROUP feature guarantees in compute shaders (and the
+        // reductions and elections this family uses)
+        validator
+            .subgroup_stages(ShaderStages::COMPUTE)
+            .subgroup_operations(SubgroupOperationSet::BASIC | SubgroupOperationSet::ARITHMETIC);
+    }
+    let info = validator.validate(&module).unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(src)));
     (module, info)
 }
 
 #[test]
 fn files_are_valid_wgsl_as_stored() {
     for f in Family::ALL {
-        validate(f.file(), f.source());
+        validate(f.file(), f, f.source());
         assert!(!template_keys(f.source()).is_empty(), "{f} declares no template parameters");
     }
 }
@@ -33,7 +45,7 @@ fn every_variant_validates_and_translates() {
     for key in keys {
         let label = key.label();
         let src = key.source().unwrap_or_else(|e| panic!("{label}: {e}"));
-        let (module, info) = validate(&label, &src);
+        let (module, info) = validate(&label, key.family, &src);
         let constants: naga::back::PipelineConstants =
             key.overrides.iter().map(|(k, v)| ((*k).to_string(), *v)).collect();
         let (module, info) = naga::back::pipeline_constants::process_overrides(

@@ -1,6 +1,6 @@
 //! Matmul kernel throughput: GEMV (1 row) and GEMM (128 rows) with f32, q8 and q4
 //! weights at 4096×4096, 1536×384 and 384×1536, on the GPU adapter and on the CPU
-//! backend. Prints GB/s of weight bytes, GFLOP/s, and the fraction of the device's
+//! backend (the GEMV with and without subgroup reductions where the adapter has them). Prints GB/s of weight bytes, GFLOP/s, and the fraction of the device's
 //! memory bandwidth where it is known (set `WEDGE_BW_GBS` to supply it).
 //!
 //! `cargo bench -p wedge --bench kernels [-- --quick] [-- --json] [-- --cpu]` (`--cpu`: skip the GPU)
@@ -103,12 +103,22 @@ fn main() {
                     weight_bytes: w.packed_bytes(),
                 });
                 // GPU adapter: resident buffers, many dispatches per submission, timed to completion
-                if let Some(ctx) = gpu.as_ref().and_then(|d| d.gpu_context()) {
+                let Some(ctx) = gpu.as_ref().and_then(|d| d.gpu_context()) else { continue };
+                // the GEMV both ways where the adapter has subgroups
+                let default_sg = ctx.subgroups();
+                let variants: &[(&'static str, bool)] = if kernel == "gemv" && ctx.summary().subgroups {
+                    &[("gemv", false), ("gemv-sg", true)]
+                } else {
+                    &[(kernel, default_sg)]
+                };
+                for &(label, sg) in variants {
+                    ctx.set_subgroups(sg);
                     let g = matmul_graph(m, k);
                     let plan = Plan::compile(&g, &[WeightInfo::from(&w)], &[vec![m, k]]).expect("plan");
                     let weights = wedge_gpu::GpuWeights::upload(ctx, std::slice::from_ref(&w)).expect("upload");
                     let run =
                         pollster::block_on(wedge_gpu::ResidentRun::prepare(ctx, &plan, &weights)).expect("prepare");
+                    ctx.set_subgroups(default_sg);
                     run.write_inputs(&[HostTensor::f32(&[m, k], &x)]).expect("inputs");
                     run.submit(1);
                     run.wait().expect("wait");
@@ -122,10 +132,10 @@ fn main() {
                         run.submit(reps);
                         run.wait().expect("wait");
                     }) / reps as f64;
-                    eprintln!("gpu {kernel} {format} {n}x{k}: {:.1} µs", secs * 1e6);
+                    eprintln!("gpu {label} {format} {n}x{k}: {:.1} µs", secs * 1e6);
                     rows.push(Row {
                         device: "gpu".into(),
-                        kernel,
+                        kernel: label,
                         format: format.to_string(),
                         m,
                         n,
@@ -161,7 +171,7 @@ fn main() {
     }
     println!("CPU threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!(
-        "{:<5} {:<5} {:<7} {:>4} {:>5}x{:<5} {:>10} {:>9} {:>9} {:>7}",
+        "{:<5} {:<7} {:<7} {:>4} {:>5}x{:<5} {:>10} {:>9} {:>9} {:>7}",
         "dev", "kern", "weights", "m", "n", "k", "time µs", "GB/s", "GFLOP/s", "of BW"
     );
     for r in &rows {
@@ -172,7 +182,7 @@ fn main() {
             _ => "-".into(),
         };
         println!(
-            "{:<5} {:<5} {:<7} {:>4} {:>5}x{:<5} {:>10.1} {:>9.2} {:>9.2} {:>7}",
+            "{:<5} {:<7} {:<7} {:>4} {:>5}x{:<5} {:>10.1} {:>9.2} {:>9.2} {:>7}",
             r.device,
             r.kernel,
             r.format,

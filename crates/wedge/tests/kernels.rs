@@ -19,12 +19,34 @@ fn compare(what: &str, op: &str, graph: &wedge::Graph, weights: &[Weight], input
 
 #[test]
 fn matmul_every_format_gemv_and_gemm() {
-    // both many-row paths: the tiled GEMM and the barrier-free row-block kernel
-    for tiled in [true, false] {
+    // every matmul path: the tiled GEMM, the barrier-free row-block kernel, and the GEMV
+    // with workgroup-memory or subgroup reductions
+    for (tiled, subgroups) in [(true, false), (false, false), (true, true)] {
         if let Some(ctx) = gpu().and_then(|d| d.gpu_context()) {
             ctx.set_tiled_gemm(tiled);
+            let on = ctx.set_subgroups(subgroups);
+            if subgroups && !on {
+                eprintln!("the adapter has no subgroups: the subgroup GEMV is not tested");
+                continue;
+            }
         }
         matmul_cases(tiled);
+        if subgroups {
+            long_gemv_cases();
+        }
+    }
+}
+
+/// Rows long enough (>= 1024 packed words) for the subgroup GEMV's wide workgroups.
+fn long_gemv_cases() {
+    let mut r = rng(11);
+    for (format, k) in [(Format::F32, 1500), (Format::F16, 2100), (Format::Q4 { group: 32 }, 8200)] {
+        let (m, n) = (r.random_range(1..=4), r.random_range(1..12));
+        let w = Weight::quantize("w", &[n, k], &rand_vec(&mut r, n * k, 1.0), format).unwrap();
+        let op = Op::MatMul { weight: wedge::WeightId(0), bias: None, act: Activation::None };
+        let g = single(op, &[(Elem::F32, vec![m, k])], &["w"]);
+        let x = HostTensor::f32(&[m, k], &rand_vec(&mut r, m * k, 1.0));
+        compare(&format!("long gemv {format} m={m} k={k} n={n}"), "matmul", &g, &[w], &[x]);
     }
 }
 
