@@ -3,7 +3,7 @@
 // wedge-core (`quant.rs`); `affine`, `raw` and `load_w` mirror it.
 
 // Scalar knobs (pipeline-overridable constants).
-override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1
+override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1, 5 q8a8 (stored as q8)
 override ACT: u32 = 0u;         // 0 none, 1 gelu (erf), 2 gelu (tanh), 3 silu
 override HAS_BIAS: bool = false;
 
@@ -43,13 +43,13 @@ var<workgroup> ws: array<f32, TILE * BK>;
 fn vpw() -> u32 {
     if (WTYPE == 0u) { return 1u; }
     if (WTYPE == 1u) { return 2u; }
-    if (WTYPE == 2u) { return 4u; }
+    if (WTYPE == 2u || WTYPE == 5u) { return 4u; }
     return 8u;
 }
 
 // (scale, offset) that turn the raw values of word `wi` of weight row `row` into weights.
 fn affine(row: u32, wi: u32) -> vec2<f32> {
-    if (WTYPE == 2u) {
+    if (WTYPE == 2u || WTYPE == 5u) {
         return vec2<f32>(bitcast<f32>(s[row]), 0.0);
     }
     if (WTYPE == 3u) {
@@ -72,7 +72,7 @@ fn raw(word: u32, j: u32) -> f32 {
         let h = unpack2x16float(word);
         return select(h.x, h.y, j == 1u);
     }
-    if (WTYPE == 2u) { return f32(extractBits(bitcast<i32>(word), j * 8u, 8u)); }
+    if (WTYPE == 2u || WTYPE == 5u) { return f32(extractBits(bitcast<i32>(word), j * 8u, 8u)); }
     return f32(extractBits(word, j * 4u, 4u));
 }
 

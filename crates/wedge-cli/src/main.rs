@@ -30,7 +30,7 @@ enum Command {
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
-        /// Weight format of the linear layers: f32, f16, q8, q4, q4_1, or auto (per-tensor
+        /// Weight format of the linear layers: f32, f16, q8, q8a8 (q8 with 8-bit activations), q4, q4_1, or auto (per-tensor
         /// mixed precision chosen by measured sensitivity on calibration texts).
         #[arg(long, default_value = "q8")]
         quant: String,
@@ -77,7 +77,7 @@ enum Command {
         /// Also convert this Hugging Face folder in memory, once per --quant format.
         #[arg(long)]
         from: Option<PathBuf>,
-        /// Formats for --from, comma separated (f32, f16, q8, q4, q4_1).
+        /// Formats for --from, comma separated (f32, f16, q8, q8a8, q4, q4_1).
         #[arg(long, default_value = "f32,q8,q4", value_delimiter = ',')]
         quant: Vec<String>,
         /// Devices, comma separated: cpu, gpu (any adapter, software included).
@@ -179,7 +179,7 @@ fn convert(
         auto_options(&enc, &weights, group, budget)?
     } else {
         let format = Format::parse(quant, group)
-            .ok_or_else(|| anyhow::anyhow!("unknown --quant `{quant}` (use f32, f16, q8, q4, q4_1 or auto)"))?;
+            .ok_or_else(|| anyhow::anyhow!("unknown --quant `{quant}` (use f32, f16, q8, q8a8, q4, q4_1 or auto)"))?;
         format.validate().map_err(|m| anyhow::anyhow!("--group-size: {m}"))?;
         let mut opts = ImportOptions::uniform(format);
         if let Some(e) = embeddings {
@@ -356,7 +356,7 @@ fn bench_models(paths: &[PathBuf], from: Option<&Path>, quants: &[String]) -> Re
         let weights = wedge_import::load_f32_weights(&enc)?;
         for q in quants {
             let format = Format::parse(q, 32)
-                .ok_or_else(|| anyhow::anyhow!("unknown --quant `{q}` (use f32, f16, q8, q4 or q4_1)"))?;
+                .ok_or_else(|| anyhow::anyhow!("unknown --quant `{q}` (use f32, f16, q8, q8a8, q4 or q4_1)"))?;
             let pkg = wedge_import::package(&enc, &weights, &ImportOptions::uniform(format), &mut |_, _, _| {})?;
             models.push((q.clone(), pkg.to_bytes(1)?.0));
         }

@@ -498,7 +498,7 @@ mod tests {
             raw in prop_oneof![any::<u64>(), 0u64..4096],
             crc in any::<u32>(),
             group in prop_oneof![Just(32u32), Just(64), Just(0), any::<u32>()],
-            kind in 0u32..5,
+            kind in 0u32..6,
         ) {
             let (mut h, data) = parts();
             let t = &mut h.tensors[idx];
@@ -507,7 +507,7 @@ mod tests {
             t.stored_len = stored;
             t.raw_len = raw;
             t.crc32 = crc;
-            t.format = match kind { 0 => Format::F32, 1 => Format::F16, 2 => Format::Q8, 3 => Format::Q4 { group }, _ => Format::Q4_1 { group } };
+            t.format = match kind { 0 => Format::F32, 1 => Format::F16, 2 => Format::Q8, 3 => Format::Q8A8, 4 => Format::Q4 { group }, _ => Format::Q4_1 { group } };
             let limits = PackageLimits { max_total_bytes: 1 << 24, max_entry_bytes: 1 << 22, ..Default::default() };
             let _ = Package::from_bytes_with(&resigned(&h, &data), &limits);
         }

@@ -14,11 +14,23 @@
 //! | `f32` | 1 | f32 bits | none | `w` |
 //! | `f16` | 2 | IEEE half, low half first | none | `w` |
 //! | `q8` | 4 | i8, byte `j` holds column `4i+j` | one f32 per row | `q · s` |
+//! | `q8a8` | 4 | as `q8` | as `q8` | as `q8` |
 //! | `q4` | 8 | u4 nibble `j` (bits `4j..4j+4`) holds `q + 8` | one f16 per group, two per word, low half first, groups numbered row-major | `(u − 8) · s` |
 //! | `q4_1` | 8 | u4 as `q4` | one word per group: `pack2x16float(s, m)` | `u · s + m` |
 //!
 //! Groups run along `cols`: group `g` of a row covers columns `g·G .. (g+1)·G`,
 //! and a row has `ceil(cols / G)` groups. `G` is 32, 64 or 128.
+//!
+//! `q8a8` stores exactly what `q8` stores; it differs in how a matmul uses it (w8a8): each
+//! row of activations is rounded in blocks of [`A8_BLOCK`] values along the reduction, every
+//! block to integers in `[-127, 127]` with its own scale `max|x| / 127`, and each block's
+//! products are summed exactly in integers (on GPUs, four at a time with `dot4I8Packed`):
+//!
+//! `y[c] = s_w[c] · Σ_b s_x[b] · Σ_{k ∈ b} q_x[k] · q_w[c, k]`, blocks summed in order.
+//!
+//! A block whose maximum is not finite (a NaN or an infinity in it) makes the row's outputs
+//! NaN. Both backends compute exactly this; only the order of the float sum over blocks and
+//! fused multiply-adds can differ. An embedding table in `q8a8` gathers as `q8`.
 //!
 //! Rounding is round-half-to-even after a true division `w / s`, as
 //! `torch.round(w / s)` does, so packed values match PyTorch fake quantization.
@@ -40,6 +52,9 @@ pub enum Format {
     F16,
     /// Symmetric INT8 per row (output channel), f32 scale `max|w| / 127`.
     Q8,
+    /// `q8` weights whose matmuls round the activations to 8 bits in blocks (w8a8).
+    #[serde(rename = "q8a8")]
+    Q8A8,
     /// Symmetric INT4 in groups along the row, f16 scale `max|w| / 7`, values in `[-8, 7]`.
     Q4 {
         /// Group size along the reduction dimension: 32, 64 or 128.
@@ -51,6 +66,9 @@ pub enum Format {
         group: u32,
     },
 }
+
+/// Activations per block of a `q8a8` matmul (see the module docs).
+pub const A8_BLOCK: usize = 32;
 
 /// Group sizes accepted for the grouped formats.
 pub const GROUP_SIZES: [u32; 3] = [32, 64, 128];
@@ -65,6 +83,7 @@ impl Format {
             Format::Q8 => 2,
             Format::Q4 { .. } => 3,
             Format::Q4_1 { .. } => 4,
+            Format::Q8A8 => 5,
         }
     }
 
@@ -76,15 +95,17 @@ impl Format {
             Format::Q8 => "q8",
             Format::Q4 { .. } => "q4",
             Format::Q4_1 { .. } => "q4_1",
+            Format::Q8A8 => "q8a8",
         }
     }
 
-    /// Parse `f32`, `f16`, `q8`, `q4`, `q4_1`, with the group size used for the grouped ones.
+    /// Parse `f32`, `f16`, `q8`, `q8a8`, `q4`, `q4_1`, with the group size used for the grouped ones.
     pub fn parse(s: &str, group: u32) -> Option<Format> {
         Some(match s {
             "f32" => Format::F32,
             "f16" => Format::F16,
             "q8" => Format::Q8,
+            "q8a8" => Format::Q8A8,
             "q4" => Format::Q4 { group },
             "q4_1" => Format::Q4_1 { group },
             _ => return None,
@@ -96,7 +117,7 @@ impl Format {
         match self {
             Format::F32 => 1,
             Format::F16 => 2,
-            Format::Q8 => 4,
+            Format::Q8 | Format::Q8A8 => 4,
             Format::Q4 { .. } | Format::Q4_1 { .. } => 8,
         }
     }
@@ -127,7 +148,7 @@ impl Format {
         let words = rows.checked_mul(self.words_per_row(cols))?;
         let scales = match self {
             Format::F32 | Format::F16 => 0,
-            Format::Q8 => rows,
+            Format::Q8 | Format::Q8A8 => rows,
             Format::Q4 { .. } => rows.checked_mul(self.groups_per_row(cols))?.div_ceil(2),
             Format::Q4_1 { .. } => rows.checked_mul(self.groups_per_row(cols))?,
         };
@@ -230,7 +251,7 @@ impl Weight {
                         out[c / 2] |= h << (16 * (c % 2));
                     }
                 }
-                Format::Q8 => {
+                Format::Q8 | Format::Q8A8 => {
                     let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
                     let mut s = amax / 127.0;
                     if s == 0.0 {
@@ -344,7 +365,7 @@ impl Weight {
         let cols = self.shape.last().copied().unwrap_or(0);
         match self.format {
             Format::F32 | Format::F16 => (1.0, 0.0),
-            Format::Q8 => (f32::from_bits(self.scales[row]), 0.0),
+            Format::Q8 | Format::Q8A8 => (f32::from_bits(self.scales[row]), 0.0),
             Format::Q4 { group } | Format::Q4_1 { group } => {
                 self.group_affine(row * self.format.groups_per_row(cols) + word * 8 / group as usize)
             }
@@ -391,7 +412,7 @@ impl Weight {
                     }
                 }
             }
-            Format::Q8 => {
+            Format::Q8 | Format::Q8A8 => {
                 // one scale per row
                 let (s, _) = self.word_affine(row, 0);
                 for (quad, word) in out.chunks_mut(4).zip(words) {
@@ -446,10 +467,11 @@ mod tests {
         (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
     }
 
-    const FORMATS: [Format; 9] = [
+    const FORMATS: [Format; 10] = [
         Format::F32,
         Format::F16,
         Format::Q8,
+        Format::Q8A8,
         Format::Q4 { group: 32 },
         Format::Q4 { group: 64 },
         Format::Q4 { group: 128 },

@@ -42,7 +42,7 @@ fn dequantize_rows(w: &Weight, n0: usize, rows: usize, k: usize, panel: &mut [f3
                 }
             }
             Format::F16 => w.dequantize_row(row, dst),
-            Format::Q8 => {
+            Format::Q8 | Format::Q8A8 => {
                 let (s, _) = w.word_affine(row, 0);
                 // byte j of a word is value j (little endian), so the row is a plain i8 run
                 #[cfg(target_endian = "little")]
@@ -195,7 +195,7 @@ impl WithSimd for Task<'_> {
 
 /// Adds the bias (one value per column) and applies the activation, in place.
 #[inline(always)]
-fn epilogue(res: &mut [f32], bias: Option<&[f32]>, act: Activation) {
+pub(crate) fn epilogue(res: &mut [f32], bias: Option<&[f32]>, act: Activation) {
     if let Some(b) = bias {
         for row in res.chunks_exact_mut(b.len()) {
             row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -206,7 +206,12 @@ fn epilogue(res: &mut [f32], bias: Option<&[f32]>, act: Activation) {
 
 /// Runs `task(m0, mb, n0, nb)`, which returns the `mb × nb` block of `out` at `(m0, n0)`,
 /// over the whole `m × n` output, in parallel where there are threads.
-fn run_tasks(m: usize, n: usize, out: &mut [f32], task: impl Fn(usize, usize, usize, usize) -> Vec<f32> + Sync) {
+pub(crate) fn run_tasks(
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+    task: impl Fn(usize, usize, usize, usize) -> Vec<f32> + Sync,
+) {
     let (mblocks, nblocks) = (m.div_ceil(MB), n.div_ceil(NB));
     let block = |t: usize| {
         let (m0, n0) = ((t / nblocks) * MB, (t % nblocks) * NB);
@@ -233,7 +238,8 @@ fn run_tasks(m: usize, n: usize, out: &mut [f32], task: impl Fn(usize, usize, us
 ///
 /// With `q8` weights on a CPU with AVX2 the activations are first rounded per row to 16-bit
 /// integers and the products summed exactly in 32-bit integers (module `int16`), over a copy
-/// of the weight laid out for it; every other case dequantizes the weights to f32 panels.
+/// of the weight laid out for it; `q8a8` weights take the 8-bit-activation kernel (`crate::a8`);
+/// every other case dequantizes the weights to f32 panels.
 /// For repeated use, [`crate::CpuWeights`] lays weights out once.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -264,6 +270,9 @@ pub(crate) fn matmul_with(
 ) {
     if m == 0 || n == 0 {
         return;
+    }
+    if w.format == Format::Q8A8 {
+        return crate::a8::matmul(x, w, bias, act, m, k, n, out);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = packed; // never made there

@@ -36,6 +36,10 @@ pub struct AdapterSummary {
     pub subgroups: bool,
     /// Smallest and largest subgroup size the adapter reports.
     pub subgroup_sizes: (u32, u32),
+    /// WGSL has `dot4I8Packed` (`packed_4x8_integer_dot_product`; natively always, naga
+    /// lowers it to the driver's integer dot product or to plain arithmetic). `q8a8`
+    /// matmuls need it.
+    pub dot4: bool,
     /// Most invocations per workgroup.
     pub max_invocations: u32,
     /// Largest storage buffer binding.
@@ -140,6 +144,7 @@ impl GpuContext {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+            dot4: instance.wgsl_language_features().contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
             max_invocations: limits.max_compute_invocations_per_workgroup,
             max_storage_binding: limits.max_storage_buffer_binding_size,
         };

@@ -20,6 +20,8 @@ const GEMV_MAX_ROWS: usize = 4;
 const MICRO: usize = 4;
 /// Output columns per workgroup of the subgroup GEMV (its `NC`).
 const SG_COLUMNS: usize = 4;
+/// Output columns per workgroup of the `q8a8` GEMV.
+const A8_COLUMNS: usize = 4;
 
 struct Packed {
     words: wgpu::Buffer,
@@ -211,7 +213,27 @@ impl<'a> ResidentRun<'a> {
                         ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
                     ];
                     let rows = dims3(ctx, "gemv row blocks", [1, 1, m.div_ceil(GEMV_MAX_ROWS)])?[2];
-                    let (key, groups) = if gemv && ctx.subgroups() {
+                    if *format == Format::Q8A8 && !ctx.summary.dot4 {
+                        return Err(GpuError::Unsupported(format!(
+                            "{} has no WGSL dot4I8Packed (packed_4x8_integer_dot_product), which q8a8 matmuls \
+                             need; run this model on the CPU or convert it to q8",
+                            ctx.summary
+                        )));
+                    }
+                    let (key, groups) = if *format == Format::Q8A8 {
+                        // 8-bit activations (dot4I8Packed); the weights are q8 as stored
+                        let template = vec![("WG", 64), ("TS", t.gemm_ts)];
+                        let g = if gemv {
+                            let mut g = grid(ctx, n.div_ceil(A8_COLUMNS))?;
+                            g[2] = rows;
+                            g
+                        } else {
+                            let tile = t.gemm_ts as usize * MICRO;
+                            dims3(ctx, "gemm", [n.div_ceil(tile), m.div_ceil(tile), 1])?
+                        };
+                        let entry = if gemv { "gemv_a8" } else { "gemm_a8" };
+                        (KernelKey::new(Family::QWeightA8, entry, template, overrides), g)
+                    } else if gemv && ctx.subgroups() {
                         // wide workgroups only when each column has words enough for them
                         let wg = if format.words_per_row(*k) >= 1024 { 256 } else { 64 };
                         let mut g = grid(ctx, n.div_ceil(SG_COLUMNS))?;

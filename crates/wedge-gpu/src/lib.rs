@@ -49,6 +49,9 @@ pub enum GpuError {
     /// A dispatch is larger than the adapter allows.
     #[error("{0}")]
     Dispatch(String),
+    /// The adapter lacks something a kernel of this plan needs.
+    #[error("{0}")]
+    Unsupported(String),
     /// Reading results back failed.
     #[error("readback failed: {0}")]
     Readback(String),

@@ -48,6 +48,9 @@ pub enum Family {
     /// `qweight_subgroup.wgsl` appended to `qweight.wgsl`: the GEMV with subgroup
     /// reductions, built only on devices with subgroup operations.
     QWeightSubgroup,
+    /// `qweight_a8.wgsl` appended to `qweight.wgsl`: `q8a8` matmuls (8-bit activations,
+    /// `dot4I8Packed`).
+    QWeightA8,
     /// `elementwise.wgsl`: binary ops and activations.
     Elementwise,
     /// `rows.wgsl`: layernorm, rmsnorm, softmax, l2 normalize.
@@ -73,14 +76,22 @@ use BindingKind::{StorageRead as R, StorageReadWrite as W, Uniform as U};
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 6] =
-        [Family::QWeight, Family::QWeightSubgroup, Family::Elementwise, Family::Rows, Family::Attention, Family::Misc];
+    pub const ALL: [Family; 7] = [
+        Family::QWeight,
+        Family::QWeightSubgroup,
+        Family::QWeightA8,
+        Family::Elementwise,
+        Family::Rows,
+        Family::Attention,
+        Family::Misc,
+    ];
 
     /// The file name under `shaders/`.
     pub fn file(self) -> &'static str {
         match self {
             Family::QWeight => "qweight.wgsl",
             Family::QWeightSubgroup => "qweight_subgroup.wgsl",
+            Family::QWeightA8 => "qweight_a8.wgsl",
             Family::Elementwise => "elementwise.wgsl",
             Family::Rows => "rows.wgsl",
             Family::Attention => "attention.wgsl",
@@ -88,8 +99,8 @@ impl Family {
         }
     }
 
-    /// The WGSL source as stored (for [`Family::QWeightSubgroup`]: `qweight.wgsl` with
-    /// `qweight_subgroup.wgsl` after it).
+    /// The WGSL source as stored (for [`Family::QWeightSubgroup`] and [`Family::QWeightA8`]:
+    /// `qweight.wgsl` with the family's file after it).
     pub fn source(self) -> &'static str {
         match self {
             Family::QWeight => include_str!("../../../shaders/qweight.wgsl"),
@@ -98,6 +109,9 @@ impl Family {
                     include_str!("../../../shaders/qweight.wgsl"),
                     include_str!("../../../shaders/qweight_subgroup.wgsl")
                 )
+            }
+            Family::QWeightA8 => {
+                concat!(include_str!("../../../shaders/qweight.wgsl"), include_str!("../../../shaders/qweight_a8.wgsl"))
             }
             Family::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
             Family::Rows => include_str!("../../../shaders/rows.wgsl"),
@@ -111,6 +125,7 @@ impl Family {
         match self {
             Family::QWeight => &["gemv", "gemm", "gather"],
             Family::QWeightSubgroup => &["gemv_sg"],
+            Family::QWeightA8 => &["gemv_a8", "gemm_a8"],
             Family::Elementwise => &["binary", "activation"],
             Family::Rows => &["layernorm", "rmsnorm", "softmax", "l2_normalize"],
             Family::Attention => &["attention"],
@@ -122,7 +137,7 @@ impl Family {
     /// shares one layout, so a dispatch binds them all.
     pub fn bindings(self) -> &'static [BindingKind] {
         match self {
-            Family::QWeight | Family::QWeightSubgroup => &[R, R, R, R, W, U, R],
+            Family::QWeight | Family::QWeightSubgroup | Family::QWeightA8 => &[R, R, R, R, W, U, R],
             Family::Elementwise => &[R, R, W, U],
             Family::Rows => &[R, R, R, W, U],
             Family::Attention => &[R, R, R, R, W, U],
@@ -134,8 +149,9 @@ impl Family {
     pub fn overrides(self) -> &'static [(&'static str, &'static [f64])] {
         match self {
             Family::QWeight | Family::QWeightSubgroup => {
-                &[("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0]), ("HAS_BIAS", &[0.0, 1.0])]
+                &[("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0]), ("HAS_BIAS", &[0.0, 1.0])]
             }
+            Family::QWeightA8 => &[("WTYPE", &[5.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0]), ("HAS_BIAS", &[0.0, 1.0])],
             Family::Elementwise => &[("OP", &[0.0, 1.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0])],
             _ => &[],
         }
@@ -162,6 +178,8 @@ impl Family {
                 v
             }
             Family::QWeightSubgroup => vec![vec![("WG", 64)], vec![("WG", 256)]],
+            // the GEMV's reduction tree holds WG × 64 bytes: 64 keeps it to 4 KiB
+            Family::QWeightA8 => vec![vec![("WG", 64), ("TS", 16)], vec![("WG", 64), ("TS", 8)]],
             Family::Attention => vec![vec![("WG", 64)], vec![("WG", 128)]],
             _ => vec![vec![("WG", 64)], vec![("WG", 256)]],
         }

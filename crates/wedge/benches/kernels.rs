@@ -1,4 +1,4 @@
-//! Matmul kernel throughput: GEMV (1 row) and GEMM (128 rows) with f32, q8 and q4
+//! Matmul kernel throughput: GEMV (1 row) and GEMM (128 rows) with f32, q8, q8a8 and q4
 //! weights at 4096×4096, 1536×384 and 384×1536, on the GPU adapter and on the CPU
 //! backend (the GEMV with and without subgroup reductions where the adapter has them). Prints GB/s of weight bytes, GFLOP/s, and the fraction of the device's
 //! memory bandwidth where it is known (set `WEDGE_BW_GBS` to supply it).
@@ -69,7 +69,7 @@ fn main() {
     let json = args.iter().any(|a| a == "--json");
     let budget = Duration::from_millis(if quick { 150 } else { 800 });
     let shapes = [(1536usize, 384usize), (384, 1536), (4096, 4096)];
-    let formats = [Format::F32, Format::Q8, Format::Q4 { group: 32 }];
+    let formats = [Format::F32, Format::Q8, Format::Q8A8, Format::Q4 { group: 32 }];
     let gpu = if args.iter().any(|a| a == "--cpu") { None } else { Device::gpu().ok() };
     let gpu_name = gpu.as_ref().and_then(|d| d.adapter()).map(|a| a.to_string());
     let mut rows = Vec::new();
@@ -104,13 +104,14 @@ fn main() {
                 });
                 // GPU adapter: resident buffers, many dispatches per submission, timed to completion
                 let Some(ctx) = gpu.as_ref().and_then(|d| d.gpu_context()) else { continue };
-                // the GEMV both ways where the adapter has subgroups
+                // the GEMV both ways where the adapter has subgroups (q8a8 has one GEMV)
                 let default_sg = ctx.subgroups();
-                let variants: &[(&'static str, bool)] = if kernel == "gemv" && ctx.summary().subgroups {
-                    &[("gemv", false), ("gemv-sg", true)]
-                } else {
-                    &[(kernel, default_sg)]
-                };
+                let variants: &[(&'static str, bool)] =
+                    if kernel == "gemv" && ctx.summary().subgroups && format != Format::Q8A8 {
+                        &[("gemv", false), ("gemv-sg", true)]
+                    } else {
+                        &[(kernel, default_sg)]
+                    };
                 for &(label, sg) in variants {
                     ctx.set_subgroups(sg);
                     let g = matmul_graph(m, k);

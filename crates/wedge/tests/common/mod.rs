@@ -90,10 +90,11 @@ pub(crate) fn both(
     (cpu, gpu)
 }
 
-pub(crate) const FORMATS: [Format; 7] = [
+pub(crate) const FORMATS: [Format; 8] = [
     Format::F32,
     Format::F16,
     Format::Q8,
+    Format::Q8A8,
     Format::Q4 { group: 32 },
     Format::Q4 { group: 64 },
     Format::Q4 { group: 128 },
