@@ -1,8 +1,10 @@
 // Browser tests in Debian's headless Chromium, driven by playwright-core (see shared BROWSER.md):
 // embeddings of the public texts on WebGPU (SwiftShader) and on the wasm CPU backend against
-// the PyTorch reference, a Web Worker, the Cache Storage second load, and damaged files.
+// the PyTorch reference, a Web Worker, the Cache Storage second load, damaged files, and every
+// WGSL kernel variant compiled by Chromium's own WGSL compiler (Tint).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -79,6 +81,71 @@ test('WebGPU: public texts match PyTorch', { timeout: 900_000 }, async () => {
   assert.equal(out.device, 'webgpu');
   console.log(`WebGPU adapter: ${out.info}`);
   checkAccuracy(out.vectors, 'webgpu');
+});
+
+// naga validates every variant natively; browsers compile WGSL with their own compiler, which
+// differs in what it accepts (uniformity, directives, language features). Each module (family x
+// template set) is compiled, and each entry point built with override constants that cover every
+// value of every constant, under WebGPU's default limits (256 invocations, 16 KiB of workgroup
+// memory). Modules that need a feature or language extension the adapter lacks are skipped and
+// reported: wedge never builds them there either.
+test('every WGSL kernel variant compiles in the browser', { timeout: 600_000 }, async () => {
+  const modules = JSON.parse(execFileSync('cargo', ['run', '-q', '-p', 'wedge-shaders', '--example', 'variants'],
+    { cwd: root, encoding: 'utf8', maxBuffer: 64 << 20 }));
+  // Per entry point of a family's first module, a few constant sets that together hold every
+  // value of every constant; the family's other template sets (sizes only) build one set each.
+  // (SwiftShader compiles a pipeline in about half a second.)
+  const families = new Set();
+  for (const m of modules) {
+    const family = m.name.split('[')[0];
+    const first = !families.has(family);
+    families.add(family);
+    for (const [entry, combos] of Object.entries(m.entries)) {
+      const seen = new Set();
+      m.entries[entry] = first ? combos.filter((c) => {
+        const fresh = Object.entries(c).some(([k, v]) => !seen.has(`${k}=${v}`));
+        for (const [k, v] of Object.entries(c)) seen.add(`${k}=${v}`);
+        return fresh;
+      }) : combos.slice(0, 1);
+    }
+  }
+  const page = await openPage(true);
+  const out = await page.evaluate(async (modules) => {
+    const adapter = await navigator.gpu.requestAdapter();
+    const requiredFeatures = ['subgroups'].filter((f) => adapter.features.has(f));
+    const device = await adapter.requestDevice({ requiredFeatures });
+    const dot4 = navigator.gpu.wgslLanguageFeatures?.has('packed_4x8_integer_dot_product') ?? false;
+    const res = { pipelines: 0, modules: 0, skipped: [], errors: [] };
+    for (const m of modules) {
+      const lacking = m.extensions.filter((e) => !device.features.has(e));
+      if (m.name.startsWith('qweight_a8') && !dot4) lacking.push('packed_4x8_integer_dot_product');
+      if (lacking.length) { res.skipped.push(`${m.name} (no ${lacking.join(', ')})`); continue; }
+      device.pushErrorScope('validation');
+      const module = device.createShaderModule({ label: m.name, code: m.source });
+      const info = await module.getCompilationInfo();
+      for (const msg of info.messages.filter((x) => x.type === 'error')) {
+        res.errors.push(`${m.name}:${msg.lineNum}:${msg.linePos}: ${msg.message}`);
+      }
+      const scoped = await device.popErrorScope();
+      if (scoped) res.errors.push(`${m.name}: ${scoped.message}`);
+      res.modules++;
+      for (const [entryPoint, sets] of Object.entries(m.entries)) {
+        for (const constants of sets) {
+          try {
+            await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint, constants } });
+            res.pipelines++;
+          } catch (e) {
+            res.errors.push(`${m.name}.${entryPoint} ${JSON.stringify(constants)}: ${e.message}`);
+          }
+        }
+      }
+    }
+    device.destroy();
+    return res;
+  }, modules);
+  console.log(`${out.modules} modules, ${out.pipelines} pipelines compiled; skipped: ${out.skipped.join('; ') || 'none'}`);
+  assert.deepEqual(out.errors, []);
+  assert.ok(out.modules >= modules.length - out.skipped.length && out.pipelines > 40, JSON.stringify(out));
 });
 
 test('without WebGPU, auto falls back to the wasm CPU backend with the same results', { timeout: 600_000 }, async () => {

@@ -227,13 +227,9 @@ impl GpuContext {
             return Ok(p);
         }
         let label = key.label();
-        let mut src = key.source().map_err(|e| GpuError::Pipeline { key: label.clone(), message: e.to_string() })?;
-        if cfg!(target_arch = "wasm32") {
-            // browsers (Tint) want the extensions enabled in the source; naga rejects that
-            for ext in key.family.extensions().iter().rev() {
-                src.insert_str(0, &format!("enable {ext};\n"));
-            }
-        }
+        // browsers (Tint) want the extensions enabled in the source; naga rejects that
+        let src = if cfg!(target_arch = "wasm32") { key.source_with_enables() } else { key.source() }
+            .map_err(|e| GpuError::Pipeline { key: label.clone(), message: e.to_string() })?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&label),

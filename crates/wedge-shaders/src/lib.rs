@@ -238,12 +238,21 @@ impl KernelKey {
         self.to_string()
     }
 
-    /// The expanded WGSL source for this key's template values.
+    /// The expanded WGSL source for this key's template values, as naga takes it.
     pub fn source(&self) -> Result<String, ShaderError> {
         if !self.family.entries().contains(&self.entry) {
             return Err(ShaderError::UnknownEntry { file: self.family.file(), entry: self.entry.into() });
         }
         expand(self.family.file(), self.family.source(), &self.template)
+    }
+
+    /// [`KernelKey::source`] with an `enable` directive in front for each of the family's
+    /// [`Family::extensions`]: what a browser's WGSL compiler (Tint) wants. naga 30 rejects
+    /// `enable subgroups;`, so native backends use [`KernelKey::source`].
+    pub fn source_with_enables(&self) -> Result<String, ShaderError> {
+        let mut src: String = self.family.extensions().iter().map(|e| format!("enable {e};\n")).collect();
+        src.push_str(&self.source()?);
+        Ok(src)
     }
 }
 
