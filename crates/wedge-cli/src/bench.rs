@@ -2,6 +2,7 @@
 //! packages on the GPU adapter and the CPU backend, in the workloads of the onnxruntime
 //! baselines (`benches/minilm-onnxruntime.json`) so the figures compare directly.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -268,8 +269,11 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             }
         }
     }
+    // written through a handle, so a closed pipe is an error (quietly ended by main), not a panic
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?;
+        out.flush()?;
         return Ok(());
     }
     let engines: Vec<String> = baseline
@@ -284,37 +288,40 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             v
         })
         .unwrap_or_default();
-    print!("| model | device | workload | emb/s | p50 ms | p95 ms | calls |");
+    write!(out, "| model | device | workload | emb/s | p50 ms | p95 ms | calls |")?;
     for eng in &engines {
-        print!(" × {eng} |");
+        write!(out, " × {eng} |")?;
     }
-    println!();
-    println!("|---|---|---|---|---|---|---|{}", "---|".repeat(engines.len()));
+    writeln!(out)?;
+    writeln!(out, "|---|---|---|---|---|---|---|{}", "---|".repeat(engines.len()))?;
     for r in &records {
         if let Some(why) = &r.skipped {
-            println!(
+            writeln!(
+                out,
                 "| {} | {} | {} | skipped: {why} | | | |{}",
                 r.model,
                 r.device,
                 r.workload,
                 " |".repeat(engines.len())
-            );
+            )?;
             continue;
         }
-        print!(
+        write!(
+            out,
             "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {} |",
             r.model, r.device, r.workload, r.emb_per_s, r.p50_ms, r.p95_ms, r.calls
-        );
+        )?;
         for eng in &engines {
             match r.vs.iter().find(|v| &v.engine == eng) {
-                Some(v) => print!(" {:.2} |", v.ratio),
-                None => print!(" |"),
+                Some(v) => write!(out, " {:.2} |", v.ratio)?,
+                None => write!(out, " |")?,
             }
         }
-        println!();
+        writeln!(out)?;
     }
     if let Some(b) = &baseline {
-        println!("\nratios: wedge emb/s over the peer's emb/s in the same workload ({})", b.source);
+        writeln!(out, "\nratios: wedge emb/s over the peer's emb/s in the same workload ({})", b.source)?;
     }
+    out.flush()?;
     Ok(())
 }

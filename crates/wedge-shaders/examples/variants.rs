@@ -18,9 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let name = format!("{}[{}]", key.family, t.join(","));
         let module = match modules.get_mut(&name) {
             Some(m) => m,
-            None => modules
-                .entry(name)
-                .or_insert((key.source_with_enables()?, key.family.extensions().to_vec(), BTreeMap::new())),
+            None => modules.entry(name).or_insert((
+                key.source_with_enables()?,
+                key.family.extensions().to_vec(),
+                BTreeMap::new(),
+            )),
         };
         let constants: serde_json::Map<String, serde_json::Value> =
             key.overrides.iter().map(|(k, v)| ((*k).to_string(), serde_json::json!(v))).collect();
