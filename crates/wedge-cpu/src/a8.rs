@@ -140,16 +140,23 @@ mod tests {
     #[test]
     fn ragged_shapes_match_the_definition() {
         let mut rng = StdRng::seed_from_u64(8);
-        for &(m, k, n) in &[(1, 1, 1), (3, 31, 5), (2, 32, 7), (5, 33, 9), (4, 100, 50), (70, 257, 3), (1, 1536, 384)] {
+        for &(m, k, n) in
+            &[(1, 1, 1), (3, 31, 5), (2, 32, 7), (5, 33, 9), (4, 100, 50), (70, 257, 3), (7, 64, 17), (1, 1536, 384)]
+        {
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
             let wv: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let w = Weight::quantize("w", &[n, k], &wv, Format::Q8A8).unwrap();
-            let mut out = vec![0f32; m * n];
-            matmul(&x, &w, None, Activation::None, m, k, n, &mut out);
             let want = definition(&x, &w, m, k, n);
-            for (i, (g, e)) in out.iter().zip(&want).enumerate() {
-                let tol = 1e-5 * (1.0 + e.abs()) * (k as f64).sqrt();
-                assert!((f64::from(*g) - e).abs() <= tol, "{m}x{k}x{n} [{i}]: {g} vs {e}");
+            // this plain twin, and the backend's own path (AVX2 where the CPU has it)
+            let mut plain = vec![0f32; m * n];
+            matmul(&x, &w, None, Activation::None, m, k, n, &mut plain);
+            let mut fast = vec![0f32; m * n];
+            crate::matmul(&x, &w, None, Activation::None, m, k, n, &mut fast);
+            for (what, out) in [("plain", &plain), ("backend", &fast)] {
+                for (i, (g, e)) in out.iter().zip(&want).enumerate() {
+                    let tol = 1e-5 * (1.0 + e.abs()) * (k as f64).sqrt();
+                    assert!((f64::from(*g) - e).abs() <= tol, "{what} {m}x{k}x{n} [{i}]: {g} vs {e}");
+                }
             }
         }
     }
@@ -160,9 +167,15 @@ mod tests {
         let mut x = vec![0.5f32; m * k];
         x[k + 35] = f32::NAN;
         let w = Weight::quantize("w", &[n, k], &vec![0.25f32; n * k], Format::Q8A8).unwrap();
-        let mut out = vec![0f32; m * n];
-        matmul(&x, &w, None, Activation::None, m, k, n, &mut out);
-        assert!(out[n..2 * n].iter().all(|v| v.is_nan()));
-        assert!(out[..n].iter().chain(&out[2 * n..]).all(|v| (v - 5.0).abs() < 1e-3), "{out:?}");
+        for fast in [false, true] {
+            let mut out = vec![0f32; m * n];
+            if fast {
+                crate::matmul(&x, &w, None, Activation::None, m, k, n, &mut out);
+            } else {
+                matmul(&x, &w, None, Activation::None, m, k, n, &mut out);
+            }
+            assert!(out[n..2 * n].iter().all(|v| v.is_nan()), "{out:?}");
+            assert!(out[..n].iter().chain(&out[2 * n..]).all(|v| (v - 5.0).abs() < 1e-3), "{out:?}");
+        }
     }
 }

@@ -238,8 +238,9 @@ pub(crate) fn run_tasks(
 ///
 /// With `q8` weights on a CPU with AVX2 the activations are first rounded per row to 16-bit
 /// integers and the products summed exactly in 32-bit integers (module `int16`), over a copy
-/// of the weight laid out for it; `q8a8` weights take the 8-bit-activation kernel (`crate::a8`);
-/// every other case dequantizes the weights to f32 panels.
+/// of the weight laid out for it; `q8a8` weights go the same way with 8-bit activation blocks
+/// (else through the plain twin `crate::a8`); every other case dequantizes the weights to f32
+/// panels.
 /// For repeated use, [`crate::CpuWeights`] lays weights out once.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -271,14 +272,18 @@ pub(crate) fn matmul_with(
     if m == 0 || n == 0 {
         return;
     }
-    if w.format == Format::Q8A8 {
-        return crate::a8::matmul(x, w, bias, act, m, k, n, out);
-    }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = packed; // never made there
     #[cfg(target_arch = "x86_64")]
     if let Some(p) = packed {
-        return int16::matmul(x, &p.0, bias, act, m, out);
+        return if w.format == Format::Q8A8 {
+            int16::matmul_a8(x, &p.0, bias, act, m, out)
+        } else {
+            int16::matmul(x, &p.0, bias, act, m, out)
+        };
+    }
+    if w.format == Format::Q8A8 {
+        return crate::a8::matmul(x, w, bias, act, m, k, n, out);
     }
     let arch = Arch::new();
     run_tasks(m, n, out, |m0, mb, n0, nb| arch.dispatch(Task { x, w, bias, act, k, m0, mb, n0, nb }));
@@ -289,11 +294,11 @@ pub(crate) fn matmul_with(
 pub struct Packed(#[cfg(target_arch = "x86_64")] int16::Packed);
 
 impl Packed {
-    /// The layout of `w` for this CPU, if it has a kernel for `w`'s format (today: `q8`
-    /// with AVX2).
+    /// The layout of `w` for this CPU, if it has a kernel for `w`'s format (today: `q8` and
+    /// `q8a8` with AVX2).
     pub fn new(w: &Weight) -> Option<Packed> {
         #[cfg(target_arch = "x86_64")]
-        if w.format == Format::Q8 && w.shape.len() == 2 && w.shape[1] > 0 {
+        if matches!(w.format, Format::Q8 | Format::Q8A8) && w.shape.len() == 2 && w.shape[1] > 0 {
             return int16::Packed::new(w).map(Packed);
         }
         let _ = w;
@@ -313,10 +318,10 @@ impl Packed {
 #[cfg(target_arch = "x86_64")]
 mod int16 {
     use pulp::x86::V3;
-    use pulp::{NullaryFnOnce, Simd, i8x16, i16x16, u32x8};
+    use pulp::{NullaryFnOnce, Simd, f32x8, i8x16, i16x16, i32x8, u32x8};
     use rayon::prelude::*;
     use wedge_core::graph::Activation;
-    use wedge_core::quant::Weight;
+    use wedge_core::quant::{A8_BLOCK, Weight};
 
     use super::{epilogue, run_tasks};
 
@@ -492,6 +497,127 @@ mod int16 {
             epilogue(&mut res, bias.map(|b| &b[n0..n0 + nb]), act);
             res
         }
+    }
+
+    /// [`tile`] for `q8a8`: the integer sums of each block of [`A8_BLOCK`] values (16 pairs)
+    /// folded into f32 accumulators with the row's block scale (`sx[i][b]`), as
+    /// `wedge_core::quant` defines. Fewer rows per tile than [`tile`]: the f32 accumulators
+    /// take registers too.
+    #[inline(always)]
+    fn tile_a8<const R2: usize, const C2: usize>(
+        simd: V3,
+        xs: [&[u32]; R2],
+        ws: [&[i8x16]; C2],
+        sx: [&[f32]; R2],
+    ) -> [[f32x8; C2]; R2] {
+        let pairs = ws[0].len();
+        let mut facc = [[simd.splat_f32x8(0.0); C2]; R2];
+        for (b, p0) in (0..pairs).step_by(A8_BLOCK / 2).enumerate() {
+            let p1 = (p0 + A8_BLOCK / 2).min(pairs);
+            let xh: [&[u32]; R2] = std::array::from_fn(|i| &xs[i][p0..p1]);
+            let wh: [&[i8x16]; C2] = std::array::from_fn(|j| &ws[j][p0..p1]);
+            let mut acc = [[simd.splat_u32s(0); C2]; R2];
+            for p in 0..p1 - p0 {
+                let wp: [i16x16; C2] = std::array::from_fn(|j| simd.convert_i8x16_to_i16x16(wh[j][p]));
+                for i in 0..R2 {
+                    let xb: i16x16 = pulp::cast(simd.splat_u32s(xh[i][p]));
+                    for j in 0..C2 {
+                        let prod: u32x8 = pulp::cast(simd.multiply_wrapping_add_adjacent_i16x16(xb, wp[j]));
+                        acc[i][j] = simd.add_u32s(acc[i][j], prod);
+                    }
+                }
+            }
+            for i in 0..R2 {
+                let s = simd.splat_f32x8(sx[i][b]);
+                for j in 0..C2 {
+                    let sums = simd.convert_i32x8_to_f32x8(pulp::cast::<u32x8, i32x8>(acc[i][j]));
+                    facc[i][j] = simd.mul_add_f32x8(sums, s, facc[i][j]);
+                }
+            }
+        }
+        facc
+    }
+
+    /// Activation rows per `q8a8` micro-tile.
+    const RA: usize = 3;
+
+    /// One `q8a8` task: `mb` rows from `m0` against the `nb` weight rows from `n0`.
+    struct TaskA8<'a> {
+        xq: &'a [u32],
+        sx: &'a [f32],
+        blocks: usize,
+        w: &'a Packed,
+        bias: Option<&'a [f32]>,
+        act: Activation,
+        at: (usize, usize, usize, usize),
+    }
+
+    impl NullaryFnOnce for TaskA8<'_> {
+        type Output = Vec<f32>;
+
+        #[inline(always)]
+        fn call(self) -> Vec<f32> {
+            let TaskA8 { xq, sx, blocks, w, bias, act, at: (m0, mb, n0, nb) } = self;
+            let simd = w.simd;
+            let xpairs = blocks * A8_BLOCK / 2;
+            let (g0, groups) = (n0 / 8, nb.div_ceil(8));
+            let stride = groups * 8;
+            let mut acc = vec![0f32; mb * stride];
+            let rows = |i0: usize| -> ([&[u32]; RA], [&[f32]; RA]) {
+                let r = |i: usize| m0 + (i0 + i).min(mb - 1);
+                (
+                    std::array::from_fn(|i| &xq[r(i) * xpairs..(r(i) + 1) * xpairs]),
+                    std::array::from_fn(|i| &sx[r(i) * blocks..(r(i) + 1) * blocks]),
+                )
+            };
+            let mut store = |i0: usize, j0: usize, t: &[[f32x8; C]]| {
+                for (i, row) in t.iter().enumerate() {
+                    for (j, v) in row.iter().enumerate().take(groups - j0) {
+                        let o = (i0 + i) * stride + (j0 + j) * 8;
+                        acc[o..o + 8].copy_from_slice(&pulp::cast::<f32x8, [f32; 8]>(*v));
+                    }
+                }
+            };
+            let mut i0 = 0;
+            while i0 < mb {
+                let r = (mb - i0).min(RA);
+                let (x, s) = rows(i0);
+                let mut j0 = 0;
+                while j0 < groups {
+                    // a last odd group is computed twice rather than needing its own tiles
+                    let g = [w.group(g0 + j0), w.group(g0 + (j0 + 1).min(groups - 1))];
+                    match r {
+                        3 => store(i0, j0, &tile_a8::<3, C>(simd, x, g, s)),
+                        2 => store(i0, j0, &tile_a8::<2, C>(simd, [x[0], x[1]], g, [s[0], s[1]])),
+                        _ => store(i0, j0, &tile_a8::<1, C>(simd, [x[0]], g, [s[0]])),
+                    }
+                    j0 += C;
+                }
+                i0 += r;
+            }
+            let wscale = &w.scales[n0..n0 + nb];
+            let mut res: Vec<f32> = Vec::with_capacity(mb * nb);
+            for a in acc.chunks_exact(stride) {
+                res.extend(a[..nb].iter().zip(wscale).map(|(a, sw)| a * sw));
+            }
+            epilogue(&mut res, bias.map(|b| &b[n0..n0 + nb]), act);
+            res
+        }
+    }
+
+    /// A `q8a8` matmul on AVX2: the activations rounded by [`crate::a8::quantize_rows`] (the
+    /// twin's rounding exactly) and widened to 16-bit pairs, the weights in [`Packed`]'s layout.
+    pub(super) fn matmul_a8(x: &[f32], w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
+        let (simd, k) = (w.simd, w.k);
+        let blocks = k.div_ceil(A8_BLOCK);
+        let (q, sx) = crate::a8::quantize_rows(&x[..m * k], k);
+        let xq: Vec<u32> = q
+            .chunks_exact(2)
+            .map(|p| u32::from(i16::from(p[0]) as u16) | (u32::from(i16::from(p[1]) as u16) << 16))
+            .collect();
+        run_tasks(m, w.n, out, |m0, mb, n0, nb| {
+            simd.vectorize(TaskA8 { xq: &xq, sx: &sx, blocks, w, bias, act, at: (m0, mb, n0, nb) })
+        });
     }
 
     /// Runs the whole matmul (see the module docs).
