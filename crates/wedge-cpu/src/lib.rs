@@ -40,7 +40,7 @@ pub enum CpuError {
 
 /// Weights prepared for the CPU: the packed weights, f32 copies of the small vectors
 /// (biases, norm scales) that every step reads whole, and the matrices a faster kernel
-/// wants in its own layout ([`Packed`]: `q8` on AVX2, in place of the f32 panels).
+/// wants in its own layout ([`Packed`]: `q8`, `q8a8`, `q4` and `q4_1` on AVX2, in place of the f32 panels).
 #[derive(Debug)]
 pub struct CpuWeights {
     weights: Vec<Weight>,
