@@ -485,11 +485,22 @@ mod int16 {
     /// horizontal sums are needed.
     #[inline(always)]
     fn tile<const R2: usize, const C2: usize>(simd: V3, xs: [&[u32]; R2], ws: [&[i8x16]; C2]) -> [[u32x8; C2]; R2] {
-        let pairs = ws[0].len();
-        let xh: [&[u32]; R2] = std::array::from_fn(|i| &xs[i][..pairs]);
-        let wh: [&[i8x16]; C2] = std::array::from_fn(|j| &ws[j][..pairs]);
+        sums(simd, xs, ws, 0..ws[0].len())
+    }
+
+    /// The integer sums of [`tile`] over the pairs `span` only (one block or quantization
+    /// group of the kernels that fold each into f32).
+    #[inline(always)]
+    fn sums<const R2: usize, const C2: usize>(
+        simd: V3,
+        xs: [&[u32]; R2],
+        ws: [&[i8x16]; C2],
+        span: std::ops::Range<usize>,
+    ) -> [[u32x8; C2]; R2] {
+        let xh: [&[u32]; R2] = std::array::from_fn(|i| &xs[i][span.clone()]);
+        let wh: [&[i8x16]; C2] = std::array::from_fn(|j| &ws[j][span.clone()]);
         let mut acc = [[simd.splat_u32s(0); C2]; R2];
-        for p in 0..pairs {
+        for p in 0..span.len() {
             let wp: [i16x16; C2] = std::array::from_fn(|j| simd.convert_i8x16_to_i16x16(wh[j][p]));
             for i in 0..R2 {
                 let xb: i16x16 = pulp::cast(simd.splat_u32s(xh[i][p]));
@@ -580,20 +591,7 @@ mod int16 {
         let pairs = ws[0].len();
         let mut facc = [[simd.splat_f32x8(0.0); C2]; R2];
         for (b, p0) in (0..pairs).step_by(A8_BLOCK / 2).enumerate() {
-            let p1 = (p0 + A8_BLOCK / 2).min(pairs);
-            let xh: [&[u32]; R2] = std::array::from_fn(|i| &xs[i][p0..p1]);
-            let wh: [&[i8x16]; C2] = std::array::from_fn(|j| &ws[j][p0..p1]);
-            let mut acc = [[simd.splat_u32s(0); C2]; R2];
-            for p in 0..p1 - p0 {
-                let wp: [i16x16; C2] = std::array::from_fn(|j| simd.convert_i8x16_to_i16x16(wh[j][p]));
-                for i in 0..R2 {
-                    let xb: i16x16 = pulp::cast(simd.splat_u32s(xh[i][p]));
-                    for j in 0..C2 {
-                        let prod: u32x8 = pulp::cast(simd.multiply_wrapping_add_adjacent_i16x16(xb, wp[j]));
-                        acc[i][j] = simd.add_u32s(acc[i][j], prod);
-                    }
-                }
-            }
+            let acc = sums(simd, xs, ws, p0..(p0 + A8_BLOCK / 2).min(pairs));
             for i in 0..R2 {
                 let s = simd.splat_f32x8(sx[i][b]);
                 for j in 0..C2 {
@@ -622,20 +620,7 @@ mod int16 {
         let pairs = ws[0].len();
         let mut facc = [[simd.splat_f32x8(0.0); C2]; R2];
         for (g, p0) in (0..pairs).step_by(gp).enumerate() {
-            let p1 = (p0 + gp).min(pairs);
-            let xh: [&[u32]; R2] = std::array::from_fn(|i| &xs[i][p0..p1]);
-            let wh: [&[i8x16]; C2] = std::array::from_fn(|j| &ws[j][p0..p1]);
-            let mut acc = [[simd.splat_u32s(0); C2]; R2];
-            for p in 0..p1 - p0 {
-                let wp: [i16x16; C2] = std::array::from_fn(|j| simd.convert_i8x16_to_i16x16(wh[j][p]));
-                for i in 0..R2 {
-                    let xb: i16x16 = pulp::cast(simd.splat_u32s(xh[i][p]));
-                    for j in 0..C2 {
-                        let prod: u32x8 = pulp::cast(simd.multiply_wrapping_add_adjacent_i16x16(xb, wp[j]));
-                        acc[i][j] = simd.add_u32s(acc[i][j], prod);
-                    }
-                }
-            }
+            let acc = sums(simd, xs, ws, p0..(p0 + gp).min(pairs));
             for i in 0..R2 {
                 let xg = simd.splat_f32x8(xsum[i][g] as f32);
                 for j in 0..C2 {
