@@ -234,8 +234,9 @@ impl<'a> ResidentRun<'a> {
                         let entry = if gemv { "gemv_a8" } else { "gemm_a8" };
                         (KernelKey::new(Family::QWeightA8, entry, template, overrides), g)
                     } else if gemv && ctx.subgroups() {
-                        // wide workgroups only when each column has words enough for them
-                        let wg = if format.words_per_row(*k) >= 1024 { 256 } else { 64 };
+                        // wide workgroups only when each column has words enough for them (and
+                        // the adapter takes 256 invocations)
+                        let wg = if format.words_per_row(*k) >= 1024 && t.wg >= 256 { 256 } else { 64 };
                         let mut g = grid(ctx, n.div_ceil(SG_COLUMNS))?;
                         g[2] = rows;
                         (KernelKey::new(Family::QWeightSubgroup, "gemv_sg", vec![("WG", wg)], overrides), g)
