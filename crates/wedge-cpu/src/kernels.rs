@@ -397,20 +397,22 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
     let kt: Vec<(usize, Vec<f32>)> = (0..dims.batch).into_par_iter().map(transpose).collect();
     #[cfg(target_arch = "wasm32")]
     let kt: Vec<(usize, Vec<f32>)> = (0..dims.batch).map(transpose).collect();
-    const ROWS_PER_TASK: usize = 16;
     let width = dims.heads * dims.head_dim;
     let total = dims.batch * dims.q_len;
+    // up to 16 query rows per task, fewer when that would leave threads idle (a short
+    // sentence has few rows, each costly with many heads)
+    let per_task = total.div_ceil(4 * crate::threads()).clamp(1, 16);
     let arch = pulp::Arch::new();
     let task = |t: usize| {
-        let (r0, r1) = (t * ROWS_PER_TASK, ((t + 1) * ROWS_PER_TASK).min(total));
+        let (r0, r1) = (t * per_task, ((t + 1) * per_task).min(total));
         arch.dispatch(Rows { dims, q, v, mask, kt: &kt, r0, r1 })
     };
     #[cfg(not(target_arch = "wasm32"))]
-    let results: Vec<Vec<f32>> = (0..total.div_ceil(ROWS_PER_TASK)).into_par_iter().map(task).collect();
+    let results: Vec<Vec<f32>> = (0..total.div_ceil(per_task)).into_par_iter().map(task).collect();
     #[cfg(target_arch = "wasm32")]
-    let results: Vec<Vec<f32>> = (0..total.div_ceil(ROWS_PER_TASK)).map(task).collect();
+    let results: Vec<Vec<f32>> = (0..total.div_ceil(per_task)).map(task).collect();
     for (t, res) in results.into_iter().enumerate() {
-        let o = t * ROWS_PER_TASK * width;
+        let o = t * per_task * width;
         out[o..o + res.len()].copy_from_slice(&res);
     }
 }

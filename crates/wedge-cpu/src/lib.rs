@@ -145,7 +145,19 @@ pub fn threads() -> usize {
 }
 
 /// Runs `plan` on the CPU and returns its outputs in the plan's output order.
+///
+/// On native targets the whole run happens on a thread of rayon's pool, so each step's
+/// parallel loops start from a worker (a cheap push onto its queue) rather than from the
+/// caller's thread, which would hand every loop to the pool and sleep until it ends: a
+/// round trip through the OS scheduler per step, dozens per run.
 pub fn execute(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, CpuError> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return rayon::scope(|_| execute_here(plan, weights, inputs));
+    #[cfg(target_arch = "wasm32")]
+    return execute_here(plan, weights, inputs);
+}
+
+fn execute_here(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, CpuError> {
     plan.check_inputs(inputs)?;
     let mut slots: Vec<Vec<u32>> = plan.slot_words.iter().map(|&w| vec![0u32; w]).collect();
     for (t, v) in inputs.iter().zip(&plan.inputs) {
