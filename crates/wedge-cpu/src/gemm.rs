@@ -364,8 +364,6 @@ mod int16 {
         (q, scales)
     }
 
-    /// Activation rows per micro-tile.
-    const R: usize = 6;
     /// Groups of eight weight rows (output columns) per micro-tile.
     const C: usize = 2;
 
@@ -468,28 +466,16 @@ mod int16 {
             self.group > 0
         }
 
+        #[inline(always)]
         fn group(&self, g: usize) -> &[i8x16] {
             &self.data[g * self.pairs..(g + 1) * self.pairs]
         }
     }
 
-    /// The first `N` of `R` rows.
-    #[inline(always)]
-    fn sub<const N: usize>(x: [&[u32]; R]) -> [&[u32]; N] {
-        std::array::from_fn(|i| x[i])
-    }
-
     /// `R2 × C2` blocks of eight outputs: row `i` of `x` (pairs of values as `u32`) against
-    /// column group `j` (per pair, eight rows × two values, widened to 16 bits here). Each pair
-    /// of activations is broadcast to every lane, so each lane owns one output column and no
-    /// horizontal sums are needed.
-    #[inline(always)]
-    fn tile<const R2: usize, const C2: usize>(simd: V3, xs: [&[u32]; R2], ws: [&[i8x16]; C2]) -> [[u32x8; C2]; R2] {
-        sums(simd, xs, ws, 0..ws[0].len())
-    }
-
-    /// The integer sums of [`tile`] over the pairs `span` only (one block or quantization
-    /// group of the kernels that fold each into f32).
+    /// column group `j` (per pair, eight rows × two values, widened to 16 bits here), summed
+    /// over the pairs `span` only. Each pair of activations is broadcast to every lane, so
+    /// each lane owns one output column and no horizontal sums are needed.
     #[inline(always)]
     fn sums<const R2: usize, const C2: usize>(
         simd: V3,
@@ -513,159 +499,176 @@ mod int16 {
         acc
     }
 
-    /// One task: `mb` rows from `m0` against the `nb` weight rows from `n0` (a multiple of 8).
-    struct Task<'a> {
+    /// An `i32` vector of sums as f32 (rounded to nearest, as `as f32` does).
+    #[inline(always)]
+    fn to_f32(simd: V3, v: u32x8) -> f32x8 {
+        simd.convert_i32x8_to_f32x8(pulp::cast::<u32x8, i32x8>(v))
+    }
+
+    /// What sets the three integer kernels apart: the activations as rounded for it, how a
+    /// micro-tile's integer sums become f32, how many rows a micro-tile takes, and the factor
+    /// each output takes at the end. [`Job`] walks the tiles the same way for all of them.
+    trait Fold: Sync {
+        /// Activation rows per micro-tile (at most 6). Kernels that fold spans into f32
+        /// accumulators take fewer: those take registers too.
+        const ROWS: usize;
+        /// The sums of activation rows `rows` against column groups `cols`, in f32.
+        fn tile<const R2: usize>(&self, simd: V3, w: &Packed, rows: [usize; R2], cols: [usize; C]) -> [[f32x8; C]; R2];
+        /// Output row `row` from its tile sums `acc` (columns from `n0`, as many as `dst`):
+        /// each times the factor it takes after the tiles.
+        fn finish(&self, w: &Packed, row: usize, n0: usize, acc: &[f32], dst: &mut [f32]);
+    }
+
+    /// `q8`: activations per row to at most 16 bits (`xq`, pairs as `u32`; scales `xs`), one
+    /// exact integer sum over all of `k`, times the row's and the column's scale.
+    struct Q8<'a> {
         xq: &'a [u32],
         xs: &'a [f32],
-        w: &'a Packed,
-        bias: Option<&'a [f32]>,
-        act: Activation,
-        at: (usize, usize, usize, usize),
     }
 
-    impl NullaryFnOnce for Task<'_> {
-        type Output = Vec<f32>;
+    impl Fold for Q8<'_> {
+        const ROWS: usize = 6;
 
         #[inline(always)]
-        fn call(self) -> Vec<f32> {
-            let Task { xq, xs, w, bias, act, at: (m0, mb, n0, nb) } = self;
-            let (simd, pairs) = (w.simd, w.pairs);
-            let (g0, groups) = (n0 / 8, nb.div_ceil(8));
-            let stride = groups * 8;
-            let mut acc = vec![0i32; mb * stride];
-            let rows = |i0: usize| -> [&[u32]; R] {
-                std::array::from_fn(|i| {
-                    let r = m0 + (i0 + i).min(mb - 1);
-                    &xq[r * pairs..(r + 1) * pairs]
-                })
-            };
-            let mut store = |i0: usize, j0: usize, t: &[[u32x8; C]]| {
-                for (i, row) in t.iter().enumerate() {
-                    for (j, v) in row.iter().enumerate().take(groups - j0) {
-                        let o = (i0 + i) * stride + (j0 + j) * 8;
-                        acc[o..o + 8].copy_from_slice(&pulp::cast::<u32x8, [i32; 8]>(*v));
-                    }
+        fn tile<const R2: usize>(&self, simd: V3, w: &Packed, rows: [usize; R2], cols: [usize; C]) -> [[f32x8; C]; R2] {
+            let p = w.pairs;
+            let acc = sums(simd, slices(self.xq, rows, p), cols_of(w, cols), 0..p);
+            let mut out = [[simd.splat_f32x8(0.0); C]; R2];
+            for (o, a) in out.iter_mut().zip(&acc) {
+                for (o, a) in o.iter_mut().zip(a) {
+                    *o = to_f32(simd, *a);
                 }
-            };
-            let mut i0 = 0;
-            while i0 < mb {
-                let r = (mb - i0).min(R);
-                let x = rows(i0);
-                let mut j0 = 0;
-                while j0 < groups {
-                    // a last odd group is computed twice rather than needing its own tiles
-                    let g = [w.group(g0 + j0), w.group(g0 + (j0 + 1).min(groups - 1))];
-                    match r {
-                        6 => store(i0, j0, &tile::<6, C>(simd, sub(x), g)),
-                        5 => store(i0, j0, &tile::<5, C>(simd, sub(x), g)),
-                        4 => store(i0, j0, &tile::<4, C>(simd, sub(x), g)),
-                        3 => store(i0, j0, &tile::<3, C>(simd, sub(x), g)),
-                        2 => store(i0, j0, &tile::<2, C>(simd, sub(x), g)),
-                        _ => store(i0, j0, &tile::<1, C>(simd, sub(x), g)),
-                    }
-                    j0 += C;
-                }
-                i0 += r;
             }
-            let wscale = &w.scales[n0..n0 + nb];
-            let mut res: Vec<f32> = Vec::with_capacity(mb * nb);
-            for (a, sx) in acc.chunks_exact(stride).zip(&xs[m0..m0 + mb]) {
-                res.extend(a[..nb].iter().zip(wscale).map(|(a, sw)| *a as f32 * (sx * sw)));
+            out
+        }
+
+        #[inline(always)]
+        fn finish(&self, w: &Packed, row: usize, n0: usize, acc: &[f32], dst: &mut [f32]) {
+            let sx = self.xs[row];
+            for ((d, a), sw) in dst.iter_mut().zip(acc).zip(&w.scales[n0..]) {
+                *d = a * (sx * sw);
             }
-            epilogue(&mut res, bias.map(|b| &b[n0..n0 + nb]), act);
-            res
         }
     }
 
-    /// [`tile`] for `q8a8`: the integer sums of each block of [`A8_BLOCK`] values (16 pairs)
-    /// folded into f32 accumulators with the row's block scale (`sx[i][b]`), as
-    /// `wedge_core::quant` defines. Fewer rows per tile than [`tile`]: the f32 accumulators
-    /// take registers too.
-    #[inline(always)]
-    fn tile_a8<const R2: usize, const C2: usize>(
-        simd: V3,
-        xs: [&[u32]; R2],
-        ws: [&[i8x16]; C2],
-        sx: [&[f32]; R2],
-    ) -> [[f32x8; C2]; R2] {
-        let pairs = ws[0].len();
-        let mut facc = [[simd.splat_f32x8(0.0); C2]; R2];
-        for (b, p0) in (0..pairs).step_by(A8_BLOCK / 2).enumerate() {
-            let acc = sums(simd, xs, ws, p0..(p0 + A8_BLOCK / 2).min(pairs));
-            for i in 0..R2 {
-                let s = simd.splat_f32x8(sx[i][b]);
-                for j in 0..C2 {
-                    let sums = simd.convert_i32x8_to_f32x8(pulp::cast::<u32x8, i32x8>(acc[i][j]));
-                    facc[i][j] = simd.mul_add_f32x8(sums, s, facc[i][j]);
-                }
-            }
-        }
-        facc
+    /// `q8a8`: activations in blocks of [`A8_BLOCK`] values (16 pairs) with a scale each
+    /// (`sx`), each block's integer sum folded into f32 with its scale as `wedge_core::quant`
+    /// defines, times the column's scale at the end.
+    struct A8<'a> {
+        xq: &'a [u32],
+        sx: &'a [f32],
+        blocks: usize,
     }
 
-    /// [`tile`] for `q4` / `q4_1`: the integer sums of each quantization group (`gp` pairs)
-    /// folded into f32 with the columns' group scales and, for `q4_1`, the group's sum of
-    /// activations times the columns' minimums (`w = u·s + m`, so `Σ x·w = s·Σ x·u + m·Σ x`).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn tile_q4<const R2: usize, const C2: usize, const MIN: bool>(
-        simd: V3,
-        xs: [&[u32]; R2],
-        xsum: [&[i32]; R2],
-        ws: [&[i8x16]; C2],
-        gs: [&[f32x8]; C2],
-        gm: [&[f32x8]; C2],
-        gp: usize,
-    ) -> [[f32x8; C2]; R2] {
-        let pairs = ws[0].len();
-        let mut facc = [[simd.splat_f32x8(0.0); C2]; R2];
-        for (g, p0) in (0..pairs).step_by(gp).enumerate() {
-            let acc = sums(simd, xs, ws, p0..(p0 + gp).min(pairs));
-            for i in 0..R2 {
-                let xg = simd.splat_f32x8(xsum[i][g] as f32);
-                for j in 0..C2 {
-                    let sums = simd.convert_i32x8_to_f32x8(pulp::cast::<u32x8, i32x8>(acc[i][j]));
-                    facc[i][j] = simd.mul_add_f32x8(sums, gs[j][g], facc[i][j]);
-                    if MIN {
-                        facc[i][j] = simd.mul_add_f32x8(xg, gm[j][g], facc[i][j]);
+    impl Fold for A8<'_> {
+        const ROWS: usize = 3;
+
+        #[inline(always)]
+        fn tile<const R2: usize>(&self, simd: V3, w: &Packed, rows: [usize; R2], cols: [usize; C]) -> [[f32x8; C]; R2] {
+            let (pairs, xpairs, bp) = (w.pairs, self.blocks * A8_BLOCK / 2, A8_BLOCK / 2);
+            let (xs, ws) = (slices(self.xq, rows, xpairs), cols_of(w, cols));
+            let mut facc = [[simd.splat_f32x8(0.0); C]; R2];
+            for (b, p0) in (0..pairs).step_by(bp).enumerate() {
+                let acc = sums(simd, xs, ws, p0..(p0 + bp).min(pairs));
+                for i in 0..R2 {
+                    let s = simd.splat_f32x8(self.sx[rows[i] * self.blocks + b]);
+                    for j in 0..C {
+                        facc[i][j] = simd.mul_add_f32x8(to_f32(simd, acc[i][j]), s, facc[i][j]);
                     }
                 }
             }
+            facc
         }
-        facc
+
+        #[inline(always)]
+        fn finish(&self, w: &Packed, _: usize, n0: usize, acc: &[f32], dst: &mut [f32]) {
+            for ((d, a), sw) in dst.iter_mut().zip(acc).zip(&w.scales[n0..]) {
+                *d = a * sw;
+            }
+        }
     }
 
-    /// One `q4` / `q4_1` task: `mb` rows from `m0` against the `nb` weight rows from `n0`.
-    struct TaskQ4<'a> {
+    /// `q4` / `q4_1`: activations per row to 16 bits, the integer sums of each quantization
+    /// group folded into f32 with the columns' group scales and, for `q4_1`, the group's sum
+    /// of activations (`xsum`) times the columns' minimums (`w = u·s + m`, so
+    /// `Σ x·w = s·Σ x·u + m·Σ x`); times the row's scale at the end.
+    struct Q4<'a> {
         xq: &'a [u32],
         xs: &'a [f32],
         xsum: &'a [i32],
+    }
+
+    impl Q4<'_> {
+        #[inline(always)]
+        fn tile_with<const R2: usize, const MIN: bool>(
+            &self,
+            simd: V3,
+            w: &Packed,
+            rows: [usize; R2],
+            cols: [usize; C],
+        ) -> [[f32x8; C]; R2] {
+            let (pairs, gp, kgroups) = (w.pairs, w.group / 2, w.k.div_ceil(w.group));
+            let (xs, ws) = (slices(self.xq, rows, pairs), cols_of(w, cols));
+            let mut facc = [[simd.splat_f32x8(0.0); C]; R2];
+            for (g, p0) in (0..pairs).step_by(gp).enumerate() {
+                let acc = sums(simd, xs, ws, p0..(p0 + gp).min(pairs));
+                for i in 0..R2 {
+                    let xg = simd.splat_f32x8(self.xsum[rows[i] * kgroups + g] as f32);
+                    for j in 0..C {
+                        let at = cols[j] * kgroups + g;
+                        facc[i][j] = simd.mul_add_f32x8(to_f32(simd, acc[i][j]), w.gscales[at], facc[i][j]);
+                        if MIN {
+                            facc[i][j] = simd.mul_add_f32x8(xg, w.gmins[at], facc[i][j]);
+                        }
+                    }
+                }
+            }
+            facc
+        }
+    }
+
+    impl Fold for Q4<'_> {
+        const ROWS: usize = 3;
+
+        #[inline(always)]
+        fn tile<const R2: usize>(&self, simd: V3, w: &Packed, rows: [usize; R2], cols: [usize; C]) -> [[f32x8; C]; R2] {
+            if w.gmins.is_empty() {
+                self.tile_with::<R2, false>(simd, w, rows, cols)
+            } else {
+                self.tile_with::<R2, true>(simd, w, rows, cols)
+            }
+        }
+
+        #[inline(always)]
+        fn finish(&self, _: &Packed, row: usize, _: usize, acc: &[f32], dst: &mut [f32]) {
+            let sx = self.xs[row];
+            for (d, a) in dst.iter_mut().zip(acc) {
+                *d = a * sx;
+            }
+        }
+    }
+
+    /// One task of any integer kernel: `mb` activation rows from `m0` against the `nb`
+    /// weight rows from `n0` (a multiple of 8), in micro-tiles of `F::ROWS` rows × `C` groups
+    /// of eight columns.
+    struct Job<'a, F> {
+        fold: &'a F,
         w: &'a Packed,
         bias: Option<&'a [f32]>,
         act: Activation,
         at: (usize, usize, usize, usize),
     }
 
-    impl NullaryFnOnce for TaskQ4<'_> {
+    impl<F: Fold> NullaryFnOnce for Job<'_, F> {
         type Output = Vec<f32>;
 
         #[inline(always)]
         fn call(self) -> Vec<f32> {
-            let TaskQ4 { xq, xs, xsum, w, bias, act, at: (m0, mb, n0, nb) } = self;
-            let (simd, pairs) = (w.simd, w.pairs);
-            let kgroups = w.k.div_ceil(w.group);
+            let Job { fold, w, bias, act, at: (m0, mb, n0, nb) } = self;
+            let simd = w.simd;
             let (g0, groups) = (n0 / 8, nb.div_ceil(8));
             let stride = groups * 8;
             let mut acc = vec![0f32; mb * stride];
-            let rows = |i0: usize| -> ([&[u32]; RA], [&[i32]; RA]) {
-                let r = |i: usize| m0 + (i0 + i).min(mb - 1);
-                (
-                    std::array::from_fn(|i| &xq[r(i) * pairs..(r(i) + 1) * pairs]),
-                    std::array::from_fn(|i| &xsum[r(i) * kgroups..(r(i) + 1) * kgroups]),
-                )
-            };
-            let scales = |g: usize| &w.gscales[g * kgroups..(g + 1) * kgroups];
-            let mins = |g: usize| if w.gmins.is_empty() { &[][..] } else { &w.gmins[g * kgroups..(g + 1) * kgroups] };
             let mut store = |i0: usize, j0: usize, t: &[[f32x8; C]]| {
                 for (i, row) in t.iter().enumerate() {
                     for (j, v) in row.iter().enumerate().take(groups - j0) {
@@ -674,133 +677,77 @@ mod int16 {
                     }
                 }
             };
-            let gp = w.group / 2;
             let mut i0 = 0;
             while i0 < mb {
-                let r = (mb - i0).min(RA);
-                let (x, xg) = rows(i0);
+                let r = (mb - i0).min(F::ROWS);
                 let mut j0 = 0;
                 while j0 < groups {
                     // a last odd group is computed twice rather than needing its own tiles
-                    let gj = [g0 + j0, g0 + (j0 + 1).min(groups - 1)];
-                    let ws = gj.map(|g| w.group(g));
-                    let (gs, gm) = (gj.map(scales), gj.map(mins));
-                    let asym = !w.gmins.is_empty();
-                    match (r, asym) {
-                        (3, false) => store(i0, j0, &tile_q4::<3, C, false>(simd, x, xg, ws, gs, gm, gp)),
-                        (3, true) => store(i0, j0, &tile_q4::<3, C, true>(simd, x, xg, ws, gs, gm, gp)),
-                        (2, false) => {
-                            store(i0, j0, &tile_q4::<2, C, false>(simd, [x[0], x[1]], [xg[0], xg[1]], ws, gs, gm, gp))
-                        }
-                        (2, true) => {
-                            store(i0, j0, &tile_q4::<2, C, true>(simd, [x[0], x[1]], [xg[0], xg[1]], ws, gs, gm, gp))
-                        }
-                        (_, false) => store(i0, j0, &tile_q4::<1, C, false>(simd, [x[0]], [xg[0]], ws, gs, gm, gp)),
-                        (_, true) => store(i0, j0, &tile_q4::<1, C, true>(simd, [x[0]], [xg[0]], ws, gs, gm, gp)),
+                    let cols = [g0 + j0, g0 + (j0 + 1).min(groups - 1)];
+                    let r0 = m0 + i0;
+                    match r {
+                        6 => store(i0, j0, &fold.tile::<6>(simd, w, rows(r0), cols)),
+                        5 => store(i0, j0, &fold.tile::<5>(simd, w, rows(r0), cols)),
+                        4 => store(i0, j0, &fold.tile::<4>(simd, w, rows(r0), cols)),
+                        3 => store(i0, j0, &fold.tile::<3>(simd, w, rows(r0), cols)),
+                        2 => store(i0, j0, &fold.tile::<2>(simd, w, rows(r0), cols)),
+                        _ => store(i0, j0, &fold.tile::<1>(simd, w, rows(r0), cols)),
                     }
                     j0 += C;
                 }
                 i0 += r;
             }
-            let mut res: Vec<f32> = Vec::with_capacity(mb * nb);
-            for (a, sx) in acc.chunks_exact(stride).zip(&xs[m0..m0 + mb]) {
-                res.extend(a[..nb].iter().map(|a| a * sx));
+            let mut res = vec![0f32; mb * nb];
+            for (i, (dst, a)) in res.chunks_exact_mut(nb).zip(acc.chunks_exact(stride)).enumerate() {
+                fold.finish(w, m0 + i, n0, a, dst);
             }
             epilogue(&mut res, bias.map(|b| &b[n0..n0 + nb]), act);
             res
         }
+    }
+
+    /// Rows `rows` of `x`, `len` values each.
+    #[inline(always)]
+    fn slices<const N: usize>(x: &[u32], rows: [usize; N], len: usize) -> [&[u32]; N] {
+        std::array::from_fn(|i| &x[rows[i] * len..(rows[i] + 1) * len])
+    }
+
+    /// Column groups `cols` of `w`.
+    #[inline(always)]
+    fn cols_of(w: &Packed, cols: [usize; C]) -> [&[i8x16]; C] {
+        std::array::from_fn(|j| w.group(cols[j]))
+    }
+
+    /// `N` consecutive rows from `r0`.
+    #[inline(always)]
+    fn rows<const N: usize>(r0: usize) -> [usize; N] {
+        std::array::from_fn(|i| r0 + i)
+    }
+
+    /// Runs the tasks of a whole matmul with kernel `fold`.
+    fn run<F: Fold>(fold: &F, w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
+        run_tasks(m, w.n, out, |m0, mb, n0, nb| w.simd.vectorize(Job { fold, w, bias, act, at: (m0, mb, n0, nb) }));
     }
 
     /// A `q4` / `q4_1` matmul on AVX2: activations rounded per row to 16 bits (sums run over
     /// one quantization group at a time, at most `128 · 32767 · 15`, so `qmax` is 32767 at any
-    /// `k`), the groups' integer sums folded into f32 as [`tile_q4`] says.
+    /// `k`), the groups' integer sums folded into f32 as [`Q4`] says.
     pub(super) fn matmul_q4(x: &[f32], w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
         let (simd, k, group) = (w.simd, w.k, w.group);
         let (xq, xs) = quantize_rows(simd, &x[..m * k], k, 32767.0);
-        let (kp, kgroups) = (k.div_ceil(2) * 2, k.div_ceil(group));
+        let kp = k.div_ceil(2) * 2;
         let xsum: Vec<i32> = xq
             .chunks_exact(kp)
             .flat_map(|row| row.chunks(group).map(|g| g.iter().map(|v| i32::from(*v)).sum::<i32>()))
             .collect();
-        debug_assert_eq!(xsum.len(), m * kgroups);
-        let xq: &[u32] = bytemuck::cast_slice(&xq);
-        run_tasks(m, w.n, out, |m0, mb, n0, nb| {
-            simd.vectorize(TaskQ4 { xq, xs: &xs, xsum: &xsum, w, bias, act, at: (m0, mb, n0, nb) })
-        });
-    }
-
-    /// Activation rows per `q8a8` micro-tile.
-    const RA: usize = 3;
-
-    /// One `q8a8` task: `mb` rows from `m0` against the `nb` weight rows from `n0`.
-    struct TaskA8<'a> {
-        xq: &'a [u32],
-        sx: &'a [f32],
-        blocks: usize,
-        w: &'a Packed,
-        bias: Option<&'a [f32]>,
-        act: Activation,
-        at: (usize, usize, usize, usize),
-    }
-
-    impl NullaryFnOnce for TaskA8<'_> {
-        type Output = Vec<f32>;
-
-        #[inline(always)]
-        fn call(self) -> Vec<f32> {
-            let TaskA8 { xq, sx, blocks, w, bias, act, at: (m0, mb, n0, nb) } = self;
-            let simd = w.simd;
-            let xpairs = blocks * A8_BLOCK / 2;
-            let (g0, groups) = (n0 / 8, nb.div_ceil(8));
-            let stride = groups * 8;
-            let mut acc = vec![0f32; mb * stride];
-            let rows = |i0: usize| -> ([&[u32]; RA], [&[f32]; RA]) {
-                let r = |i: usize| m0 + (i0 + i).min(mb - 1);
-                (
-                    std::array::from_fn(|i| &xq[r(i) * xpairs..(r(i) + 1) * xpairs]),
-                    std::array::from_fn(|i| &sx[r(i) * blocks..(r(i) + 1) * blocks]),
-                )
-            };
-            let mut store = |i0: usize, j0: usize, t: &[[f32x8; C]]| {
-                for (i, row) in t.iter().enumerate() {
-                    for (j, v) in row.iter().enumerate().take(groups - j0) {
-                        let o = (i0 + i) * stride + (j0 + j) * 8;
-                        acc[o..o + 8].copy_from_slice(&pulp::cast::<f32x8, [f32; 8]>(*v));
-                    }
-                }
-            };
-            let mut i0 = 0;
-            while i0 < mb {
-                let r = (mb - i0).min(RA);
-                let (x, s) = rows(i0);
-                let mut j0 = 0;
-                while j0 < groups {
-                    // a last odd group is computed twice rather than needing its own tiles
-                    let g = [w.group(g0 + j0), w.group(g0 + (j0 + 1).min(groups - 1))];
-                    match r {
-                        3 => store(i0, j0, &tile_a8::<3, C>(simd, x, g, s)),
-                        2 => store(i0, j0, &tile_a8::<2, C>(simd, [x[0], x[1]], g, [s[0], s[1]])),
-                        _ => store(i0, j0, &tile_a8::<1, C>(simd, [x[0]], g, [s[0]])),
-                    }
-                    j0 += C;
-                }
-                i0 += r;
-            }
-            let wscale = &w.scales[n0..n0 + nb];
-            let mut res: Vec<f32> = Vec::with_capacity(mb * nb);
-            for a in acc.chunks_exact(stride) {
-                res.extend(a[..nb].iter().zip(wscale).map(|(a, sw)| a * sw));
-            }
-            epilogue(&mut res, bias.map(|b| &b[n0..n0 + nb]), act);
-            res
-        }
+        debug_assert_eq!(xsum.len(), m * k.div_ceil(group));
+        run(&Q4 { xq: bytemuck::cast_slice(&xq), xs: &xs, xsum: &xsum }, w, bias, act, m, out);
     }
 
     /// A `q8a8` matmul on AVX2: the activations rounded by [`crate::a8::quantize_rows`] (the
     /// twin's rounding exactly) and widened to 16-bit pairs, the weights in [`Packed`]'s layout.
     pub(super) fn matmul_a8(x: &[f32], w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
         let (simd, k) = (w.simd, w.k);
-        let blocks = k.div_ceil(A8_BLOCK);
         // compiled for AVX2, so the rounding is one instruction rather than a libm call
         let (xq, sx) = simd.vectorize(|| {
             let (q, sx) = crate::a8::quantize_rows(&x[..m * k], k);
@@ -810,19 +757,14 @@ mod int16 {
                 .collect();
             (xq, sx)
         });
-        run_tasks(m, w.n, out, |m0, mb, n0, nb| {
-            simd.vectorize(TaskA8 { xq: &xq, sx: &sx, blocks, w, bias, act, at: (m0, mb, n0, nb) })
-        });
+        run(&A8 { xq: &xq, sx: &sx, blocks: k.div_ceil(A8_BLOCK) }, w, bias, act, m, out);
     }
 
-    /// Runs the whole matmul (see the module docs).
+    /// A `q8` matmul (see the module docs).
     pub(super) fn matmul(x: &[f32], w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
         let (simd, k) = (w.simd, w.k);
         let (xq, xs) = quantize_rows(simd, &x[..m * k], k, qmax(k));
-        let xq: &[u32] = bytemuck::cast_slice(&xq);
-        run_tasks(m, w.n, out, |m0, mb, n0, nb| {
-            simd.vectorize(Task { xq, xs: &xs, w, bias, act, at: (m0, mb, n0, nb) })
-        });
+        run(&Q8 { xq: bytemuck::cast_slice(&xq), xs: &xs }, w, bias, act, m, out);
     }
 }
 
