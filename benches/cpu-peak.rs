@@ -31,41 +31,28 @@ unsafe fn kern_a(x: &[[u32; K / 2]; 6], w: &[[i8; 16]], acc_out: &mut [i32; 8]) 
     for i in 0..6 { s = _mm256_add_epi32(s, _mm256_add_epi32(acc[i][0], acc[i][1])); }
     _mm256_storeu_si256(acc_out.as_mut_ptr() as *mut __m256i, s);
 }
+/// 8-bit values, four along k per lane: `EXACT` uses the sign trick (|w| times x with w's sign,
+/// so each pair of products fits i16), otherwise unsigned activations against signed weights,
+/// the fastest int8 form, which saturates when both neighbours' products are large.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kern_b<const R: usize>(x: &[[u32; K / 4]; 6], w: &[[i8; 32]], acc_out: &mut [i32; 8]) {
+unsafe fn kern_int8<const R: usize, const EXACT: bool>(x: &[[u32; K / 4]; 6], w: &[[i8; 32]], acc_out: &mut [i32; 8]) {
     // w: 2 col groups × K/4 quads, each 32 bytes (8 cols × 4 values)
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
     for p in 0..K / 4 {
         let w0 = _mm256_loadu_si256(w.as_ptr().add(p) as *const __m256i);
         let w1 = _mm256_loadu_si256(w.as_ptr().add(K / 4 + p) as *const __m256i);
-        let a0 = _mm256_abs_epi8(w0);
-        let a1 = _mm256_abs_epi8(w1);
+        let (a0, a1) = if EXACT { (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1)) } else { (w0, w1) };
         for i in 0..R {
             let xb = _mm256_set1_epi32(x[i][p] as i32);
-            let p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0));
-            let p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1));
-            acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(p0, ones));
-            acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(p1, ones));
-        }
-    }
-    let mut s = _mm256_setzero_si256();
-    for i in 0..R { s = _mm256_add_epi32(s, _mm256_add_epi32(acc[i][0], acc[i][1])); }
-    _mm256_storeu_si256(acc_out.as_mut_ptr() as *mut __m256i, s);
-}
-#[target_feature(enable = "avx2,fma")]
-unsafe fn kern_c<const R: usize>(x: &[[u32; K / 4]; 6], w: &[[i8; 32]], acc_out: &mut [i32; 8]) {
-    // unsigned activations against signed weights, no sign trick: the fastest int8 form,
-    // which saturates (not exact) when both neighbours' products are large
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); 2]; R];
-    for p in 0..K / 4 {
-        let w0 = _mm256_loadu_si256(w.as_ptr().add(p) as *const __m256i);
-        let w1 = _mm256_loadu_si256(w.as_ptr().add(K / 4 + p) as *const __m256i);
-        for i in 0..R {
-            let xb = _mm256_set1_epi32(x[i][p] as i32);
-            let p0 = _mm256_maddubs_epi16(xb, w0);
-            let p1 = _mm256_maddubs_epi16(xb, w1);
+            let (p0, p1) = if EXACT {
+                (
+                    _mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)),
+                    _mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)),
+                )
+            } else {
+                (_mm256_maddubs_epi16(xb, a0), _mm256_maddubs_epi16(xb, a1))
+            };
             acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(p0, ones));
             acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(p1, ones));
         }
@@ -97,32 +84,40 @@ fn main() {
         return;
     }
     let reps = 200_000;
-    let x = [[0x00030002u32; K / 2]; 6];
-    let w = vec![[1i8; 16]; K];
+    // runs `kernel` `reps` times and prints GMAC/s for `rows` rows × 16 columns × K values
+    let measure = |label: &str, rows: usize, kernel: &mut dyn FnMut() -> f32| {
+        let t = Instant::now();
+        let mut check = 0.0;
+        for _ in 0..reps {
+            check = kernel();
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!("{label}: {:.1} GMAC/s (check {check})", (reps * rows * 16 * K) as f64 / s / 1e9);
+    };
+    let (x, w) = ([[0x00030002u32; K / 2]; 6], vec![[1i8; 16]; K]);
+    let (xq, wq) = ([[0x03020103u32; K / 4]; 6], vec![[-3i8; 32]; K / 2]);
+    let (xf, wf) = ([[0.5f32; K]; 6], vec![0.25f32; K * 16]);
     let mut o = [0i32; 8];
-    let t = Instant::now();
-    for _ in 0..reps { unsafe { kern_a(std::hint::black_box(&x), std::hint::black_box(&w), &mut o) } }
-    let s = t.elapsed().as_secs_f64();
-    println!("vpmaddwd, 16-bit pairs (wedge q8/q4), 6x2: {:.1} GMAC/s {}", (reps * 6 * 16 * K) as f64 / s / 1e9, o[0]);
-    let xq = [[0x03020103u32; K / 4]; 6];
-    let wq = vec![[-3i8; 32]; K / 2];
-    let t = Instant::now();
-    for _ in 0..reps { unsafe { kern_b::<6>(std::hint::black_box(&xq), std::hint::black_box(&wq), &mut o) } }
-    let s = t.elapsed().as_secs_f64();
-    println!("vpsignb+vpmaddubsw+vpmaddwd, exact int8, 6x2: {:.1} GMAC/s {}", (reps * 6 * 16 * K) as f64 / s / 1e9, o[0]);
-    let t = Instant::now();
-    for _ in 0..reps { unsafe { kern_b::<4>(std::hint::black_box(&xq), std::hint::black_box(&wq), &mut o) } }
-    let s = t.elapsed().as_secs_f64();
-    println!("the same, 4x2: {:.1} GMAC/s {}", (reps * 4 * 16 * K) as f64 / s / 1e9, o[0]);
-    let t = Instant::now();
-    for _ in 0..reps { unsafe { kern_c::<6>(std::hint::black_box(&xq), std::hint::black_box(&wq), &mut o) } }
-    let s = t.elapsed().as_secs_f64();
-    println!("vpmaddubsw+vpmaddwd, saturating int8, 6x2: {:.1} GMAC/s {}", (reps * 6 * 16 * K) as f64 / s / 1e9, o[0]);
-    let xf = [[0.5f32; K]; 6];
-    let wf = vec![0.25f32; K * 16];
     let mut of = [0f32; 8];
-    let t = Instant::now();
-    for _ in 0..reps { unsafe { kern_f(std::hint::black_box(&xf), std::hint::black_box(&wf), &mut of) } }
-    let s = t.elapsed().as_secs_f64();
-    println!("f32 FMA, 6x2: {:.1} GMAC/s {}", (reps * 6 * 16 * K) as f64 / s / 1e9, of[0]);
+    use std::hint::black_box as bb;
+    measure("vpmaddwd, 16-bit pairs (wedge q8/q4), 6x2", 6, &mut || {
+        unsafe { kern_a(bb(&x), bb(&w), &mut o) };
+        o[0] as f32
+    });
+    measure("vpsignb+vpmaddubsw+vpmaddwd, exact int8, 6x2", 6, &mut || {
+        unsafe { kern_int8::<6, true>(bb(&xq), bb(&wq), &mut o) };
+        o[0] as f32
+    });
+    measure("the same, 4x2", 4, &mut || {
+        unsafe { kern_int8::<4, true>(bb(&xq), bb(&wq), &mut o) };
+        o[0] as f32
+    });
+    measure("vpmaddubsw+vpmaddwd, saturating int8, 6x2", 6, &mut || {
+        unsafe { kern_int8::<6, false>(bb(&xq), bb(&wq), &mut o) };
+        o[0] as f32
+    });
+    measure("f32 FMA, 6x2", 6, &mut || {
+        unsafe { kern_f(bb(&xf), bb(&wf), &mut of) };
+        of[0]
+    });
 }
