@@ -112,12 +112,13 @@ test('every WGSL kernel variant compiles in the browser', { timeout: 600_000 }, 
   const page = await openPage(true);
   const out = await page.evaluate(async (modules) => {
     const adapter = await navigator.gpu.requestAdapter();
-    const requiredFeatures = ['subgroups'].filter((f) => adapter.features.has(f));
+    const wanted = new Set(modules.flatMap((m) => m.features));
+    const requiredFeatures = [...wanted].filter((f) => adapter.features.has(f));
     const device = await adapter.requestDevice({ requiredFeatures });
     const dot4 = navigator.gpu.wgslLanguageFeatures?.has('packed_4x8_integer_dot_product') ?? false;
     const res = { pipelines: 0, modules: 0, skipped: [], errors: [] };
     for (const m of modules) {
-      const lacking = m.extensions.filter((e) => !device.features.has(e));
+      const lacking = m.features.filter((f) => !device.features.has(f));
       if (m.name.startsWith('qweight_a8') && !dot4) lacking.push('packed_4x8_integer_dot_product');
       if (lacking.length) { res.skipped.push(`${m.name} (no ${lacking.join(', ')})`); continue; }
       device.pushErrorScope('validation');

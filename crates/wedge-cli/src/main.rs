@@ -453,13 +453,15 @@ fn devices() -> Result<()> {
         Ok(d) => {
             writeln!(out, "gpu   {}", d.adapter().map(|a| a.to_string()).unwrap_or_default())?;
             if let Some(a) = d.adapter() {
-                let sg = d.gpu_context().is_some_and(|c| c.subgroups());
+                let on = |yes: bool| if yes { "on" } else { "off" };
+                let ctx = d.gpu_context();
                 writeln!(
                     out,
-                    "      shader-f16 {}, {} invocations per workgroup, subgroup GEMV {}",
+                    "      shader-f16 {}, {} invocations per workgroup, subgroup GEMV {}, f16 GEMM {}",
                     if a.shader_f16 { "yes" } else { "no" },
                     a.max_invocations,
-                    if sg { "on" } else { "off" }
+                    on(ctx.is_some_and(|c| c.subgroups())),
+                    on(ctx.is_some_and(|c| c.f16()))
                 )?;
             }
         }

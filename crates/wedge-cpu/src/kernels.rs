@@ -131,6 +131,54 @@ pub fn matmul_reference(
     n: usize,
     out: &mut [f32],
 ) {
+    matmul_rows(x, w, bias, act, (m, k, n), out, dot);
+}
+
+/// Reduction chunk of the f16 GEMM (`BK` in `qweight_f16.wgsl`).
+pub const F16_CHUNK: usize = 16;
+
+/// The twin of the GPU's f16 GEMM (`gemm_h`): [`matmul_reference`] with x and the
+/// dequantized weights rounded to f16, and each [`F16_CHUNK`]-long chunk of the reduction
+/// (from k = 0) summed in f16, each product and each add rounded to f16; the chunk sums
+/// are added in f32, then bias and activation as usual.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f16_reference(
+    x: &[f32],
+    w: &Weight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    matmul_rows(x, w, bias, act, (m, k, n), out, dot_f16_chunks);
+}
+
+fn dot_f16_chunks(a: &[f32], b: &[f32]) -> f32 {
+    use half::f16;
+    let mut acc = 0f32;
+    for (ca, cb) in a.chunks(F16_CHUNK).zip(b.chunks(F16_CHUNK)) {
+        let mut h = f16::ZERO;
+        for (x, y) in ca.iter().zip(cb) {
+            let p = f16::from_f32(f16::from_f32(*x).to_f32() * f16::from_f32(*y).to_f32());
+            h = f16::from_f32(h.to_f32() + p.to_f32());
+        }
+        acc += h.to_f32();
+    }
+    acc
+}
+
+/// The row loop of the reference matmuls, each output's sum taken by `dot`.
+fn matmul_rows(
+    x: &[f32],
+    w: &Weight,
+    bias: Option<&[f32]>,
+    act: Activation,
+    (m, k, n): (usize, usize, usize),
+    out: &mut [f32],
+    dot: fn(&[f32], &[f32]) -> f32,
+) {
     let blocks = n.div_ceil(N_BLOCK);
     let block = |bi: usize| -> Vec<f32> {
         let n0 = bi * N_BLOCK;

@@ -29,7 +29,8 @@ pub struct AdapterSummary {
     pub device_type: String,
     /// A software implementation.
     pub software: bool,
-    /// `shader-f16` is available (not required by any kernel).
+    /// `shader-f16` is available (not required by any kernel; used by the f16 GEMM when
+    /// on, see [`GpuContext::set_f16`]).
     pub shader_f16: bool,
     /// Subgroup operations are available (not required by any kernel; used by the
     /// subgroup GEMV when on, see [`GpuContext::set_subgroups`]).
@@ -57,6 +58,9 @@ impl std::fmt::Display for AdapterSummary {
         if self.subgroups {
             let (lo, hi) = self.subgroup_sizes;
             if lo == hi { write!(f, ", subgroups of {lo}")? } else { write!(f, ", subgroups of {lo}-{hi}")? }
+        }
+        if self.shader_f16 {
+            f.write_str(", shader-f16")?;
         }
         f.write_str(")")
     }
@@ -92,6 +96,8 @@ pub struct GpuContext {
     tiled_gemm: AtomicBool,
     /// Use the subgroup GEMV (only ever true when the device has subgroups).
     subgroups: AtomicBool,
+    /// Use the f16 GEMM (only ever true when the device has shader-f16).
+    f16: AtomicBool,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -126,7 +132,7 @@ impl GpuContext {
         let limits = adapter.limits();
         let features = adapter.features();
         // optional features wedge has kernels for; none is required
-        let wanted = features & wgpu::Features::SUBGROUP;
+        let wanted = features & (wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16);
         let desc = wgpu::DeviceDescriptor {
             label: Some("wedge"),
             required_features: wanted,
@@ -161,7 +167,12 @@ impl GpuContext {
         let tiled_gemm = AtomicBool::new(true);
         // the subgroup GEMV wherever the device has subgroups: even on lavapipe it beats
         // the column-per-invocation GEMV 1.7-2.5x (`cargo bench -p wedge --bench kernels`)
-        let subgroups = AtomicBool::new(summary.subgroups && env_subgroups().unwrap_or(true));
+        let subgroups = AtomicBool::new(summary.subgroups && env_switch("WEDGE_GPU_SUBGROUPS").unwrap_or(true));
+        // f16 arithmetic where the device has it, on hardware: it halves the GEMM's
+        // workgroup memory and accumulator registers, and GPUs run f16 at up to twice the
+        // f32 rate. Software adapters emulate f16 at no gain, so there it is asked for
+        // (`WEDGE_GPU_F16=1`, `set_f16`) rather than assumed.
+        let f16 = AtomicBool::new(summary.shader_f16 && env_switch("WEDGE_GPU_F16").unwrap_or(!software));
         Ok(GpuContext {
             device,
             queue,
@@ -173,6 +184,7 @@ impl GpuContext {
             dummy,
             tiled_gemm,
             subgroups,
+            f16,
         })
     }
 
@@ -210,6 +222,23 @@ impl GpuContext {
     /// Whether the subgroup GEMV is in use.
     pub fn subgroups(&self) -> bool {
         self.subgroups.load(Ordering::Relaxed)
+    }
+
+    /// Whether plans prepared from now on compute many-row matmuls in f16 (`gemm_h`: x and
+    /// the weights rounded to f16 in the tiles, each 16-long chunk of the reduction summed
+    /// in f16, the chunks in f32) or in f32. The default is on for hardware adapters with
+    /// `shader-f16` and off for software ones; `WEDGE_GPU_F16=0|1` sets it. Without
+    /// `shader-f16` on the device this stays off. Returns whether it is on. `q8a8` matmuls
+    /// and the GEMV (up to four rows, bound by weight reads) keep their kernels.
+    pub fn set_f16(&self, on: bool) -> bool {
+        let on = on && self.summary.shader_f16;
+        self.f16.store(on, Ordering::Relaxed);
+        on
+    }
+
+    /// Whether the f16 GEMM is in use.
+    pub fn f16(&self) -> bool {
+        self.f16.load(Ordering::Relaxed)
     }
 
     /// Number of pipelines built so far.
@@ -259,12 +288,16 @@ impl GpuContext {
     }
 }
 
-/// `WEDGE_GPU_SUBGROUPS=0` keeps the subgroup kernels off (for comparisons).
-fn env_subgroups() -> Option<bool> {
+/// A kernel switch from the environment (`WEDGE_GPU_SUBGROUPS`, `WEDGE_GPU_F16`): `0` off,
+/// `1` on (where the device can), anything else or unset: the default.
+fn env_switch(name: &str) -> Option<bool> {
     #[cfg(not(target_arch = "wasm32"))]
-    if std::env::var("WEDGE_GPU_SUBGROUPS").as_deref() == Ok("0") {
-        return Some(false);
+    match std::env::var(name).as_deref() {
+        Ok("0") => return Some(false),
+        Ok("1") => return Some(true),
+        _ => {}
     }
+    let _ = name;
     None
 }
 

@@ -247,7 +247,13 @@ impl<'a> ResidentRun<'a> {
                     } else {
                         let tile = t.gemm_ts as usize * MICRO;
                         let g = dims3(ctx, "gemm", [n.div_ceil(tile), m.div_ceil(tile), 1])?;
-                        (KernelKey::new(Family::QWeight, "gemm", qweight_template(t), overrides), g)
+                        let key = if ctx.f16() {
+                            // f16 tiles and chunk sums (shader-f16); the same grid
+                            KernelKey::new(Family::QWeightF16, "gemm_h", vec![("TS", t.gemm_ts)], overrides)
+                        } else {
+                            KernelKey::new(Family::QWeight, "gemm", qweight_template(t), overrides)
+                        };
+                        (key, g)
                     };
                     Encoded {
                         key,

@@ -1,7 +1,7 @@
 //! Prints every registered kernel variant as JSON, with its source as a browser takes it
-//! (`enable` directives in front): one module per family and template set, its entry points
-//! and override combinations. The browser tests compile them all in Chromium (Tint), the
-//! compiler naga's validation does not stand in for.
+//! (`enable` directives in front): one module per family and template set, the WebGPU device
+//! features it needs, its entry points and override combinations. The browser tests compile
+//! them all in Chromium (Tint), the compiler naga's validation does not stand in for.
 //!
 //! `cargo run -q -p wedge-shaders --example variants > variants.json`
 
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use wedge_shaders::all_variants;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // (family, template) -> (source, extensions, entry -> override combinations)
+    // (family, template) -> (source, device features, entry -> override combinations)
     type Module = (String, Vec<&'static str>, BTreeMap<&'static str, Vec<serde_json::Value>>);
     let mut modules: BTreeMap<String, Module> = BTreeMap::new();
     for key in all_variants() {
@@ -18,11 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let name = format!("{}[{}]", key.family, t.join(","));
         let module = match modules.get_mut(&name) {
             Some(m) => m,
-            None => modules.entry(name).or_insert((
-                key.source_with_enables()?,
-                key.family.extensions().to_vec(),
-                BTreeMap::new(),
-            )),
+            None => modules.entry(name).or_insert((key.source_with_enables()?, key.family.features(), BTreeMap::new())),
         };
         let constants: serde_json::Map<String, serde_json::Value> =
             key.overrides.iter().map(|(k, v)| ((*k).to_string(), serde_json::json!(v))).collect();
@@ -30,8 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let out: Vec<serde_json::Value> = modules
         .into_iter()
-        .map(|(name, (source, extensions, entries))| {
-            serde_json::json!({ "name": name, "source": source, "extensions": extensions, "entries": entries })
+        .map(|(name, (source, features, entries))| {
+            serde_json::json!({ "name": name, "source": source, "features": features, "entries": entries })
         })
         .collect();
     println!("{}", serde_json::to_string(&out)?);

@@ -51,6 +51,10 @@ pub enum Family {
     /// `qweight_a8.wgsl` appended to `qweight.wgsl`: `q8a8` matmuls (8-bit activations,
     /// `dot4I8Packed`).
     QWeightA8,
+    /// `qweight_f16.wgsl` appended to `qweight.wgsl`, `enable f16;` in front: the tiled GEMM
+    /// with f16 tiles and f16 sums of each reduction chunk, built only on devices with
+    /// `shader-f16`.
+    QWeightF16,
     /// `elementwise.wgsl`: binary ops and activations.
     Elementwise,
     /// `rows.wgsl`: layernorm, rmsnorm, softmax, l2 normalize.
@@ -76,10 +80,11 @@ use BindingKind::{StorageRead as R, StorageReadWrite as W, Uniform as U};
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 8] = [
         Family::QWeight,
         Family::QWeightSubgroup,
         Family::QWeightA8,
+        Family::QWeightF16,
         Family::Elementwise,
         Family::Rows,
         Family::Attention,
@@ -92,6 +97,7 @@ impl Family {
             Family::QWeight => "qweight.wgsl",
             Family::QWeightSubgroup => "qweight_subgroup.wgsl",
             Family::QWeightA8 => "qweight_a8.wgsl",
+            Family::QWeightF16 => "qweight_f16.wgsl",
             Family::Elementwise => "elementwise.wgsl",
             Family::Rows => "rows.wgsl",
             Family::Attention => "attention.wgsl",
@@ -99,8 +105,9 @@ impl Family {
         }
     }
 
-    /// The WGSL source as stored (for [`Family::QWeightSubgroup`] and [`Family::QWeightA8`]:
-    /// `qweight.wgsl` with the family's file after it).
+    /// The WGSL source as stored (for [`Family::QWeightSubgroup`], [`Family::QWeightA8`] and
+    /// [`Family::QWeightF16`]: `qweight.wgsl` with the family's file after it; for the last,
+    /// `enable f16;` in front, which naga and browsers both want).
     pub fn source(self) -> &'static str {
         match self {
             Family::QWeight => include_str!("../../../shaders/qweight.wgsl"),
@@ -113,6 +120,11 @@ impl Family {
             Family::QWeightA8 => {
                 concat!(include_str!("../../../shaders/qweight.wgsl"), include_str!("../../../shaders/qweight_a8.wgsl"))
             }
+            Family::QWeightF16 => concat!(
+                "enable f16;\n",
+                include_str!("../../../shaders/qweight.wgsl"),
+                include_str!("../../../shaders/qweight_f16.wgsl")
+            ),
             Family::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
             Family::Rows => include_str!("../../../shaders/rows.wgsl"),
             Family::Attention => include_str!("../../../shaders/attention.wgsl"),
@@ -126,6 +138,7 @@ impl Family {
             Family::QWeight => &["gemv", "gemm", "gather"],
             Family::QWeightSubgroup => &["gemv_sg"],
             Family::QWeightA8 => &["gemv_a8", "gemm_a8"],
+            Family::QWeightF16 => &["gemm_h"],
             Family::Elementwise => &["binary", "activation"],
             Family::Rows => &["layernorm", "rmsnorm", "softmax", "l2_normalize"],
             Family::Attention => &["attention"],
@@ -137,7 +150,9 @@ impl Family {
     /// shares one layout, so a dispatch binds them all.
     pub fn bindings(self) -> &'static [BindingKind] {
         match self {
-            Family::QWeight | Family::QWeightSubgroup | Family::QWeightA8 => &[R, R, R, R, W, U, R],
+            Family::QWeight | Family::QWeightSubgroup | Family::QWeightA8 | Family::QWeightF16 => {
+                &[R, R, R, R, W, U, R]
+            }
             Family::Elementwise => &[R, R, W, U],
             Family::Rows => &[R, R, R, W, U],
             Family::Attention => &[R, R, R, R, W, U],
@@ -152,19 +167,30 @@ impl Family {
                 &[("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0]), ("HAS_BIAS", &[0.0, 1.0])]
             }
             Family::QWeightA8 => &[("WTYPE", &[5.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0]), ("HAS_BIAS", &[0.0, 1.0])],
+            // q8a8 keeps its integer GEMM
+            Family::QWeightF16 => {
+                &[("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0]), ("HAS_BIAS", &[0.0, 1.0])]
+            }
             Family::Elementwise => &[("OP", &[0.0, 1.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0])],
             _ => &[],
         }
     }
 
-    /// WGSL extensions the family's source uses, each needing the device feature of the
-    /// same name: a browser (Tint) wants an `enable` directive for each, naga 30 only the
-    /// device feature (it rejects `enable subgroups;`), so the GPU backend writes them.
+    /// WGSL extensions the family's source uses. Each needs a device feature
+    /// ([`Family::features`]). A browser (Tint) wants an `enable` directive for each; naga
+    /// 30 wants `enable f16;` (so [`Family::source`] has it) but rejects
+    /// `enable subgroups;`, so [`KernelKey::source_with_enables`] writes the rest.
     pub fn extensions(self) -> &'static [&'static str] {
         match self {
             Family::QWeightSubgroup => &["subgroups"],
+            Family::QWeightF16 => &["f16"],
             _ => &[],
         }
+    }
+
+    /// The WebGPU device features the family needs, one per [`Family::extensions`] entry.
+    pub fn features(self) -> Vec<&'static str> {
+        self.extensions().iter().map(|&e| if e == "f16" { "shader-f16" } else { e }).collect()
     }
 
     /// Template values the backends use for this family (each set is one variant).
@@ -178,6 +204,7 @@ impl Family {
                 v
             }
             Family::QWeightSubgroup => vec![vec![("WG", 64)], vec![("WG", 256)]],
+            Family::QWeightF16 => vec![vec![("TS", 16)], vec![("TS", 8)]],
             // the GEMV's reduction tree holds WG × 64 bytes: 64 keeps it to 4 KiB
             Family::QWeightA8 => vec![vec![("WG", 64), ("TS", 16)], vec![("WG", 64), ("TS", 8)]],
             Family::Attention => vec![vec![("WG", 64)], vec![("WG", 128)]],
@@ -250,8 +277,16 @@ impl KernelKey {
     /// [`Family::extensions`]: what a browser's WGSL compiler (Tint) wants. naga 30 rejects
     /// `enable subgroups;`, so native backends use [`KernelKey::source`].
     pub fn source_with_enables(&self) -> Result<String, ShaderError> {
-        let mut src: String = self.family.extensions().iter().map(|e| format!("enable {e};\n")).collect();
-        src.push_str(&self.source()?);
+        let body = self.source()?;
+        let mut src: String = self
+            .family
+            .extensions()
+            .iter()
+            .map(|e| format!("enable {e};\n"))
+            // (a family's source may carry its directive already: naga wants `enable f16;`)
+            .filter(|directive| !body.lines().any(|l| l.trim() == directive.trim()))
+            .collect();
+        src.push_str(&body);
         Ok(src)
     }
 }
@@ -360,6 +395,19 @@ mod tests {
         assert!(out.contains("const TPR: u32 = 1u; // template"));
         let err = expand("qweight.wgsl", src, &[("MAXM", 8)]).unwrap_err();
         assert!(matches!(err, ShaderError::UnknownKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn enable_directives_come_first_and_once() {
+        let f16 = KernelKey::new(Family::QWeightF16, "gemm_h", vec![("TS", 8)], vec![]);
+        for src in [f16.source().unwrap(), f16.source_with_enables().unwrap()] {
+            assert!(src.starts_with("enable f16;\n"));
+            assert_eq!(src.lines().filter(|l| l.trim() == "enable f16;").count(), 1);
+        }
+        let sg = KernelKey::new(Family::QWeightSubgroup, "gemv_sg", vec![("WG", 64)], vec![]);
+        assert!(sg.source_with_enables().unwrap().starts_with("enable subgroups;\n"));
+        assert!(!sg.source().unwrap().lines().any(|l| l.trim() == "enable subgroups;"));
+        assert_eq!(Family::QWeightF16.features(), vec!["shader-f16"]);
     }
 
     #[test]

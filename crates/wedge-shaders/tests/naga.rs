@@ -12,10 +12,14 @@ fn validate(label: &str, family: Family, src: &str) -> (naga::Module, naga::vali
     // unpack2x16float is core WGSL (wgpu grants this capability on every backend wedge
     // targets); nothing else is allowed unless the family declares the extension, so no
     // other kernel can come to need shader-f16 or subgroups.
+    // (wgpu's SHADER_F16 feature grants SHADER_FLOAT16.)
     let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     let subgroups = family.extensions().contains(&"subgroups");
     if subgroups {
         caps |= Capabilities::SUBGROUP;
+    }
+    if family.extensions().contains(&"f16") {
+        caps |= Capabilities::SHADER_FLOAT16;
     }
     let mut validator = Validator::new(ValidationFlags::all(), caps);
     if subgroups {

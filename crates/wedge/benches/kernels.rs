@@ -104,22 +104,28 @@ fn main() {
                 });
                 // GPU adapter: resident buffers, many dispatches per submission, timed to completion
                 let Some(ctx) = gpu.as_ref().and_then(|d| d.gpu_context()) else { continue };
-                // the GEMV both ways where the adapter has subgroups (q8a8 has one GEMV)
-                let default_sg = ctx.subgroups();
-                let variants: &[(&'static str, bool)] =
-                    if kernel == "gemv" && ctx.summary().subgroups && format != Format::Q8A8 {
-                        &[("gemv", false), ("gemv-sg", true)]
-                    } else {
-                        &[(kernel, default_sg)]
-                    };
-                for &(label, sg) in variants {
+                // the GEMV both ways where the adapter has subgroups (q8a8 has one GEMV), the
+                // GEMM both ways where it has shader-f16 (q8a8 keeps its integer GEMM)
+                let (default_sg, default_f16) = (ctx.subgroups(), ctx.f16());
+                let a = ctx.summary();
+                let mut variants: Vec<(&'static str, bool, bool)> = Vec::new();
+                if kernel == "gemv" && a.subgroups && format != Format::Q8A8 {
+                    variants.extend([("gemv", false, default_f16), ("gemv-sg", true, default_f16)]);
+                } else if kernel == "gemm" && a.shader_f16 && format != Format::Q8A8 {
+                    variants.extend([("gemm", default_sg, false), ("gemm-h", default_sg, true)]);
+                } else {
+                    variants.push((kernel, default_sg, default_f16));
+                }
+                for (label, sg, f16) in variants {
                     ctx.set_subgroups(sg);
+                    ctx.set_f16(f16);
                     let g = matmul_graph(m, k);
                     let plan = Plan::compile(&g, &[WeightInfo::from(&w)], &[vec![m, k]]).expect("plan");
                     let weights = wedge_gpu::GpuWeights::upload(ctx, std::slice::from_ref(&w)).expect("upload");
                     let run =
                         pollster::block_on(wedge_gpu::ResidentRun::prepare(ctx, &plan, &weights)).expect("prepare");
                     ctx.set_subgroups(default_sg);
+                    ctx.set_f16(default_f16);
                     run.write_inputs(&[HostTensor::f32(&[m, k], &x)]).expect("inputs");
                     run.submit(1);
                     run.wait().expect("wait");

@@ -82,6 +82,56 @@ fn matmul_cases(_tiled: bool) {
     }
 }
 
+/// The f16 GEMM (`gemm_h`, shader-f16) against its CPU twin, which rounds as it does, and
+/// against the f32 definition within the bound f16 arithmetic allows: for each output,
+/// a few roundings of 2^-11 times Σ|x·w| over its chunk.
+#[test]
+fn f16_gemm_matches_its_twin() {
+    let Some(device) = gpu_f16() else { return };
+    let mut r = rng(12);
+    let acts = [Activation::None, Activation::GeluErf, Activation::GeluTanh, Activation::Silu];
+    let (mut worst_twin, mut worst_f32) = (0f32, 0f32);
+    for &format in FORMATS.iter().filter(|f| **f != Format::Q8A8) {
+        for case in 0..6 {
+            let m = [5, 17, 64, 65, 130][r.random_range(0..5)];
+            let k = [1, 15, 16, 17, 100, 300, 1536][r.random_range(0..7)];
+            let n = [1, 13, 64, 65, 200][r.random_range(0..5)];
+            let act = acts[case % 4];
+            let w = Weight::quantize("w", &[n, k], &rand_vec(&mut r, n * k, 1.0), format).unwrap();
+            let b = Weight::from_f32("b", &[n], &rand_vec(&mut r, n, 1.0)).unwrap();
+            let bias = b.to_f32();
+            let op = Op::MatMul { weight: wedge::WeightId(0), bias: Some(wedge::WeightId(1)), act };
+            let g = single(op, &[(Elem::F32, vec![m, k])], &["w", "b"]);
+            let xs = rand_vec(&mut r, m * k, 4.0);
+            let session = wedge::Session::new(&device, g, vec![w.clone(), b]).expect("gpu session");
+            let got = session.run(&[HostTensor::f32(&[m, k], &xs)]).expect("gpu run")[0].to_f32();
+            let (mut twin, mut exact) = (vec![0f32; m * n], vec![0f32; m * n]);
+            wedge_cpu::matmul_f16_reference(&xs, &w, Some(&bias), act, m, k, n, &mut twin);
+            wedge_cpu::matmul_reference(&xs, &w, Some(&bias), act, m, k, n, &mut exact);
+            // Σ|x·w| per output
+            let mut wrow = vec![0f32; k];
+            let mut mass = vec![0f32; m * n];
+            for j in 0..n {
+                w.dequantize_row(j, &mut wrow);
+                for i in 0..m {
+                    mass[i * n + j] = xs[i * k..(i + 1) * k].iter().zip(&wrow).map(|(a, b)| (a * b).abs()).sum();
+                }
+            }
+            let what = format!("f16 gemm {format} m={m} k={k} n={n} {act:?}");
+            for i in 0..m * n {
+                let unit = mass[i] * 2f32.powi(-11) + 1e-6;
+                let (dt, de) = ((got[i] - twin[i]).abs() / unit, (got[i] - exact[i]).abs() / unit);
+                worst_twin = worst_twin.max(dt);
+                worst_f32 = worst_f32.max(de);
+                // GPU and twin may round each value either way and fuse a multiply-add
+                assert!(dt <= F16_TWIN_UNITS, "{what}: index {i}: got {}, twin {} ({dt:.2} units)", got[i], twin[i]);
+                assert!(de <= F16_F32_UNITS, "{what}: index {i}: got {}, f32 {} ({de:.2} units)", got[i], exact[i]);
+            }
+        }
+    }
+    eprintln!("f16 gemm: worst error {worst_twin:.3} units of 2^-11·Σ|x·w| to the twin, {worst_f32:.3} to f32");
+}
+
 #[test]
 fn gather_every_format() {
     let mut r = rng(2);

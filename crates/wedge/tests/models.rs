@@ -144,16 +144,53 @@ fn encoder_batch_equals_singles() {
     }
 }
 
-#[test]
-fn decoder_gpu_matches_cpu_with_grouped_heads() {
-    let mg = decoder_config().build().unwrap();
-    let (b, s) = (2, 11);
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `b` rows of `s` random tokens, the second row left-padded by 3.
+fn decoder_inputs(b: usize, s: usize) -> [HostTensor; 3] {
     let mut r = rng(9);
     let ids: Vec<u32> = (0..b * s).map(|_| r.random_range(0..90)).collect();
     let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
     let mut mask = vec![1u32; b * s];
-    mask[s..s + 3].fill(0); // second row left-padded by 3
-    let inputs = [HostTensor::u32(&[b, s], &ids), HostTensor::u32(&[b, s], &pos), HostTensor::u32(&[b, s], &mask)];
+    mask[s..s + 3].fill(0);
+    [HostTensor::u32(&[b, s], &ids), HostTensor::u32(&[b, s], &pos), HostTensor::u32(&[b, s], &mask)]
+}
+
+/// The f16 GEMM (shader-f16) end to end, against the CPU backend's f32 results: every
+/// many-row matmul of the encoder and the decoder runs through it.
+#[test]
+fn encoder_and_decoder_with_the_f16_gemm_match_cpu() {
+    let Some(device) = gpu_f16() else { return };
+    let run = |mg: &wedge::ModelGraph, weights: &[Weight], inputs: &[HostTensor], d: &Device| {
+        Session::new(d, mg.graph.clone(), weights.to_vec()).unwrap().run(inputs).unwrap()
+    };
+    let enc = encoder_config().build().unwrap();
+    let inputs = encoder_inputs(&[5, 17, 1, 9], 11);
+    let dec = decoder_config().build().unwrap();
+    let dec_inputs = decoder_inputs(2, 11);
+    for (i, &format) in [Format::F32, Format::Q8, Format::Q4 { group: 32 }].iter().enumerate() {
+        let weights = random_weights(&enc, format, 100 + i as u64);
+        let (cpu, gpu) = (run(&enc, &weights, &inputs, &Device::cpu()), run(&enc, &weights, &inputs, &device));
+        eprintln!("f16 encoder {format}: max |gpu - cpu| {}", max_diff(&gpu[1].to_f32(), &cpu[1].to_f32()));
+        assert_close(&format!("f16 encoder embedding {format}"), "encoder_f16", &gpu[1].to_f32(), &cpu[1].to_f32());
+        let weights = random_weights(&dec, format, 200 + i as u64);
+        let (cpu, gpu) = (run(&dec, &weights, &dec_inputs, &Device::cpu()), run(&dec, &weights, &dec_inputs, &device));
+        eprintln!(
+            "f16 decoder {format}: max |gpu - cpu| {} of max |cpu| {}",
+            max_diff(&gpu[0].to_f32(), &cpu[0].to_f32()),
+            cpu[0].to_f32().iter().fold(0f32, |a, v| a.max(v.abs()))
+        );
+        assert_close(&format!("f16 decoder logits {format}"), "decoder_f16", &gpu[0].to_f32(), &cpu[0].to_f32());
+    }
+}
+
+#[test]
+fn decoder_gpu_matches_cpu_with_grouped_heads() {
+    let mg = decoder_config().build().unwrap();
+    let (b, s) = (2, 11);
+    let inputs = decoder_inputs(b, s);
     for (i, &format) in
         [Format::F32, Format::Q8, Format::Q4_1 { group: 32 }, Format::Q4 { group: 32 }].iter().enumerate()
     {

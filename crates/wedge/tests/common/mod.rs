@@ -13,7 +13,15 @@ use wedge::{Device, Elem, Format, Graph, HostTensor, Op, Session, Weight};
 /// `WEDGE_REQUIRE_GPU=1` and no adapter exists; otherwise returns `None` to skip.
 pub(crate) fn gpu() -> Option<&'static Device> {
     static DEV: OnceLock<Result<Device, String>> = OnceLock::new();
-    match DEV.get_or_init(|| Device::gpu().map_err(|e| e.to_string())) {
+    let open = || {
+        let d = Device::gpu().map_err(|e| e.to_string())?;
+        // f32 arithmetic, which the tolerance table is for; `gpu_f16` tests the f16 GEMM
+        if let Some(ctx) = d.gpu_context() {
+            ctx.set_f16(false);
+        }
+        Ok(d)
+    };
+    match DEV.get_or_init(open) {
         Ok(d) => Some(d),
         Err(e) => {
             if std::env::var("WEDGE_REQUIRE_GPU").as_deref() == Ok("1") {
@@ -23,6 +31,26 @@ pub(crate) fn gpu() -> Option<&'static Device> {
             None
         }
     }
+}
+
+/// A GPU device of its own (toggling it cannot reach other tests) with the f16 GEMM on, or
+/// `None` when there is no GPU or it has no `shader-f16` (a failure under
+/// `WEDGE_REQUIRE_GPU=1` without a GPU, as for [`gpu`], or under `WEDGE_REQUIRE_F16=1`
+/// without shader-f16).
+pub(crate) fn gpu_f16() -> Option<Device> {
+    gpu()?;
+    let d = Device::gpu().expect("a second GPU device");
+    let ctx = d.gpu_context().expect("a GPU context");
+    if !ctx.set_f16(true) {
+        assert!(
+            std::env::var("WEDGE_REQUIRE_F16").as_deref() != Ok("1"),
+            "WEDGE_REQUIRE_F16=1 but {} has no shader-f16",
+            ctx.summary()
+        );
+        eprintln!("{} has no shader-f16: the f16 GEMM is not tested", ctx.summary());
+        return None;
+    }
+    Some(d)
 }
 
 pub(crate) fn rng(seed: u64) -> StdRng {
@@ -45,9 +73,20 @@ pub(crate) fn tolerance(op: &str) -> (f32, f32) {
         "attention" => (1e-5, 1e-4),
         "rope" => (2e-5, 1e-5),
         "encoder" | "decoder" => (2e-4, 2e-3),
+        // the f16 GEMM (x and weights rounded to f16, chunks of 16 summed in f16): measured
+        // on lavapipe, max |error| 3.3e-4 on unit-norm embeddings, 8.7e-3 on logits of |3.2|
+        "encoder_f16" => (2e-3, 1e-2),
+        "decoder_f16" => (2e-2, 1e-2),
         other => panic!("no tolerance for {other}"),
     }
 }
+
+/// The f16 GEMM's tolerances, in units of 2^-11 · Σ_k |x_k · w_k| per output: to its CPU
+/// twin (which rounds as the kernel does, up to the kernel's choice of rounding and fused
+/// multiply-adds), and to the f32 definition (three roundings per product and up to 16 adds
+/// per chunk can each cost one unit in the worst case; random signs make it far less).
+pub(crate) const F16_TWIN_UNITS: f32 = 2.0;
+pub(crate) const F16_F32_UNITS: f32 = 8.0;
 
 /// Compares element by element and reports the first failure with index, got and want.
 pub(crate) fn assert_close(what: &str, op: &str, got: &[f32], want: &[f32]) {
