@@ -467,7 +467,12 @@ fn devices() -> Result<()> {
         }
         Err(e) => writeln!(out, "gpu   none ({e})")?,
     }
-    writeln!(out, "cpu   {} threads", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))?;
+    writeln!(
+        out,
+        "cpu   {} threads, integer matmul kernels: {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        wedge::cpu_integer_kernels()
+    )?;
     let auto = wedge::Device::auto();
     match auto.fallback_reason() {
         Some(why) => writeln!(out, "auto  cpu ({why})")?,

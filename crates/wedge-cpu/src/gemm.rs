@@ -291,6 +291,15 @@ pub(crate) fn matmul_with(
     run_tasks(m, n, out, |m0, mb, n0, nb| arch.dispatch(Task { x, w, bias, act, k, m0, mb, n0, nb }));
 }
 
+/// The vector unit the integer matmul kernels (`q8`, `q8a8`, `q4`, `q4_1`) run on here:
+/// `"AVX-512"`, `"AVX2"`, or `"none"` (those formats then take the f32 panels).
+pub fn integer_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    return int16::isa();
+    #[cfg(not(target_arch = "x86_64"))]
+    "none"
+}
+
 /// A weight laid out for a faster kernel than the f32 panels, where the CPU has one.
 #[derive(Debug)]
 pub struct Packed(#[cfg(target_arch = "x86_64")] int16::Packed);
@@ -322,7 +331,7 @@ impl Packed {
 /// twice the multiply-adds of an f32 FMA per instruction, from half the bytes.
 #[cfg(target_arch = "x86_64")]
 mod int16 {
-    use pulp::x86::V3;
+    use pulp::x86::{V3, V4};
     use pulp::{NullaryFnOnce, Simd, f32x8, i8x16, i16x16, i32x8, u32x8};
     use rayon::prelude::*;
     use wedge_core::graph::Activation;
@@ -377,6 +386,9 @@ mod int16 {
     #[derive(Debug)]
     pub(super) struct Packed {
         simd: V3,
+        /// AVX-512 (F, BW, …), when the CPU has it and `WEDGE_CPU_AVX512` is not `0`: the
+        /// tiles then run two column groups per 512-bit `vpmaddwd` (the same integer sums).
+        v4: Option<V4>,
         n: usize,
         k: usize,
         pairs: usize,
@@ -414,7 +426,7 @@ mod int16 {
                 }
             }
             let data = data.into_iter().map(pulp::cast::<[u16; 8], i8x16>).collect();
-            Some(Packed { simd, n, k, pairs, data, scales, group: 0, gscales: Vec::new(), gmins: Vec::new() })
+            Some(Packed { simd, v4: v4(), n, k, pairs, data, scales, group: 0, gscales: Vec::new(), gmins: Vec::new() })
         }
 
         /// The `q4` / `q4_1` layout (see the type's docs).
@@ -450,6 +462,7 @@ mod int16 {
             }
             Some(Packed {
                 simd,
+                v4: v4(),
                 n,
                 k,
                 pairs,
@@ -459,6 +472,19 @@ mod int16 {
                 gscales: gscales.into_iter().map(pulp::cast::<[f32; 8], f32x8>).collect(),
                 gmins: gmins.into_iter().map(pulp::cast::<[f32; 8], f32x8>).collect(),
             })
+        }
+
+        /// The same layout, run on AVX2 only (tests compare the two paths).
+        #[cfg(test)]
+        pub(super) fn avx2_only(mut self) -> Packed {
+            self.v4 = None;
+            self
+        }
+
+        /// Whether the tiles run on AVX-512.
+        #[cfg(test)]
+        pub(super) fn avx512(&self) -> bool {
+            self.v4.is_some()
         }
 
         /// Whether this is the `q4` / `q4_1` layout.
@@ -472,19 +498,53 @@ mod int16 {
         }
     }
 
+    /// The vector unit these kernels run on here.
+    pub(super) fn isa() -> &'static str {
+        if v4().is_some() {
+            "AVX-512"
+        } else if V3::try_new().is_some() {
+            "AVX2"
+        } else {
+            "none"
+        }
+    }
+
+    /// AVX-512 where the CPU has it, unless `WEDGE_CPU_AVX512=0` (for comparisons).
+    fn v4() -> Option<V4> {
+        if std::env::var("WEDGE_CPU_AVX512").as_deref() == Ok("0") {
+            return None;
+        }
+        V4::try_new()
+    }
+
     /// `R2 × C2` blocks of eight outputs: row `i` of `x` (pairs of values as `u32`) against
     /// column group `j` (per pair, eight rows × two values, widened to 16 bits here), summed
     /// over the pairs `span` only. Each pair of activations is broadcast to every lane, so
     /// each lane owns one output column and no horizontal sums are needed.
+    ///
+    /// With `v4` (AVX-512, and `C2` = 2), both groups' pairs go into one 512-bit vector and
+    /// one `vpmaddwd` takes the 16 columns: the same sums from half the instructions.
     #[inline(always)]
     fn sums<const R2: usize, const C2: usize>(
         simd: V3,
+        v4: Option<V4>,
         xs: [&[u32]; R2],
         ws: [&[i8x16]; C2],
         span: std::ops::Range<usize>,
     ) -> [[u32x8; C2]; R2] {
         let xh: [&[u32]; R2] = std::array::from_fn(|i| &xs[i][span.clone()]);
         let wh: [&[i8x16]; C2] = std::array::from_fn(|j| &ws[j][span.clone()]);
+        if let (Some(v4), 2) = (v4, C2) {
+            let two = wide(v4, xh, [wh[0], wh[1]]);
+            // (plain loops: closures would be compiled outside the vector unit's context)
+            let mut acc = [[simd.splat_u32s(0); C2]; R2];
+            for i in 0..R2 {
+                for j in 0..C2 {
+                    acc[i][j] = two[i][j % 2];
+                }
+            }
+            return acc;
+        }
         let mut acc = [[simd.splat_u32s(0); C2]; R2];
         for p in 0..span.len() {
             let wp: [i16x16; C2] = std::array::from_fn(|j| simd.convert_i8x16_to_i16x16(wh[j][p]));
@@ -497,6 +557,37 @@ mod int16 {
             }
         }
         acc
+    }
+
+    /// [`sums`] for two column groups on AVX-512: per pair, the groups' 16 bytes side by side,
+    /// widened to 32 lanes of 16 bits, against the broadcast pair of each row.
+    #[inline(always)]
+    fn wide<const R2: usize>(v4: V4, xh: [&[u32]; R2], wh: [&[i8x16]; 2]) -> [[u32x8; 2]; R2] {
+        use core::arch::x86_64::{__m128i, __m512i};
+        let (f, bw) = (v4.avx512f, v4.avx512bw);
+        let mut acc: [__m512i; R2] = [f._mm512_setzero_si512(); R2];
+        // every slice cut to one length, so the loop needs no bounds checks
+        let len = xh.iter().fold(wh[0].len().min(wh[1].len()), |l, x| l.min(x.len()));
+        let (w0, w1) = (&wh[0][..len], &wh[1][..len]);
+        let mut xs: [&[u32]; R2] = [&[]; R2];
+        for i in 0..R2 {
+            xs[i] = &xh[i][..len];
+        }
+        for p in 0..len {
+            let (lo, hi) = (pulp::cast::<i8x16, __m128i>(w0[p]), pulp::cast::<i8x16, __m128i>(w1[p]));
+            let wp = bw._mm512_cvtepi8_epi16(v4.avx._mm256_set_m128i(hi, lo));
+            for i in 0..R2 {
+                let xb = f._mm512_set1_epi32(xs[i][p] as i32);
+                acc[i] = f._mm512_add_epi32(acc[i], bw._mm512_madd_epi16(xb, wp));
+            }
+        }
+        let zero = pulp::cast(f._mm512_castsi512_si256(f._mm512_setzero_si512()));
+        let mut out = [[zero; 2]; R2];
+        for i in 0..R2 {
+            out[i] =
+                [pulp::cast(f._mm512_castsi512_si256(acc[i])), pulp::cast(f._mm512_extracti64x4_epi64::<1>(acc[i]))];
+        }
+        out
     }
 
     /// An `i32` vector of sums as f32 (rounded to nearest, as `as f32` does).
@@ -532,7 +623,7 @@ mod int16 {
         #[inline(always)]
         fn tile<const R2: usize>(&self, simd: V3, w: &Packed, rows: [usize; R2], cols: [usize; C]) -> [[f32x8; C]; R2] {
             let p = w.pairs;
-            let acc = sums(simd, slices(self.xq, rows, p), cols_of(w, cols), 0..p);
+            let acc = sums(simd, w.v4, slices(self.xq, rows, p), cols_of(w, cols), 0..p);
             let mut out = [[simd.splat_f32x8(0.0); C]; R2];
             for (o, a) in out.iter_mut().zip(&acc) {
                 for (o, a) in o.iter_mut().zip(a) {
@@ -569,7 +660,7 @@ mod int16 {
             let (xs, ws) = (slices(self.xq, rows, xpairs), cols_of(w, cols));
             let mut facc = [[simd.splat_f32x8(0.0); C]; R2];
             for (b, p0) in (0..pairs).step_by(bp).enumerate() {
-                let acc = sums(simd, xs, ws, p0..(p0 + bp).min(pairs));
+                let acc = sums(simd, w.v4, xs, ws, p0..(p0 + bp).min(pairs));
                 for i in 0..R2 {
                     let s = simd.splat_f32x8(self.sx[rows[i] * self.blocks + b]);
                     for j in 0..C {
@@ -611,7 +702,7 @@ mod int16 {
             let (xs, ws) = (slices(self.xq, rows, pairs), cols_of(w, cols));
             let mut facc = [[simd.splat_f32x8(0.0); C]; R2];
             for (g, p0) in (0..pairs).step_by(gp).enumerate() {
-                let acc = sums(simd, xs, ws, p0..(p0 + gp).min(pairs));
+                let acc = sums(simd, w.v4, xs, ws, p0..(p0 + gp).min(pairs));
                 for i in 0..R2 {
                     let xg = simd.splat_f32x8(self.xsum[rows[i] * kgroups + g] as f32);
                     for j in 0..C {
@@ -726,7 +817,14 @@ mod int16 {
 
     /// Runs the tasks of a whole matmul with kernel `fold`.
     fn run<F: Fold>(fold: &F, w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
-        run_tasks(m, w.n, out, |m0, mb, n0, nb| w.simd.vectorize(Job { fold, w, bias, act, at: (m0, mb, n0, nb) }));
+        run_tasks(m, w.n, out, |m0, mb, n0, nb| {
+            let job = Job { fold, w, bias, act, at: (m0, mb, n0, nb) };
+            // compiled for AVX-512 where the tiles take it (see `sums`)
+            match w.v4 {
+                Some(v4) => v4.vectorize(job),
+                None => w.simd.vectorize(job),
+            }
+        });
     }
 
     /// A `q4` / `q4_1` matmul on AVX2: activations rounded per row to 16 bits (sums run over
@@ -825,6 +923,39 @@ mod tests {
                 let tol = 1e-6 * 2.5 * k as f64;
                 assert!((f64::from(*o) - want).abs() <= tol, "k={k} at ({row}, {col}): {o} vs {want}");
             }
+        }
+    }
+
+    /// The AVX-512 tiles give the AVX2 tiles' integer sums, so the same outputs bit for bit,
+    /// for every integer kernel over ragged shapes (odd column groups included).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_tiles_equal_avx2_tiles() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let formats = [Format::Q8, Format::Q8A8, Format::Q4 { group: 32 }, Format::Q4_1 { group: 64 }];
+        for case in 0..32 {
+            let m = [1, 5, 6, 7, 64, 130][case % 6];
+            let n = rng.random_range(1..70);
+            let k: usize = [1, 3, 31, 32, 33, 100, 384, 1536][rng.random_range(0..8)];
+            let format = formats[case % formats.len()];
+            let wv: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
+            let w = Weight::quantize("w", &[n, k], &wv, format).unwrap();
+            let Some(wide) = int16::Packed::new(&w) else {
+                eprintln!("no AVX2: no integer kernel to compare");
+                return;
+            };
+            if !wide.avx512() {
+                eprintln!("no AVX-512 (or WEDGE_CPU_AVX512=0): only the AVX2 tiles run here");
+                return;
+            }
+            let narrow = Packed(int16::Packed::new(&w).unwrap().avx2_only());
+            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+            matmul_with(&x, &w, Some(&Packed(wide)), None, Activation::GeluErf, m, k, n, &mut a);
+            matmul_with(&x, &w, Some(&narrow), None, Activation::GeluErf, m, k, n, &mut b);
+            let (a, b): (Vec<u32>, Vec<u32>) =
+                (a.iter().map(|v| v.to_bits()).collect(), b.iter().map(|v| v.to_bits()).collect());
+            assert_eq!(a, b, "{format} m={m} n={n} k={k}");
         }
     }
 

@@ -24,7 +24,7 @@ use thiserror::Error;
 
 mod embed;
 pub use embed::{DEFAULT_MAX_BATCH, Embedder, Tokens, length_batches};
-pub use wedge_cpu::threads as cpu_threads;
+pub use wedge_cpu::{integer_kernels as cpu_integer_kernels, threads as cpu_threads};
 
 pub use wedge_core::graph::{Activation, Dim, Elem, Graph, Op, RopeMode, ValueId, WeightId};
 pub use wedge_core::models::{DecoderConfig, EncoderConfig, ModelGraph, Pooling};
