@@ -181,16 +181,9 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     var acc3 = vec4<f32>();
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var i = tid; i < TILE * BK; i += TS * TS) {
-            let r = i / BK;
-            let gk = k0 + i % BK;
-            var xv = 0.0;
-            var wv = 0.0;
-            if (gk < p.k) {
-                if (m0 + r < p.m) { xv = x[(m0 + r) * p.k + gk]; }
-                if (n0 + r < p.n) { wv = load_w(n0 + r, gk); }
-            }
-            xs[i] = xv;
-            ws[i] = wv;
+            let v = tile_xw(i, m0, n0, k0);
+            xs[i] = v.x;
+            ws[i] = v.y;
         }
         workgroupBarrier();
         let ar = lid.y * BK;
@@ -209,6 +202,19 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     store4(m0 + lid.y + TS, n0 + lid.x, acc1);
     store4(m0 + lid.y + 2u * TS, n0 + lid.x, acc2);
     store4(m0 + lid.y + 3u * TS, n0 + lid.x, acc3);
+}
+
+// Element i of the x and weight tiles for the block at (m0, n0) and the chunk from k0 (the
+// weight dequantized), zeros outside the matrices.
+fn tile_xw(i: u32, m0: u32, n0: u32, k0: u32) -> vec2<f32> {
+    let r = i / BK;
+    let gk = k0 + i % BK;
+    var v = vec2<f32>();
+    if (gk < p.k) {
+        if (m0 + r < p.m) { v.x = x[(m0 + r) * p.k + gk]; }
+        if (n0 + r < p.n) { v.y = load_w(n0 + r, gk); }
+    }
+    return v;
 }
 
 // out[gm, gn + j * TS] = act(v[j] + bias) for the columns inside the matrix.

@@ -1,5 +1,5 @@
 // The tiled GEMM in half precision, for devices with `shader-f16`.
-// Appended to qweight.wgsl, whose bindings, Params, load_w and store4 it uses;
+// Appended to qweight.wgsl, whose bindings, Params, tile_xw and store4 it uses;
 // wedge-shaders puts `enable f16;` in front of the pair.
 //
 // Numerics (mirrored by wedge-cpu's `matmul_f16_reference`, its CPU twin): x and the
@@ -26,16 +26,9 @@ fn gemm_h(@builtin(local_invocation_id) lid: vec3<u32>,
     var acc3 = vec4<f32>();
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var i = tid; i < TILE * BK; i += TS * TS) {
-            let r = i / BK;
-            let gk = k0 + i % BK;
-            var xv = 0.0;
-            var wv = 0.0;
-            if (gk < p.k) {
-                if (m0 + r < p.m) { xv = x[(m0 + r) * p.k + gk]; }
-                if (n0 + r < p.n) { wv = load_w(n0 + r, gk); }
-            }
-            xh[i] = f16(xv);
-            wh[i] = f16(wv);
+            let v = tile_xw(i, m0, n0, k0);
+            xh[i] = f16(v.x);
+            wh[i] = f16(v.y);
         }
         workgroupBarrier();
         let ar = lid.y * BK;
