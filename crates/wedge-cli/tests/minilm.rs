@@ -74,7 +74,7 @@ fn model_dir() -> Option<PathBuf> {
 }
 
 /// The GPU adapter (lavapipe in CI) with f32 arithmetic, which the bounds are for; the
-/// f16 GEMM is checked on its own (`with_the_f16_gemm`).
+/// f16 GEMM is checked on its own (`the_f16_gemm_keeps_the_f32_and_q8_bounds`).
 fn gpu() -> Option<Device> {
     match Device::gpu() {
         Ok(d) => {

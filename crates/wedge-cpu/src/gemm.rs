@@ -509,12 +509,16 @@ mod int16 {
         }
     }
 
-    /// AVX-512 where the CPU has it, unless `WEDGE_CPU_AVX512=0` (for comparisons).
+    /// AVX-512 where the CPU has it, unless `WEDGE_CPU_AVX512=0` (for comparisons); looked up
+    /// once per process, not once per weight.
     fn v4() -> Option<V4> {
-        if std::env::var("WEDGE_CPU_AVX512").as_deref() == Ok("0") {
-            return None;
-        }
-        V4::try_new()
+        static V4_ON: std::sync::OnceLock<Option<V4>> = std::sync::OnceLock::new();
+        *V4_ON.get_or_init(|| {
+            if std::env::var("WEDGE_CPU_AVX512").as_deref() == Ok("0") {
+                return None;
+            }
+            V4::try_new()
+        })
     }
 
     /// `R2 × C2` blocks of eight outputs: row `i` of `x` (pairs of values as `u32`) against
@@ -581,8 +585,7 @@ mod int16 {
                 acc[i] = f._mm512_add_epi32(acc[i], bw._mm512_madd_epi16(xb, wp));
             }
         }
-        let zero = pulp::cast(f._mm512_castsi512_si256(f._mm512_setzero_si512()));
-        let mut out = [[zero; 2]; R2];
+        let mut out = [[pulp::cast([0u32; 8]); 2]; R2];
         for i in 0..R2 {
             out[i] =
                 [pulp::cast(f._mm512_castsi512_si256(acc[i])), pulp::cast(f._mm512_extracti64x4_epi64::<1>(acc[i]))];

@@ -135,10 +135,10 @@ pub fn matmul_reference(
 }
 
 /// Reduction chunk of the f16 GEMM (`BK` in `qweight_f16.wgsl`).
-pub const F16_CHUNK: usize = 16;
+const F16_CHUNK: usize = 16;
 
 /// The twin of the GPU's f16 GEMM (`gemm_h`): [`matmul_reference`] with x and the
-/// dequantized weights rounded to f16, and each [`F16_CHUNK`]-long chunk of the reduction
+/// dequantized weights rounded to f16, and each 16-long chunk (`F16_CHUNK`) of the reduction
 /// (from k = 0) summed in f16, each product and each add rounded to f16; the chunk sums
 /// are added in f32, then bias and activation as usual.
 #[allow(clippy::too_many_arguments)]

@@ -17,7 +17,7 @@ use wedge_core::plan::{HostTensor, Plan, StepKind};
 use wedge_core::quant::{Format, Weight};
 
 pub use gemm::{Packed, integer_kernels, matmul};
-pub use kernels::{F16_CHUNK, attention, gelu_erf, gelu_tanh, layernorm, matmul_f16_reference, matmul_reference, silu};
+pub use kernels::{attention, gelu_erf, gelu_tanh, layernorm, matmul_f16_reference, matmul_reference, silu};
 
 /// Errors from the CPU backend.
 #[derive(Debug, Error)]

@@ -256,7 +256,8 @@ impl GpuContext {
             return Ok(p);
         }
         let label = key.label();
-        // browsers (Tint) want the extensions enabled in the source; naga rejects that
+        // browsers (Tint) want every extension enabled in the source; naga rejects
+        // `enable subgroups;` (a source that naga needs enabled, f16, carries its directive)
         let src = if cfg!(target_arch = "wasm32") { key.source_with_enables() } else { key.source() }
             .map_err(|e| GpuError::Pipeline { key: label.clone(), message: e.to_string() })?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
