@@ -7,7 +7,7 @@
 use wedge_core::graph::Activation;
 use wedge_core::quant::{A8_BLOCK, Weight};
 
-use crate::gemm::{epilogue, run_tasks};
+use crate::gemm::run_tasks;
 
 /// Rounds each row of `x` (`rows × k`) in blocks of [`A8_BLOCK`]: returns the integers
 /// (`rows × blocks · A8_BLOCK`, zeros past `k`) and one scale per block (`rows × blocks`).
@@ -35,11 +35,9 @@ pub fn quantize_rows(x: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
 #[inline(always)]
 pub fn quantize_block(chunk: &[f32]) -> ([i8; A8_BLOCK], f32) {
     let mut q = [0i8; A8_BLOCK];
-    // (f32::max passes over NaN, so look for it apart)
-    let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
-    if !amax.is_finite() || chunk.iter().any(|v| v.is_nan()) {
+    let Some(amax) = crate::kernels::finite_amax(chunk) else {
         return (q, f32::NAN);
-    }
+    };
     if amax == 0.0 {
         return (q, 0.0);
     }
@@ -81,9 +79,9 @@ pub(crate) fn matmul(
     let blocks = k.div_ceil(A8_BLOCK);
     let kp = blocks * A8_BLOCK;
     let (xq, xs) = quantize_rows(&x[..m * k], k);
-    run_tasks(m, n, out, |m0, mb, n0, nb| {
+    run_tasks(m, n, out, |res| {
+        let (m0, mb, n0, nb) = (res.m0, res.mb, res.n0, res.nb);
         let mut wrow = vec![0i8; kp];
-        let mut res = vec![0f32; mb * nb];
         for j in 0..nb {
             weight_row(w, n0 + j, k, &mut wrow);
             let sw = w.word_affine(n0 + j, 0).0;
@@ -95,11 +93,10 @@ pub(crate) fn matmul(
                 for ((xb, wb), s) in xr.chunks_exact(A8_BLOCK).zip(wrow.chunks_exact(A8_BLOCK)).zip(sx) {
                     acc += block_dot(xb, wb) as f32 * s;
                 }
-                res[i * nb + j] = acc * sw;
+                res.row(i)[j] = acc * sw;
             }
         }
-        epilogue(&mut res, bias.map(|b| &b[n0..n0 + nb]), act);
-        res
+        res.epilogue(bias, act);
     });
 }
 

@@ -120,9 +120,9 @@ fn tile<S: Simd, const R: usize, const C: usize>(simd: S, xs: [&[f32]; R], ws: [
     out
 }
 
-/// All tiles of one task: `x` is `mb × k`, `panel` is `nb × k`, `res` is `mb × nb`.
+/// All tiles of one task: `x` is `mb × k`, `panel` is `nb × k`, the results go to `res`.
 #[inline(always)]
-fn task_tiles<S: Simd>(simd: S, x: &[f32], panel: &[f32], k: usize, mb: usize, nb: usize, res: &mut [f32]) {
+fn task_tiles<S: Simd>(simd: S, x: &[f32], panel: &[f32], k: usize, res: &mut Block) {
     #[inline(always)]
     fn rows<const R: usize>(m: &[f32], r0: usize, k: usize) -> [&[f32]; R] {
         std::array::from_fn(|i| &m[(r0 + i) * k..(r0 + i + 1) * k])
@@ -133,21 +133,22 @@ fn task_tiles<S: Simd>(simd: S, x: &[f32], panel: &[f32], k: usize, mb: usize, n
         x: &[f32],
         panel: &[f32],
         k: usize,
-        (i0, j0, nb): (usize, usize, usize),
-        res: &mut [f32],
+        (i0, j0): (usize, usize),
+        res: &mut Block,
     ) {
         let t = tile::<S, R, C>(simd, rows::<R>(x, i0, k), rows::<C>(panel, j0, k));
         for (i, tr) in t.iter().enumerate() {
-            res[(i0 + i) * nb + j0..(i0 + i) * nb + j0 + C].copy_from_slice(tr);
+            res.row(i0 + i)[j0..j0 + C].copy_from_slice(tr);
         }
     }
+    let (mb, nb) = (res.mb, res.nb);
     let mut i0 = 0;
     while i0 < mb {
         let r = (mb - i0).min(MR);
         let mut j0 = 0;
         while j0 < nb {
             let c = (nb - j0).min(NR);
-            let at = (i0, j0, nb);
+            let at = (i0, j0);
             match (r, c) {
                 (3, 3) => run::<S, 3, 3>(simd, x, panel, k, at, res),
                 (3, 2) => run::<S, 3, 2>(simd, x, panel, k, at, res),
@@ -166,70 +167,109 @@ fn task_tiles<S: Simd>(simd: S, x: &[f32], panel: &[f32], k: usize, mb: usize, n
 }
 
 /// One task, dispatched to the CPU's vector unit.
-struct Task<'a> {
+struct Task<'a, 'b> {
     x: &'a [f32],
     w: &'a Weight,
     bias: Option<&'a [f32]>,
     act: Activation,
     k: usize,
-    m0: usize,
-    mb: usize,
-    n0: usize,
-    nb: usize,
+    res: &'a mut Block<'b>,
 }
 
-impl WithSimd for Task<'_> {
-    type Output = Vec<f32>;
+impl WithSimd for Task<'_, '_> {
+    type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) -> Vec<f32> {
-        let Task { x, w, bias, act, k, m0, mb, n0, nb } = self;
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Task { x, w, bias, act, k, res } = self;
+        let (m0, mb, n0, nb) = (res.m0, res.mb, res.n0, res.nb);
         let mut panel = vec![0f32; nb * k];
         dequantize_rows(w, n0, nb, k, &mut panel);
-        let mut res = vec![0f32; mb * nb];
-        task_tiles(simd, &x[m0 * k..(m0 + mb) * k], &panel, k, mb, nb, &mut res);
-        epilogue(&mut res, bias.map(|b| &b[n0..n0 + nb]), act);
-        res
+        task_tiles(simd, &x[m0 * k..(m0 + mb) * k], &panel, k, res);
+        res.epilogue(bias, act);
     }
 }
 
 /// Adds the bias (one value per column) and applies the activation, in place.
 #[inline(always)]
-pub(crate) fn epilogue(res: &mut [f32], bias: Option<&[f32]>, act: Activation) {
+fn epilogue(res: &mut [f32], bias: Option<&[f32]>, act: Activation) {
     if let Some(b) = bias {
-        for row in res.chunks_exact_mut(b.len()) {
-            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-        }
+        res.iter_mut().zip(b).for_each(|(v, b)| *v += b);
     }
     activate_slice(act, res);
 }
 
-/// Runs `task(m0, mb, n0, nb)`, which returns the `mb × nb` block of `out` at `(m0, n0)`,
-/// over the whole `m × n` output, in parallel where there are threads.
-pub(crate) fn run_tasks(
-    m: usize,
-    n: usize,
-    out: &mut [f32],
-    task: impl Fn(usize, usize, usize, usize) -> Vec<f32> + Sync,
-) {
+/// One task's share of an `m × n` output: rows `m0..m0 + mb`, columns `n0..n0 + nb`, written
+/// in place through a window of whole rows (or, where tasks split the columns of the same
+/// rows between threads, into a buffer of the block's own).
+pub(crate) struct Block<'a> {
+    pub(crate) m0: usize,
+    pub(crate) mb: usize,
+    pub(crate) n0: usize,
+    pub(crate) nb: usize,
+    data: &'a mut [f32],
+    /// Floats from one row to the next in `data`.
+    ld: usize,
+    /// Where the block's columns start in each row of `data`.
+    col: usize,
+}
+
+impl Block<'_> {
+    /// The block's part of its row `i` (`nb` values).
+    #[inline(always)]
+    pub(crate) fn row(&mut self, i: usize) -> &mut [f32] {
+        let o = i * self.ld + self.col;
+        &mut self.data[o..o + self.nb]
+    }
+
+    /// Adds the bias (the block's columns of it) and applies the activation, row by row.
+    #[inline(always)]
+    pub(crate) fn epilogue(&mut self, bias: Option<&[f32]>, act: Activation) {
+        let (n0, nb) = (self.n0, self.nb);
+        for i in 0..self.mb {
+            epilogue(self.row(i), bias.map(|b| &b[n0..n0 + nb]), act);
+        }
+    }
+}
+
+/// Runs `task` over the `MB × NB` blocks of the whole `m × n` output, in parallel where
+/// there are threads. With enough row blocks to keep every thread busy, each thread takes
+/// whole row blocks and writes them in place; otherwise (few rows) the blocks of a row are
+/// shared out and each writes a buffer of its own, copied in after.
+pub(crate) fn run_tasks(m: usize, n: usize, out: &mut [f32], task: impl Fn(&mut Block) + Sync) {
     let (mblocks, nblocks) = (m.div_ceil(MB), n.div_ceil(NB));
-    let block = |t: usize| {
-        let (m0, n0) = ((t / nblocks) * MB, (t % nblocks) * NB);
-        (m0, MB.min(m - m0), n0, NB.min(n - n0))
+    let out = &mut out[..m * n];
+    let row_block = |(b, data): (usize, &mut [f32])| {
+        let (m0, mb) = (b * MB, data.len() / n);
+        for n0 in (0..n).step_by(NB) {
+            task(&mut Block { m0, mb, n0, nb: NB.min(n - n0), data: &mut *data, ld: n, col: n0 });
+        }
     };
-    let one = |t: usize| -> Vec<f32> {
-        let (m0, mb, n0, nb) = block(t);
-        task(m0, mb, n0, nb)
-    };
-    #[cfg(not(target_arch = "wasm32"))]
-    let results: Vec<Vec<f32>> = (0..mblocks * nblocks).into_par_iter().map(one).collect();
     #[cfg(target_arch = "wasm32")]
-    let results: Vec<Vec<f32>> = (0..mblocks * nblocks).map(one).collect();
-    for (t, res) in results.iter().enumerate() {
-        let (m0, _, n0, nb) = block(t);
-        for (r, src) in res.chunks_exact(nb).enumerate() {
-            let o = (m0 + r) * n + n0;
-            out[o..o + nb].copy_from_slice(src);
+    {
+        let _ = nblocks;
+        out.chunks_mut(MB * n).enumerate().for_each(row_block);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    if mblocks >= 4 * rayon::current_num_threads() {
+        out.par_chunks_mut(MB * n).enumerate().for_each(row_block);
+    } else {
+        let results: Vec<(usize, usize, Vec<f32>)> = (0..mblocks * nblocks)
+            .into_par_iter()
+            .map(|t| {
+                let (m0, n0) = ((t / nblocks) * MB, (t % nblocks) * NB);
+                let (mb, nb) = (MB.min(m - m0), NB.min(n - n0));
+                let mut buf = vec![0f32; mb * nb];
+                task(&mut Block { m0, mb, n0, nb, data: &mut buf, ld: nb, col: 0 });
+                (m0, n0, buf)
+            })
+            .collect();
+        for (m0, n0, buf) in results {
+            let nb = NB.min(n - n0);
+            for (r, src) in buf.chunks_exact(nb).enumerate() {
+                let o = (m0 + r) * n + n0;
+                out[o..o + nb].copy_from_slice(src);
+            }
         }
     }
 }
@@ -288,11 +328,12 @@ pub(crate) fn matmul_with(
         return crate::a8::matmul(x, w, bias, act, m, k, n, out);
     }
     let arch = Arch::new();
-    run_tasks(m, n, out, |m0, mb, n0, nb| arch.dispatch(Task { x, w, bias, act, k, m0, mb, n0, nb }));
+    run_tasks(m, n, out, |res| arch.dispatch(Task { x, w, bias, act, k, res }));
 }
 
 /// The vector unit the integer matmul kernels (`q8`, `q8a8`, `q4`, `q4_1`) run on here:
-/// `"AVX-512"`, `"AVX2"`, or `"none"` (those formats then take the f32 panels).
+/// `"AVX-512 VNNI"`, `"AVX-512"`, `"AVX2"`, or `"none"` (those formats then take the f32
+/// panels).
 pub fn integer_kernels() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     return int16::isa();
@@ -337,7 +378,7 @@ mod int16 {
     use wedge_core::graph::Activation;
     use wedge_core::quant::{A8_BLOCK, Weight};
 
-    use super::{epilogue, run_tasks};
+    use super::{Block, run_tasks};
 
     /// The largest activation magnitude for a reduction of `k` values (see the module docs).
     pub(super) fn qmax(k: usize) -> f32 {
@@ -355,22 +396,34 @@ mod int16 {
             // compiled for AVX2, so the rounding is one instruction rather than a libm call
             |(src, (dst, scale))| {
                 simd.vectorize(|| {
-                    // (f32::max passes over NaN, so look for it apart)
-                    let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    if !amax.is_finite() || src.iter().any(|v| v.is_nan()) {
+                    match crate::kernels::finite_amax(src) {
                         // a NaN or an infinity spoils every output of its row, as it would in f32
-                        *scale = f32::NAN;
-                    } else if amax > 0.0 {
-                        let inv = qmax / amax;
-                        for (d, v) in dst.iter_mut().zip(src) {
-                            *d = (v * inv).round_ties_even() as i16;
+                        None => *scale = f32::NAN,
+                        // (a row so small, below 1e-34, that `qmax / amax` overflows counts as
+                        // zeros, as an all-zero row does)
+                        Some(amax) if (qmax / amax).is_finite() => {
+                            let inv = qmax / amax;
+                            for (d, v) in dst.iter_mut().zip(src) {
+                                *d = round_to_i16((v * inv).max(-qmax).min(qmax));
+                            }
+                            *scale = amax / qmax;
                         }
-                        *scale = amax / qmax;
+                        Some(_) => {}
                     }
                 })
             },
         );
         (q, scales)
+    }
+
+    /// `v` (at most 32767 in magnitude) rounded half to even, in float and integer
+    /// arithmetic only so that loops over it vectorize (a float-to-int cast does not): adding
+    /// 1.5 · 2²³, where the float spacing is 1, rounds `v` to an integer and puts it in the
+    /// low bits of the sum.
+    #[inline(always)]
+    pub(super) fn round_to_i16(v: f32) -> i16 {
+        const MAGIC: f32 = 12_582_912.0;
+        (v + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits()) as i16
     }
 
     /// Groups of eight weight rows (output columns) per micro-tile.
@@ -500,12 +553,41 @@ mod int16 {
 
     /// The vector unit these kernels run on here.
     pub(super) fn isa() -> &'static str {
-        if v4().is_some() {
+        if v4().is_some() && vnni().is_some() {
+            "AVX-512 VNNI"
+        } else if v4().is_some() {
             "AVX-512"
         } else if V3::try_new().is_some() {
             "AVX2"
         } else {
             "none"
+        }
+    }
+
+    pulp::simd_type! {
+        /// [`V4`] and AVX-512 VNNI: with it in the compilation context LLVM fuses each
+        /// `vpmaddwd` and the `vpaddd` that accumulates it into one `vpdpwssd`.
+        pub(super) struct V4Vnni {
+            pub sse: "sse",
+            pub sse2: "sse2",
+            pub fxsr: "fxsr",
+            pub sse3: "sse3",
+            pub ssse3: "ssse3",
+            pub sse4_1: "sse4.1",
+            pub sse4_2: "sse4.2",
+            pub popcnt: "popcnt",
+            pub avx: "avx",
+            pub avx2: "avx2",
+            pub bmi1: "bmi1",
+            pub bmi2: "bmi2",
+            pub fma: "fma",
+            pub lzcnt: "lzcnt",
+            pub avx512f: "avx512f",
+            pub avx512bw: "avx512bw",
+            pub avx512cd: "avx512cd",
+            pub avx512dq: "avx512dq",
+            pub avx512vl: "avx512vl",
+            pub avx512vnni: "avx512vnni",
         }
     }
 
@@ -518,6 +600,17 @@ mod int16 {
                 return None;
             }
             V4::try_new()
+        })
+    }
+
+    /// VNNI where the CPU has it, unless `WEDGE_CPU_VNNI=0`.
+    fn vnni() -> Option<V4Vnni> {
+        static ON: std::sync::OnceLock<Option<V4Vnni>> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            if std::env::var("WEDGE_CPU_VNNI").as_deref() == Ok("0") {
+                return None;
+            }
+            V4Vnni::try_new()
         })
     }
 
@@ -745,29 +838,32 @@ mod int16 {
     /// One task of any integer kernel: `mb` activation rows from `m0` against the `nb`
     /// weight rows from `n0` (a multiple of 8), in micro-tiles of `F::ROWS` rows × `C` groups
     /// of eight columns.
-    struct Job<'a, F> {
+    struct Job<'a, 'b, F> {
         fold: &'a F,
         w: &'a Packed,
         bias: Option<&'a [f32]>,
         act: Activation,
-        at: (usize, usize, usize, usize),
+        res: &'a mut Block<'b>,
     }
 
-    impl<F: Fold> NullaryFnOnce for Job<'_, F> {
-        type Output = Vec<f32>;
+    impl<F: Fold> NullaryFnOnce for Job<'_, '_, F> {
+        type Output = ();
 
         #[inline(always)]
-        fn call(self) -> Vec<f32> {
-            let Job { fold, w, bias, act, at: (m0, mb, n0, nb) } = self;
+        fn call(self) {
+            let Job { fold, w, bias, act, res } = self;
             let simd = w.simd;
+            let (m0, mb, n0, nb) = (res.m0, res.mb, res.n0, res.nb);
             let (g0, groups) = (n0 / 8, nb.div_ceil(8));
-            let stride = groups * 8;
-            let mut acc = vec![0f32; mb * stride];
+            // each tile's sums go straight to their outputs, times the factors they take
             let mut store = |i0: usize, j0: usize, t: &[[f32x8; C]]| {
                 for (i, row) in t.iter().enumerate() {
+                    let dst = res.row(i0 + i);
                     for (j, v) in row.iter().enumerate().take(groups - j0) {
-                        let o = (i0 + i) * stride + (j0 + j) * 8;
-                        acc[o..o + 8].copy_from_slice(&pulp::cast::<f32x8, [f32; 8]>(*v));
+                        let c0 = (j0 + j) * 8;
+                        let c1 = (c0 + 8).min(nb);
+                        let sums = pulp::cast::<f32x8, [f32; 8]>(*v);
+                        fold.finish(w, m0 + i0 + i, n0 + c0, &sums[..c1 - c0], &mut dst[c0..c1]);
                     }
                 }
             };
@@ -791,12 +887,7 @@ mod int16 {
                 }
                 i0 += r;
             }
-            let mut res = vec![0f32; mb * nb];
-            for (i, (dst, a)) in res.chunks_exact_mut(nb).zip(acc.chunks_exact(stride)).enumerate() {
-                fold.finish(w, m0 + i, n0, a, dst);
-            }
-            epilogue(&mut res, bias.map(|b| &b[n0..n0 + nb]), act);
-            res
+            res.epilogue(bias, act);
         }
     }
 
@@ -820,12 +911,13 @@ mod int16 {
 
     /// Runs the tasks of a whole matmul with kernel `fold`.
     fn run<F: Fold>(fold: &F, w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
-        run_tasks(m, w.n, out, |m0, mb, n0, nb| {
-            let job = Job { fold, w, bias, act, at: (m0, mb, n0, nb) };
+        run_tasks(m, w.n, out, |res| {
+            let job = Job { fold, w, bias, act, res };
             // compiled for AVX-512 where the tiles take it (see `sums`)
-            match w.v4 {
-                Some(v4) => v4.vectorize(job),
-                None => w.simd.vectorize(job),
+            match (w.v4, vnni()) {
+                (Some(_), Some(vnni)) => vnni.vectorize(job),
+                (Some(v4), None) => v4.vectorize(job),
+                (None, _) => w.simd.vectorize(job),
             }
         });
     }
@@ -883,6 +975,25 @@ mod tests {
         unreachable!()
     }
 
+    /// The float-only rounding of the int16 kernels against `round_ties_even` at every
+    /// integer and half in its range (and quarters between), and the bit-pattern maximum.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn activations_round_half_to_even() {
+        for i in -4 * 32767..=4 * 32767 {
+            let v = i as f32 / 4.0;
+            assert_eq!(int16::round_to_i16(v), v.round_ties_even() as i16, "{v}");
+        }
+        let finite_amax = crate::kernels::finite_amax;
+        assert_eq!(finite_amax(&[]), Some(0.0));
+        assert_eq!(finite_amax(&[1.0, -3.5, 2.0, -0.0]), Some(3.5));
+        assert_eq!(finite_amax(&[f32::MIN_POSITIVE / 4.0]), Some(f32::MIN_POSITIVE / 4.0));
+        assert_eq!(finite_amax(&[f32::MAX, -f32::MAX]), Some(f32::MAX));
+        for bad in [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(finite_amax(&[1.0, bad, 2.0]), None, "{bad}");
+        }
+    }
+
     /// The vectorizable exp and erf against libm over their whole useful range.
     #[test]
     fn exp_and_erf_approximations_are_tight() {
@@ -937,7 +1048,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(8);
         let formats = [Format::Q8, Format::Q8A8, Format::Q4 { group: 32 }, Format::Q4_1 { group: 64 }];
         for case in 0..32 {
-            let m = [1, 5, 6, 7, 64, 130][case % 6];
+            let m = [1, 5, 6, 7, 64, 130, 1100][case % 7];
             let n = rng.random_range(1..70);
             let k: usize = [1, 3, 31, 32, 33, 100, 384, 1536][rng.random_range(0..8)];
             let format = formats[case % formats.len()];
@@ -975,8 +1086,9 @@ mod tests {
             Format::Q4_1 { group: 64 },
             Format::Q4_1 { group: 32 },
         ];
-        for case in 0..56 {
-            let m = [1, 2, 3, 4, 5, 7, 63, 64, 65, 130][case % 10];
+        for case in 0..60 {
+            // (from 8 row blocks per thread up, tasks write their rows in place: 1100 rows)
+            let m = [1, 2, 3, 4, 5, 7, 63, 64, 65, 130, 1100, 8][case % 12];
             let n = rng.random_range(1..120);
             let k: usize = [1, 3, 8, 31, 32, 33, 64, 100, 129, 384][rng.random_range(0..10)];
             let format = formats[case % formats.len()];

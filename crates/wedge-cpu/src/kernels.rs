@@ -225,6 +225,16 @@ pub(crate) fn binary(op: BinaryOp, a: &[f32], b: &[f32], bn: usize, out: &mut [f
     }
 }
 
+/// `max |v|` over `x`, or `None` when `x` holds a NaN or an infinity. On the bit patterns
+/// with the sign cleared, so one integer maximum that vectorizes (`f32::max` passes over NaN
+/// and does not): finite magnitudes order as their bits do, and every infinity or NaN lies
+/// above the largest finite value.
+#[inline(always)]
+pub(crate) fn finite_amax(x: &[f32]) -> Option<f32> {
+    let bits = x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
+    (bits < f32::INFINITY.to_bits()).then(|| f32::from_bits(bits))
+}
+
 /// `Σ f(v)` over `x` in eight running sums (so it vectorizes), then the tail.
 #[inline(always)]
 fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {

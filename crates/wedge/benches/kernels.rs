@@ -3,7 +3,9 @@
 //! backend (the GEMV with and without subgroup reductions where the adapter has them). Prints GB/s of weight bytes, GFLOP/s, and the fraction of the device's
 //! memory bandwidth where it is known (set `WEDGE_BW_GBS` to supply it).
 //!
-//! `cargo bench -p wedge --bench kernels [-- --quick] [-- --json] [-- --cpu]` (`--cpu`: skip the GPU)
+//! `cargo bench -p wedge --bench kernels [-- --quick] [-- --json] [-- --cpu] [-- --rows N] [-- --only q8]`
+//! (`--cpu`: skip the GPU; `--rows`: GEMM rows, default 128, 4096 is MiniLM's batch of 32 × 128
+//! tokens; `--only`: one weight format)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -69,7 +71,12 @@ fn main() {
     let json = args.iter().any(|a| a == "--json");
     let budget = Duration::from_millis(if quick { 150 } else { 800 });
     let shapes = [(1536usize, 384usize), (384, 1536), (4096, 4096)];
-    let formats = [Format::F32, Format::Q8, Format::Q8A8, Format::Q4 { group: 32 }];
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
+    let gemm_rows: usize = value("--rows").map(|v| v.parse().expect("--rows N")).unwrap_or(128);
+    let mut formats = vec![Format::F32, Format::Q8, Format::Q8A8, Format::Q4 { group: 32 }];
+    if let Some(only) = value("--only") {
+        formats.retain(|f| f.to_string() == *only);
+    }
     let gpu = if args.iter().any(|a| a == "--cpu") { None } else { Device::gpu().ok() };
     let gpu_name = gpu.as_ref().and_then(|d| d.adapter()).map(|a| a.to_string());
     let mut rows = Vec::new();
@@ -84,7 +91,7 @@ fn main() {
         let values: Vec<f32> = (0..n * k).map(|_| next()).collect();
         for &format in &formats {
             let w = Weight::quantize("w", &[n, k], &values, format).expect("quantize");
-            for (kernel, m) in [("gemv", 1usize), ("gemm", 128)] {
+            for (kernel, m) in [("gemv", 1usize), ("gemm", gemm_rows)] {
                 let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
                 // CPU backend
                 let mut out = vec![0f32; m * n];
