@@ -144,6 +144,25 @@ fn encoder_batch_equals_singles() {
     }
 }
 
+/// The CPU backend keeps a run's memory for the next: runs of one session over shapes that
+/// grow and shrink give what a fresh session gives, bit for bit, padding included.
+#[test]
+fn a_cpu_session_reused_across_shapes_equals_fresh_ones() {
+    let mg = encoder_config().build().unwrap();
+    let weights = random_weights(&mg, Format::Q8, 21);
+    let device = Device::cpu();
+    let reused = Session::new(&device, mg.graph.clone(), weights.clone()).unwrap();
+    for (i, lens) in [&[30usize, 2, 17][..], &[4], &[9, 9], &[31, 1, 1, 5], &[3]].iter().enumerate() {
+        let inputs = encoder_inputs(lens, 40 + i as u64);
+        let fresh = Session::new(&device, mg.graph.clone(), weights.clone()).unwrap().run(&inputs).unwrap();
+        let again = reused.run(&inputs).unwrap();
+        for (a, b) in again.iter().zip(&fresh) {
+            assert_eq!(a.shape, b.shape);
+            assert_eq!(a.data, b.data, "run {i} ({lens:?}) differs from a fresh session's");
+        }
+    }
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
