@@ -373,7 +373,7 @@ impl Packed {
 #[cfg(target_arch = "x86_64")]
 mod int16 {
     use pulp::x86::{V3, V4};
-    use pulp::{NullaryFnOnce, Simd, f32x8, i8x16, i16x16, i32x8, u32x8};
+    use pulp::{NullaryFnOnce, Simd, f32x8, i8x16, i8x32, i16x16, i32x8, u32x8};
     use rayon::prelude::*;
     use wedge_core::graph::Activation;
     use wedge_core::quant::{A8_BLOCK, Weight};
@@ -431,7 +431,9 @@ mod int16 {
 
     /// A `q8` weight laid out for this kernel once, when the weights are loaded: per group of
     /// eight weight rows, per pair of values along `k`, the eight rows' pairs side by side
-    /// (16 bytes, zeros past the ends), and the rows' scales.
+    /// (16 bytes, zeros past the ends), and the rows' scales. The groups go two by two (a
+    /// micro-tile's `C` groups, a zero group after an odd last one), their 16 bytes of each
+    /// pair next to each other, so AVX-512 takes both in one 32-byte load.
     ///
     /// `q4` and `q4_1` weights take the same layout, each 4-bit value widened to a byte (`q4`:
     /// `u - 8`, `q4_1`: `u`), with the scales (and `q4_1`'s minimums) per group of eight rows
@@ -445,8 +447,9 @@ mod int16 {
         n: usize,
         k: usize,
         pairs: usize,
-        data: Vec<i8x16>,
-        /// `q8`: one scale per row.
+        /// Per pair of groups, per pair of values: the two groups' 16 bytes.
+        data: Vec<i8x32>,
+        /// `q8`: one scale per row (zeros past `n`, up to whole pairs of groups).
         scales: Vec<f32>,
         /// `q4`/`q4_1`: the group size along `k` (0 for `q8`).
         group: usize,
@@ -464,7 +467,7 @@ mod int16 {
             }
             let simd = V3::try_new()?;
             let (n, k) = w.rows_cols();
-            let (pairs, groups) = (k.div_ceil(2), n.div_ceil(8));
+            let (pairs, groups) = (k.div_ceil(2), n.div_ceil(8).next_multiple_of(C));
             let wpr = w.format.words_per_row(k);
             let mut data = vec![[0u16; 8]; groups * pairs];
             let mut scales = vec![0f32; groups * 8];
@@ -473,12 +476,11 @@ mod int16 {
                 // byte j of a word is value j (little endian), so a row is a run of i8 padded
                 // with zeros to whole words, and its pairs are little-endian u16
                 let row: &[u8] = bytemuck::cast_slice(&w.words[r * wpr..(r + 1) * wpr]);
-                let dst = &mut data[(r / 8) * pairs..(r / 8 + 1) * pairs];
-                for (d, two) in dst.iter_mut().zip(row.chunks_exact(2)) {
-                    d[r % 8] = u16::from_le_bytes([two[0], two[1]]);
+                for (p, two) in row.chunks_exact(2).take(pairs).enumerate() {
+                    data[at(r / 8, p, pairs)][r % 8] = u16::from_le_bytes([two[0], two[1]]);
                 }
             }
-            let data = data.into_iter().map(pulp::cast::<[u16; 8], i8x16>).collect();
+            let data = data.chunks_exact(C).map(|two| pulp::cast::<[[u16; 8]; C], i8x32>([two[0], two[1]])).collect();
             Some(Packed { simd, v4: v4(), n, k, pairs, data, scales, group: 0, gscales: Vec::new(), gmins: Vec::new() })
         }
 
@@ -487,7 +489,7 @@ mod int16 {
             let simd = V3::try_new()?;
             let (n, k) = w.rows_cols();
             let group = w.format.group() as usize;
-            let (pairs, groups, kgroups) = (k.div_ceil(2), n.div_ceil(8), k.div_ceil(group));
+            let (pairs, groups, kgroups) = (k.div_ceil(2), n.div_ceil(8).next_multiple_of(C), k.div_ceil(group));
             let asym = matches!(w.format, wedge_core::quant::Format::Q4_1 { .. });
             let offset: i8 = if asym { 0 } else { -8 };
             let wpr = w.format.words_per_row(k);
@@ -496,8 +498,8 @@ mod int16 {
             let mut gmins = vec![[0f32; 8]; if asym { groups * kgroups } else { 0 }];
             for r in 0..n {
                 let words = &w.words[r * wpr..(r + 1) * wpr];
-                let dst = &mut data[(r / 8) * pairs..(r / 8 + 1) * pairs];
-                for (p, d) in dst.iter_mut().enumerate() {
+                for p in 0..pairs {
+                    let d = &mut data[at(r / 8, p, pairs)];
                     for h in 0..2 {
                         let c = 2 * p + h;
                         if c < k {
@@ -519,7 +521,7 @@ mod int16 {
                 n,
                 k,
                 pairs,
-                data: data.into_iter().map(pulp::cast::<[i8; 16], i8x16>).collect(),
+                data: data.chunks_exact(C).map(|two| pulp::cast::<[[i8; 16]; C], i8x32>([two[0], two[1]])).collect(),
                 scales: Vec::new(),
                 group,
                 gscales: gscales.into_iter().map(pulp::cast::<[f32; 8], f32x8>).collect(),
@@ -545,10 +547,18 @@ mod int16 {
             self.group > 0
         }
 
+        /// The pair of groups from group `g` (even).
         #[inline(always)]
-        fn group(&self, g: usize) -> &[i8x16] {
-            &self.data[g * self.pairs..(g + 1) * self.pairs]
+        fn groups(&self, g: usize) -> &[i8x32] {
+            let s = g / C;
+            &self.data[s * self.pairs..(s + 1) * self.pairs]
         }
+    }
+
+    /// Where group `g`'s 16 bytes of pair `p` go in the layout before its pairs of groups are
+    /// joined: each pair of groups' pairs in order, the two groups' bytes side by side.
+    fn at(g: usize, p: usize, pairs: usize) -> usize {
+        ((g / C) * pairs + p) * C + g % C
     }
 
     /// The vector unit these kernels run on here.
@@ -614,40 +624,34 @@ mod int16 {
         })
     }
 
-    /// `R2 × C2` blocks of eight outputs: row `i` of `x` (pairs of values as `u32`) against
-    /// column group `j` (per pair, eight rows × two values, widened to 16 bits here), summed
-    /// over the pairs `span` only. Each pair of activations is broadcast to every lane, so
-    /// each lane owns one output column and no horizontal sums are needed.
+    /// `R2 × C` blocks of eight outputs: row `i` of `x` (pairs of values as `u32`) against
+    /// column group `j` of a pair of groups (per pair of values, eight rows × two values,
+    /// widened to 16 bits here), summed over the pairs `span` only. Each pair of activations
+    /// is broadcast to every lane, so each lane owns one output column and no horizontal sums
+    /// are needed.
     ///
-    /// With `v4` (AVX-512, and `C2` = 2), both groups' pairs go into one 512-bit vector and
-    /// one `vpmaddwd` takes the 16 columns: the same sums from half the instructions.
+    /// With `v4` (AVX-512) both groups' pairs go into one 512-bit vector and one `vpmaddwd`
+    /// takes the 16 columns: the same sums from half the instructions.
     #[inline(always)]
-    fn sums<const R2: usize, const C2: usize>(
+    fn sums<const R2: usize>(
         simd: V3,
         v4: Option<V4>,
         xs: [&[u32]; R2],
-        ws: [&[i8x16]; C2],
+        ws: &[i8x32],
         span: std::ops::Range<usize>,
-    ) -> [[u32x8; C2]; R2] {
+    ) -> [[u32x8; C]; R2] {
         let xh: [&[u32]; R2] = std::array::from_fn(|i| &xs[i][span.clone()]);
-        let wh: [&[i8x16]; C2] = std::array::from_fn(|j| &ws[j][span.clone()]);
-        if let (Some(v4), 2) = (v4, C2) {
-            let two = wide(v4, xh, [wh[0], wh[1]]);
-            // (plain loops: closures would be compiled outside the vector unit's context)
-            let mut acc = [[simd.splat_u32s(0); C2]; R2];
-            for i in 0..R2 {
-                for j in 0..C2 {
-                    acc[i][j] = two[i][j % 2];
-                }
-            }
-            return acc;
+        let wh = &ws[span.clone()];
+        if let Some(v4) = v4 {
+            return wide(v4, xh, wh);
         }
-        let mut acc = [[simd.splat_u32s(0); C2]; R2];
-        for p in 0..span.len() {
-            let wp: [i16x16; C2] = std::array::from_fn(|j| simd.convert_i8x16_to_i16x16(wh[j][p]));
+        let mut acc = [[simd.splat_u32s(0); C]; R2];
+        for (p, &w2) in wh.iter().enumerate() {
+            let halves = pulp::cast::<i8x32, [i8x16; C]>(w2);
+            let wp: [i16x16; C] = std::array::from_fn(|j| simd.convert_i8x16_to_i16x16(halves[j]));
             for i in 0..R2 {
                 let xb: i16x16 = pulp::cast(simd.splat_u32s(xh[i][p]));
-                for j in 0..C2 {
+                for j in 0..C {
                     let prod: u32x8 = pulp::cast(simd.multiply_wrapping_add_adjacent_i16x16(xb, wp[j]));
                     acc[i][j] = simd.add_u32s(acc[i][j], prod);
                 }
@@ -656,23 +660,29 @@ mod int16 {
         acc
     }
 
-    /// [`sums`] for two column groups on AVX-512: per pair, the groups' 16 bytes side by side,
+    /// How many pairs of values ahead of the one it multiplies [`wide`] asks for the weights.
+    const PREFETCH: usize = 32;
+
+    /// [`sums`] for two column groups on AVX-512: per pair, the groups' 32 bytes (one load)
     /// widened to 32 lanes of 16 bits, against the broadcast pair of each row.
     #[inline(always)]
-    fn wide<const R2: usize>(v4: V4, xh: [&[u32]; R2], wh: [&[i8x16]; 2]) -> [[u32x8; 2]; R2] {
-        use core::arch::x86_64::{__m128i, __m512i};
+    fn wide<const R2: usize>(v4: V4, xh: [&[u32]; R2], wh: &[i8x32]) -> [[u32x8; 2]; R2] {
+        use core::arch::x86_64::{__m256i, __m512i};
         let (f, bw) = (v4.avx512f, v4.avx512bw);
         let mut acc: [__m512i; R2] = [f._mm512_setzero_si512(); R2];
         // every slice cut to one length, so the loop needs no bounds checks
-        let len = xh.iter().fold(wh[0].len().min(wh[1].len()), |l, x| l.min(x.len()));
-        let (w0, w1) = (&wh[0][..len], &wh[1][..len]);
+        let len = xh.iter().fold(wh.len(), |l, x| l.min(x.len()));
+        let w2 = &wh[..len];
         let mut xs: [&[u32]; R2] = [&[]; R2];
         for i in 0..R2 {
             xs[i] = &xh[i][..len];
         }
         for p in 0..len {
-            let (lo, hi) = (pulp::cast::<i8x16, __m128i>(w0[p]), pulp::cast::<i8x16, __m128i>(w1[p]));
-            let wp = bw._mm512_cvtepi8_epi16(v4.avx._mm256_set_m128i(hi, lo));
+            if p % 2 == 0 {
+                let ahead = wh.as_ptr().wrapping_add(p + PREFETCH) as *const i8;
+                v4.sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ahead);
+            }
+            let wp = bw._mm512_cvtepi8_epi16(pulp::cast::<i8x32, __m256i>(w2[p]));
             for i in 0..R2 {
                 let xb = f._mm512_set1_epi32(xs[i][p] as i32);
                 acc[i] = f._mm512_add_epi32(acc[i], bw._mm512_madd_epi16(xb, wp));
@@ -872,8 +882,8 @@ mod int16 {
                 let r = (mb - i0).min(F::ROWS);
                 let mut j0 = 0;
                 while j0 < groups {
-                    // a last odd group is computed twice rather than needing its own tiles
-                    let cols = [g0 + j0, g0 + (j0 + 1).min(groups - 1)];
+                    // (after a last odd group comes a group of zeros, not stored)
+                    let cols = [g0 + j0, g0 + j0 + 1];
                     let r0 = m0 + i0;
                     match r {
                         6 => store(i0, j0, &fold.tile::<6>(simd, w, rows(r0), cols)),
@@ -897,10 +907,11 @@ mod int16 {
         std::array::from_fn(|i| &x[rows[i] * len..(rows[i] + 1) * len])
     }
 
-    /// Column groups `cols` of `w`.
+    /// Column groups `cols` (a pair, the first even) of `w`.
     #[inline(always)]
-    fn cols_of(w: &Packed, cols: [usize; C]) -> [&[i8x16]; C] {
-        std::array::from_fn(|j| w.group(cols[j]))
+    fn cols_of(w: &Packed, cols: [usize; C]) -> &[i8x32] {
+        debug_assert!(cols[0].is_multiple_of(C) && cols[1] == cols[0] + 1);
+        w.groups(cols[0])
     }
 
     /// `N` consecutive rows from `r0`.

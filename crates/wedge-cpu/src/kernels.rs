@@ -323,6 +323,10 @@ pub struct AttentionDims {
     pub scale: f32,
 }
 
+/// Keys per row of the transposed keys are padded to a multiple of this: the widest vector
+/// of f32 there is (AVX-512's 16 lanes), so score loops have no scalar tails on any unit.
+const KEY_PAD: usize = 16;
+
 /// Attention over `q [b, s, h·d]`, `k`, `v [b, t, kvh·d]`, optional mask `[b, t]`.
 /// A query that can see no key gets zeros, and so does a query at a masked position (query
 /// `i` sits at key `i + t − s` when `t ≥ s`): padding rows cost nothing.
@@ -334,6 +338,7 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
         v: &'a [f32],
         mask: Option<&'a [u32]>,
         /// per batch row: its keys up to the last unmasked one, transposed to [kv head][d][key]
+        /// in rows of a multiple of [`KEY_PAD`] keys (zeros after the last)
         kt: &'a [(usize, Vec<f32>)],
         r0: usize,
         r1: usize,
@@ -346,7 +351,7 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
             let AttentionDims { q_len, kv_len, heads, kv_heads, head_dim: d, causal, scale, .. } = *dims;
             let group = heads / kv_heads;
             let mut res = vec![0f32; (r1 - r0) * heads * d];
-            let mut scores = vec![0f32; kv_len];
+            let mut scores = vec![0f32; kv_len.next_multiple_of(KEY_PAD)];
             let mut qs = vec![0f32; d];
             for (r, out_row) in (r0..r1).zip(res.chunks_exact_mut(heads * d)) {
                 let (b, i) = (r / q_len, r % q_len);
@@ -355,22 +360,26 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
                     continue;
                 }
                 let (keys, kt) = (kt[b].0, &kt[b].1);
+                let stride = keys.next_multiple_of(KEY_PAD);
                 let mut t_end = if causal { kv_len.min(i + (kv_len - q_len) + 1) } else { kv_len };
                 t_end = t_end.min(keys);
                 if t_end == 0 {
                     continue;
                 }
+                // scores over whole vectors of keys (the padding's are set aside below), so a
+                // short sentence's few keys take vector instructions, not scalar tails
+                let t_pad = t_end.next_multiple_of(KEY_PAD);
                 for h in 0..heads {
                     let kvh = h / group;
                     for (dst, &x) in qs.iter_mut().zip(&q[(r * heads + h) * d..][..d]) {
                         *dst = x * scale;
                     }
-                    let sc = &mut scores[..t_end];
+                    let sc = &mut scores[..t_pad];
                     sc.fill(0.0);
-                    let kh = &kt[kvh * d * keys..(kvh + 1) * d * keys];
-                    for (qc, row) in qs.iter().zip(kh.chunks_exact(keys)) {
+                    let kh = &kt[kvh * d * stride..(kvh + 1) * d * stride];
+                    for (qc, row) in qs.iter().zip(kh.chunks_exact(stride)) {
                         let (sv, stail) = S::as_mut_simd_f32s(sc);
-                        let (rv, rtail) = S::as_simd_f32s(&row[..t_end]);
+                        let (rv, rtail) = S::as_simd_f32s(&row[..t_pad]);
                         let qv = simd.splat_f32s(*qc);
                         for (s, r) in sv.iter_mut().zip(rv) {
                             *s = simd.mul_add_e_f32s(qv, *r, *s);
@@ -379,8 +388,9 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
                             *s += qc * r;
                         }
                     }
+                    sc[t_end..].fill(f32::NEG_INFINITY);
                     if let Some(m) = mask {
-                        for (s, &keep) in sc.iter_mut().zip(&m[b * kv_len..]) {
+                        for (s, &keep) in sc[..t_end].iter_mut().zip(&m[b * kv_len..]) {
                             if keep == 0 {
                                 *s = f32::NEG_INFINITY;
                             }
@@ -408,6 +418,7 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
                     }
                     let sum: f32 = sums.iter().sum();
                     let inv = 1.0 / sum;
+                    let sc = &sc[..t_end];
                     // four keys per pass over the output row, so it is loaded and stored a
                     // quarter as often
                     let o = &mut out_row[h * d..(h + 1) * d];
@@ -440,12 +451,13 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
             Some(m) => m[b * kv_len..(b + 1) * kv_len].iter().rposition(|&x| x != 0).map_or(0, |t| t + 1),
             None => kv_len,
         };
-        let mut kt = vec![0f32; kv_heads * d * keys];
+        let stride = keys.next_multiple_of(KEY_PAD);
+        let mut kt = vec![0f32; kv_heads * d * stride];
         for t in 0..keys {
             for kh in 0..kv_heads {
                 let src = &k[((b * kv_len + t) * kv_heads + kh) * d..][..d];
                 for (c, &x) in src.iter().enumerate() {
-                    kt[(kh * d + c) * keys + t] = x;
+                    kt[(kh * d + c) * stride + t] = x;
                 }
             }
         }
