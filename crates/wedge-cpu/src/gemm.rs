@@ -633,18 +633,51 @@ mod int16 {
     /// With `v4` (AVX-512) both groups' pairs go into one 512-bit vector and one `vpmaddwd`
     /// takes the 16 columns: the same sums from half the instructions.
     #[inline(always)]
-    fn sums<const R2: usize>(
+    fn sums<const R2: usize, const CC: usize>(
         simd: V3,
-        v4: Option<V4>,
+        w: &Packed,
         xs: [&[u32]; R2],
-        ws: &[i8x32],
+        g: usize,
         span: std::ops::Range<usize>,
-    ) -> [[u32x8; C]; R2] {
+    ) -> [[u32x8; CC]; R2] {
         let xh: [&[u32]; R2] = std::array::from_fn(|i| &xs[i][span.clone()]);
-        let wh = &ws[span.clone()];
-        if let Some(v4) = v4 {
-            return wide(v4, xh, wh);
+        let mut acc = [[simd.splat_u32s(0); CC]; R2];
+        // (plain loops: closures would be compiled outside the vector unit's context)
+        match (w.v4, CC) {
+            (Some(v4), 4) => {
+                let t = wide(v4, xh, [&w.groups(g)[span.clone()], &w.groups(g + C)[span.clone()]]);
+                for i in 0..R2 {
+                    for j in 0..CC {
+                        acc[i][j] = t[i][j / C][j % C];
+                    }
+                }
+            }
+            (Some(v4), _) => {
+                let t = wide(v4, xh, [&w.groups(g)[span.clone()]]);
+                for i in 0..R2 {
+                    for j in 0..CC.min(C) {
+                        acc[i][j] = t[i][0][j];
+                    }
+                }
+            }
+            (None, _) => {
+                // AVX2: its 16 registers hold `C` groups' sums; wider tiles take two passes
+                for half in 0..CC.div_ceil(C) {
+                    let two = narrow(simd, xh, &w.groups(g + half * C)[span.clone()]);
+                    for i in 0..R2 {
+                        for j in 0..C.min(CC - half * C) {
+                            acc[i][half * C + j] = two[i][j];
+                        }
+                    }
+                }
+            }
         }
+        acc
+    }
+
+    /// [`sums`] for one pair of groups on AVX2.
+    #[inline(always)]
+    fn narrow<const R2: usize>(simd: V3, xh: [&[u32]; R2], wh: &[i8x32]) -> [[u32x8; C]; R2] {
         let mut acc = [[simd.splat_u32s(0); C]; R2];
         for (p, &w2) in wh.iter().enumerate() {
             let halves = pulp::cast::<i8x32, [i8x16; C]>(w2);
@@ -663,35 +696,47 @@ mod int16 {
     /// How many pairs of values ahead of the one it multiplies [`wide`] asks for the weights.
     const PREFETCH: usize = 32;
 
-    /// [`sums`] for two column groups on AVX-512: per pair, the groups' 32 bytes (one load)
-    /// widened to 32 lanes of 16 bits, against the broadcast pair of each row.
+    /// [`sums`] on AVX-512 for `S` pairs of groups: per pair of values, each pair of groups'
+    /// 32 bytes (one load) widened to 32 lanes of 16 bits, against the broadcast pair of each
+    /// row. With `S` = 2 each broadcast feeds two multiply-adds, which halves the loads per
+    /// multiply-add (the loads, not the multipliers, bound the one-pair tile).
     #[inline(always)]
-    fn wide<const R2: usize>(v4: V4, xh: [&[u32]; R2], wh: &[i8x32]) -> [[u32x8; 2]; R2] {
+    fn wide<const R2: usize, const S: usize>(v4: V4, xh: [&[u32]; R2], wh: [&[i8x32]; S]) -> [[[u32x8; C]; S]; R2] {
         use core::arch::x86_64::{__m256i, __m512i};
         let (f, bw) = (v4.avx512f, v4.avx512bw);
-        let mut acc: [__m512i; R2] = [f._mm512_setzero_si512(); R2];
+        let mut acc: [[__m512i; S]; R2] = [[f._mm512_setzero_si512(); S]; R2];
         // every slice cut to one length, so the loop needs no bounds checks
-        let len = xh.iter().fold(wh.len(), |l, x| l.min(x.len()));
-        let w2 = &wh[..len];
+        let len = xh.iter().fold(wh.iter().fold(usize::MAX, |l, w| l.min(w.len())), |l, x| l.min(x.len()));
+        let mut ws: [&[i8x32]; S] = [&[]; S];
+        for s in 0..S {
+            ws[s] = &wh[s][..len];
+        }
         let mut xs: [&[u32]; R2] = [&[]; R2];
         for i in 0..R2 {
             xs[i] = &xh[i][..len];
         }
         for p in 0..len {
-            if p % 2 == 0 {
-                let ahead = wh.as_ptr().wrapping_add(p + PREFETCH) as *const i8;
-                v4.sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ahead);
+            let mut wp = [f._mm512_setzero_si512(); S];
+            for s in 0..S {
+                if p % 2 == 0 {
+                    let ahead = ws[s].as_ptr().wrapping_add(p + PREFETCH) as *const i8;
+                    v4.sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ahead);
+                }
+                wp[s] = bw._mm512_cvtepi8_epi16(pulp::cast::<i8x32, __m256i>(ws[s][p]));
             }
-            let wp = bw._mm512_cvtepi8_epi16(pulp::cast::<i8x32, __m256i>(w2[p]));
             for i in 0..R2 {
                 let xb = f._mm512_set1_epi32(xs[i][p] as i32);
-                acc[i] = f._mm512_add_epi32(acc[i], bw._mm512_madd_epi16(xb, wp));
+                for s in 0..S {
+                    acc[i][s] = f._mm512_add_epi32(acc[i][s], bw._mm512_madd_epi16(xb, wp[s]));
+                }
             }
         }
-        let mut out = [[pulp::cast([0u32; 8]); 2]; R2];
+        let mut out = [[[pulp::cast([0u32; 8]); C]; S]; R2];
         for i in 0..R2 {
-            out[i] =
-                [pulp::cast(f._mm512_castsi512_si256(acc[i])), pulp::cast(f._mm512_extracti64x4_epi64::<1>(acc[i]))];
+            for s in 0..S {
+                let a = acc[i][s];
+                out[i][s] = [pulp::cast(f._mm512_castsi512_si256(a)), pulp::cast(f._mm512_extracti64x4_epi64::<1>(a))];
+            }
         }
         out
     }
@@ -709,8 +754,15 @@ mod int16 {
         /// Activation rows per micro-tile (at most 6). Kernels that fold spans into f32
         /// accumulators take fewer: those take registers too.
         const ROWS: usize;
-        /// The sums of activation rows `rows` against column groups `cols`, in f32.
-        fn tile<const R2: usize>(&self, simd: V3, w: &Packed, rows: [usize; R2], cols: [usize; C]) -> [[f32x8; C]; R2];
+        /// The sums of activation rows `rows` against the `CC` column groups from `g` (even),
+        /// in f32.
+        fn tile<const R2: usize, const CC: usize>(
+            &self,
+            simd: V3,
+            w: &Packed,
+            rows: [usize; R2],
+            g: usize,
+        ) -> [[f32x8; CC]; R2];
         /// Output row `row` from its tile sums `acc` (columns from `n0`, as many as `dst`):
         /// each times the factor it takes after the tiles.
         fn finish(&self, w: &Packed, row: usize, n0: usize, acc: &[f32], dst: &mut [f32]);
@@ -727,10 +779,16 @@ mod int16 {
         const ROWS: usize = 6;
 
         #[inline(always)]
-        fn tile<const R2: usize>(&self, simd: V3, w: &Packed, rows: [usize; R2], cols: [usize; C]) -> [[f32x8; C]; R2] {
+        fn tile<const R2: usize, const CC: usize>(
+            &self,
+            simd: V3,
+            w: &Packed,
+            rows: [usize; R2],
+            g: usize,
+        ) -> [[f32x8; CC]; R2] {
             let p = w.pairs;
-            let acc = sums(simd, w.v4, slices(self.xq, rows, p), cols_of(w, cols), 0..p);
-            let mut out = [[simd.splat_f32x8(0.0); C]; R2];
+            let acc: [[u32x8; CC]; R2] = sums(simd, w, slices(self.xq, rows, p), g, 0..p);
+            let mut out = [[simd.splat_f32x8(0.0); CC]; R2];
             for (o, a) in out.iter_mut().zip(&acc) {
                 for (o, a) in o.iter_mut().zip(a) {
                     *o = to_f32(simd, *a);
@@ -761,15 +819,21 @@ mod int16 {
         const ROWS: usize = 3;
 
         #[inline(always)]
-        fn tile<const R2: usize>(&self, simd: V3, w: &Packed, rows: [usize; R2], cols: [usize; C]) -> [[f32x8; C]; R2] {
+        fn tile<const R2: usize, const CC: usize>(
+            &self,
+            simd: V3,
+            w: &Packed,
+            rows: [usize; R2],
+            g: usize,
+        ) -> [[f32x8; CC]; R2] {
             let (pairs, xpairs, bp) = (w.pairs, self.blocks * A8_BLOCK / 2, A8_BLOCK / 2);
-            let (xs, ws) = (slices(self.xq, rows, xpairs), cols_of(w, cols));
-            let mut facc = [[simd.splat_f32x8(0.0); C]; R2];
+            let xs = slices(self.xq, rows, xpairs);
+            let mut facc = [[simd.splat_f32x8(0.0); CC]; R2];
             for (b, p0) in (0..pairs).step_by(bp).enumerate() {
-                let acc = sums(simd, w.v4, xs, ws, p0..(p0 + bp).min(pairs));
+                let acc: [[u32x8; CC]; R2] = sums(simd, w, xs, g, p0..(p0 + bp).min(pairs));
                 for i in 0..R2 {
                     let s = simd.splat_f32x8(self.sx[rows[i] * self.blocks + b]);
-                    for j in 0..C {
+                    for j in 0..CC {
                         facc[i][j] = simd.mul_add_f32x8(to_f32(simd, acc[i][j]), s, facc[i][j]);
                     }
                 }
@@ -797,22 +861,22 @@ mod int16 {
 
     impl Q4<'_> {
         #[inline(always)]
-        fn tile_with<const R2: usize, const MIN: bool>(
+        fn tile_with<const R2: usize, const CC: usize, const MIN: bool>(
             &self,
             simd: V3,
             w: &Packed,
             rows: [usize; R2],
-            cols: [usize; C],
-        ) -> [[f32x8; C]; R2] {
+            g0: usize,
+        ) -> [[f32x8; CC]; R2] {
             let (pairs, gp, kgroups) = (w.pairs, w.group / 2, w.k.div_ceil(w.group));
-            let (xs, ws) = (slices(self.xq, rows, pairs), cols_of(w, cols));
-            let mut facc = [[simd.splat_f32x8(0.0); C]; R2];
+            let xs = slices(self.xq, rows, pairs);
+            let mut facc = [[simd.splat_f32x8(0.0); CC]; R2];
             for (g, p0) in (0..pairs).step_by(gp).enumerate() {
-                let acc = sums(simd, w.v4, xs, ws, p0..(p0 + gp).min(pairs));
+                let acc: [[u32x8; CC]; R2] = sums(simd, w, xs, g0, p0..(p0 + gp).min(pairs));
                 for i in 0..R2 {
                     let xg = simd.splat_f32x8(self.xsum[rows[i] * kgroups + g] as f32);
-                    for j in 0..C {
-                        let at = cols[j] * kgroups + g;
+                    for j in 0..CC {
+                        let at = (g0 + j) * kgroups + g;
                         facc[i][j] = simd.mul_add_f32x8(to_f32(simd, acc[i][j]), w.gscales[at], facc[i][j]);
                         if MIN {
                             facc[i][j] = simd.mul_add_f32x8(xg, w.gmins[at], facc[i][j]);
@@ -828,11 +892,17 @@ mod int16 {
         const ROWS: usize = 3;
 
         #[inline(always)]
-        fn tile<const R2: usize>(&self, simd: V3, w: &Packed, rows: [usize; R2], cols: [usize; C]) -> [[f32x8; C]; R2] {
+        fn tile<const R2: usize, const CC: usize>(
+            &self,
+            simd: V3,
+            w: &Packed,
+            rows: [usize; R2],
+            g: usize,
+        ) -> [[f32x8; CC]; R2] {
             if w.gmins.is_empty() {
-                self.tile_with::<R2, false>(simd, w, rows, cols)
+                self.tile_with::<R2, CC, false>(simd, w, rows, g)
             } else {
-                self.tile_with::<R2, true>(simd, w, rows, cols)
+                self.tile_with::<R2, CC, true>(simd, w, rows, g)
             }
         }
 
@@ -865,35 +935,37 @@ mod int16 {
             let simd = w.simd;
             let (m0, mb, n0, nb) = (res.m0, res.mb, res.n0, res.nb);
             let (g0, groups) = (n0 / 8, nb.div_ceil(8));
-            // each tile's sums go straight to their outputs, times the factors they take
-            let mut store = |i0: usize, j0: usize, t: &[[f32x8; C]]| {
-                for (i, row) in t.iter().enumerate() {
-                    let dst = res.row(i0 + i);
-                    for (j, v) in row.iter().enumerate().take(groups - j0) {
-                        let c0 = (j0 + j) * 8;
-                        let c1 = (c0 + 8).min(nb);
-                        let sums = pulp::cast::<f32x8, [f32; 8]>(*v);
-                        fold.finish(w, m0 + i0 + i, n0 + c0, &sums[..c1 - c0], &mut dst[c0..c1]);
-                    }
-                }
-            };
+            // four groups a tile on AVX-512 (see `wide`), two on AVX2
+            let wide = w.v4.is_some();
             let mut i0 = 0;
             while i0 < mb {
                 let r = (mb - i0).min(F::ROWS);
                 let mut j0 = 0;
                 while j0 < groups {
                     // (after a last odd group comes a group of zeros, not stored)
-                    let cols = [g0 + j0, g0 + j0 + 1];
-                    let r0 = m0 + i0;
-                    match r {
-                        6 => store(i0, j0, &fold.tile::<6>(simd, w, rows(r0), cols)),
-                        5 => store(i0, j0, &fold.tile::<5>(simd, w, rows(r0), cols)),
-                        4 => store(i0, j0, &fold.tile::<4>(simd, w, rows(r0), cols)),
-                        3 => store(i0, j0, &fold.tile::<3>(simd, w, rows(r0), cols)),
-                        2 => store(i0, j0, &fold.tile::<2>(simd, w, rows(r0), cols)),
-                        _ => store(i0, j0, &fold.tile::<1>(simd, w, rows(r0), cols)),
+                    let (g, r0) = (g0 + j0, m0 + i0);
+                    let at = (i0, j0);
+                    if wide && groups - j0 > C {
+                        match r {
+                            6 => store(fold, w, res, at, &fold.tile::<6, 4>(simd, w, rows(r0), g)),
+                            5 => store(fold, w, res, at, &fold.tile::<5, 4>(simd, w, rows(r0), g)),
+                            4 => store(fold, w, res, at, &fold.tile::<4, 4>(simd, w, rows(r0), g)),
+                            3 => store(fold, w, res, at, &fold.tile::<3, 4>(simd, w, rows(r0), g)),
+                            2 => store(fold, w, res, at, &fold.tile::<2, 4>(simd, w, rows(r0), g)),
+                            _ => store(fold, w, res, at, &fold.tile::<1, 4>(simd, w, rows(r0), g)),
+                        }
+                        j0 += 2 * C;
+                    } else {
+                        match r {
+                            6 => store(fold, w, res, at, &fold.tile::<6, C>(simd, w, rows(r0), g)),
+                            5 => store(fold, w, res, at, &fold.tile::<5, C>(simd, w, rows(r0), g)),
+                            4 => store(fold, w, res, at, &fold.tile::<4, C>(simd, w, rows(r0), g)),
+                            3 => store(fold, w, res, at, &fold.tile::<3, C>(simd, w, rows(r0), g)),
+                            2 => store(fold, w, res, at, &fold.tile::<2, C>(simd, w, rows(r0), g)),
+                            _ => store(fold, w, res, at, &fold.tile::<1, C>(simd, w, rows(r0), g)),
+                        }
+                        j0 += C;
                     }
-                    j0 += C;
                 }
                 i0 += r;
             }
@@ -901,17 +973,33 @@ mod int16 {
         }
     }
 
+    /// A tile's sums (rows from `i0`, groups from `j0` of the task's block) straight to their
+    /// outputs, times the factors they take; groups past the block (zeros) are not stored.
+    #[inline(always)]
+    fn store<F: Fold, const CC: usize>(
+        fold: &F,
+        w: &Packed,
+        res: &mut Block,
+        (i0, j0): (usize, usize),
+        t: &[[f32x8; CC]],
+    ) {
+        let (m0, n0, nb) = (res.m0, res.n0, res.nb);
+        let groups = nb.div_ceil(8);
+        for (i, row) in t.iter().enumerate() {
+            let dst = res.row(i0 + i);
+            for (j, v) in row.iter().enumerate().take(groups - j0) {
+                let c0 = (j0 + j) * 8;
+                let c1 = (c0 + 8).min(nb);
+                let sums = pulp::cast::<f32x8, [f32; 8]>(*v);
+                fold.finish(w, m0 + i0 + i, n0 + c0, &sums[..c1 - c0], &mut dst[c0..c1]);
+            }
+        }
+    }
+
     /// Rows `rows` of `x`, `len` values each.
     #[inline(always)]
     fn slices<const N: usize>(x: &[u32], rows: [usize; N], len: usize) -> [&[u32]; N] {
         std::array::from_fn(|i| &x[rows[i] * len..(rows[i] + 1) * len])
-    }
-
-    /// Column groups `cols` (a pair, the first even) of `w`.
-    #[inline(always)]
-    fn cols_of(w: &Packed, cols: [usize; C]) -> &[i8x32] {
-        debug_assert!(cols[0].is_multiple_of(C) && cols[1] == cols[0] + 1);
-        w.groups(cols[0])
     }
 
     /// `N` consecutive rows from `r0`.
