@@ -79,7 +79,7 @@ pub(crate) fn matmul(
     let blocks = k.div_ceil(A8_BLOCK);
     let kp = blocks * A8_BLOCK;
     let (xq, xs) = quantize_rows(&x[..m * k], k);
-    run_tasks(m, n, out, |res| {
+    run_tasks(m, n, out, (bias, act), |res| {
         let (m0, mb, n0, nb) = (res.m0, res.mb, res.n0, res.nb);
         let mut wrow = vec![0i8; kp];
         for j in 0..nb {
@@ -96,7 +96,6 @@ pub(crate) fn matmul(
                 res.row(i)[j] = acc * sw;
             }
         }
-        res.epilogue(bias, act);
     });
 }
 

@@ -17,8 +17,6 @@ use wedge_core::quant::{Format, Weight};
 #[cfg(not(target_arch = "wasm32"))]
 use rayon::prelude::*;
 
-use crate::kernels::activate_slice;
-
 /// Weight rows per task (the dequantized panel is `NB × k` floats).
 const NB: usize = 48;
 /// Activation rows per task.
@@ -170,8 +168,6 @@ fn task_tiles<S: Simd>(simd: S, x: &[f32], panel: &[f32], k: usize, res: &mut Bl
 struct Task<'a, 'b> {
     x: &'a [f32],
     w: &'a Weight,
-    bias: Option<&'a [f32]>,
-    act: Activation,
     k: usize,
     res: &'a mut Block<'b>,
 }
@@ -181,22 +177,24 @@ impl WithSimd for Task<'_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Task { x, w, bias, act, k, res } = self;
+        let Task { x, w, k, res } = self;
         let (m0, mb, n0, nb) = (res.m0, res.mb, res.n0, res.nb);
         let mut panel = vec![0f32; nb * k];
         dequantize_rows(w, n0, nb, k, &mut panel);
         task_tiles(simd, &x[m0 * k..(m0 + mb) * k], &panel, k, res);
-        res.epilogue(bias, act);
     }
 }
 
-/// Adds the bias (one value per column) and applies the activation, in place.
-#[inline(always)]
+/// Adds the bias to each row of `res` (rows of `bias.len()` values) and applies the
+/// activation to the whole of it: once per row block in one long loop, rather than once per
+/// task row of 48 values, whose remainders the vectorizer leaves to narrower code.
 fn epilogue(res: &mut [f32], bias: Option<&[f32]>, act: Activation) {
     if let Some(b) = bias {
-        res.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        for row in res.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
     }
-    activate_slice(act, res);
+    crate::kernels::activate(act, res);
 }
 
 /// One task's share of an `m × n` output: rows `m0..m0 + mb`, columns `n0..n0 + nb`, written
@@ -221,22 +219,20 @@ impl Block<'_> {
         let o = i * self.ld + self.col;
         &mut self.data[o..o + self.nb]
     }
-
-    /// Adds the bias (the block's columns of it) and applies the activation, row by row.
-    #[inline(always)]
-    pub(crate) fn epilogue(&mut self, bias: Option<&[f32]>, act: Activation) {
-        let (n0, nb) = (self.n0, self.nb);
-        for i in 0..self.mb {
-            epilogue(self.row(i), bias.map(|b| &b[n0..n0 + nb]), act);
-        }
-    }
 }
 
 /// Runs `task` over the `MB × NB` blocks of the whole `m × n` output, in parallel where
-/// there are threads. With enough row blocks to keep every thread busy, each thread takes
-/// whole row blocks and writes them in place; otherwise (few rows) the blocks of a row are
-/// shared out and each writes a buffer of its own, copied in after.
-pub(crate) fn run_tasks(m: usize, n: usize, out: &mut [f32], task: impl Fn(&mut Block) + Sync) {
+/// there are threads, then adds `bias` and applies `act`. With enough row blocks to keep
+/// every thread busy, each thread takes whole row blocks and writes them in place;
+/// otherwise (few rows) the blocks of a row are shared out and each writes a buffer of its
+/// own, copied in after.
+pub(crate) fn run_tasks(
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+    (bias, act): (Option<&[f32]>, Activation),
+    task: impl Fn(&mut Block) + Sync,
+) {
     let (mblocks, nblocks) = (m.div_ceil(MB), n.div_ceil(NB));
     let out = &mut out[..m * n];
     let row_block = |(b, data): (usize, &mut [f32])| {
@@ -244,6 +240,7 @@ pub(crate) fn run_tasks(m: usize, n: usize, out: &mut [f32], task: impl Fn(&mut 
         for n0 in (0..n).step_by(NB) {
             task(&mut Block { m0, mb, n0, nb: NB.min(n - n0), data: &mut *data, ld: n, col: n0 });
         }
+        epilogue(data, bias, act);
     };
     #[cfg(target_arch = "wasm32")]
     {
@@ -261,6 +258,7 @@ pub(crate) fn run_tasks(m: usize, n: usize, out: &mut [f32], task: impl Fn(&mut 
                 let (mb, nb) = (MB.min(m - m0), NB.min(n - n0));
                 let mut buf = vec![0f32; mb * nb];
                 task(&mut Block { m0, mb, n0, nb, data: &mut buf, ld: nb, col: 0 });
+                epilogue(&mut buf, bias.map(|b| &b[n0..n0 + nb]), act);
                 (m0, n0, buf)
             })
             .collect();
@@ -328,7 +326,7 @@ pub(crate) fn matmul_with(
         return crate::a8::matmul(x, w, bias, act, m, k, n, out);
     }
     let arch = Arch::new();
-    run_tasks(m, n, out, |res| arch.dispatch(Task { x, w, bias, act, k, res }));
+    run_tasks(m, n, out, (bias, act), |res| arch.dispatch(Task { x, w, k, res }));
 }
 
 /// The vector unit the integer matmul kernels (`q8`, `q8a8`, `q4`, `q4_1`) run on here:
@@ -921,8 +919,6 @@ mod int16 {
     struct Job<'a, 'b, F> {
         fold: &'a F,
         w: &'a Packed,
-        bias: Option<&'a [f32]>,
-        act: Activation,
         res: &'a mut Block<'b>,
     }
 
@@ -931,7 +927,7 @@ mod int16 {
 
         #[inline(always)]
         fn call(self) {
-            let Job { fold, w, bias, act, res } = self;
+            let Job { fold, w, res } = self;
             let simd = w.simd;
             let (m0, mb, n0, nb) = (res.m0, res.mb, res.n0, res.nb);
             let (g0, groups) = (n0 / 8, nb.div_ceil(8));
@@ -969,7 +965,6 @@ mod int16 {
                 }
                 i0 += r;
             }
-            res.epilogue(bias, act);
         }
     }
 
@@ -1010,8 +1005,8 @@ mod int16 {
 
     /// Runs the tasks of a whole matmul with kernel `fold`.
     fn run<F: Fold>(fold: &F, w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
-        run_tasks(m, w.n, out, |res| {
-            let job = Job { fold, w, bias, act, res };
+        run_tasks(m, w.n, out, (bias, act), |res| {
+            let job = Job { fold, w, res };
             // compiled for AVX-512 where the tiles take it (see `sums`)
             match (w.v4, vnni()) {
                 (Some(_), Some(vnni)) => vnni.vectorize(job),
