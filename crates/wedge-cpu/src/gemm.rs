@@ -390,27 +390,31 @@ mod int16 {
         let rows = x.len() / k;
         let mut q = vec![0i16; rows * kp];
         let mut scales = vec![0f32; rows];
-        x.par_chunks_exact(k).zip(q.par_chunks_exact_mut(kp).zip(scales.par_iter_mut())).for_each(
-            // compiled for AVX2, so the rounding is one instruction rather than a libm call
-            |(src, (dst, scale))| {
-                simd.vectorize(|| {
-                    match crate::kernels::finite_amax(src) {
-                        // a NaN or an infinity spoils every output of its row, as it would in f32
-                        None => *scale = f32::NAN,
-                        // (a row so small, below 1e-34, that `qmax / amax` overflows counts as
-                        // zeros, as an all-zero row does)
-                        Some(amax) if (qmax / amax).is_finite() => {
-                            let inv = qmax / amax;
-                            for (d, v) in dst.iter_mut().zip(src) {
-                                *d = round_to_i16((v * inv).max(-qmax).min(qmax));
-                            }
-                            *scale = amax / qmax;
+        // compiled for AVX2, so the rounding is one instruction rather than a libm call
+        let row = |(src, (dst, scale)): (&[f32], (&mut [i16], &mut f32))| {
+            simd.vectorize(|| {
+                match crate::kernels::finite_amax(src) {
+                    // a NaN or an infinity spoils every output of its row, as it would in f32
+                    None => *scale = f32::NAN,
+                    // (a row so small, below 1e-34, that `qmax / amax` overflows counts as
+                    // zeros, as an all-zero row does)
+                    Some(amax) if (qmax / amax).is_finite() => {
+                        let inv = qmax / amax;
+                        for (d, v) in dst.iter_mut().zip(src) {
+                            *d = round_to_i16((v * inv).max(-qmax).min(qmax));
                         }
-                        Some(_) => {}
+                        *scale = amax / qmax;
                     }
-                })
-            },
-        );
+                    Some(_) => {}
+                }
+            })
+        };
+        // a short sentence's few rows take a microsecond, less than sharing them out
+        if rows * k <= 1 << 16 {
+            x.chunks_exact(k).zip(q.chunks_exact_mut(kp).zip(scales.iter_mut())).for_each(row);
+        } else {
+            x.par_chunks_exact(k).zip(q.par_chunks_exact_mut(kp).zip(scales.par_iter_mut())).for_each(row);
+        }
         (q, scales)
     }
 

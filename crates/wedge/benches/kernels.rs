@@ -1,5 +1,5 @@
 //! Matmul kernel throughput: GEMV (1 row) and GEMM (128 rows) with f32, q8, q8a8 and q4
-//! weights at 4096×4096, 1536×384 and 384×1536, on the GPU adapter and on the CPU
+//! weights at 4096×4096 and MiniLM's 384×384, 1536×384 and 384×1536, on the GPU adapter and on the CPU
 //! backend (the GEMV with and without subgroup reductions where the adapter has them). Prints GB/s of weight bytes, GFLOP/s, and the fraction of the device's
 //! memory bandwidth where it is known (set `WEDGE_BW_GBS` to supply it).
 //!
@@ -70,7 +70,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let json = args.iter().any(|a| a == "--json");
     let budget = Duration::from_millis(if quick { 150 } else { 800 });
-    let shapes = [(1536usize, 384usize), (384, 1536), (4096, 4096)];
+    let shapes = [(384usize, 384usize), (1536, 384), (384, 1536), (4096, 4096)];
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
     let gemm_rows: usize = value("--rows").map(|v| v.parse().expect("--rows N")).unwrap_or(128);
     let mut formats = vec![Format::F32, Format::Q8, Format::Q8A8, Format::Q4 { group: 32 }];
