@@ -244,7 +244,7 @@ pub(crate) fn run_tasks(
     };
     #[cfg(target_arch = "wasm32")]
     {
-        let _ = nblocks;
+        let _ = (mblocks, nblocks);
         out.chunks_mut(MB * n).enumerate().for_each(row_block);
     }
     #[cfg(not(target_arch = "wasm32"))]
