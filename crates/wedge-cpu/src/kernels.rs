@@ -211,18 +211,40 @@ fn matmul_rows(
 }
 
 pub(crate) fn binary(op: BinaryOp, a: &[f32], b: &[f32], bn: usize, out: &mut [f32]) {
-    // `b` repeats every `bn` values: walk `a` and `out` in runs of `bn`, the op chosen once
-    let run = |f: fn(f32, f32) -> f32, out: &mut [f32]| {
-        for (oc, ac) in out.chunks_mut(bn).zip(a.chunks(bn)) {
-            for ((o, a), b) in oc.iter_mut().zip(ac).zip(b) {
-                *o = f(*a, *b);
+    match op {
+        BinaryOp::Add => binary_with(|a, b| a + b, a, b, bn, out),
+        BinaryOp::Mul => binary_with(|a, b| a * b, a, b, bn, out),
+    }
+}
+
+/// [`binary`] with the op `f`, inlined into its loops.
+fn binary_with(f: impl Fn(f32, f32) -> f32 + Sync, a: &[f32], b: &[f32], bn: usize, out: &mut [f32]) {
+    if bn == 0 || out.is_empty() {
+        return;
+    }
+    // `b` repeats every `bn` values. The work goes out in pieces of about 16k values: whole
+    // repeats of `b`, or, where `b` is as long as `a` (a residual add), matching pieces of both.
+    let whole = bn >= out.len();
+    let piece = if whole { 1 << 14 } else { bn * (1usize << 14).div_ceil(bn) };
+    let one = |(i, oc): (usize, &mut [f32])| {
+        let at = i * piece;
+        let ac = &a[at..at + oc.len()];
+        if whole {
+            for ((o, x), y) in oc.iter_mut().zip(ac).zip(&b[at..]) {
+                *o = f(*x, *y);
+            }
+        } else {
+            for (or, ar) in oc.chunks_mut(bn).zip(ac.chunks(bn)) {
+                for ((o, x), y) in or.iter_mut().zip(ar).zip(b) {
+                    *o = f(*x, *y);
+                }
             }
         }
     };
-    match op {
-        BinaryOp::Add => run(|a, b| a + b, out),
-        BinaryOp::Mul => run(|a, b| a * b, out),
-    }
+    #[cfg(not(target_arch = "wasm32"))]
+    out.par_chunks_mut(piece).enumerate().for_each(one);
+    #[cfg(target_arch = "wasm32")]
+    out.chunks_mut(piece).enumerate().for_each(one);
 }
 
 /// `max |v|` over `x`, or `None` when `x` holds a NaN or an infinity. On the bit patterns
@@ -535,6 +557,32 @@ pub(crate) fn transpose(x: &[u32], dims: [usize; 4], perm: [usize; 4], out: &mut
                 for d in 0..od[3] {
                     out[i] = x[a * os[0] + b * os[1] + c * os[2] + d * os[3]];
                     i += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pieces `binary` shares out against `out[i] = a[i] ∘ b[i % bn]`, over sizes on both
+    /// sides of a piece (16k values) and broadcasts that do and do not divide one.
+    #[test]
+    fn binary_pieces_cover_every_value_once() {
+        for (len, bn) in [(1, 1), (7, 7), (16384, 16384), (50001, 50001), (40000, 384), (70 * 300, 300), (12, 3)] {
+            let a: Vec<f32> = (0..len).map(|i| i as f32 * 0.5 - 7.0).collect();
+            let b: Vec<f32> = (0..bn).map(|i| 1.0 + (i % 13) as f32).collect();
+            for op in [BinaryOp::Add, BinaryOp::Mul] {
+                let mut out = vec![f32::NAN; len];
+                binary(op, &a, &b, bn, &mut out);
+                for (i, o) in out.iter().enumerate() {
+                    let want = match op {
+                        BinaryOp::Add => a[i] + b[i % bn],
+                        BinaryOp::Mul => a[i] * b[i % bn],
+                    };
+                    assert_eq!(*o, want, "{op:?} len {len} bn {bn} at {i}");
                 }
             }
         }
