@@ -20,6 +20,11 @@ pub const DEFAULT_MAX_BATCH: usize = 32;
 /// Padded tokens a run may always hold, however uneven its lengths (small runs are cheap).
 const PAD_FLOOR: usize = 512;
 
+/// Padded tokens a CPU run holds at most: a bigger batch runs in parts of this many tokens,
+/// whose activations stay nearer the cores' caches. MiniLM q8 on 2 cores, 128-token texts:
+/// 105 emb/s at batch 4, 8 or 16, 94 at 32 in one run.
+const CPU_RUN_TOKENS: usize = 2048;
+
 /// Splits texts of these token lengths into runs for [`Embedder::embed_batched_async`]:
 /// longest first, at most `max_batch` texts a run, and a run's padded size (texts × its
 /// longest) at most 1.5× its real tokens, or [`PAD_FLOOR`] tokens. One long text among
@@ -171,8 +176,23 @@ impl Embedder {
         self.embed_padded_async(batch, 1).await
     }
 
-    /// Embeds tokenized texts as one batch padded to at least `min_len` tokens.
+    /// Embeds tokenized texts as one batch padded to at least `min_len` tokens. On the CPU
+    /// a batch of more than [`CPU_RUN_TOKENS`] padded tokens runs in parts (each padded to
+    /// at least `min_len`); the vectors are the same, in the same order.
     pub async fn embed_padded_async(&self, batch: &[Tokens], min_len: usize) -> Result<Vec<Vec<f32>>> {
+        let longest = batch.iter().map(|t| t.ids.len()).max().unwrap_or(0).max(min_len).max(1);
+        if !self.session.on_cpu() || batch.len() * longest <= CPU_RUN_TOKENS {
+            return self.embed_run(batch, min_len).await;
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for part in batch.chunks((CPU_RUN_TOKENS / longest).max(1)) {
+            out.extend(self.embed_run(part, min_len).await?);
+        }
+        Ok(out)
+    }
+
+    /// One run of the encoder over `batch`, padded to at least `min_len` tokens.
+    async fn embed_run(&self, batch: &[Tokens], min_len: usize) -> Result<Vec<Vec<f32>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }

@@ -282,6 +282,11 @@ impl Session {
         pollster::block_on(self.run_async(inputs))
     }
 
+    /// Whether the session runs on the CPU backend.
+    pub fn on_cpu(&self) -> bool {
+        matches!(self.weights, Weights::Cpu(_))
+    }
+
     /// The graph.
     pub fn graph(&self) -> &Graph {
         &self.graph
