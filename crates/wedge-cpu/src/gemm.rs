@@ -720,16 +720,16 @@ mod int16 {
         for p in 0..len {
             let mut wp = [f._mm512_setzero_si512(); S];
             for s in 0..S {
-                if p % 2 == 0 {
-                    let ahead = ws[s].as_ptr().wrapping_add(p + PREFETCH) as *const i8;
-                    v4.sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ahead);
-                }
+                // (every pair, though a line holds two: a branch here splits the loop body,
+                // and LLVM then leaves half the multiply-adds unfused)
+                let ahead = ws[s].as_ptr().wrapping_add(p + PREFETCH) as *const i8;
+                v4.sse._mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(ahead);
                 wp[s] = bw._mm512_cvtepi8_epi16(pulp::cast::<i8x32, __m256i>(ws[s][p]));
             }
             for i in 0..R2 {
                 let xb = f._mm512_set1_epi32(xs[i][p] as i32);
                 for s in 0..S {
-                    acc[i][s] = f._mm512_add_epi32(acc[i][s], bw._mm512_madd_epi16(xb, wp[s]));
+                    acc[i][s] = f._mm512_add_epi32(bw._mm512_madd_epi16(wp[s], xb), acc[i][s]);
                 }
             }
         }
