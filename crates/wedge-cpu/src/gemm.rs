@@ -681,6 +681,14 @@ mod int16 {
     #[inline(always)]
     fn narrow<const R2: usize>(simd: V3, xh: [&[u32]; R2], wh: &[i8x32]) -> [[u32x8; C]; R2] {
         let mut acc = [[simd.splat_u32s(0); C]; R2];
+        // every slice cut to one length, so the loop needs no bounds checks
+        let len = xh.iter().fold(wh.len(), |l, x| l.min(x.len()));
+        let wh = &wh[..len];
+        let mut xs: [&[u32]; R2] = [&[]; R2];
+        for i in 0..R2 {
+            xs[i] = &xh[i][..len];
+        }
+        let xh = xs;
         for (p, &w2) in wh.iter().enumerate() {
             let halves = pulp::cast::<i8x32, [i8x16; C]>(w2);
             let wp: [i16x16; C] = std::array::from_fn(|j| simd.convert_i8x16_to_i16x16(halves[j]));
