@@ -708,8 +708,8 @@ mod int16 {
 
     /// [`sums`] on AVX-512 for `S` pairs of groups: per pair of values, each pair of groups'
     /// 32 bytes (one load) widened to 32 lanes of 16 bits, against the broadcast pair of each
-    /// row. With `S` = 2 each broadcast feeds two multiply-adds, which halves the loads per
-    /// multiply-add (the loads, not the multipliers, bound the one-pair tile).
+    /// row. With `S` = 2 each broadcast feeds two multiply-adds, which halves the broadcast
+    /// loads per multiply-add.
     #[inline(always)]
     fn wide<const R2: usize, const S: usize>(v4: V4, xh: [&[u32]; R2], wh: [&[i8x32]; S]) -> [[[u32x8; C]; S]; R2] {
         use core::arch::x86_64::{__m256i, __m512i};
@@ -926,8 +926,8 @@ mod int16 {
     }
 
     /// One task of any integer kernel: `mb` activation rows from `m0` against the `nb`
-    /// weight rows from `n0` (a multiple of 8), in micro-tiles of `F::ROWS` rows × `C` groups
-    /// of eight columns.
+    /// weight rows from `n0` (a multiple of 8), in micro-tiles of `F::ROWS` rows × four groups
+    /// of eight columns on AVX-512 (two at a block's end, and always two on AVX2).
     struct Job<'a, 'b, F> {
         fold: &'a F,
         w: &'a Packed,
@@ -940,9 +940,7 @@ mod int16 {
         #[inline(always)]
         fn call(self) {
             let Job { fold, w, res } = self;
-            let simd = w.simd;
-            let (m0, mb, n0, nb) = (res.m0, res.mb, res.n0, res.nb);
-            let (g0, groups) = (n0 / 8, nb.div_ceil(8));
+            let (mb, groups) = (res.mb, res.nb.div_ceil(8));
             // four groups a tile on AVX-512 (see `wide`), two on AVX2
             let wide = w.v4.is_some();
             let mut i0 = 0;
@@ -951,32 +949,39 @@ mod int16 {
                 let mut j0 = 0;
                 while j0 < groups {
                     // (after a last odd group comes a group of zeros, not stored)
-                    let (g, r0) = (g0 + j0, m0 + i0);
                     let at = (i0, j0);
                     if wide && groups - j0 > C {
-                        match r {
-                            6 => store(fold, w, res, at, &fold.tile::<6, 4>(simd, w, rows(r0), g)),
-                            5 => store(fold, w, res, at, &fold.tile::<5, 4>(simd, w, rows(r0), g)),
-                            4 => store(fold, w, res, at, &fold.tile::<4, 4>(simd, w, rows(r0), g)),
-                            3 => store(fold, w, res, at, &fold.tile::<3, 4>(simd, w, rows(r0), g)),
-                            2 => store(fold, w, res, at, &fold.tile::<2, 4>(simd, w, rows(r0), g)),
-                            _ => store(fold, w, res, at, &fold.tile::<1, 4>(simd, w, rows(r0), g)),
-                        }
+                        tile_and_store::<F, { 2 * C }>(fold, w, res, at, r);
                         j0 += 2 * C;
                     } else {
-                        match r {
-                            6 => store(fold, w, res, at, &fold.tile::<6, C>(simd, w, rows(r0), g)),
-                            5 => store(fold, w, res, at, &fold.tile::<5, C>(simd, w, rows(r0), g)),
-                            4 => store(fold, w, res, at, &fold.tile::<4, C>(simd, w, rows(r0), g)),
-                            3 => store(fold, w, res, at, &fold.tile::<3, C>(simd, w, rows(r0), g)),
-                            2 => store(fold, w, res, at, &fold.tile::<2, C>(simd, w, rows(r0), g)),
-                            _ => store(fold, w, res, at, &fold.tile::<1, C>(simd, w, rows(r0), g)),
-                        }
+                        tile_and_store::<F, C>(fold, w, res, at, r);
                         j0 += C;
                     }
                 }
                 i0 += r;
             }
+        }
+    }
+
+    /// The tile of `r` rows (at most 6) × `CC` groups at `(i0, j0)` of the task's block,
+    /// computed and stored.
+    #[inline(always)]
+    fn tile_and_store<F: Fold, const CC: usize>(
+        fold: &F,
+        w: &Packed,
+        res: &mut Block,
+        (i0, j0): (usize, usize),
+        r: usize,
+    ) {
+        let (simd, r0, g) = (w.simd, res.m0 + i0, res.n0 / 8 + j0);
+        let at = (i0, j0);
+        match r {
+            6 => store(fold, w, res, at, &fold.tile::<6, CC>(simd, w, rows(r0), g)),
+            5 => store(fold, w, res, at, &fold.tile::<5, CC>(simd, w, rows(r0), g)),
+            4 => store(fold, w, res, at, &fold.tile::<4, CC>(simd, w, rows(r0), g)),
+            3 => store(fold, w, res, at, &fold.tile::<3, CC>(simd, w, rows(r0), g)),
+            2 => store(fold, w, res, at, &fold.tile::<2, CC>(simd, w, rows(r0), g)),
+            _ => store(fold, w, res, at, &fold.tile::<1, CC>(simd, w, rows(r0), g)),
         }
     }
 
