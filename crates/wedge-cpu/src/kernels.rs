@@ -349,6 +349,119 @@ pub struct AttentionDims {
 /// of f32 there is (AVX-512's 16 lanes), so score loops have no scalar tails on any unit.
 const KEY_PAD: usize = 16;
 
+/// Sums of vectors computed a few at a time in registers: block `V` vectors from vector `v0`.
+trait VectorSums<S: pulp::Simd> {
+    fn block<const V: usize>(&self, v0: usize) -> [S::f32s; V];
+}
+
+/// Fills `out` with `sums`' vectors in blocks of four (fewer at the end). A sum that stays in
+/// registers through its whole loop does not wait on its own store and reload at every step,
+/// as one kept in memory does.
+#[inline(always)]
+fn fill_in_blocks<S: pulp::Simd, B: VectorSums<S>>(sums: &B, out: &mut [S::f32s]) {
+    let mut v0 = 0;
+    while v0 < out.len() {
+        let w = (out.len() - v0).min(4);
+        match w {
+            4 => out[v0..v0 + 4].copy_from_slice(&sums.block::<4>(v0)),
+            3 => out[v0..v0 + 3].copy_from_slice(&sums.block::<3>(v0)),
+            2 => out[v0..v0 + 2].copy_from_slice(&sums.block::<2>(v0)),
+            _ => out[v0..v0 + 1].copy_from_slice(&sums.block::<1>(v0)),
+        }
+        v0 += w;
+    }
+}
+
+/// One query's scores against transposed keys: `score[t] = Σ_c q[c] · kt[c · stride + t]`
+/// for the first `len` keys.
+struct Scores<'a, S> {
+    simd: S,
+    q: &'a [f32],
+    kt: &'a [f32],
+    stride: usize,
+    len: usize,
+}
+
+impl<S: pulp::Simd> VectorSums<S> for Scores<'_, S> {
+    #[inline(always)]
+    fn block<const V: usize>(&self, v0: usize) -> [S::f32s; V] {
+        let simd = self.simd;
+        // the sums over even and odd `c` apart, so two chains of multiply-adds run at once
+        // (a short sentence's keys fill one vector: one chain would wait on every step)
+        let step = |acc: &mut [S::f32s; V], c: usize| {
+            let keys = &S::as_simd_f32s(&self.kt[c * self.stride..][..self.len]).0[v0..v0 + V];
+            let qv = simd.splat_f32s(self.q[c]);
+            for (a, k) in acc.iter_mut().zip(keys) {
+                *a = simd.mul_add_e_f32s(qv, *k, *a);
+            }
+        };
+        let (mut even, mut odd) = ([simd.splat_f32s(0.0); V], [simd.splat_f32s(0.0); V]);
+        let d = self.q.len();
+        for c in (0..d - d % 2).step_by(2) {
+            step(&mut even, c);
+            step(&mut odd, c + 1);
+        }
+        if d % 2 == 1 {
+            step(&mut even, d - 1);
+        }
+        std::array::from_fn(|j| simd.add_f32s(even[j], odd[j]))
+    }
+}
+
+/// One query's output for one head: `out[c] = Σ_t p[t] · scale · v_t[c]`.
+struct Weighted<'a, S, F> {
+    simd: S,
+    p: &'a [f32],
+    scale: f32,
+    vrow: F,
+}
+
+impl<'a, S: pulp::Simd, F: Fn(usize) -> &'a [f32]> VectorSums<S> for Weighted<'a, S, F> {
+    #[inline(always)]
+    fn block<const V: usize>(&self, v0: usize) -> [S::f32s; V] {
+        let simd = self.simd;
+        let mut acc = [simd.splat_f32s(0.0); V];
+        for (t, p) in self.p.iter().enumerate() {
+            let pv = simd.splat_f32s(p * self.scale);
+            let vals = &S::as_simd_f32s((self.vrow)(t)).0[v0..v0 + V];
+            for (a, v) in acc.iter_mut().zip(vals) {
+                *a = simd.mul_add_e_f32s(pv, *v, *a);
+            }
+        }
+        acc
+    }
+}
+
+/// [`Scores`] into `sc` (the keys' vectors, then any keys past the last whole vector).
+#[inline(always)]
+fn scores_of<S: pulp::Simd>(simd: S, q: &[f32], kt: &[f32], stride: usize, sc: &mut [f32]) {
+    let len = sc.len();
+    let (sv, tail) = S::as_mut_simd_f32s(sc);
+    fill_in_blocks(&Scores { simd, q, kt, stride, len }, sv);
+    let t0 = len - tail.len();
+    for (i, s) in tail.iter_mut().enumerate() {
+        *s = q.iter().zip(kt.chunks_exact(stride)).fold(0.0, |a, (qc, row)| a + qc * row[t0 + i]);
+    }
+}
+
+/// [`Weighted`] into `out` (the head's vectors, then any values past the last whole vector).
+#[inline(always)]
+fn weighted_sum<'a, S: pulp::Simd>(
+    simd: S,
+    p: &'a [f32],
+    scale: f32,
+    vrow: impl Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+) {
+    let d = out.len();
+    let (ov, tail) = S::as_mut_simd_f32s(out);
+    let c0 = d - tail.len();
+    for (i, o) in tail.iter_mut().enumerate() {
+        *o = p.iter().enumerate().fold(0.0, |a, (t, pt)| a + pt * scale * vrow(t)[c0 + i]);
+    }
+    fill_in_blocks(&Weighted { simd, p, scale, vrow }, ov);
+}
+
 /// Attention over `q [b, s, h·d]`, `k`, `v [b, t, kvh·d]`, optional mask `[b, t]`.
 /// A query that can see no key gets zeros, and so does a query at a masked position (query
 /// `i` sits at key `i + t − s` when `t ≥ s`): padding rows cost nothing.
@@ -397,19 +510,8 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
                         *dst = x * scale;
                     }
                     let sc = &mut scores[..t_pad];
-                    sc.fill(0.0);
                     let kh = &kt[kvh * d * stride..(kvh + 1) * d * stride];
-                    for (qc, row) in qs.iter().zip(kh.chunks_exact(stride)) {
-                        let (sv, stail) = S::as_mut_simd_f32s(sc);
-                        let (rv, rtail) = S::as_simd_f32s(&row[..t_pad]);
-                        let qv = simd.splat_f32s(*qc);
-                        for (s, r) in sv.iter_mut().zip(rv) {
-                            *s = simd.mul_add_e_f32s(qv, *r, *s);
-                        }
-                        for (s, r) in stail.iter_mut().zip(rtail) {
-                            *s += qc * r;
-                        }
-                    }
+                    scores_of(simd, &qs, kh, stride, sc);
                     sc[t_end..].fill(f32::NEG_INFINITY);
                     if let Some(m) = mask {
                         for (s, &keep) in sc[..t_end].iter_mut().zip(&m[b * kv_len..]) {
@@ -441,24 +543,8 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
                     let sum: f32 = sums.iter().sum();
                     let inv = 1.0 / sum;
                     let sc = &sc[..t_end];
-                    // four keys per pass over the output row, so it is loaded and stored a
-                    // quarter as often
-                    let o = &mut out_row[h * d..(h + 1) * d];
                     let vrow = |t: usize| &v[((b * kv_len + t) * kv_heads + kvh) * d..][..d];
-                    let quads = sc.len() / 4 * 4;
-                    for t in (0..quads).step_by(4) {
-                        let p = [sc[t] * inv, sc[t + 1] * inv, sc[t + 2] * inv, sc[t + 3] * inv];
-                        let rows = o.iter_mut().zip(vrow(t)).zip(vrow(t + 1)).zip(vrow(t + 2)).zip(vrow(t + 3));
-                        for ((((oc, a), b2), c2), e) in rows {
-                            *oc += p[0] * a + p[1] * b2 + p[2] * c2 + p[3] * e;
-                        }
-                    }
-                    for (t, s) in sc.iter().enumerate().skip(quads) {
-                        let p = s * inv;
-                        for (oc, vc) in o.iter_mut().zip(vrow(t)) {
-                            *oc += p * vc;
-                        }
-                    }
+                    weighted_sum(simd, sc, inv, vrow, &mut out_row[h * d..(h + 1) * d]);
                 }
             }
             res
@@ -566,6 +652,82 @@ pub(crate) fn transpose(x: &[u32], dims: [usize; 4], perm: [usize; 4], out: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Attention against a plain f64 computation from its definition, over head sizes with
+    /// and without a partial last vector, key counts on both sides of a vector and of four
+    /// vectors, grouped heads, causal masks and padding masks (one batch row all padding).
+    #[test]
+    fn attention_matches_its_definition() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(11);
+        let cases = [
+            // (batch, q_len, kv_len, heads, kv_heads, head_dim, causal, masked)
+            (1, 14, 14, 12, 12, 32, false, true),
+            (2, 5, 5, 4, 2, 24, false, true),
+            (1, 1, 1, 1, 1, 1, false, false),
+            (3, 17, 17, 2, 2, 7, true, true),
+            (1, 3, 70, 3, 1, 64, true, false),
+            (2, 65, 65, 2, 2, 40, false, true),
+        ];
+        for (batch, q_len, kv_len, heads, kv_heads, d, causal, masked) in cases {
+            let dims = AttentionDims {
+                batch,
+                q_len,
+                kv_len,
+                heads,
+                kv_heads,
+                head_dim: d,
+                causal,
+                scale: 1.0 / (d as f32).sqrt(),
+            };
+            let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
+            let q = rand(batch * q_len * heads * d);
+            let k = rand(batch * kv_len * kv_heads * d);
+            let v = rand(batch * kv_len * kv_heads * d);
+            let mut mask = vec![1u32; batch * kv_len];
+            for b in 0..batch {
+                let keep = if b == 1 { 0 } else { rng.random_range(1..=kv_len) };
+                mask[b * kv_len + keep..(b + 1) * kv_len].fill(0);
+            }
+            let mask = masked.then_some(mask.as_slice());
+            let mut out = vec![f32::NAN; q.len()];
+            attention(&dims, &q, &k, &v, mask, &mut out);
+            for b in 0..batch {
+                for i in 0..q_len {
+                    let seen =
+                        |t: usize| mask.is_none_or(|m| m[b * kv_len + t] != 0) && (!causal || t + q_len <= i + kv_len);
+                    let padding = mask.is_some_and(|m| kv_len >= q_len && m[b * kv_len + i + kv_len - q_len] == 0);
+                    for h in 0..heads {
+                        let kvh = h / (heads / kv_heads);
+                        let row = |x: &[f32], t: usize| x[((b * kv_len + t) * kv_heads + kvh) * d..][..d].to_vec();
+                        let qr = &q[((b * q_len + i) * heads + h) * d..][..d];
+                        let scores: Vec<(usize, f64)> = (0..kv_len)
+                            .filter(|&t| seen(t))
+                            .map(|t| {
+                                let dot: f64 =
+                                    qr.iter().zip(row(&k, t)).map(|(a, c)| f64::from(*a) * f64::from(c)).sum();
+                                (t, dot * f64::from(dims.scale))
+                            })
+                            .collect();
+                        let mx = scores.iter().fold(f64::NEG_INFINITY, |a, s| a.max(s.1));
+                        let total: f64 = scores.iter().map(|s| (s.1 - mx).exp()).sum();
+                        for c in 0..d {
+                            let want: f64 = if padding {
+                                0.0
+                            } else {
+                                scores.iter().map(|&(t, s)| (s - mx).exp() / total * f64::from(row(&v, t)[c])).sum()
+                            };
+                            let got = out[((b * q_len + i) * heads + h) * d + c];
+                            assert!(
+                                (f64::from(got) - want).abs() <= 1e-5,
+                                "{dims:?} b={b} i={i} h={h} c={c}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// The pieces `binary` shares out against `out[i] = a[i] ∘ b[i % bn]`, over sizes on both
     /// sides of a piece (16k values) and broadcasts that do and do not divide one.
