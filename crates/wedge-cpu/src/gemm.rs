@@ -761,9 +761,11 @@ mod int16 {
     /// micro-tile's integer sums become f32, how many rows a micro-tile takes, and the factor
     /// each output takes at the end. [`Job`] walks the tiles the same way for all of them.
     trait Fold: Sync {
-        /// Activation rows per micro-tile (at most 6). Kernels that fold spans into f32
-        /// accumulators take fewer: those take registers too.
+        /// Activation rows per micro-tile on AVX2 (at most 6). Kernels that fold spans into
+        /// f32 accumulators take fewer: those take registers too.
         const ROWS: usize;
+        /// The same on AVX-512 (at most 8), whose 32 registers hold more rows' sums.
+        const ROWS_WIDE: usize = Self::ROWS;
         /// The sums of activation rows `rows` against the `CC` column groups from `g` (even),
         /// in f32.
         fn tile<const R2: usize, const CC: usize>(
@@ -787,6 +789,8 @@ mod int16 {
 
     impl Fold for Q8<'_> {
         const ROWS: usize = 6;
+        /// Eight rows × four groups: 16 sums, two weight vectors and a broadcast.
+        const ROWS_WIDE: usize = 8;
 
         #[inline(always)]
         fn tile<const R2: usize, const CC: usize>(
@@ -810,7 +814,7 @@ mod int16 {
         #[inline(always)]
         fn finish(&self, w: &Packed, row: usize, n0: usize, acc: &[f32], dst: &mut [f32]) {
             let sx = self.xs[row];
-            for ((d, a), sw) in dst.iter_mut().zip(acc).zip(&w.scales[n0..]) {
+            for ((d, a), sw) in dst.iter_mut().zip(acc).zip(&w.scales[n0..n0 + acc.len()]) {
                 *d = a * (sx * sw);
             }
         }
@@ -853,7 +857,7 @@ mod int16 {
 
         #[inline(always)]
         fn finish(&self, w: &Packed, _: usize, n0: usize, acc: &[f32], dst: &mut [f32]) {
-            for ((d, a), sw) in dst.iter_mut().zip(acc).zip(&w.scales[n0..]) {
+            for ((d, a), sw) in dst.iter_mut().zip(acc).zip(&w.scales[n0..n0 + acc.len()]) {
                 *d = a * sw;
             }
         }
@@ -926,8 +930,9 @@ mod int16 {
     }
 
     /// One task of any integer kernel: `mb` activation rows from `m0` against the `nb`
-    /// weight rows from `n0` (a multiple of 8), in micro-tiles of `F::ROWS` rows × four groups
-    /// of eight columns on AVX-512 (two at a block's end, and always two on AVX2).
+    /// weight rows from `n0` (a multiple of 8), in micro-tiles of up to `F::ROWS_WIDE` rows ×
+    /// four groups of eight columns on AVX-512 (two at a block's end), up to `F::ROWS` rows ×
+    /// two groups on AVX2.
     struct Job<'a, 'b, F> {
         fold: &'a F,
         w: &'a Packed,
@@ -943,9 +948,13 @@ mod int16 {
             let (mb, groups) = (res.mb, res.nb.div_ceil(8));
             // four groups a tile on AVX-512 (see `wide`), two on AVX2
             let wide = w.v4.is_some();
+            // as few row tiles as the widest allows, the rows shared out evenly: 14 rows as
+            // 7 + 7, not 6 + 6 + 2, whose last tile has too few sums in flight to hide the
+            // multiply-add's latency, and reads the weights once more
+            let tiles = mb.div_ceil(if wide { F::ROWS_WIDE } else { F::ROWS });
             let mut i0 = 0;
-            while i0 < mb {
-                let r = (mb - i0).min(F::ROWS);
+            for t in 0..tiles {
+                let r = (mb - i0).div_ceil(tiles - t);
                 let mut j0 = 0;
                 while j0 < groups {
                     // (after a last odd group comes a group of zeros, not stored)
@@ -963,8 +972,8 @@ mod int16 {
         }
     }
 
-    /// The tile of `r` rows (at most 6) × `CC` groups at `(i0, j0)` of the task's block,
-    /// computed and stored.
+    /// The tile of `r` rows (at most `F::ROWS_WIDE`) × `CC` groups at `(i0, j0)` of the
+    /// task's block, computed and stored.
     #[inline(always)]
     fn tile_and_store<F: Fold, const CC: usize>(
         fold: &F,
@@ -976,6 +985,8 @@ mod int16 {
         let (simd, r0, g) = (w.simd, res.m0 + i0, res.n0 / 8 + j0);
         let at = (i0, j0);
         match r {
+            8 if F::ROWS_WIDE >= 8 => store(fold, w, res, at, &fold.tile::<8, CC>(simd, w, rows(r0), g)),
+            7 if F::ROWS_WIDE >= 7 => store(fold, w, res, at, &fold.tile::<7, CC>(simd, w, rows(r0), g)),
             6 => store(fold, w, res, at, &fold.tile::<6, CC>(simd, w, rows(r0), g)),
             5 => store(fold, w, res, at, &fold.tile::<5, CC>(simd, w, rows(r0), g)),
             4 => store(fold, w, res, at, &fold.tile::<4, CC>(simd, w, rows(r0), g)),
@@ -1159,7 +1170,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(8);
         let formats = [Format::Q8, Format::Q8A8, Format::Q4 { group: 32 }, Format::Q4_1 { group: 64 }];
         for case in 0..32 {
-            let m = [1, 5, 6, 7, 64, 130, 1100][case % 7];
+            let m = [1, 5, 6, 7, 14, 64, 130, 1100][case % 8];
             let n = rng.random_range(1..70);
             let k: usize = [1, 3, 31, 32, 33, 100, 384, 1536][rng.random_range(0..8)];
             let format = formats[case % formats.len()];
