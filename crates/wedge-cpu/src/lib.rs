@@ -17,7 +17,9 @@ use wedge_core::plan::{HostTensor, Plan, StepKind};
 use wedge_core::quant::{Format, Weight};
 
 pub use gemm::{Packed, integer_kernels, matmul};
-pub use kernels::{attention, gelu_erf, gelu_tanh, layernorm, matmul_f16_reference, matmul_reference, silu};
+pub use kernels::{
+    AttentionDims, attention, gelu_erf, gelu_tanh, layernorm, matmul_f16_reference, matmul_reference, silu,
+};
 
 /// Errors from the CPU backend.
 #[derive(Debug, Error)]
@@ -176,11 +178,120 @@ pub fn threads() -> usize {
 /// parallel loops start from a worker (a cheap push onto its queue) rather than from the
 /// caller's thread, which would hand every loop to the pool and sleep until it ends: a
 /// round trip through the OS scheduler per step, dozens per run.
+///
+/// The pool's other threads are kept looking for the run's work until it ends ([`pool`]):
+/// a thread left idle for a few microseconds between two steps goes to sleep, and waking it
+/// for the next step's loop costs more than a short sentence's matmul.
 pub fn execute(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, CpuError> {
     #[cfg(not(target_arch = "wasm32"))]
-    return rayon::scope(|_| execute_here(plan, weights, inputs));
+    return pool::run_hot(|| execute_here(plan, weights, inputs));
     #[cfg(target_arch = "wasm32")]
     return execute_here(plan, weights, inputs);
+}
+
+/// Runs on rayon's pool with its threads kept busy.
+#[cfg(not(target_arch = "wasm32"))]
+mod pool {
+    use std::cell::Cell;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    thread_local! {
+        /// Whether this thread has a run or a spinner on its stack.
+        static BUSY: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// How long a spinner goes on finding no work before it gives up (see [`spin`]): far
+    /// longer than the serial steps between two parallel loops of a run.
+    const IDLE_LIMIT: Duration = Duration::from_micros(500);
+
+    /// Runs `f` on a thread of the pool while every other thread of it runs [`spin`]: each
+    /// looks for work (this run's parallel loops, or anything else queued) until `f` ends,
+    /// rather than sleeping. The spinners are not waited for: one busy with other work when
+    /// `f` ends stops after it.
+    pub(super) fn run_hot<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        rayon::scope(|_| {
+            let done = Arc::new(AtomicBool::new(false));
+            let home = rayon::current_thread_index();
+            for _ in 1..rayon::current_num_threads() {
+                let done = Arc::clone(&done);
+                rayon::spawn(move || spin(&done, home));
+            }
+            // (ends the spinners and restores the flag however `f` ends, panics included)
+            struct Ending<'a> {
+                done: &'a AtomicBool,
+                was: bool,
+            }
+            impl Drop for Ending<'_> {
+                fn drop(&mut self) {
+                    BUSY.set(self.was);
+                    self.done.store(true, Ordering::Release);
+                }
+            }
+            let _ending = Ending { done: &done, was: BUSY.replace(true) };
+            f()
+        })
+    }
+
+    /// Runs whatever work the pool has until `done`, on a thread that holds no other run or
+    /// spinner (one that does returns at once: it would hold up what is under it, and two
+    /// runs each waiting under the other's spinner would wait forever). It also gives up
+    /// after [`IDLE_LIMIT`] without work: a spinner that a thread took up while it waited
+    /// inside a piece of the run's own work (pool threads steal such pieces outside any
+    /// spinner) holds that piece up, and the run with it, only that long.
+    fn spin(done: &AtomicBool, home: Option<usize>) {
+        if rayon::current_thread_index() == home || BUSY.get() {
+            return;
+        }
+        BUSY.set(true);
+        let mut idle_since: Option<Instant> = None;
+        while !done.load(Ordering::Acquire) {
+            if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                idle_since = None;
+            } else if idle_since.get_or_insert_with(Instant::now).elapsed() > IDLE_LIMIT {
+                break;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        BUSY.set(false);
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::run_hot;
+        use rayon::prelude::*;
+
+        fn sum_of_squares(n: u64) -> u64 {
+            (0..n).into_par_iter().map(|i| i * i).sum()
+        }
+
+        /// Runs from several threads at once, runs inside the pool's own parallel loops (a
+        /// run nested in a piece of another), on pools of two and three threads: every run
+        /// ends with its own result, none waits forever on another's spinner.
+        #[test]
+        fn concurrent_and_nested_runs_all_finish() {
+            let want = |n: u64| (0..n).map(|i| i * i).sum::<u64>();
+            for threads in [2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                std::thread::scope(|s| {
+                    for caller in 0..3u64 {
+                        let pool = &pool;
+                        s.spawn(move || {
+                            for i in 0..200 {
+                                let n = 1000 + caller * 7 + i;
+                                assert_eq!(pool.install(|| run_hot(|| sum_of_squares(n))), want(n));
+                            }
+                        });
+                    }
+                    let nested: Vec<u64> =
+                        pool.install(|| (0..64u64).into_par_iter().map(|i| run_hot(|| sum_of_squares(i))).collect());
+                    assert_eq!(nested, (0..64).map(want).collect::<Vec<_>>());
+                });
+            }
+        }
+    }
 }
 
 fn execute_here(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, CpuError> {
