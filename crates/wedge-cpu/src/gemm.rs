@@ -221,11 +221,17 @@ impl Block<'_> {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
+thread_local! {
+    /// A task's block where tasks cannot write in place, kept for the thread's next task.
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Runs `task` over the `MB × NB` blocks of the whole `m × n` output, in parallel where
 /// there are threads, then adds `bias` and applies `act`. With enough row blocks to keep
 /// every thread busy, each thread takes whole row blocks and writes them in place;
-/// otherwise (few rows) the blocks of a row are shared out and each writes a buffer of its
-/// own, copied in after.
+/// otherwise (few rows) the blocks of a row are shared out and each writes a buffer its
+/// thread keeps, copied into `out` under a lock.
 pub(crate) fn run_tasks(
     m: usize,
     n: usize,
@@ -251,24 +257,30 @@ pub(crate) fn run_tasks(
     if mblocks >= 4 * rayon::current_num_threads() {
         out.par_chunks_mut(MB * n).enumerate().for_each(row_block);
     } else {
-        let results: Vec<(usize, usize, Vec<f32>)> = (0..mblocks * nblocks)
-            .into_par_iter()
-            .map(|t| {
-                let (m0, n0) = ((t / nblocks) * MB, (t % nblocks) * NB);
-                let (mb, nb) = (MB.min(m - m0), NB.min(n - n0));
-                let mut buf = vec![0f32; mb * nb];
-                task(&mut Block { m0, mb, n0, nb, data: &mut buf, ld: nb, col: 0 });
-                epilogue(&mut buf, bias.map(|b| &b[n0..n0 + nb]), act);
-                (m0, n0, buf)
-            })
-            .collect();
-        for (m0, n0, buf) in results {
-            let nb = NB.min(n - n0);
-            for (r, src) in buf.chunks_exact(nb).enumerate() {
-                let o = (m0 + r) * n + n0;
-                out[o..o + nb].copy_from_slice(src);
+        // each task's block goes to a buffer its thread keeps for the next, then into `out`
+        // under a lock (a few kilobytes, copied while the other tasks compute)
+        let out = std::sync::Mutex::new(out);
+        (0..mblocks * nblocks).into_par_iter().for_each(|t| {
+            let (m0, n0) = ((t / nblocks) * MB, (t % nblocks) * NB);
+            let (mb, nb) = (MB.min(m - m0), NB.min(n - n0));
+            let mut buf = SCRATCH.take();
+            if buf.len() < mb * nb {
+                buf.resize(mb * nb, 0.0);
             }
-        }
+            let block = &mut buf[..mb * nb];
+            // (zeroed, as fresh memory would be: nothing of an earlier task can show)
+            block.fill(0.0);
+            task(&mut Block { m0, mb, n0, nb, data: block, ld: nb, col: 0 });
+            epilogue(block, bias.map(|b| &b[n0..n0 + nb]), act);
+            {
+                let mut out = out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (r, src) in block.chunks_exact(nb).enumerate() {
+                    let o = (m0 + r) * n + n0;
+                    out[o..o + nb].copy_from_slice(src);
+                }
+            }
+            SCRATCH.set(buf);
+        });
     }
 }
 
