@@ -245,7 +245,9 @@ mod pool {
             return;
         }
         BUSY.set(true);
-        // (the clock read once every 64 idle rounds: it costs more than a round)
+        // (once every 64 idle rounds the clock is read, which costs more than a round, and the
+        // core offered to any other thread the OS has waiting: a spinner never holds up, say,
+        // the server's network threads for long)
         let (mut idle_since, mut idle_rounds) = (None::<Instant>, 0u32);
         while !done.load(Ordering::Acquire) {
             if rayon::yield_now() == Some(rayon::Yield::Executed) {
@@ -253,8 +255,11 @@ mod pool {
                 continue;
             }
             idle_rounds = idle_rounds.wrapping_add(1);
-            if idle_rounds % 64 == 1 && idle_since.get_or_insert_with(Instant::now).elapsed() > IDLE_LIMIT {
-                break;
+            if idle_rounds % 64 == 1 {
+                if idle_since.get_or_insert_with(Instant::now).elapsed() > IDLE_LIMIT {
+                    break;
+                }
+                std::thread::yield_now();
             }
             std::hint::spin_loop();
         }
