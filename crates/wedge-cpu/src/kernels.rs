@@ -43,7 +43,13 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
         return 0.0;
     }
     let x = x.min(88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // n = x·log2(e) rounded (half to even) by adding 1.5·2²³, where the float spacing is 1;
+    // its integer is then the low bits of the sum. A float-to-int cast here would leave the
+    // loops scalar: LLVM turns its saturation into one conversion per lane.
+    const MAGIC: f32 = 12_582_912.0;
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
+    let ni = shifted.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
     // Cody-Waite: ln2 = C1 + C2 with C1 short enough that n·C1 is exact without FMA
     // (plain multiply-adds throughout: wasm32 without SIMD has no fast fused multiply-add)
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
@@ -53,7 +59,8 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+    // (|n| ≤ 127 here, so the exponent field stays in 1..=254)
+    f32::from_bits(((ni + 127) as u32) << 23) * p
 }
 
 /// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the form the WGSL kernels use.
