@@ -20,7 +20,7 @@ use rayon::prelude::*;
 /// Weight rows per task (the dequantized panel is `NB × k` floats).
 const NB: usize = 48;
 /// Activation rows per task.
-const MB: usize = 64;
+pub(crate) const MB: usize = 64;
 /// Activation rows per micro-tile.
 const MR: usize = 3;
 /// Weight rows per micro-tile.
@@ -430,14 +430,11 @@ mod int16 {
         (q, scales)
     }
 
-    /// `v` (at most 32767 in magnitude) rounded half to even, in float and integer
-    /// arithmetic only so that loops over it vectorize (a float-to-int cast does not): adding
-    /// 1.5 · 2²³, where the float spacing is 1, rounds `v` to an integer and puts it in the
-    /// low bits of the sum.
+    /// `v` (at most 32767 in magnitude) rounded half to even, vectorizably
+    /// ([`crate::kernels::round_even`]).
     #[inline(always)]
     pub(super) fn round_to_i16(v: f32) -> i16 {
-        const MAGIC: f32 = 12_582_912.0;
-        (v + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits()) as i16
+        crate::kernels::round_even(v).1 as i16
     }
 
     /// Groups of eight weight rows (output columns) per micro-tile.

@@ -33,6 +33,17 @@ pub(crate) fn act1(act: Activation, v: f32) -> f32 {
     }
 }
 
+/// `v` (less than 2²² in magnitude) rounded half to even, as a float and as an integer, in
+/// float and bit arithmetic only so that loops over it vectorize (a float-to-int cast does
+/// not: LLVM turns its saturation into one conversion per lane). Adding 1.5 · 2²³, where the
+/// float spacing is 1, rounds `v` and puts its integer in the low bits of the sum.
+#[inline(always)]
+pub(crate) fn round_even(v: f32) -> (f32, i32) {
+    const MAGIC: f32 = 12_582_912.0;
+    let shifted = v + MAGIC;
+    (shifted - MAGIC, shifted.to_bits().wrapping_sub(MAGIC.to_bits()) as i32)
+}
+
 /// `e^x` from arithmetic and bit operations only, so loops over it vectorize: `x = n·ln2 + r`
 /// with `|r| ≤ ln2/2`, a degree-6 polynomial for `e^r` (relative error about 2e-7), and
 /// `2^n` built in the exponent bits. Exactly 0 below -87 (so masked scores vanish), and
@@ -43,13 +54,7 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
         return 0.0;
     }
     let x = x.min(88.0);
-    // n = x·log2(e) rounded (half to even) by adding 1.5·2²³, where the float spacing is 1;
-    // its integer is then the low bits of the sum. A float-to-int cast here would leave the
-    // loops scalar: LLVM turns its saturation into one conversion per lane.
-    const MAGIC: f32 = 12_582_912.0;
-    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
-    let n = shifted - MAGIC;
-    let ni = shifted.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    let (n, ni) = round_even(x * std::f32::consts::LOG2_E);
     // Cody-Waite: ln2 = C1 + C2 with C1 short enough that n·C1 is exact without FMA
     // (plain multiply-adds throughout: wasm32 without SIMD has no fast fused multiply-add)
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;

@@ -304,7 +304,7 @@ mod pool {
 
 /// The most rows a matmul may have to run at the same time as its neighbours (see
 /// [`matmul_group`]): one row block of the matmul kernel, a short sentence.
-const GROUP_ROWS: usize = 64;
+const GROUP_ROWS: usize = gemm::MB;
 
 /// How many steps from `s` run together: up to four matmuls in a row of the same input with
 /// at most [`GROUP_ROWS`] rows (attention's query, key and value projections), or else one.
@@ -319,14 +319,14 @@ fn matmul_group(plan: &Plan, s: usize) -> usize {
     let x = first.inputs[0];
     let slot = |v: wedge_core::ValueId| plan.values[v.0 as usize].slot;
     // (every output in a slot of its own, none the input's, or they run one by one)
-    let mut taken = vec![slot(x)];
+    let mut taken = [slot(x); 5];
     let mut n = 0;
     for st in &steps[..steps.len().min(4)] {
-        if !small(st) || st.inputs[0] != x || taken.contains(&slot(st.output)) {
+        if !small(st) || st.inputs[0] != x || taken[..=n].contains(&slot(st.output)) {
             break;
         }
-        taken.push(slot(st.output));
         n += 1;
+        taken[n] = slot(st.output);
     }
     n.max(1)
 }
@@ -349,12 +349,8 @@ fn run_matmuls(
         .collect();
     let x = f32s(&slots[x_info.slot][..x_info.numel()]);
     let one = |((_, out), st): (&mut (usize, Vec<u32>), &wedge_core::plan::Step)| -> Result<(), CpuError> {
-        if let StepKind::MatMul { weight, bias, act, m, k, n, .. } = &st.kind {
-            let b = bias.map(|b| weights.vector(b)).transpose()?;
-            let out_n = plan.values[st.output.0 as usize].numel();
-            weights.matmul(weight.0 as usize, x, b, *act, (*m, *k, *n), f32s_mut(&mut out[..out_n]));
-        }
-        Ok(())
+        let out_n = plan.values[st.output.0 as usize].numel();
+        matmul_step(weights, &st.kind, x, f32s_mut(&mut out[..out_n]))
     };
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -365,6 +361,15 @@ fn run_matmuls(
     outs.iter_mut().zip(steps).try_for_each(one)?;
     for (slot, out) in outs {
         slots[slot] = out;
+    }
+    Ok(())
+}
+
+/// A matmul step on input `x` into `out` (any other step kind: nothing).
+fn matmul_step(weights: &CpuWeights, kind: &StepKind, x: &[f32], out: &mut [f32]) -> Result<(), CpuError> {
+    if let StepKind::MatMul { weight, bias, act, m, k, n, .. } = kind {
+        let b = bias.map(|b| weights.vector(b)).transpose()?;
+        weights.matmul(weight.0 as usize, x, b, *act, (*m, *k, *n), out);
     }
     Ok(())
 }
@@ -406,11 +411,7 @@ fn execute_here(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Res
                             w.dequantize_row(id as usize, &mut o[t * cols..(t + 1) * cols]);
                         }
                     }
-                    StepKind::MatMul { weight, bias, act, m, k, n, .. } => {
-                        let b = bias.map(|b| weights.vector(b)).transpose()?;
-                        let i = weight.0 as usize;
-                        weights.matmul(i, f32s(inp(0)), b, *act, (*m, *k, *n), f32s_mut(o));
-                    }
+                    StepKind::MatMul { .. } => matmul_step(weights, &step.kind, f32s(inp(0)), f32s_mut(o))?,
                     StepKind::Binary { op, bn, .. } => {
                         let (a, b) = (f32s(inp(0)), f32s(inp(1)));
                         kernels::binary(*op, a, b, *bn, f32s_mut(o));
