@@ -12,22 +12,28 @@ use crate::gemm::run_tasks;
 /// Rounds each row of `x` (`rows × k`) in blocks of [`A8_BLOCK`]: returns the integers
 /// (`rows × blocks · A8_BLOCK`, zeros past `k`) and one scale per block (`rows × blocks`).
 /// A block holding a NaN or an infinity gets a NaN scale, which spoils its row's outputs.
-/// (Inlined, so that a caller compiled for a vector unit rounds in one instruction each.)
+/// (Inlined, so that a caller compiled for a vector unit rounds a vector at a time.)
 #[inline(always)]
 pub fn quantize_rows(x: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
     let blocks = k.div_ceil(A8_BLOCK);
     let rows = x.len().checked_div(k).unwrap_or(0);
     let mut q = vec![0i8; rows * blocks * A8_BLOCK];
     let mut scales = vec![0f32; rows * blocks];
-    for (r, src) in x.chunks_exact(k.max(1)).take(rows).enumerate() {
-        for (b, chunk) in src.chunks(A8_BLOCK).enumerate() {
-            let (qb, sb) = quantize_block(chunk);
-            let at = (r * blocks + b) * A8_BLOCK;
-            q[at..at + chunk.len()].copy_from_slice(&qb[..chunk.len()]);
-            scales[r * blocks + b] = sb;
+    quantize_rows_into(x, k, &mut q, &mut scales);
+    (q, scales)
+}
+
+/// [`quantize_rows`] into `q` and `scales` (zeroed, of those lengths).
+#[inline(always)]
+pub(crate) fn quantize_rows_into(x: &[f32], k: usize, q: &mut [i8], scales: &mut [f32]) {
+    let blocks = k.div_ceil(A8_BLOCK);
+    for ((src, dst), sc) in
+        x.chunks_exact(k.max(1)).zip(q.chunks_exact_mut(blocks * A8_BLOCK)).zip(scales.chunks_exact_mut(blocks))
+    {
+        for ((chunk, d), s) in src.chunks(A8_BLOCK).zip(dst.chunks_exact_mut(A8_BLOCK)).zip(sc) {
+            *s = quantize_block_into(chunk, d);
         }
     }
-    (q, scales)
 }
 
 /// One block: integers in `[-127, 127]` (round half to even of `x · 127 / max|x|`) and the
@@ -35,17 +41,25 @@ pub fn quantize_rows(x: &[f32], k: usize) -> (Vec<i8>, Vec<f32>) {
 #[inline(always)]
 pub fn quantize_block(chunk: &[f32]) -> ([i8; A8_BLOCK], f32) {
     let mut q = [0i8; A8_BLOCK];
+    let scale = quantize_block_into(chunk, &mut q);
+    (q, scale)
+}
+
+/// [`quantize_block`] into `q` (zeros, at least as long as `chunk`); returns the scale.
+#[inline(always)]
+fn quantize_block_into(chunk: &[f32], q: &mut [i8]) -> f32 {
     let Some(amax) = crate::kernels::finite_amax(chunk) else {
-        return (q, f32::NAN);
+        return f32::NAN;
     };
     if amax == 0.0 {
-        return (q, 0.0);
+        return 0.0;
     }
     let inv = 127.0 / amax;
     for (d, v) in q.iter_mut().zip(chunk) {
-        *d = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        // (the magic-add rounding: a float-to-int cast per lane would not vectorize)
+        *d = crate::kernels::round_even((v * inv).clamp(-127.0, 127.0)).1 as i8;
     }
-    (q, amax / 127.0)
+    amax / 127.0
 }
 
 /// The 8-bit values of weight row `row` (`k` of them), zeros up to whole blocks.

@@ -288,9 +288,10 @@ pub(crate) fn run_tasks(
 ///
 /// With `q8`, `q4` or `q4_1` weights on a CPU with AVX2 the activations are first rounded per
 /// row to 16-bit integers and the products summed exactly in 32-bit integers (module `int16`),
-/// over a copy of the weight laid out for it; `q8a8` weights go the same way with 8-bit activation blocks
-/// (else through the plain twin `crate::a8`); every other case dequantizes the weights to f32
-/// panels.
+/// over a copy of the weight laid out for it; `q8a8` weights go the same way with 8-bit
+/// activation blocks (four products a lane with `vpdpbusd` on AVX-512 VNNI: `crate::vnni`;
+/// without AVX2 through the plain twin `crate::a8`); every other case dequantizes the weights
+/// to f32 panels.
 /// For repeated use, [`crate::CpuWeights`] lays weights out once.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -389,6 +390,8 @@ mod int16 {
     use wedge_core::quant::{A8_BLOCK, Weight};
 
     use super::{Block, run_tasks};
+    use crate::vnni::{Quads, Vnni};
+    use wedge_core::quant::Format;
 
     /// The largest activation magnitude for a reduction of `k` values (see the module docs).
     pub(super) fn qmax(k: usize) -> f32 {
@@ -468,16 +471,45 @@ mod int16 {
         gscales: Vec<f32x8>,
         /// The same for `q4_1`'s minimums (empty for `q4`).
         gmins: Vec<f32x8>,
+        /// `q8a8` on AVX-512 VNNI: the weight in [`Quads`]' layout instead of `data`, and
+        /// the proof that the CPU runs it.
+        quads: Option<(Quads, Vnni)>,
     }
 
     impl Packed {
         /// Lays out `w` (`q8`, `q8a8`, `q4` or `q4_1`, `n × k`), or `None` without AVX2.
         pub(super) fn new(w: &Weight) -> Option<Packed> {
+            Self::build(w, v4(), vnni_token())
+        }
+
+        /// The layout for the AVX2 tiles only (tests compare the paths).
+        #[cfg(test)]
+        pub(super) fn avx2_only(w: &Weight) -> Option<Packed> {
+            Self::build(w, None, None)
+        }
+
+        fn build(w: &Weight, v4: Option<V4>, vnni: Option<Vnni>) -> Option<Packed> {
             if w.format.group() > 0 {
-                return Self::grouped(w);
+                return Self::grouped(w, v4);
             }
             let simd = V3::try_new()?;
             let (n, k) = w.rows_cols();
+            if let (Some(_), Some(token), Format::Q8A8) = (v4, vnni, w.format) {
+                let quads = Some((Quads::new(w), token));
+                return Some(Packed {
+                    simd,
+                    v4,
+                    n,
+                    k,
+                    pairs: 0,
+                    data: Vec::new(),
+                    scales: Vec::new(),
+                    group: 0,
+                    gscales: Vec::new(),
+                    gmins: Vec::new(),
+                    quads,
+                });
+            }
             let (pairs, groups) = (k.div_ceil(2), n.div_ceil(8).next_multiple_of(C));
             let wpr = w.format.words_per_row(k);
             let mut data = vec![[0u16; 8]; groups * pairs];
@@ -492,11 +524,23 @@ mod int16 {
                 }
             }
             let data = data.chunks_exact(C).map(|two| pulp::cast::<[[u16; 8]; C], i8x32>([two[0], two[1]])).collect();
-            Some(Packed { simd, v4: v4(), n, k, pairs, data, scales, group: 0, gscales: Vec::new(), gmins: Vec::new() })
+            Some(Packed {
+                simd,
+                v4,
+                n,
+                k,
+                pairs,
+                data,
+                scales,
+                group: 0,
+                gscales: Vec::new(),
+                gmins: Vec::new(),
+                quads: None,
+            })
         }
 
         /// The `q4` / `q4_1` layout (see the type's docs).
-        fn grouped(w: &Weight) -> Option<Packed> {
+        fn grouped(w: &Weight, v4: Option<V4>) -> Option<Packed> {
             let simd = V3::try_new()?;
             let (n, k) = w.rows_cols();
             let group = w.format.group() as usize;
@@ -528,7 +572,7 @@ mod int16 {
             }
             Some(Packed {
                 simd,
-                v4: v4(),
+                v4,
                 n,
                 k,
                 pairs,
@@ -537,20 +581,20 @@ mod int16 {
                 group,
                 gscales: gscales.into_iter().map(pulp::cast::<[f32; 8], f32x8>).collect(),
                 gmins: gmins.into_iter().map(pulp::cast::<[f32; 8], f32x8>).collect(),
+                quads: None,
             })
-        }
-
-        /// The same layout, run on AVX2 only (tests compare the two paths).
-        #[cfg(test)]
-        pub(super) fn avx2_only(mut self) -> Packed {
-            self.v4 = None;
-            self
         }
 
         /// Whether the tiles run on AVX-512.
         #[cfg(test)]
         pub(super) fn avx512(&self) -> bool {
             self.v4.is_some()
+        }
+
+        /// Whether this runs the `q8a8` VNNI tiles.
+        #[cfg(test)]
+        pub(super) fn vnni_layout(&self) -> bool {
+            self.quads.is_some()
         }
 
         /// Whether this is the `q4` / `q4_1` layout.
@@ -627,11 +671,17 @@ mod int16 {
     /// VNNI where the CPU has it, unless `WEDGE_CPU_VNNI=0`.
     fn vnni() -> Option<V4Vnni> {
         static ON: std::sync::OnceLock<Option<V4Vnni>> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| if vnni_token().is_some() { V4Vnni::try_new() } else { None })
+    }
+
+    /// The token of the `q8a8` VNNI tiles, as [`vnni`] decides.
+    fn vnni_token() -> Option<Vnni> {
+        static ON: std::sync::OnceLock<Option<Vnni>> = std::sync::OnceLock::new();
         *ON.get_or_init(|| {
             if std::env::var("WEDGE_CPU_VNNI").as_deref() == Ok("0") {
                 return None;
             }
-            V4Vnni::try_new()
+            Vnni::detect()
         })
     }
 
@@ -1072,6 +1122,9 @@ mod int16 {
     /// twin's rounding exactly) and widened to 16-bit pairs, the weights in [`Packed`]'s layout.
     pub(super) fn matmul_a8(x: &[f32], w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
         let (simd, k) = (w.simd, w.k);
+        if let Some((quads, token)) = &w.quads {
+            return crate::vnni::matmul(*token, simd, quads, x, bias, act, m, out);
+        }
         // compiled for AVX2, so the rounding is one instruction rather than a libm call
         let (xq, sx) = simd.vectorize(|| {
             let (q, sx) = crate::a8::quantize_rows(&x[..m * k], k);
@@ -1171,8 +1224,9 @@ mod tests {
         }
     }
 
-    /// The AVX-512 tiles give the AVX2 tiles' integer sums, so the same outputs bit for bit,
-    /// for every integer kernel over ragged shapes (odd column groups included).
+    /// The AVX-512 tiles (and `q8a8`'s VNNI tiles) give the AVX2 tiles' integer sums, so the
+    /// same outputs bit for bit, for every integer kernel over ragged shapes (odd column
+    /// groups included).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_tiles_equal_avx2_tiles() {
@@ -1194,7 +1248,10 @@ mod tests {
                 eprintln!("no AVX-512 (or WEDGE_CPU_AVX512=0): only the AVX2 tiles run here");
                 return;
             }
-            let narrow = Packed(int16::Packed::new(&w).unwrap().avx2_only());
+            // (VNNI where the CPU has it, so that `q8a8` compares its tiles, not AVX2's twice)
+            let vnni = crate::vnni::Vnni::detect().is_some() && std::env::var("WEDGE_CPU_VNNI").as_deref() != Ok("0");
+            assert_eq!(wide.vnni_layout(), vnni && format == Format::Q8A8, "{format}");
+            let narrow = Packed(int16::Packed::avx2_only(&w).unwrap());
             let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
             matmul_with(&x, &w, Some(&Packed(wide)), None, Activation::GeluErf, m, k, n, &mut a);
             matmul_with(&x, &w, Some(&narrow), None, Activation::GeluErf, m, k, n, &mut b);

@@ -10,6 +10,8 @@
 pub mod a8;
 mod gemm;
 mod kernels;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use thiserror::Error;
 use wedge_core::graph::{Activation, Graph, Op, op_weights};
