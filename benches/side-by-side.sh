@@ -11,5 +11,5 @@ python3 -c 'import onnxruntime, onnx, safetensors, tokenizers, numpy' 2>/dev/nul
   python3 -m pip install -q onnxruntime==1.32.0 onnx==1.23.2 safetensors tokenizers numpy
 python3 benches/ort/export_onnx.py "$src" "$work/minilm"
 python3 benches/ort/ort_bench.py "$src" "$work/minilm" tests/data/public.jsonl "$work/onnxruntime.json"
-cargo run --release -p wedge-cli -- bench --model models/all-MiniLM-L6-v2.wedge --from "$src" --quant f32,q8,q4 \
+cargo run --release -p wedge-cli -- bench --model models/all-MiniLM-L6-v2.wedge --from "$src" --quant f32,q8,q8a8,q4 \
   --baseline "$work/onnxruntime.json" "$@"

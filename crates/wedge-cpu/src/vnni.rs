@@ -99,14 +99,7 @@ fn quantize_rows(simd: pulp::x86::V3, x: &[f32], k: usize) -> (Vec<u32>, Vec<f32
     let rows = x.len().checked_div(k).unwrap_or(0);
     let mut quads = vec![0u32; rows * blocks * QUADS];
     let mut scales = vec![0f32; rows * blocks];
-    let row = |((x, q), s): ((&[f32], &mut [u32]), &mut [f32])| {
-        simd.vectorize(|| {
-            crate::a8::quantize_rows_into(x, k, bytemuck::cast_slice_mut(q), s);
-            for v in q {
-                *v ^= 0x8080_8080;
-            }
-        })
-    };
+    let row = |((x, q), scales): ((&[f32], &mut [u32]), &mut [f32])| simd.vectorize(RoundRow { x, k, q, scales });
     let (xs, qs, ss) =
         (x.chunks_exact(k.max(1)), quads.chunks_exact_mut(blocks * QUADS), scales.chunks_exact_mut(blocks));
     // a short sentence's few rows take a microsecond, less than sharing them out
@@ -122,6 +115,27 @@ fn quantize_rows(simd: pulp::x86::V3, x: &[f32], k: usize) -> (Vec<u32>, Vec<f32
         xs.zip(qs).zip(ss).for_each(row);
     }
     (quads, scales)
+}
+
+/// One row for [`quantize_rows`]: a type with an inlined call rather than a closure, which
+/// LLVM may leave out of line, compiled without the vector unit.
+struct RoundRow<'a> {
+    x: &'a [f32],
+    k: usize,
+    q: &'a mut [u32],
+    scales: &'a mut [f32],
+}
+
+impl pulp::NullaryFnOnce for RoundRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        crate::a8::quantize_rows_into(self.x, self.k, bytemuck::cast_slice_mut(self.q), self.scales);
+        for v in self.q {
+            *v ^= 0x8080_8080;
+        }
+    }
 }
 
 /// A `q8a8` matmul, `out = act(x · Wᵀ + bias)`, `x` being `m × k`: the activations rounded
