@@ -473,7 +473,7 @@ mod int16 {
         gmins: Vec<f32x8>,
         /// `q8a8` on AVX-512 VNNI: the weight in [`Quads`]' layout instead of `data`, and
         /// the proof that the CPU runs it.
-        quads: Option<(Quads, Vnni)>,
+        quads: Option<(Quads, Vnni, V4)>,
     }
 
     impl Packed {
@@ -494,8 +494,8 @@ mod int16 {
             }
             let simd = V3::try_new()?;
             let (n, k) = w.rows_cols();
-            if let (Some(_), Some(token), Format::Q8A8) = (v4, vnni, w.format) {
-                let quads = Some((Quads::new(w), token));
+            if let (Some(v4s), Some(token), Format::Q8A8) = (v4, vnni, w.format) {
+                let quads = Some((Quads::new(w), token, v4s));
                 return Some(Packed {
                     simd,
                     v4,
@@ -1122,8 +1122,8 @@ mod int16 {
     /// twin's rounding exactly) and widened to 16-bit pairs, the weights in [`Packed`]'s layout.
     pub(super) fn matmul_a8(x: &[f32], w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
         let (simd, k) = (w.simd, w.k);
-        if let Some((quads, token)) = &w.quads {
-            return crate::vnni::matmul(*token, simd, quads, x, bias, act, m, out);
+        if let Some((quads, token, v4)) = &w.quads {
+            return crate::vnni::matmul(*token, *v4, quads, x, bias, act, m, out);
         }
         // compiled for AVX2, so the rounding is one instruction rather than a libm call
         let (xq, sx) = simd.vectorize(|| {

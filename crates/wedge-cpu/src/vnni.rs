@@ -93,8 +93,8 @@ impl Quads {
 
 /// Rows of `x` (`rows × k`) rounded as [`crate::a8::quantize_rows`] rounds them, as [`tile`]
 /// reads them: each group of four values offset by 128 to unsigned bytes, as one `u32`; and
-/// the block scales. Each row is rounded in `simd`'s context (a vector at a time).
-fn quantize_rows(simd: pulp::x86::V3, x: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
+/// the block scales. Each row is rounded in `simd`'s context (AVX-512: a block in two vectors).
+fn quantize_rows(simd: pulp::x86::V4, x: &[f32], k: usize) -> (Vec<u32>, Vec<f32>) {
     let blocks = k.div_ceil(A8_BLOCK);
     let rows = x.len().checked_div(k).unwrap_or(0);
     let mut quads = vec![0u32; rows * blocks * QUADS];
@@ -145,7 +145,7 @@ impl pulp::NullaryFnOnce for RoundRow<'_> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
     token: Vnni,
-    simd: pulp::x86::V3,
+    simd: pulp::x86::V4,
     w: &Quads,
     x: &[f32],
     bias: Option<&[f32]>,
