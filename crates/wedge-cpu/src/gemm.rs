@@ -471,9 +471,9 @@ mod int16 {
         gscales: Vec<f32x8>,
         /// The same for `q4_1`'s minimums (empty for `q4`).
         gmins: Vec<f32x8>,
-        /// `q8a8` on AVX-512 VNNI: the weight in [`Quads`]' layout instead of `data`, and
-        /// the proof that the CPU runs it.
-        quads: Option<(Quads, Vnni, V4)>,
+        /// `q8a8` on AVX-512 VNNI (with `v4`): the weight in [`Quads`]' layout instead of
+        /// `data`, and the proof that the CPU runs it.
+        quads: Option<(Quads, Vnni)>,
     }
 
     impl Packed {
@@ -494,8 +494,8 @@ mod int16 {
             }
             let simd = V3::try_new()?;
             let (n, k) = w.rows_cols();
-            if let (Some(v4s), Some(token), Format::Q8A8) = (v4, vnni, w.format) {
-                let quads = Some((Quads::new(w), token, v4s));
+            if let (Some(_), Some(token), Format::Q8A8) = (v4, vnni, w.format) {
+                let quads = Some((Quads::new(w), token));
                 return Some(Packed {
                     simd,
                     v4,
@@ -675,7 +675,7 @@ mod int16 {
     }
 
     /// The token of the `q8a8` VNNI tiles, as [`vnni`] decides.
-    fn vnni_token() -> Option<Vnni> {
+    pub(super) fn vnni_token() -> Option<Vnni> {
         static ON: std::sync::OnceLock<Option<Vnni>> = std::sync::OnceLock::new();
         *ON.get_or_init(|| {
             if std::env::var("WEDGE_CPU_VNNI").as_deref() == Ok("0") {
@@ -1122,8 +1122,8 @@ mod int16 {
     /// twin's rounding exactly) and widened to 16-bit pairs, the weights in [`Packed`]'s layout.
     pub(super) fn matmul_a8(x: &[f32], w: &Packed, bias: Option<&[f32]>, act: Activation, m: usize, out: &mut [f32]) {
         let (simd, k) = (w.simd, w.k);
-        if let Some((quads, token, v4)) = &w.quads {
-            return crate::vnni::matmul(*token, *v4, quads, x, bias, act, m, out);
+        if let (Some((quads, token)), Some(v4)) = (&w.quads, w.v4) {
+            return crate::vnni::matmul(*token, v4, quads, x, bias, act, m, out);
         }
         // compiled for AVX2, so the rounding is one instruction rather than a libm call
         let (xq, sx) = simd.vectorize(|| {
@@ -1249,8 +1249,7 @@ mod tests {
                 return;
             }
             // (VNNI where the CPU has it, so that `q8a8` compares its tiles, not AVX2's twice)
-            let vnni = crate::vnni::Vnni::detect().is_some() && std::env::var("WEDGE_CPU_VNNI").as_deref() != Ok("0");
-            assert_eq!(wide.vnni_layout(), vnni && format == Format::Q8A8, "{format}");
+            assert_eq!(wide.vnni_layout(), int16::vnni_token().is_some() && format == Format::Q8A8, "{format}");
             let narrow = Packed(int16::Packed::avx2_only(&w).unwrap());
             let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
             matmul_with(&x, &w, Some(&Packed(wide)), None, Activation::GeluErf, m, k, n, &mut a);
