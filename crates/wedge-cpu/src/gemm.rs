@@ -1241,11 +1241,12 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
             let w = Weight::quantize("w", &[n, k], &wv, format).unwrap();
             let Some(wide) = int16::Packed::new(&w) else {
-                eprintln!("no AVX2: no integer kernel to compare");
+                wedge_testkit::skip("AVX-512 tile equality", "the CPU has no AVX2, so no integer kernel");
                 return;
             };
             if !wide.avx512() {
-                eprintln!("no AVX-512 (or WEDGE_CPU_AVX512=0): only the AVX2 tiles run here");
+                let why = "the CPU has no AVX-512 (or WEDGE_CPU_AVX512=0): only the AVX2 tiles run here";
+                wedge_testkit::skip("AVX-512 tile equality", why);
                 return;
             }
             // (VNNI where the CPU has it, so that `q8a8` compares its tiles, not AVX2's twice)
