@@ -5,7 +5,7 @@
 # Extra arguments go to `wedge bench` (e.g. --device cpu). Needs Python 3 and PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=$(models/fetch-minilm.sh)
+src=$(models/fetch.sh minilm)
 work=${WEDGE_BENCH_DIR:-$(mktemp -d)}
 python3 -c 'import onnxruntime, onnx, safetensors, tokenizers, numpy' 2>/dev/null ||
   python3 -m pip install -q onnxruntime==1.32.0 onnx==1.23.2 safetensors tokenizers numpy

