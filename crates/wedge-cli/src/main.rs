@@ -285,15 +285,19 @@ fn open_device(kind: &str) -> Result<wedge::Device> {
     Ok(match kind {
         "cpu" => wedge::Device::cpu(),
         "gpu" => wedge::Device::gpu().context("--device gpu")?,
-        "auto" => {
-            let d = wedge::Device::auto();
-            if let Some(why) = d.fallback_reason() {
-                eprintln!("wedge: using the CPU backend ({why})");
-            }
-            d
-        }
+        "auto" => wedge::Device::auto(),
         other => anyhow::bail!("unknown --device `{other}` (use auto, gpu or cpu)"),
     })
+}
+
+/// Which device runs the model, and why the CPU when `auto` fell back to it: what a command
+/// tells the user before it starts.
+fn device_line(device: &wedge::Device) -> String {
+    match device.fallback_reason() {
+        Some(why) => format!("the CPU backend ({why})"),
+        None if device.gpu_context().is_none() => "the CPU backend".to_string(),
+        None => device.describe(),
+    }
 }
 
 /// `wedge embed` reads this many batches of texts before it runs them, longest first.
@@ -309,6 +313,7 @@ fn embed(model: Option<&Path>, device: &str, batch: usize) -> Result<()> {
     };
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let device = open_device(device)?;
+    eprintln!("wedge: embedding on {}", device_line(&device));
     let embedder =
         wedge::Embedder::from_bytes(&bytes, &device).with_context(|| format!("loading {}", path.display()))?;
     let stdin = std::io::stdin().lock();

@@ -147,6 +147,7 @@ pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) 
         }
     }
     let device = crate::open_device(&config.device)?;
+    tracing::info!(device = crate::device_line(&device), "device chosen");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
     runtime.block_on(async move {
         let mut registry = prometheus_client::registry::Registry::default();
