@@ -7,6 +7,9 @@ pub enum Error {
     /// The package bytes are malformed, truncated, corrupt or hostile.
     #[error("invalid .wedge package: {0}")]
     Package(String),
+    /// A GGUF file is malformed, truncated or hostile, or holds what wedge does not read.
+    #[error("invalid GGUF file: {0}")]
+    Gguf(String),
     /// A weight's format, shape or packed data is inconsistent.
     #[error("invalid weight `{name}`: {msg}")]
     Weight {
