@@ -4,14 +4,13 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod inspect;
 mod serve;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use wedge_core::Format;
-use wedge_core::package::{PackageLimits, read_header};
-use wedge_core::quant::rows_cols;
 use wedge_import::ImportOptions;
 
 #[derive(Parser, Debug)]
@@ -60,9 +59,9 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
-    /// Show a package's architecture, parameters and per-tensor formats, shapes, sizes and checksums.
+    /// Show a model file's architecture, metadata and per-tensor formats, shapes and sizes.
     Inspect {
-        /// A `.wedge` file.
+        /// A `.wedge` or `.gguf` file.
         model: PathBuf,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -124,7 +123,7 @@ fn main() {
             convert(&src, &output, &quant, group_size, embeddings.as_deref(), budget)
         }
         Command::Embed { model, device, batch } => embed(model.as_deref(), &device, batch),
-        Command::Inspect { model, json } => inspect(&model, json),
+        Command::Inspect { model, json } => inspect::inspect(&model, json),
         Command::Bench {
             model,
             from,
@@ -372,83 +371,6 @@ fn bench_models(paths: &[PathBuf], from: Option<&Path>, quants: &[String]) -> Re
         models.push(("bundled".to_string(), bytes));
     }
     Ok(models)
-}
-
-fn inspect(path: &PathBuf, json: bool) -> Result<()> {
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let parsed = read_header(&bytes, &PackageLimits::default())?;
-    let h = &parsed.header;
-    let mut params = 0u64;
-    let mut stored = 0u64;
-    let mut packed = 0u64;
-    let mut tensors = Vec::new();
-    for t in &h.tensors {
-        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let (r, c) = rows_cols(&shape).unwrap_or((0, 0));
-        let n = (r * c) as u64;
-        params += n;
-        stored += t.stored_len;
-        packed += t.raw_len;
-        tensors.push(serde_json::json!({
-            "name": t.name, "format": t.format.to_string(), "shape": t.shape,
-            "params": n, "stored_bytes": t.stored_len, "packed_bytes": t.raw_len,
-            "f32_bytes": 4 * n, "crc32": format!("{:08x}", t.crc32),
-        }));
-    }
-    let f32_bytes = 4 * params;
-    if json {
-        let v = serde_json::json!({
-            "file": path.display().to_string(), "file_bytes": bytes.len(), "format_version": wedge_core::package::VERSION,
-            "digest": parsed.digest, "architecture": h.architecture, "config": h.config, "metadata": h.metadata,
-            "parameters": params, "stored_bytes": stored, "packed_bytes": packed, "f32_bytes": f32_bytes,
-            "tensors": tensors,
-            "assets": h.assets.iter().map(|a| serde_json::json!({"name": a.name, "bytes": a.raw_len, "crc32": format!("{:08x}", a.crc32)})).collect::<Vec<_>>(),
-        });
-        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-        out.flush()?;
-        return Ok(());
-    }
-    writeln!(out, "file          {} ({} bytes)", path.display(), bytes.len())?;
-    writeln!(out, "format        .wedge v{}", wedge_core::package::VERSION)?;
-    writeln!(out, "digest        {}", parsed.digest)?;
-    writeln!(out, "architecture  {}", h.architecture)?;
-    for (k, v) in &h.metadata {
-        writeln!(out, "{:<13} {v}", k)?;
-    }
-    writeln!(out, "parameters    {params}")?;
-    writeln!(
-        out,
-        "size          {:.2} MB on disk, {:.2} MB packed, {:.2} MB as f32 ({:.2}x smaller)",
-        stored as f64 / 1e6,
-        packed as f64 / 1e6,
-        f32_bytes as f64 / 1e6,
-        f32_bytes as f64 / stored.max(1) as f64
-    )?;
-    for a in &h.assets {
-        writeln!(out, "asset         {} ({} bytes)", a.name, a.raw_len)?;
-    }
-    writeln!(out)?;
-    writeln!(
-        out,
-        "{:<56} {:<8} {:<16} {:>12} {:>12} {:>8}",
-        "tensor", "format", "shape", "on disk", "as f32", "crc32"
-    )?;
-    for t in &h.tensors {
-        let n: u64 = t.shape.iter().product();
-        writeln!(
-            out,
-            "{:<56} {:<8} {:<16} {:>12} {:>12} {:>08x}",
-            t.name,
-            t.format.to_string(),
-            format!("{:?}", t.shape),
-            t.stored_len,
-            4 * n,
-            t.crc32
-        )?;
-    }
-    out.flush()?;
-    Ok(())
 }
 
 fn devices() -> Result<()> {
