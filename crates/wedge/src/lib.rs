@@ -23,9 +23,12 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 mod embed;
+mod vocab;
 pub use embed::{DEFAULT_MAX_BATCH, Embedder, Tokens, length_batches};
+pub use vocab::{ChatMessage, KNOWN_PRE, Vocab, render_chat};
 pub use wedge_cpu::{integer_kernels as cpu_integer_kernels, threads as cpu_threads};
 
+pub use wedge_core::gguf::{GgmlType, Gguf};
 pub use wedge_core::graph::{Activation, Dim, Elem, Graph, Op, RopeMode, ValueId, WeightId};
 pub use wedge_core::models::{DecoderConfig, EncoderConfig, ModelGraph, Pooling};
 pub use wedge_core::package::{Package, PackageLimits, ParsedHeader, read_header};
@@ -55,6 +58,12 @@ pub enum Error {
     /// Reading a model file.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// A language model's tokenizer cannot be built, or text cannot be encoded.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A chat template does not render.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
 }
 
 /// Result with [`Error`].

@@ -1,0 +1,333 @@
+//! A language model's vocabulary: its tokenizer, special tokens and chat template, from a GGUF
+//! file's `tokenizer.*` metadata, read the way llama.cpp reads them.
+//!
+//! The tokenizer is a `tokenizers` byte-level BPE over the file's tokens and merges, split first
+//! by the pre-tokenizer that `tokenizer.ggml.pre` names (llama.cpp's rules for each). CONTROL
+//! tokens (`<|im_start|>`) become special added tokens, found in text as llama.cpp finds them
+//! when it parses specials; USER_DEFINED tokens are added tokens too. A tokenizer model or `pre`
+//! that wedge does not know is refused with the list of those it does, never guessed. The chat
+//! template (Jinja) renders through minijinja with a bounded amount of work, so a hostile
+//! template in a file cannot hang its caller.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokenizers::Tokenizer;
+use wedge_core::gguf::{Array, Gguf, Value};
+
+use crate::{Error, Result};
+
+/// One message of a chat, as OpenAI's API shapes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, ...
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message from `role`.
+    pub fn new(role: &str, content: &str) -> ChatMessage {
+        ChatMessage { role: role.to_string(), content: content.to_string() }
+    }
+}
+
+/// The values of `tokenizer.ggml.pre` wedge knows.
+pub const KNOWN_PRE: [&str; 4] = ["gpt2", "smollm", "qwen2", "llama-bpe"];
+
+/// Llama 3's split (`llama-bpe`); Qwen2's differs in taking digits one at a time.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const CONTROL: i64 = 3;
+const USER_DEFINED: i64 = 4;
+
+/// Template steps a chat template may take (minijinja's fuel): far more than any real
+/// template needs for a long conversation, far fewer than a hang.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
+fn tok_err(msg: impl Into<String>) -> Error {
+    Error::Tokenizer(msg.into())
+}
+
+/// The `tokenizers` pre-tokenizer for a `tokenizer.ggml.pre`, and whether merges are skipped
+/// for words that are whole tokens (llama.cpp does so for Llama 3).
+fn pre_tokenizer(pre: &str) -> Option<(serde_json::Value, bool)> {
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
+    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
+    Some(match pre {
+        // GPT-2's own split is ByteLevel's regex
+        "gpt2" => (byte_level(true), false),
+        // digits one at a time, then GPT-2's split
+        "smollm" => (
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+            false,
+        ),
+        "qwen2" => (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]}), false),
+        "llama-bpe" => (json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]}), true),
+        _ => return None,
+    })
+}
+
+/// A language model's tokenizer, special tokens and chat template.
+#[derive(Clone)]
+pub struct Vocab {
+    /// Finds special tokens written in the text.
+    tokenizer: Tokenizer,
+    /// Takes them as plain text.
+    plain: Tokenizer,
+    json: String,
+    tokens: usize,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    eot: Option<u32>,
+    add_bos: bool,
+    template: Option<String>,
+}
+
+impl std::fmt::Debug for Vocab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vocab")
+            .field("tokens", &self.tokens)
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("eot", &self.eot)
+            .field("add_bos", &self.add_bos)
+            .field("chat_template", &self.template.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vocab {
+    /// Reads `tokenizer.ggml.*` and `tokenizer.chat_template` from a GGUF file.
+    pub fn from_gguf(g: &Gguf<'_>) -> Result<Vocab> {
+        let model = g.str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(tok_err(format!(
+                "tokenizer.ggml.model `{model}` is not supported yet (wedge reads `gpt2`: byte-level BPE)"
+            )));
+        }
+        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+        let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre).ok_or_else(|| {
+            tok_err(format!(
+                "tokenizer.ggml.pre `{pre}` is not one wedge knows ({}): its splitting rules would be a guess",
+                KNOWN_PRE.join(", ")
+            ))
+        })?;
+        let strings = |key: &str| match g.get(key) {
+            Some(Value::Array(Array::String(v))) => Ok(v),
+            Some(_) => Err(tok_err(format!("{key} is not an array of strings"))),
+            None => Err(tok_err(format!("{key} is missing"))),
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        let types = match g.get("tokenizer.ggml.token_type") {
+            None => vec![1; tokens.len()],
+            Some(v) => v
+                .as_array()
+                .and_then(Array::to_i64)
+                .filter(|t| t.len() == tokens.len())
+                .ok_or_else(|| tok_err("tokenizer.ggml.token_type is not one integer per token"))?,
+        };
+        if tokens.is_empty() || tokens.len() > u32::MAX as usize {
+            return Err(tok_err(format!("tokenizer.ggml.tokens has {} tokens", tokens.len())));
+        }
+        let id = |key: &str| -> Result<Option<u32>> {
+            match g.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(i) if (i as usize) < tokens.len() => Ok(Some(i as u32)),
+                    _ => Err(tok_err(format!("{key} {v:?} is not a token of the {} in the vocabulary", tokens.len()))),
+                },
+            }
+        };
+        let (bos, eos, eot) = (
+            id("tokenizer.ggml.bos_token_id")?,
+            id("tokenizer.ggml.eos_token_id")?,
+            id("tokenizer.ggml.eot_token_id")?,
+        );
+        let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+        if add_bos && bos.is_none() {
+            return Err(tok_err("tokenizer.ggml.add_bos_token is set, but there is no bos_token_id"));
+        }
+
+        // the first id of a string that appears twice keeps it, as llama.cpp's lookup does
+        let mut vocab = serde_json::Map::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.entry(t.clone()).or_insert(json!(i));
+        }
+        let pairs = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| json!([a, b]))
+                    .ok_or_else(|| tok_err(format!("merge {m:?} has no space")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let added: Vec<_> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| matches!(**t, CONTROL | USER_DEFINED))
+            .map(|(i, t)| {
+                json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false,
+                       "normalized": false, "special": *t == CONTROL})
+            })
+            .collect();
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+            "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                      "ignore_merges": ignore_merges, "vocab": vocab, "merges": pairs},
+        });
+        let json = spec.to_string();
+        let tokenizer: Tokenizer = json.parse().map_err(|e| tok_err(format!("building the tokenizer: {e}")))?;
+        let mut plain = tokenizer.clone();
+        plain.set_encode_special_tokens(true);
+        let template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
+        Ok(Vocab { tokenizer, plain, json, tokens: tokens.len(), bos, eos, eot, add_bos, template })
+    }
+
+    /// Token ids of `text`, with the BOS token first when the model asks for it. With
+    /// `parse_special`, special tokens written in the text (`<|im_end|>`) are those tokens, as in
+    /// a rendered chat prompt; without it they are plain text, as user input should be.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let tok = if parse_special { &self.tokenizer } else { &self.plain };
+        let enc = tok.encode(text, false).map_err(|e| tok_err(format!("encoding: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        ids.extend(self.bos.filter(|_| self.add_bos));
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// The text of `ids` (special tokens included, as they are).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, false).map_err(|e| tok_err(format!("decoding: {e}")))
+    }
+
+    /// The text of one token, `None` outside the vocabulary.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.tokens
+    }
+
+    /// Whether there are no tokens (never, for a vocabulary that loaded).
+    pub fn is_empty(&self) -> bool {
+        self.tokens == 0
+    }
+
+    /// Beginning of sequence.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// End of sequence.
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// The tokens that end a turn: EOS and, where the file names one, EOT.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.eos.into_iter().chain(self.eot).collect();
+        v.dedup();
+        v
+    }
+
+    /// The tokenizer as `tokenizer.json`, for a `.wedge` package.
+    pub fn tokenizer_json(&self) -> &str {
+        &self.json
+    }
+
+    /// The file's chat template (Jinja), if it has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.template.as_deref()
+    }
+
+    /// A conversation rendered by the model's chat template, ending with the assistant's turn
+    /// opened when `add_generation_prompt`.
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let template = self
+            .template
+            .as_deref()
+            .ok_or_else(|| Error::ChatTemplate("the model file has no chat template".into()))?;
+        let text = |id: Option<u32>| id.and_then(|i| self.token(i)).unwrap_or_default();
+        render_chat(template, messages, add_generation_prompt, &text(self.bos), &text(self.eos))
+    }
+}
+
+/// Renders a Hugging Face chat template as `transformers` does: `messages`,
+/// `add_generation_prompt`, `bos_token` and `eos_token` in scope, `raise_exception` to fail,
+/// Python's string methods on strings; at most [`TEMPLATE_FUEL`] steps.
+pub fn render_chat(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
+    let err = |e: minijinja::Error| Error::ChatTemplate(format!("{e:#}"));
+    let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    let tmpl = env.template_from_str(template).map_err(err)?;
+    tmpl.render(minijinja::context! {
+        messages => minijinja::value::Serde(messages),
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos_token,
+        eos_token => eos_token,
+    })
+    .map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}\
+                          {% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn a_chat_renders_with_the_generation_prompt() {
+        let out = render_chat(CHATML, &[ChatMessage::new("user", "Hi")], true, "", "").unwrap();
+        assert_eq!(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn python_string_methods_and_raise_exception_work() {
+        let t = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}\
+                 {{ messages[0]['content'].strip().upper() }}";
+        assert_eq!(render_chat(t, &[ChatMessage::new("user", "  hi ")], false, "", "").unwrap(), "HI");
+        let e = render_chat(t, &[ChatMessage::new("system", "x")], false, "", "").unwrap_err().to_string();
+        assert!(e.contains("user first"), "{e}");
+    }
+
+    #[test]
+    fn a_template_that_would_run_forever_is_stopped() {
+        let t = "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}";
+        let e = render_chat(t, &[], false, "", "").unwrap_err().to_string();
+        assert!(e.to_lowercase().contains("fuel"), "{e}");
+        assert!(render_chat("{% if %}", &[], false, "", "").is_err());
+    }
+
+    #[test]
+    fn every_known_pre_tokenizer_builds() {
+        for pre in KNOWN_PRE {
+            let (spec, _) = pre_tokenizer(pre).unwrap();
+            let full = json!({"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": spec,
+                              "post_processor": null, "decoder": null, "truncation": null, "padding": null,
+                              "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}});
+            assert!(full.to_string().parse::<Tokenizer>().is_ok(), "{pre}");
+        }
+        assert!(pre_tokenizer("deepseek-llm").is_none());
+    }
+}
