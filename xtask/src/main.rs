@@ -18,6 +18,7 @@ use setup::{Need, Setup};
 
 const USAGE: &str = "\
 usage: cargo xtask test [--quick] [--lenient] [--no-install]
+       cargo xtask setup [--quick]       only find or install what the tests need
 
 Sets up what the tests need (apt: mesa-vulkan-drivers, libvulkan1, chromium; rustup: the
 wasm32 target, rustfmt, clippy; wasm-bindgen-cli at Cargo.lock's version; web/'s npm
@@ -41,8 +42,9 @@ pub(crate) struct Options {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("test") => {}
+    let task = args.first().map(String::as_str);
+    match task {
+        Some("test" | "setup") => {}
         None | Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -75,7 +77,9 @@ fn main() -> ExitCode {
     }
     let mut report = Report::new(opts);
     let setup = setup::prepare(opts, &mut report);
-    test(opts, &setup, &mut report);
+    if task == Some("test") {
+        test(opts, &setup, &mut report);
+    }
     report.finish()
 }
 

@@ -162,14 +162,16 @@ pub(crate) fn locked_version(lock: &str, package: &str) -> Option<String> {
     Some(v.to_string())
 }
 
+/// The version of the `wasm-bindgen` on PATH.
+fn wasm_bindgen_version() -> Option<String> {
+    let out = Command::new("wasm-bindgen").arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).map(str::to_string)
+}
+
 fn wasm_bindgen(opts: Options) -> Result<Option<String>, String> {
     let lock = std::fs::read_to_string("Cargo.lock").map_err(|e| format!("Cargo.lock: {e}"))?;
     let want = locked_version(&lock, "wasm-bindgen").ok_or("Cargo.lock has no wasm-bindgen")?;
-    let have = Command::new("wasm-bindgen")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().nth(1).map(str::to_string));
+    let have = wasm_bindgen_version();
     if have.as_deref() == Some(want.as_str()) {
         return Ok(None);
     }
@@ -178,10 +180,18 @@ fn wasm_bindgen(opts: Options) -> Result<Option<String>, String> {
         return Err(format!("wasm-bindgen-cli {want} is needed, found {found} (--no-install)"));
     }
     eprintln!("== installing wasm-bindgen-cli {want} (found {found}; a few minutes)");
-    // no --locked: one of its locked dependencies is not in every registry mirror
+    // no --locked: one of its locked dependencies is not in every registry mirror; --force:
+    // cargo's record may say it is installed when the binary is gone or another version
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    status(Command::new(cargo).args(["install", "--quiet", "wasm-bindgen-cli", "--version", &want]))?;
-    Ok(Some(format!("wasm-bindgen-cli {want} (cargo install)")))
+    status(Command::new(cargo).args(["install", "--quiet", "--force", "wasm-bindgen-cli", "--version", &want]))?;
+    match wasm_bindgen_version() {
+        Some(v) if v == want => Ok(Some(format!("wasm-bindgen-cli {want} (cargo install)"))),
+        found => Err(format!(
+            "cargo install put wasm-bindgen-cli {want} in cargo's bin directory, but the wasm-bindgen on PATH is {} \
+             (is ~/.cargo/bin on PATH?)",
+            found.unwrap_or_else(|| "missing".into())
+        )),
+    }
 }
 
 /// `npm ci` in web/ unless node_modules was installed from this very lockfile.
