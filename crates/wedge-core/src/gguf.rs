@@ -19,6 +19,7 @@
 //! [`Weight`] that holds the same values exactly, where there is one.
 
 use std::collections::HashSet;
+use std::fmt::Display;
 
 use half::{bf16, f16};
 
@@ -456,8 +457,8 @@ impl<'a> Gguf<'a> {
         let mut metadata = Vec::new();
         let mut keys = HashSet::new();
         for i in 0..kv_count {
-            let key = r.string(&format!("metadata key {i}"))?;
-            let ty = r.u32(&format!("type of `{key}`"))?;
+            let key = r.string(format_args!("metadata key {i}"))?;
+            let ty = r.u32(format_args!("type of `{key}`"))?;
             let value = r.value(ty, &key, 0)?;
             if !keys.insert(key.clone()) {
                 return Err(err(format!("metadata key `{key}` appears twice")));
@@ -475,17 +476,17 @@ impl<'a> Gguf<'a> {
         let mut tensors = Vec::new();
         let mut names = HashSet::new();
         for i in 0..tensor_count {
-            let name = r.string(&format!("tensor {i} name"))?;
-            let n_dims = r.u32(&format!("dimension count of `{name}`"))? as usize;
+            let name = r.string(format_args!("tensor {i} name"))?;
+            let n_dims = r.u32(format_args!("dimension count of `{name}`"))? as usize;
             if n_dims == 0 || n_dims > MAX_DIMS {
                 return Err(err(format!("tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} are valid)")));
             }
             let mut dims = Vec::with_capacity(n_dims);
             for d in 0..n_dims {
-                dims.push(r.u64(&format!("dimension {d} of `{name}`"))?);
+                dims.push(r.u64(format_args!("dimension {d} of `{name}`"))?);
             }
-            let code = r.u32(&format!("type of `{name}`"))?;
-            let offset = r.u64(&format!("offset of `{name}`"))?;
+            let code = r.u32(format_args!("type of `{name}`"))?;
+            let offset = r.u64(format_args!("offset of `{name}`"))?;
             let ty = GgmlType::from_code(code).ok_or_else(|| {
                 err(format!("tensor `{name}` has ggml type {code}, which wedge does not read ({})", supported_types()))
             })?;
@@ -642,7 +643,8 @@ impl Gguf<'_> {
     }
 }
 
-/// A cursor over the file that checks every read against what remains.
+/// A cursor over the file that checks every read against what remains. `what` names the
+/// field in an error, and is formatted only then: a vocabulary is some 100k strings.
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -650,7 +652,7 @@ struct Reader<'a> {
 
 macro_rules! read_le {
     ($($name:ident: $t:ty),*) => {$(
-        fn $name(&mut self, what: &str) -> Result<$t> {
+        fn $name(&mut self, what: impl Display) -> Result<$t> {
             let b = self.take(size_of::<$t>(), what)?;
             let mut a = [0u8; size_of::<$t>()];
             a.copy_from_slice(b);
@@ -664,7 +666,7 @@ impl<'a> Reader<'a> {
         self.bytes.len() - self.pos
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    fn take(&mut self, n: usize, what: impl Display) -> Result<&'a [u8]> {
         if n > self.remaining() {
             return Err(err(format!(
                 "truncated: {what} needs {n} bytes at offset {}, {} remain",
@@ -678,7 +680,7 @@ impl<'a> Reader<'a> {
     }
 
     /// `count` items of at least `min` bytes each must fit in what remains.
-    fn fits(&self, count: u64, min: u64, what: &str) -> Result<usize> {
+    fn fits(&self, count: u64, min: u64, what: impl Display) -> Result<usize> {
         match count.checked_mul(min) {
             Some(need) if need <= self.remaining() as u64 => Ok(count as usize),
             _ => Err(err(format!(
@@ -691,14 +693,14 @@ impl<'a> Reader<'a> {
 
     read_le!(u8_: u8, i8_: i8, u16_: u16, i16_: i16, u32: u32, i32_: i32, f32_: f32, u64: u64, i64_: i64, f64_: f64);
 
-    fn string(&mut self, what: &str) -> Result<String> {
-        let len = self.u64(&format!("length of {what}"))?;
-        let n = self.fits(len, 1, &format!("length of {what}"))?;
+    fn string(&mut self, what: impl Display + Copy) -> Result<String> {
+        let len = self.u64(format_args!("length of {what}"))?;
+        let n = self.fits(len, 1, format_args!("length of {what}"))?;
         let b = self.take(n, what)?;
         String::from_utf8(b.to_vec()).map_err(|e| err(format!("{what} is not UTF-8: {e}")))
     }
 
-    fn bool(&mut self, what: &str) -> Result<bool> {
+    fn bool(&mut self, what: impl Display + Copy) -> Result<bool> {
         match self.u8_(what)? {
             0 => Ok(false),
             1 => Ok(true),
@@ -716,7 +718,7 @@ impl<'a> Reader<'a> {
             5 => Value::I32(self.i32_(key)?),
             6 => Value::F32(self.f32_(key)?),
             7 => Value::Bool(self.bool(key)?),
-            8 => Value::String(self.string(&format!("`{key}`"))?),
+            8 => Value::String(self.string(format_args!("`{key}`"))?),
             9 => Value::Array(self.array(key, depth)?),
             10 => Value::U64(self.u64(key)?),
             11 => Value::I64(self.i64_(key)?),
@@ -729,8 +731,8 @@ impl<'a> Reader<'a> {
         if depth >= MAX_NESTING {
             return Err(err(format!("metadata `{key}`: arrays nested deeper than {MAX_NESTING}")));
         }
-        let ty = self.u32(&format!("element type of `{key}`"))?;
-        let count = self.u64(&format!("length of `{key}`"))?;
+        let ty = self.u32(format_args!("element type of `{key}`"))?;
+        let count = self.u64(format_args!("length of `{key}`"))?;
         let min = match ty {
             0 | 1 | 7 => 1,
             2 | 3 => 2,
@@ -739,7 +741,7 @@ impl<'a> Reader<'a> {
             9 => 12,
             t => return Err(err(format!("metadata `{key}` holds elements of type {t} (0 to 12 are valid)"))),
         };
-        let n = self.fits(count, min, &format!("length of `{key}`"))?;
+        let n = self.fits(count, min, format_args!("length of `{key}`"))?;
         macro_rules! many {
             ($variant:ident, $read:ident) => {{
                 let mut v = Vec::with_capacity(n);
@@ -764,7 +766,7 @@ impl<'a> Reader<'a> {
             8 => {
                 let mut v = Vec::with_capacity(n);
                 for i in 0..n {
-                    v.push(self.string(&format!("`{key}`[{i}]"))?);
+                    v.push(self.string(format_args!("`{key}`[{i}]"))?);
                 }
                 Array::String(v)
             }
