@@ -41,10 +41,6 @@ impl Report {
         }
     }
 
-    pub(crate) fn clock(&self) -> Instant {
-        Instant::now()
-    }
-
     pub(crate) fn setup_step(&mut self, name: &str, since: Instant) {
         self.row(&format!("setup: {name}"), 0, Some(since.elapsed().as_secs_f64()), "done".into(), false);
     }
@@ -75,22 +71,9 @@ impl Report {
     pub(crate) fn step(&mut self, name: &str, cmd: &mut Command) -> bool {
         eprintln!("== {name}: {}", shown(cmd));
         let t = Instant::now();
-        let result = cmd.status();
-        let seconds = Some(t.elapsed().as_secs_f64());
-        match result {
-            Ok(s) if s.success() => {
-                self.row(name, 0, seconds, "ok".into(), false);
-                true
-            }
-            Ok(s) => {
-                self.row(name, 0, seconds, format!("FAILED ({s})"), true);
-                false
-            }
-            Err(e) => {
-                self.row(name, 0, seconds, format!("FAILED (cannot start {}: {e})", shown(cmd)), true);
-                false
-            }
-        }
+        let (result, failed) = outcome(cmd.status());
+        self.row(name, 0, Some(t.elapsed().as_secs_f64()), result, failed);
+        !failed
     }
 
     pub(crate) fn not_run(&mut self, name: &str, why: &str) {
@@ -167,6 +150,15 @@ impl Report {
         let _ = writeln!(out, "{}", if ok { "result: ok".to_string() } else { format!("result: FAILED {failed:?}") });
         print!("{out}");
         if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    }
+}
+
+/// A step's result line, and whether it failed, from its command's exit.
+pub(crate) fn outcome(status: std::io::Result<std::process::ExitStatus>) -> (String, bool) {
+    match status {
+        Ok(s) if s.success() => ("ok".to_string(), false),
+        Ok(s) => (format!("FAILED ({s})"), true),
+        Err(e) => (format!("FAILED (cannot start it: {e})"), true),
     }
 }
 

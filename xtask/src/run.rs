@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::report::Report;
+use crate::report::{Report, outcome};
 
 /// Test binaries by path, named by their package's folder and source file
 /// (`crates/wedge-cli/tests/minilm.rs`).
@@ -42,20 +42,13 @@ pub(crate) fn build_tests(report: &mut Report, name: &str, mut cmd: Command) -> 
             suites.insert(PathBuf::from(exe), label);
         }
     }
-    match child.wait() {
-        Ok(s) if s.success() => {
-            report.end(name, t, format!("ok ({} test binaries)", suites.len()), false);
-            Some(suites)
-        }
-        Ok(s) => {
-            report.end(name, t, format!("FAILED ({s})"), true);
-            None
-        }
-        Err(e) => {
-            report.end(name, t, format!("FAILED ({e})"), true);
-            None
-        }
+    let (result, failed) = outcome(child.wait());
+    if failed {
+        report.end(name, t, result, true);
+        return None;
     }
+    report.end(name, t, format!("ok ({} test binaries)", suites.len()), false);
+    Some(suites)
 }
 
 /// A string field of a JSON line, where its value has no escapes (paths here have none).
@@ -159,11 +152,7 @@ fn merged(report: &mut Report, name: &str, mut cmd: Command, mut each: impl FnMu
         println!("{line}");
         each(report, &line);
     }
-    let (result, failed) = match child.wait() {
-        Ok(s) if s.success() => ("ok".to_string(), false),
-        Ok(s) => (format!("FAILED ({s})"), true),
-        Err(e) => (format!("FAILED ({e})"), true),
-    };
+    let (result, failed) = outcome(child.wait());
     report.end(name, t, result, failed);
     !failed
 }

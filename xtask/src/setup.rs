@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use crate::Options;
 use crate::report::Report;
@@ -59,7 +60,7 @@ pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
         Err(why) => setup.missing.push((need, why)),
     };
 
-    let t = report.clock();
+    let t = Instant::now();
     let lacking: Vec<(&str, Need)> = APT.iter().copied().filter(|(p, _)| !dpkg_has(p)).collect();
     if !lacking.is_empty() {
         let names: Vec<&str> = lacking.iter().map(|(p, _)| *p).collect();
@@ -71,7 +72,7 @@ pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
     }
     report.setup_step("apt packages", t);
 
-    let t = report.clock();
+    let t = Instant::now();
     found(Need::Wasm32, rustup("target", "wasm32-unknown-unknown", opts), report);
     if !opts.quick {
         found(Need::Rustfmt, rustup("component", "rustfmt", opts), report);
@@ -79,15 +80,15 @@ pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
     }
     report.setup_step("rustup", t);
 
-    let t = report.clock();
+    let t = Instant::now();
     found(Need::WasmBindgen, wasm_bindgen(opts), report);
     report.setup_step("wasm-bindgen-cli", t);
 
-    let t = report.clock();
+    let t = Instant::now();
     found(Need::NpmPackages, npm_packages(opts), report);
     report.setup_step("npm packages", t);
 
-    let t = report.clock();
+    let t = Instant::now();
     for (need, model) in [(Need::MiniLm, "minilm"), (Need::SmolLm2, "smollm2")] {
         match fetch_model(model, opts) {
             Ok((path, fetched)) => {

@@ -110,22 +110,30 @@ fn gpu() -> Option<Device> {
     }
 }
 
-/// One format's package, made by the first test that asks for it.
-type Slot = Arc<OnceLock<Arc<Vec<u8>>>>;
+/// Values made once per test binary, by the first test that asks for them: several tests share
+/// the q8 and f32 packages and their CPU embeddings.
+type Cache<T> = Mutex<BTreeMap<String, Arc<OnceLock<Arc<T>>>>>;
 
-/// The package of a format, imported once per test binary (several tests share q8 and f32).
+fn shared<T>(cache: &Cache<T>, format: Format, make: impl FnOnce() -> T) -> Arc<T> {
+    let slot = cache.lock().unwrap().entry(format.to_string()).or_default().clone();
+    slot.get_or_init(|| Arc::new(make())).clone()
+}
+
+/// The package of a format.
 fn package(format: Format) -> Option<Arc<Vec<u8>>> {
-    static PACKAGES: Mutex<BTreeMap<String, Slot>> = Mutex::new(BTreeMap::new());
+    static PACKAGES: Cache<Vec<u8>> = Mutex::new(BTreeMap::new());
     let dir = model_dir()?;
-    let slot = PACKAGES.lock().unwrap().entry(format.to_string()).or_default().clone();
-    Some(
-        slot.get_or_init(|| {
-            let opts = ImportOptions::uniform(format);
-            let pkg = wedge_import::import_hf_folder(&dir, &opts, &mut |_, _, _| {}).expect("import");
-            Arc::new(pkg.to_bytes(3).expect("serialize").0)
-        })
-        .clone(),
-    )
+    Some(shared(&PACKAGES, format, || {
+        let opts = ImportOptions::uniform(format);
+        let pkg = wedge_import::import_hf_folder(&dir, &opts, &mut |_, _, _| {}).expect("import");
+        pkg.to_bytes(3).expect("serialize").0
+    }))
+}
+
+/// The CPU backend's embeddings of all the public texts with a format's package.
+fn cpu_embeddings(format: Format, bytes: &[u8]) -> Arc<Vec<Vec<f32>>> {
+    static EMBEDDINGS: Cache<Vec<Vec<f32>>> = Mutex::new(BTreeMap::new());
+    shared(&EMBEDDINGS, format, || embed(&Embedder::from_bytes(bytes, &Device::cpu()).expect("load"), &all()))
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -175,7 +183,7 @@ fn assert_gpu_slice(what: &str, e: &Embedder, cpu: &[Vec<f32>], agree: f64, min_
 /// on the GPU adapter (the slice).
 fn check(format: Format, name: &str, min_ref: f64, mean_ref: f64, fake: Option<(&str, f64)>) {
     let Some(bytes) = package(format) else { return };
-    let cpu = embed(&Embedder::from_bytes(&bytes, &Device::cpu()).expect("load"), &all());
+    let cpu = cpu_embeddings(format, &bytes);
     assert_bounds(&format!("{name} on the CPU"), &cpu, &all(), min_ref, mean_ref);
     if let Some((scheme, bound)) = fake {
         let (fmin, fmean) = min_mean(&cpu, &fakequant(scheme));
@@ -238,7 +246,7 @@ fn the_f16_gemm_keeps_the_f32_and_q8_bounds() {
     }
     for (format, name, min_ref) in [(Format::F32, "f32", 0.99999), (Format::Q8, "q8", 0.994)] {
         let Some(bytes) = package(format) else { return };
-        let cpu = embed(&Embedder::from_bytes(&bytes, &Device::cpu()).expect("load"), &all());
+        let cpu = cpu_embeddings(format, &bytes);
         let e = Embedder::from_bytes(&bytes, &device).expect("load");
         let what = format!("{name} with the f16 GEMM on {}", device.describe());
         assert_gpu_slice(&what, &e, &cpu, GPU_CPU_COSINE, min_ref);
