@@ -78,7 +78,6 @@ pub struct Vocab {
     tokenizer: Tokenizer,
     /// Takes them as plain text.
     plain: Tokenizer,
-    json: String,
     tokens: usize,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -183,12 +182,12 @@ impl Vocab {
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                       "ignore_merges": ignore_merges, "vocab": vocab, "merges": pairs},
         });
-        let json = spec.to_string();
-        let tokenizer: Tokenizer = json.parse().map_err(|e| tok_err(format!("building the tokenizer: {e}")))?;
+        let tokenizer: Tokenizer =
+            spec.to_string().parse().map_err(|e| tok_err(format!("building the tokenizer: {e}")))?;
         let mut plain = tokenizer.clone();
         plain.set_encode_special_tokens(true);
         let template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
-        Ok(Vocab { tokenizer, plain, json, tokens: tokens.len(), bos, eos, eot, add_bos, template })
+        Ok(Vocab { tokenizer, plain, tokens: tokens.len(), bos, eos, eot, add_bos, template })
     }
 
     /// Token ids of `text`, with the BOS token first when the model asks for it. With
@@ -238,11 +237,6 @@ impl Vocab {
         let mut v: Vec<u32> = self.eos.into_iter().chain(self.eot).collect();
         v.dedup();
         v
-    }
-
-    /// The tokenizer as `tokenizer.json`, for a `.wedge` package.
-    pub fn tokenizer_json(&self) -> &str {
-        &self.json
     }
 
     /// The file's chat template (Jinja), if it has one.
