@@ -3,7 +3,7 @@
 // wedge-core (`quant.rs`); `affine`, `raw` and `load_w` mirror it.
 
 // Scalar knobs (pipeline-overridable constants).
-override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1, 5 q8a8 (stored as q8)
+override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1, 5 q8a8 (stored as q8), 6 q8_0
 override ACT: u32 = 0u;         // 0 none, 1 gelu (erf), 2 gelu (tanh), 3 silu
 override HAS_BIAS: bool = false;
 
@@ -43,7 +43,7 @@ var<workgroup> ws: array<f32, TILE * BK>;
 fn vpw() -> u32 {
     if (WTYPE == 0u) { return 1u; }
     if (WTYPE == 1u) { return 2u; }
-    if (WTYPE == 2u || WTYPE == 5u) { return 4u; }
+    if (WTYPE == 2u || WTYPE == 5u || WTYPE == 6u) { return 4u; }
     return 8u;
 }
 
@@ -62,6 +62,11 @@ fn affine(row: u32, wi: u32) -> vec2<f32> {
         let g = row * p.gpr + (wi * 8u) / p.group;
         return unpack2x16float(s[g]);
     }
+    if (WTYPE == 6u) {
+        let g = row * p.gpr + (wi * 4u) / p.group;
+        let pair = unpack2x16float(s[g >> 1u]);
+        return vec2<f32>(select(pair.x, pair.y, (g & 1u) == 1u), 0.0);
+    }
     return vec2<f32>(1.0, 0.0);
 }
 
@@ -72,7 +77,7 @@ fn raw(word: u32, j: u32) -> f32 {
         let h = unpack2x16float(word);
         return select(h.x, h.y, j == 1u);
     }
-    if (WTYPE == 2u || WTYPE == 5u) { return f32(extractBits(bitcast<i32>(word), j * 8u, 8u)); }
+    if (WTYPE == 2u || WTYPE == 5u || WTYPE == 6u) { return f32(extractBits(bitcast<i32>(word), j * 8u, 8u)); }
     return f32(extractBits(word, j * 4u, 4u));
 }
 

@@ -579,8 +579,8 @@ impl<'a> Gguf<'a> {
 
 impl Gguf<'_> {
     /// A tensor as a wedge [`Weight`] that holds exactly its values: F32 and F16 as they are,
-    /// Q4_0 as `q4` and Q4_1 as `q4_1` in groups of 32 (the same scales, minimums and 4-bit
-    /// values, with the nibbles reordered). Other types have no exact wedge format yet, and are
+    /// Q4_0 as `q4`, Q4_1 as `q4_1` and Q8_0 as `q8_0`, in groups of 32 (the same scales,
+    /// minimums and values, with Q4's nibbles reordered). Other types have no exact wedge format yet, and are
     /// refused rather than requantized.
     pub fn weight(&self, t: &TensorInfo) -> Result<Weight> {
         let data = self.data(t);
@@ -631,10 +631,26 @@ impl Gguf<'_> {
                 let format = if one { Format::Q4_1 { group: 32 } } else { Format::Q4 { group: 32 } };
                 (format, w, s)
             }
+            GgmlType::Q8_0 => {
+                // a block: the f16 scale, then 32 i8 values in order, which is wedge's byte order
+                let blocks = data.chunks_exact(t.ty.block_bytes());
+                let mut w = Vec::with_capacity(8 * blocks.len());
+                let mut s = Vec::with_capacity(blocks.len().div_ceil(2));
+                for (i, b) in blocks.enumerate() {
+                    w.extend(b[2..34].chunks_exact(4).map(|q| u32::from_le_bytes([q[0], q[1], q[2], q[3]])));
+                    let d = u32::from(u16::from_le_bytes([b[0], b[1]]));
+                    if i % 2 == 0 {
+                        s.push(d);
+                    } else if let Some(last) = s.last_mut() {
+                        *last |= d << 16;
+                    }
+                }
+                (Format::Q8_0 { group: 32 }, w, s)
+            }
             other => {
                 return Err(err(format!(
-                    "tensor `{}` is {other}, which no wedge format holds exactly yet (F32, F16, Q4_0 and Q4_1 \
-                     load as weights); it is not requantized without being asked",
+                    "tensor `{}` is {other}, which no wedge format holds exactly yet (F32, F16, Q4_0, Q4_1 and \
+                     Q8_0 load as weights); it is not requantized without being asked",
                     t.name
                 )));
             }

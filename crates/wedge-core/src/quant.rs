@@ -17,6 +17,7 @@
 //! | `q8a8` | 4 | as `q8` | as `q8` | as `q8` |
 //! | `q4` | 8 | u4 nibble `j` (bits `4j..4j+4`) holds `q + 8` | one f16 per group, two per word, low half first, groups numbered row-major | `(u − 8) · s` |
 //! | `q4_1` | 8 | u4 as `q4` | one word per group: `pack2x16float(s, m)` | `u · s + m` |
+//! | `q8_0` | 4 | i8 as `q8` | one f16 per group, as `q4` | `q · s` |
 //!
 //! Groups run along `cols`: group `g` of a row covers columns `g·G .. (g+1)·G`,
 //! and a row has `ceil(cols / G)` groups. `G` is 32, 64 or 128.
@@ -65,6 +66,12 @@ pub enum Format {
         /// Group size along the reduction dimension: 32, 64 or 128.
         group: u32,
     },
+    /// Symmetric INT8 in groups along the row, f16 scale `max|w| / 127` (GGUF `Q8_0` at 32).
+    #[serde(rename = "q8_0")]
+    Q8_0 {
+        /// Group size along the reduction dimension: 32, 64 or 128.
+        group: u32,
+    },
 }
 
 /// Activations per block of a `q8a8` matmul (see the module docs).
@@ -84,6 +91,7 @@ impl Format {
             Format::Q4 { .. } => 3,
             Format::Q4_1 { .. } => 4,
             Format::Q8A8 => 5,
+            Format::Q8_0 { .. } => 6,
         }
     }
 
@@ -96,10 +104,11 @@ impl Format {
             Format::Q4 { .. } => "q4",
             Format::Q4_1 { .. } => "q4_1",
             Format::Q8A8 => "q8a8",
+            Format::Q8_0 { .. } => "q8_0",
         }
     }
 
-    /// Parse `f32`, `f16`, `q8`, `q8a8`, `q4`, `q4_1`, with the group size used for the grouped ones.
+    /// Parse `f32`, `f16`, `q8`, `q8a8`, `q8_0`, `q4`, `q4_1`, with the group size used for the grouped ones.
     pub fn parse(s: &str, group: u32) -> Option<Format> {
         Some(match s {
             "f32" => Format::F32,
@@ -108,6 +117,7 @@ impl Format {
             "q8a8" => Format::Q8A8,
             "q4" => Format::Q4 { group },
             "q4_1" => Format::Q4_1 { group },
+            "q8_0" => Format::Q8_0 { group },
             _ => return None,
         })
     }
@@ -117,7 +127,7 @@ impl Format {
         match self {
             Format::F32 => 1,
             Format::F16 => 2,
-            Format::Q8 | Format::Q8A8 => 4,
+            Format::Q8 | Format::Q8A8 | Format::Q8_0 { .. } => 4,
             Format::Q4 { .. } | Format::Q4_1 { .. } => 8,
         }
     }
@@ -125,7 +135,7 @@ impl Format {
     /// Group size for the grouped formats, 0 otherwise.
     pub fn group(self) -> u32 {
         match self {
-            Format::Q4 { group } | Format::Q4_1 { group } => group,
+            Format::Q4 { group } | Format::Q4_1 { group } | Format::Q8_0 { group } => group,
             _ => 0,
         }
     }
@@ -149,7 +159,7 @@ impl Format {
         let scales = match self {
             Format::F32 | Format::F16 => 0,
             Format::Q8 | Format::Q8A8 => rows,
-            Format::Q4 { .. } => rows.checked_mul(self.groups_per_row(cols))?.div_ceil(2),
+            Format::Q4 { .. } | Format::Q8_0 { .. } => rows.checked_mul(self.groups_per_row(cols))?.div_ceil(2),
             Format::Q4_1 { .. } => rows.checked_mul(self.groups_per_row(cols))?,
         };
         Some((words, scales))
@@ -158,7 +168,7 @@ impl Format {
     /// Checks the format's own parameters.
     pub fn validate(self) -> std::result::Result<(), String> {
         match self {
-            Format::Q4 { group } | Format::Q4_1 { group } if !GROUP_SIZES.contains(&group) => {
+            Format::Q4 { group } | Format::Q4_1 { group } | Format::Q8_0 { group } if !GROUP_SIZES.contains(&group) => {
                 Err(format!("group size {group} is not supported (use one of {GROUP_SIZES:?})"))
             }
             _ => Ok(()),
@@ -233,7 +243,7 @@ impl Weight {
         let mut scales = vec![0u32; ns];
         let ng = format.groups_per_row(cols);
         let mut half_scales: Vec<f16> = Vec::new();
-        if let Format::Q4 { .. } = format {
+        if let Format::Q4 { .. } | Format::Q8_0 { .. } = format {
             half_scales = vec![f16::ZERO; rows * ng];
         }
         for r in 0..rows {
@@ -261,6 +271,22 @@ impl Weight {
                     for (c, v) in row.iter().enumerate() {
                         let q = round_div(*v, s).clamp(-127.0, 127.0) as i32;
                         out[c / 4] |= ((q as u32) & 0xff) << (8 * (c % 4));
+                    }
+                }
+                Format::Q8_0 { group } => {
+                    let g = group as usize;
+                    for (gi, chunk) in row.chunks(g).enumerate() {
+                        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        let mut s = f16::from_f32(amax / 127.0);
+                        if s.to_f32() == 0.0 {
+                            s = f16::ONE;
+                        }
+                        half_scales[r * ng + gi] = s;
+                        for (j, v) in chunk.iter().enumerate() {
+                            let c = gi * g + j;
+                            let q = round_div(*v, s.to_f32()).clamp(-127.0, 127.0) as i32;
+                            out[c / 4] |= ((q as u32) & 0xff) << (8 * (c % 4));
+                        }
                     }
                 }
                 Format::Q4 { group } | Format::Q4_1 { group } => {
@@ -296,7 +322,7 @@ impl Weight {
                 }
             }
         }
-        if let Format::Q4 { .. } = format {
+        if let Format::Q4 { .. } | Format::Q8_0 { .. } = format {
             for (i, s) in half_scales.iter().enumerate() {
                 scales[i / 2] |= u32::from(s.to_bits()) << (16 * (i % 2));
             }
@@ -366,17 +392,18 @@ impl Weight {
         match self.format {
             Format::F32 | Format::F16 => (1.0, 0.0),
             Format::Q8 | Format::Q8A8 => (f32::from_bits(self.scales[row]), 0.0),
-            Format::Q4 { group } | Format::Q4_1 { group } => {
-                self.group_affine(row * self.format.groups_per_row(cols) + word * 8 / group as usize)
-            }
+            Format::Q4 { group } | Format::Q4_1 { group } | Format::Q8_0 { group } => self.group_affine(
+                row * self.format.groups_per_row(cols) + word * self.format.values_per_word() / group as usize,
+            ),
         }
     }
 
     /// The affine `(scale, offset)` of group `g` (counted over the whole tensor, row-major) of a
-    /// `q4` or `q4_1` weight: a value is `nibble · scale + offset`. `(1, 0)` for other formats.
+    /// `q4`, `q4_1` or `q8_0` weight: a value is `raw · scale + offset`. `(1, 0)` for other formats.
     #[inline]
     pub fn group_affine(&self, g: usize) -> (f32, f32) {
         match self.format {
+            Format::Q8_0 { .. } => (f16::from_bits((self.scales[g / 2] >> (16 * (g % 2))) as u16).to_f32(), 0.0),
             Format::Q4 { .. } => {
                 let s = f16::from_bits((self.scales[g / 2] >> (16 * (g % 2))) as u16).to_f32();
                 (s, -8.0 * s)
@@ -412,10 +439,10 @@ impl Weight {
                     }
                 }
             }
-            Format::Q8 | Format::Q8A8 => {
-                // one scale per row
-                let (s, _) = self.word_affine(row, 0);
-                for (quad, word) in out.chunks_mut(4).zip(words) {
+            Format::Q8 | Format::Q8A8 | Format::Q8_0 { .. } => {
+                // one scale per row (q8), or per group (q8_0)
+                for (wi, (quad, word)) in out.chunks_mut(4).zip(words).enumerate() {
+                    let (s, _) = self.word_affine(row, wi);
                     for (j, d) in quad.iter_mut().enumerate() {
                         *d = f32::from((word >> (8 * j)) as u8 as i8) * s;
                     }
@@ -467,7 +494,7 @@ mod tests {
         (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
     }
 
-    const FORMATS: [Format; 10] = [
+    const FORMATS: [Format; 12] = [
         Format::F32,
         Format::F16,
         Format::Q8,
@@ -478,6 +505,8 @@ mod tests {
         Format::Q4_1 { group: 32 },
         Format::Q4_1 { group: 64 },
         Format::Q4_1 { group: 128 },
+        Format::Q8_0 { group: 32 },
+        Format::Q8_0 { group: 64 },
     ];
 
     #[test]

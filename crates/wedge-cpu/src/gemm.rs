@@ -55,6 +55,24 @@ fn dequantize_rows(w: &Weight, n0: usize, rows: usize, k: usize, panel: &mut [f3
                     *d = f32::from((src[i / 4] >> (8 * (i % 4))) as u8 as i8) * s;
                 }
             }
+            Format::Q8_0 { group } => {
+                #[cfg(target_endian = "little")]
+                {
+                    let bytes: &[u8] = bytemuck::cast_slice(src);
+                    for (d, b) in dst.iter_mut().zip(bytes) {
+                        *d = f32::from(*b as i8);
+                    }
+                }
+                #[cfg(not(target_endian = "little"))]
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = f32::from((src[i / 4] >> (8 * (i % 4))) as u8 as i8);
+                }
+                let gpr = w.format.groups_per_row(k);
+                for (g, dg) in dst.chunks_mut(group as usize).enumerate() {
+                    let (s, _) = w.group_affine(row * gpr + g);
+                    dg.iter_mut().for_each(|d| *d *= s);
+                }
+            }
             Format::Q4 { group } | Format::Q4_1 { group } => {
                 // first the raw nibbles of the whole row (one long loop that vectorizes), then
                 // each group's affine map

@@ -122,7 +122,7 @@ pub(crate) fn both(
     (cpu, gpu)
 }
 
-pub(crate) const FORMATS: [Format; 8] = [
+pub(crate) const FORMATS: [Format; 9] = [
     Format::F32,
     Format::F16,
     Format::Q8,
@@ -131,4 +131,5 @@ pub(crate) const FORMATS: [Format; 8] = [
     Format::Q4 { group: 64 },
     Format::Q4 { group: 128 },
     Format::Q4_1 { group: 32 },
+    Format::Q8_0 { group: 32 },
 ];
