@@ -1,0 +1,99 @@
+//! BERT-style sentence encoders (post-norm, learned positions, token types), with the
+//! Hugging Face checkpoint's weight names.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Builder, ModelGraph, check, dims};
+use crate::error::{Error, Result};
+use crate::graph::{Activation, BinaryOp, Elem, Op};
+
+/// Pooling of a sentence encoder's token states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Masked mean over tokens.
+    Mean,
+    /// The first token's state.
+    Cls,
+}
+
+/// A BERT-style encoder (post-norm, learned positions, token types).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_layers: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// FFN size.
+    pub intermediate_size: usize,
+    /// Learned positions.
+    pub max_position_embeddings: usize,
+    /// Token type vocabulary.
+    pub type_vocab_size: usize,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f32,
+    /// FFN activation.
+    pub activation: Activation,
+    /// Sentence pooling.
+    pub pooling: Pooling,
+    /// L2-normalize the pooled embedding.
+    pub normalize: bool,
+}
+
+impl EncoderConfig {
+    /// Builds the encoder graph. Inputs: `input_ids`, `token_type_ids`, `position_ids`,
+    /// `attention_mask` (all `[batch, seq]` u32). Outputs: `last_hidden_state` and,
+    /// with pooling, `embedding` `[batch, hidden]`.
+    pub fn build(&self) -> Result<ModelGraph> {
+        let (h, nh) = (self.hidden_size, self.num_heads);
+        check(h > 0 && nh > 0 && h % nh == 0, "hidden_size must be a positive multiple of num_heads")?;
+        check(self.vocab_size > 0 && self.num_layers > 0, "vocab_size and num_layers must be positive")?;
+        let d = h / nh;
+        let mut b = Builder::new();
+        let ids = b.g.input("input_ids", Elem::U32, dims());
+        let types = b.g.input("token_type_ids", Elem::U32, dims());
+        let pos = b.g.input("position_ids", Elem::U32, dims());
+        let mask = b.g.input("attention_mask", Elem::U32, dims());
+        let we = b.w("embeddings.word_embeddings.weight", &[self.vocab_size, h]);
+        let pe = b.w("embeddings.position_embeddings.weight", &[self.max_position_embeddings, h]);
+        let te = b.w("embeddings.token_type_embeddings.weight", &[self.type_vocab_size, h]);
+        let x = b.g.push(Op::Embedding { table: we }, &[ids]);
+        let p = b.g.push(Op::Embedding { table: pe }, &[pos]);
+        let t = b.g.push(Op::Embedding { table: te }, &[types]);
+        let x = b.g.push(Op::Binary(BinaryOp::Add), &[x, p]);
+        let x = b.g.push(Op::Binary(BinaryOp::Add), &[x, t]);
+        let mut x = b.layernorm(x, "embeddings.LayerNorm", h, self.layer_norm_eps);
+        for l in 0..self.num_layers {
+            let pre = format!("encoder.layer.{l}");
+            let q = b.linear(x, &format!("{pre}.attention.self.query"), h, h, true);
+            let k = b.linear(x, &format!("{pre}.attention.self.key"), h, h, true);
+            let v = b.linear(x, &format!("{pre}.attention.self.value"), h, h, true);
+            let att =
+                Op::Attention { heads: nh, kv_heads: nh, head_dim: d, causal: false, scale: 1.0 / (d as f32).sqrt() };
+            let a = b.g.push(att, &[q, k, v, mask]);
+            let a = b.linear(a, &format!("{pre}.attention.output.dense"), h, h, true);
+            let a = b.g.push(Op::Binary(BinaryOp::Add), &[a, x]);
+            x = b.layernorm(a, &format!("{pre}.attention.output.LayerNorm"), h, self.layer_norm_eps);
+            let f = b.linear(x, &format!("{pre}.intermediate.dense"), self.intermediate_size, h, true);
+            let f = b.g.push(Op::Act(self.activation), &[f]);
+            let f = b.linear(f, &format!("{pre}.output.dense"), h, self.intermediate_size, true);
+            let f = b.g.push(Op::Binary(BinaryOp::Add), &[f, x]);
+            x = b.layernorm(f, &format!("{pre}.output.LayerNorm"), h, self.layer_norm_eps);
+        }
+        b.g.output("last_hidden_state", x);
+        let pooled = match self.pooling {
+            Pooling::Mean => b.g.push(Op::MeanPool, &[x, mask]),
+            Pooling::Cls => {
+                return Err(Error::Config("cls pooling is not supported yet; use mean".into()));
+            }
+        };
+        let e = if self.normalize { b.g.push(Op::L2Normalize { eps: 1e-12 }, &[pooled]) } else { pooled };
+        b.g.output("embedding", e);
+        Ok(b.finish())
+    }
+}
+
