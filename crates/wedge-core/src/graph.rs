@@ -16,6 +16,42 @@ pub struct ValueId(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WeightId(pub u32);
 
+/// Index into [`Graph::states`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StateId(pub u32);
+
+/// How a state tensor stores its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateElem {
+    /// One f32 per word.
+    F32,
+    /// IEEE halves, two per word, the lower first (rows of even width).
+    F16,
+}
+
+impl StateElem {
+    /// 32-bit words holding `n` values.
+    pub fn words(self, n: usize) -> usize {
+        match self {
+            StateElem::F32 => n,
+            StateElem::F16 => n.div_ceil(2),
+        }
+    }
+}
+
+/// A tensor that outlives a run (a key/value cache): the caller owns its memory and passes it
+/// to every run, where ops read and write it in place. Its shape is bound like the inputs'.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateDecl {
+    /// Name, for messages.
+    pub name: String,
+    /// Storage of its values.
+    pub elem: StateElem,
+    /// Shape, possibly symbolic.
+    pub dims: Vec<Dim>,
+}
+
 /// Element type of an activation value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -158,6 +194,33 @@ pub enum Op {
     Reshape(Vec<i64>),
     /// Permutes dimensions (rank ≤ 4).
     Transpose(Vec<usize>),
+    /// Writes token rows into a state `[seqs, ctx, w]`: inputs `x [.., w]`, `seq [..]` and
+    /// `pos [..]` (u32, from graph inputs); row `i` of `x` goes to `(seq[i], pos[i])`. The
+    /// output is `x` itself, so the ops that read the state can depend on the write.
+    CacheWrite {
+        /// The state written.
+        state: StateId,
+    },
+    /// Attention over key/value states: inputs `q [.., heads·d]`, `k` and `v` (the outputs of
+    /// the [`Op::CacheWrite`]s into `k_cache` and `v_cache`), `seq [..]` and `pos [..]`. Token
+    /// `i` attends to rows `0..=pos[i]` of sequence `seq[i]` in the caches (causal by position).
+    CachedAttention {
+        /// Query heads.
+        heads: usize,
+        /// Key/value heads.
+        kv_heads: usize,
+        /// Head size.
+        head_dim: usize,
+        /// Score scale, usually `1/√head_dim`.
+        scale: f32,
+        /// Keys, `[seqs, ctx, kv_heads·d]`.
+        k_cache: StateId,
+        /// Values, shaped as the keys.
+        v_cache: StateId,
+    },
+    /// Rows of `x [t, w]` picked by u32 indices `[r]` (a graph input) → `[r, w]`: the tokens
+    /// whose logits are wanted.
+    SelectRows,
 }
 
 /// One op applied to values.
@@ -191,6 +254,9 @@ pub struct Graph {
     pub outputs: Vec<(String, ValueId)>,
     /// Names of the weights the ops refer to.
     pub weights: Vec<String>,
+    /// State tensors the ops read and write ([`StateDecl`]).
+    #[serde(default)]
+    pub states: Vec<StateDecl>,
 }
 
 impl Graph {
@@ -214,6 +280,12 @@ impl Graph {
     pub fn push(&mut self, op: Op, inputs: &[ValueId]) -> ValueId {
         self.nodes.push(Node { op, inputs: inputs.to_vec() });
         ValueId((self.inputs.len() + self.nodes.len() - 1) as u32)
+    }
+
+    /// Declares a state tensor.
+    pub fn state(&mut self, name: &str, elem: StateElem, dims: Vec<Dim>) -> StateId {
+        self.states.push(StateDecl { name: name.to_string(), elem, dims });
+        StateId(self.states.len() as u32 - 1)
     }
 
     /// Marks a value as a named output.
@@ -243,6 +315,11 @@ impl Graph {
                     return Err(Error::Graph(format!("node {i} refers to unknown weight {}", w.0)));
                 }
             }
+            for st in op_states(&node.op) {
+                if st.0 as usize >= self.states.len() {
+                    return Err(Error::Graph(format!("node {i} refers to unknown state {}", st.0)));
+                }
+            }
         }
         for (name, v) in &self.outputs {
             if v.0 as usize >= self.num_values() {
@@ -264,6 +341,15 @@ impl Graph {
             uses[v.0 as usize] += 1;
         }
         uses
+    }
+}
+
+/// States an op reads or writes.
+pub fn op_states(op: &Op) -> Vec<StateId> {
+    match op {
+        Op::CacheWrite { state } => vec![*state],
+        Op::CachedAttention { k_cache, v_cache, .. } => vec![*k_cache, *v_cache],
+        _ => Vec::new(),
     }
 }
 

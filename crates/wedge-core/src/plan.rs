@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::graph::{Activation, BinaryOp, Dim, Elem, Graph, Op, RopeMode, ValueId, WeightId};
+use crate::graph::{Activation, BinaryOp, Dim, Elem, Graph, Op, RopeMode, StateElem, StateId, ValueId, WeightId};
 use crate::quant::{Format, Weight};
 
 /// Largest head size the fused attention kernel supports.
@@ -219,6 +219,49 @@ pub enum StepKind {
         /// `out` dimension `i` is input dimension `perm[i]`.
         perm: [usize; 4],
     },
+    /// Rows of input 0 written into a state at `(seq, pos)` from inputs 1 and 2 (the step's
+    /// output is input 0 itself).
+    CacheWrite {
+        /// The state.
+        state: StateId,
+        /// Its storage.
+        elem: StateElem,
+        /// Rows written.
+        tokens: usize,
+        /// Values per row.
+        width: usize,
+        /// Rows per sequence in the state.
+        ctx: usize,
+    },
+    /// Attention of query rows (input 0) over key/value states; inputs 3 and 4 are each
+    /// token's sequence and position.
+    CachedAttention {
+        /// Query rows.
+        tokens: usize,
+        /// Query heads.
+        heads: usize,
+        /// Key/value heads.
+        kv_heads: usize,
+        /// Head size.
+        head_dim: usize,
+        /// Score scale.
+        scale: f32,
+        /// Keys.
+        k_cache: StateId,
+        /// Values.
+        v_cache: StateId,
+        /// Storage of both states.
+        elem: StateElem,
+        /// Rows per sequence in the states.
+        ctx: usize,
+    },
+    /// Rows of input 0 picked by the indices in input 1.
+    SelectRows {
+        /// Rows picked.
+        rows: usize,
+        /// Values per row.
+        cols: usize,
+    },
 }
 
 impl StepKind {
@@ -237,6 +280,9 @@ impl StepKind {
             StepKind::MeanPool { .. } => "mean_pool",
             StepKind::L2Normalize { .. } => "l2_normalize",
             StepKind::Transpose { .. } => "transpose",
+            StepKind::CacheWrite { .. } => "cache_write",
+            StepKind::CachedAttention { .. } => "cached_attention",
+            StepKind::SelectRows { .. } => "select_rows",
         }
     }
 }
@@ -271,8 +317,27 @@ pub struct Plan {
     pub unplanned_activation_bytes: u64,
     /// Activations fused into matmul epilogues.
     pub fused_activations: usize,
-    /// For each input: the table rows its values must stay below (from embedding gathers).
+    /// For each input: the bound its values must stay below (embedding table rows, state
+    /// sequences and positions, rows to select).
     pub input_bounds: Vec<Option<usize>>,
+    /// Each state's concrete shape and storage.
+    pub states: Vec<StateInfo>,
+}
+
+/// A state tensor's concrete shape and storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateInfo {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Storage.
+    pub elem: StateElem,
+}
+
+impl StateInfo {
+    /// 32-bit words of storage.
+    pub fn words(&self) -> usize {
+        self.elem.words(self.shape.iter().product())
+    }
 }
 
 fn shape_err(node: usize, op: &Op, msg: String) -> Error {
@@ -296,13 +361,29 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::L2Normalize { .. } => "l2_normalize",
         Op::Reshape(_) => "reshape",
         Op::Transpose(_) => "transpose",
+        Op::CacheWrite { .. } => "cache_write",
+        Op::CachedAttention { .. } => "cached_attention",
+        Op::SelectRows => "select_rows",
     }
 }
 
 impl Plan {
-    /// Compiles `graph` for inputs of the given shapes.
+    /// Compiles `graph` (which has no states) for inputs of the given shapes.
     pub fn compile(graph: &Graph, weights: &[WeightInfo], input_shapes: &[Vec<usize>]) -> Result<Plan> {
+        Plan::compile_with_states(graph, weights, input_shapes, &[])
+    }
+
+    /// Compiles `graph` for inputs and states of the given shapes.
+    pub fn compile_with_states(
+        graph: &Graph,
+        weights: &[WeightInfo],
+        input_shapes: &[Vec<usize>],
+        state_shapes: &[Vec<usize>],
+    ) -> Result<Plan> {
         graph.validate()?;
+        if state_shapes.len() != graph.states.len() {
+            return Err(Error::Input(format!("expected {} states, got {}", graph.states.len(), state_shapes.len())));
+        }
         if weights.len() != graph.weights.len() {
             return Err(Error::Graph(format!(
                 "graph refers to {} weights, {} given",
@@ -350,6 +431,38 @@ impl Plan {
             }
         }
 
+        for (st, shape) in graph.states.iter().zip(state_shapes) {
+            if st.dims.len() != shape.len() {
+                return Err(Error::Input(format!(
+                    "state `{}` has rank {}, expected {}",
+                    st.name,
+                    shape.len(),
+                    st.dims.len()
+                )));
+            }
+            for (d, &got) in st.dims.iter().zip(shape) {
+                let want = match d {
+                    Dim::Fixed(want) => Some(*want),
+                    Dim::Var(name) => vars.insert(name, got),
+                };
+                if want.is_some_and(|w| w != got) {
+                    return Err(Error::Input(format!(
+                        "state `{}` has shape {shape:?}; dimension {d:?} must be {want:?}",
+                        st.name
+                    )));
+                }
+            }
+            let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if n.is_none() || (st.elem == StateElem::F16 && shape.last().is_some_and(|w| w % 2 != 0)) {
+                return Err(Error::Input(format!("state `{}` shape {shape:?} overflows or has odd f16 rows", st.name)));
+            }
+        }
+        let states: Vec<StateInfo> = graph
+            .states
+            .iter()
+            .zip(state_shapes)
+            .map(|(st, shape)| StateInfo { shape: shape.clone(), elem: st.elem })
+            .collect();
         let ni = graph.inputs.len();
         let mut shapes: Vec<Vec<usize>> = input_shapes.to_vec();
         let mut elems: Vec<Elem> = graph.inputs.iter().map(|i| i.elem).collect();
@@ -407,6 +520,18 @@ impl Plan {
                 }
                 Ok(())
             };
+            // values of an input that index something must stay below its size
+            let bound = |bounds: &mut Vec<Option<usize>>, v: ValueId, limit: usize, what: &str| -> Result<()> {
+                let root = root_of(&alias, v);
+                match bounds.get_mut(root.0 as usize) {
+                    Some(b) => {
+                        *b = Some(b.map_or(limit, |x| x.min(limit)));
+                        Ok(())
+                    }
+                    None => Err(shape_err(i, op, format!("{what} must come from a graph input"))),
+                }
+            };
+            let state = |st: StateId| -> &StateInfo { &states[st.0 as usize] };
             let numel = |s: &[usize]| s.iter().product::<usize>();
             let last = |s: &[usize]| s.last().copied().unwrap_or(1);
 
@@ -425,13 +550,7 @@ impl Plan {
                         ));
                     }
                     let (rows, cols) = (info.shape[0], info.shape[1]);
-                    let root = root_of(&alias, node.inputs[0]);
-                    if (root.0 as usize) < ni {
-                        let b = &mut input_bounds[root.0 as usize];
-                        *b = Some(b.map_or(rows, |x| x.min(rows)));
-                    } else {
-                        return Err(shape_err(i, op, "ids must come from a graph input".into()));
-                    }
+                    bound(&mut input_bounds, node.inputs[0], rows, "ids")?;
                     let mut s = ins[0].to_vec();
                     s.push(cols);
                     let tokens = numel(ins[0]);
@@ -579,7 +698,7 @@ impl Plan {
                     want_elem(0, Elem::F32)?;
                     want_elem(1, Elem::U32)?;
                     let (x, pos) = (ins[0], ins[1]);
-                    if x.len() != 3 || head_dim % 2 != 0 || x[2] != heads * head_dim || pos != [x[0], x[1]] {
+                    if x.len() < 2 || head_dim % 2 != 0 || last(x) != heads * head_dim || pos != &x[..x.len() - 1] {
                         return Err(shape_err(
                             i,
                             op,
@@ -589,7 +708,7 @@ impl Plan {
                     (
                         x.to_vec(),
                         Some(StepKind::Rope {
-                            tokens: x[0] * x[1],
+                            tokens: numel(pos),
                             heads: *heads,
                             head_dim: *head_dim,
                             base: *base,
@@ -615,6 +734,92 @@ impl Plan {
                         ins[0].to_vec(),
                         Some(StepKind::L2Normalize { rows: numel(ins[0]) / cols.max(1), cols, eps: *eps }),
                     )
+                }
+                Op::CacheWrite { state: st } => {
+                    need(3)?;
+                    want_elem(0, Elem::F32)?;
+                    want_elem(1, Elem::U32)?;
+                    want_elem(2, Elem::U32)?;
+                    let (x, info) = (ins[0], state(*st));
+                    let lead = &x[..x.len().saturating_sub(1)];
+                    if x.is_empty() || info.shape.len() != 3 || last(x) != info.shape[2] || ins[1] != lead || ins[2] != lead
+                    {
+                        return Err(shape_err(
+                            i,
+                            op,
+                            format!(
+                                "x {x:?}, seq {:?} and pos {:?} do not fit state `{}` {:?} ([seqs, ctx, width])",
+                                ins[1], ins[2], graph.states[st.0 as usize].name, info.shape
+                            ),
+                        ));
+                    }
+                    bound(&mut input_bounds, node.inputs[1], info.shape[0], "sequence indices")?;
+                    bound(&mut input_bounds, node.inputs[2], info.shape[1], "positions")?;
+                    is_alias = true;
+                    let (tokens, width, ctx) = (numel(lead), info.shape[2], info.shape[1]);
+                    (x.to_vec(), Some(StepKind::CacheWrite { state: *st, elem: info.elem, tokens, width, ctx }))
+                }
+                Op::CachedAttention { heads, kv_heads, head_dim, scale, k_cache, v_cache } => {
+                    need(5)?;
+                    for j in 0..3 {
+                        want_elem(j, Elem::F32)?;
+                    }
+                    want_elem(3, Elem::U32)?;
+                    want_elem(4, Elem::U32)?;
+                    let (h, kvh, d) = (*heads, *kv_heads, *head_dim);
+                    let (ki, vi) = (state(*k_cache), state(*v_cache));
+                    let q = ins[0];
+                    let lead = &q[..q.len().saturating_sub(1)];
+                    let fits = h > 0
+                        && kvh > 0
+                        && h % kvh == 0
+                        && (1..=MAX_HEAD_DIM).contains(&d)
+                        && !q.is_empty()
+                        && last(q) == h * d
+                        && ki == vi
+                        && ki.shape.len() == 3
+                        && ki.shape[2] == kvh * d
+                        && [ins[1], ins[2]].iter().all(|kv| kv.len() == q.len() && &kv[..kv.len() - 1] == lead)
+                        && ins[3] == lead
+                        && ins[4] == lead;
+                    if !fits {
+                        return Err(shape_err(
+                            i,
+                            op,
+                            format!(
+                                "q {q:?}, k {:?}, v {:?}, seq {:?}, pos {:?} and caches {:?} / {:?} do not fit \
+                                 heads {h}, kv_heads {kvh}, head_dim {d} (at most {MAX_HEAD_DIM})",
+                                ins[1], ins[2], ins[3], ins[4], ki.shape, vi.shape
+                            ),
+                        ));
+                    }
+                    bound(&mut input_bounds, node.inputs[3], ki.shape[0], "sequence indices")?;
+                    bound(&mut input_bounds, node.inputs[4], ki.shape[1], "positions")?;
+                    (
+                        q.to_vec(),
+                        Some(StepKind::CachedAttention {
+                            tokens: numel(lead),
+                            heads: h,
+                            kv_heads: kvh,
+                            head_dim: d,
+                            scale: *scale,
+                            k_cache: *k_cache,
+                            v_cache: *v_cache,
+                            elem: ki.elem,
+                            ctx: ki.shape[1],
+                        }),
+                    )
+                }
+                Op::SelectRows => {
+                    need(2)?;
+                    want_elem(0, Elem::F32)?;
+                    want_elem(1, Elem::U32)?;
+                    let (x, idx) = (ins[0], ins[1]);
+                    if x.len() != 2 || idx.len() != 1 {
+                        return Err(shape_err(i, op, format!("x {x:?} must be [t, w] and indices {idx:?} [r]")));
+                    }
+                    bound(&mut input_bounds, node.inputs[1], x[0], "row indices")?;
+                    (vec![idx[0], x[1]], Some(StepKind::SelectRows { rows: idx[0], cols: x[1] }))
                 }
                 Op::Reshape(spec) => {
                     need(1)?;
@@ -733,6 +938,7 @@ impl Plan {
             unplanned_activation_bytes: unplanned,
             fused_activations: fused,
             input_bounds,
+            states,
         })
     }
 

@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::type_complexity))]
 
 pub mod a8;
+mod cache;
 mod gemm;
 mod kernels;
 #[cfg(target_arch = "x86_64")]
@@ -18,6 +19,7 @@ use wedge_core::graph::{Activation, Graph, Op, op_weights};
 use wedge_core::plan::{HostTensor, Plan, StepKind};
 use wedge_core::quant::{Format, Weight};
 
+pub use cache::{CachedAttentionDims, cache_write, cached_attention, select_rows};
 pub use gemm::{Packed, integer_kernels, matmul};
 pub use kernels::{
     AttentionDims, attention, gelu_erf, gelu_tanh, layernorm, matmul_f16_reference, matmul_reference, silu,
@@ -185,10 +187,41 @@ pub fn threads() -> usize {
 /// a thread left idle for a few microseconds between two steps goes to sleep, and waking it
 /// for the next step's loop costs more than a short sentence's matmul.
 pub fn execute(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, CpuError> {
+    execute_with_states(plan, weights, inputs, &mut [])
+}
+
+/// [`execute`] for a plan with states: `states[i]` holds state `i` (`plan.states[i].words()`
+/// words), which the run reads and writes in place.
+pub fn execute_with_states(
+    plan: &Plan,
+    weights: &CpuWeights,
+    inputs: &[HostTensor],
+    states: &mut [Vec<u32>],
+) -> Result<Vec<HostTensor>, CpuError> {
+    check_states(plan, states)?;
     #[cfg(not(target_arch = "wasm32"))]
-    return pool::run_hot(|| execute_here(plan, weights, inputs));
+    return pool::run_hot(|| execute_here(plan, weights, inputs, states));
     #[cfg(target_arch = "wasm32")]
-    return execute_here(plan, weights, inputs);
+    return execute_here(plan, weights, inputs, states);
+}
+
+/// Zeroed memory for each state of `plan`.
+pub fn new_states(plan: &Plan) -> Vec<Vec<u32>> {
+    plan.states.iter().map(|s| vec![0u32; s.words()]).collect()
+}
+
+fn check_states(plan: &Plan, states: &[Vec<u32>]) -> Result<(), CpuError> {
+    let sizes_fit = states.len() == plan.states.len() && states.iter().zip(&plan.states).all(|(s, i)| s.len() == i.words());
+    if sizes_fit {
+        Ok(())
+    } else {
+        Err(CpuError::Core(wedge_core::Error::Input(format!(
+            "the plan needs {} states of {:?} words, got {:?}",
+            plan.states.len(),
+            plan.states.iter().map(|s| s.words()).collect::<Vec<_>>(),
+            states.iter().map(Vec::len).collect::<Vec<_>>()
+        ))))
+    }
 }
 
 /// Runs on rayon's pool with its threads kept busy.
@@ -376,7 +409,12 @@ fn matmul_step(weights: &CpuWeights, kind: &StepKind, x: &[f32], out: &mut [f32]
     Ok(())
 }
 
-fn execute_here(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, CpuError> {
+fn execute_here(
+    plan: &Plan,
+    weights: &CpuWeights,
+    inputs: &[HostTensor],
+    states: &mut [Vec<u32>],
+) -> Result<Vec<HostTensor>, CpuError> {
     plan.check_inputs(inputs)?;
     let mut slots = weights.take_slots(&plan.slot_words);
     for (t, v) in inputs.iter().zip(&plan.inputs) {
@@ -393,7 +431,14 @@ fn execute_here(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Res
         let started = profile.then(std::time::Instant::now);
         let group = matmul_group(plan, next);
         next += group;
-        if group > 1 {
+        if let StepKind::CacheWrite { state, elem, width, ctx, .. } = step.kind {
+            // (the output is the input: only the state changes)
+            let inp = |j: usize| -> &[u32] {
+                let info = &plan.values[step.inputs[j].0 as usize];
+                &slots[info.slot][..info.numel()]
+            };
+            cache::cache_write(f32s(inp(0)), inp(1), inp(2), (width, ctx), elem, &mut states[state.0 as usize]);
+        } else if group > 1 {
             run_matmuls(plan, weights, &plan.steps[next - group..next], &mut slots)?;
         } else {
             let out_info = &plan.values[step.output.0 as usize];
@@ -455,6 +500,19 @@ fn execute_here(plan: &Plan, weights: &CpuWeights, inputs: &[HostTensor]) -> Res
                         kernels::mean_pool(f32s(inp(0)), inp(1), *seq, *hidden, f32s_mut(o));
                     }
                     StepKind::Transpose { dims, perm } => kernels::transpose(inp(0), *dims, *perm, o),
+                    StepKind::CachedAttention { heads, kv_heads, head_dim, scale, k_cache, v_cache, elem, ctx, .. } => {
+                        let dims = cache::CachedAttentionDims {
+                            heads: *heads,
+                            kv_heads: *kv_heads,
+                            head_dim: *head_dim,
+                            scale: *scale,
+                            ctx: *ctx,
+                            elem: *elem,
+                        };
+                        let (k, v) = (&states[k_cache.0 as usize], &states[v_cache.0 as usize]);
+                        cache::cached_attention(&dims, f32s(inp(0)), inp(3), inp(4), k, v, f32s_mut(o));
+                    }
+                    StepKind::SelectRows { cols, .. } => cache::select_rows(f32s(inp(0)), inp(1), *cols, f32s_mut(o)),
                     other => {
                         return Err(CpuError::Core(wedge_core::Error::Graph(format!(
                             "the CPU backend cannot run {other:?}"
