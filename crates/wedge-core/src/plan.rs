@@ -742,7 +742,11 @@ impl Plan {
                     want_elem(2, Elem::U32)?;
                     let (x, info) = (ins[0], state(*st));
                     let lead = &x[..x.len().saturating_sub(1)];
-                    if x.is_empty() || info.shape.len() != 3 || last(x) != info.shape[2] || ins[1] != lead || ins[2] != lead
+                    if x.is_empty()
+                        || info.shape.len() != 3
+                        || last(x) != info.shape[2]
+                        || ins[1] != lead
+                        || ins[2] != lead
                     {
                         return Err(shape_err(
                             i,

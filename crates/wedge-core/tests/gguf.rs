@@ -84,7 +84,12 @@ fn exact_types_repack_into_wedge_weights_and_the_rest_are_refused() {
                 assert_eq!(w.shape, q.shape());
                 // (two f16 scales share a word: an odd count of blocks adds two bytes)
                 let bytes = w.packed_bytes() as u64;
-                assert!((q.size..=q.size + 2).contains(&bytes), "{ty} as {}: {bytes} bytes for the file's {}", w.format, q.size);
+                assert!(
+                    (q.size..=q.size + 2).contains(&bytes),
+                    "{ty} as {}: {bytes} bytes for the file's {}",
+                    w.format,
+                    q.size
+                );
                 let got = w.to_f32();
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert!(a == b, "{ty} as {} value {i}: {a} vs {b}", w.format);

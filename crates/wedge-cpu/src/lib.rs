@@ -71,7 +71,13 @@ impl CpuWeights {
     /// kernel only the matrices the graph multiplies by. A matrix nothing else reads (no
     /// gather from the same table) then keeps only that layout, not its packed words too:
     /// its [`Weight`] here has a shape, a format and no `words`.
-    pub fn for_graph(graph: &Graph, mut weights: Vec<Weight>) -> CpuWeights {
+    pub fn for_graph(graph: &Graph, weights: Vec<Weight>) -> CpuWeights {
+        CpuWeights::for_graph_with(graph, weights, true)
+    }
+
+    /// [`CpuWeights::for_graph`], with the integer kernels (activations rounded to 16 bits)
+    /// only when `integer` is set: without, every matmul dequantizes to f32 panels.
+    pub fn for_graph_with(graph: &Graph, mut weights: Vec<Weight>, integer: bool) -> CpuWeights {
         let mut by_matmul = vec![false; weights.len()];
         let mut by_other = vec![false; weights.len()];
         for node in &graph.nodes {
@@ -87,7 +93,7 @@ impl CpuWeights {
         }
         let vectors = weights.iter().map(vector).collect();
         let packed: Vec<Option<Packed>> =
-            weights.iter().zip(&by_matmul).map(|(w, m)| if *m { Packed::new(w) } else { None }).collect();
+            weights.iter().zip(&by_matmul).map(|(w, m)| if *m && integer { Packed::new(w) } else { None }).collect();
         for ((w, p), other) in weights.iter_mut().zip(&packed).zip(&by_other) {
             if p.is_some() && !other {
                 w.words = Vec::new();
@@ -211,7 +217,8 @@ pub fn new_states(plan: &Plan) -> Vec<Vec<u32>> {
 }
 
 fn check_states(plan: &Plan, states: &[Vec<u32>]) -> Result<(), CpuError> {
-    let sizes_fit = states.len() == plan.states.len() && states.iter().zip(&plan.states).all(|(s, i)| s.len() == i.words());
+    let sizes_fit =
+        states.len() == plan.states.len() && states.iter().zip(&plan.states).all(|(s, i)| s.len() == i.words());
     if sizes_fit {
         Ok(())
     } else {
@@ -500,7 +507,9 @@ fn execute_here(
                         kernels::mean_pool(f32s(inp(0)), inp(1), *seq, *hidden, f32s_mut(o));
                     }
                     StepKind::Transpose { dims, perm } => kernels::transpose(inp(0), *dims, *perm, o),
-                    StepKind::CachedAttention { heads, kv_heads, head_dim, scale, k_cache, v_cache, elem, ctx, .. } => {
+                    StepKind::CachedAttention {
+                        heads, kv_heads, head_dim, scale, k_cache, v_cache, elem, ctx, ..
+                    } => {
                         let dims = cache::CachedAttentionDims {
                             heads: *heads,
                             kv_heads: *kv_heads,

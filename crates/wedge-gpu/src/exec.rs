@@ -107,6 +107,56 @@ impl GpuWeights {
     }
 }
 
+/// Device memory for a plan's states (key/value caches), owned by the caller and bound by
+/// every run over it; it outlives runs and their slots.
+pub struct GpuState {
+    buffers: Vec<wgpu::Buffer>,
+    words: Vec<usize>,
+}
+
+impl std::fmt::Debug for GpuState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuState").field("words", &self.words).finish()
+    }
+}
+
+impl GpuState {
+    /// Zeroed buffers of `words` 32-bit words each.
+    pub fn new(ctx: &GpuContext, words: &[usize]) -> Result<GpuState, GpuError> {
+        let buffers = words
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let bytes = (4 * w as u64).max(16).next_multiple_of(16);
+                check_size(ctx, &format!("state {i}"), bytes)?;
+                Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("wedge.state{i}")),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }))
+            })
+            .collect::<Result<_, GpuError>>()?;
+        Ok(GpuState { buffers, words: words.to_vec() })
+    }
+
+    /// Bytes of device memory.
+    pub fn bytes(&self) -> u64 {
+        self.words.iter().map(|w| 4 * *w as u64).sum()
+    }
+
+    fn check(&self, plan: &Plan) -> Result<(), GpuError> {
+        let want: Vec<usize> = plan.states.iter().map(|s| s.words()).collect();
+        if want != self.words {
+            return Err(GpuError::Core(wedge_core::Error::Input(format!(
+                "the plan needs states of {want:?} words, the state has {:?}",
+                self.words
+            ))));
+        }
+        Ok(())
+    }
+}
+
 struct Dispatch {
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // read by `profile`, native only
     label: String,
@@ -172,6 +222,24 @@ impl<'a> ResidentRun<'a> {
         plan: &'a Plan,
         weights: &GpuWeights,
     ) -> Result<ResidentRun<'a>, GpuError> {
+        ResidentRun::prepare_with_state(ctx, plan, weights, None).await
+    }
+
+    /// [`ResidentRun::prepare`] for a plan with states, bound to `state`'s buffers.
+    pub async fn prepare_with_state(
+        ctx: &'a GpuContext,
+        plan: &'a Plan,
+        weights: &GpuWeights,
+        state: Option<&GpuState>,
+    ) -> Result<ResidentRun<'a>, GpuError> {
+        match state {
+            Some(st) => st.check(plan)?,
+            None if !plan.states.is_empty() => {
+                return Err(GpuError::Core(wedge_core::Error::Input("the plan has states and none was given".into())));
+            }
+            None => {}
+        }
+        let _ = state;
         let slots: Vec<wgpu::Buffer> = plan
             .slot_words
             .iter()
@@ -567,7 +635,21 @@ pub async fn execute(
     weights: &GpuWeights,
     inputs: &[HostTensor],
 ) -> Result<Vec<HostTensor>, GpuError> {
-    let run = ResidentRun::prepare(ctx, plan, weights).await?;
+    run_once(ResidentRun::prepare(ctx, plan, weights).await?, inputs).await
+}
+
+/// Runs `plan` once on the GPU over `state`, which it reads and writes in place.
+pub async fn execute_with_state(
+    ctx: &GpuContext,
+    plan: &Plan,
+    weights: &GpuWeights,
+    inputs: &[HostTensor],
+    state: &mut GpuState,
+) -> Result<Vec<HostTensor>, GpuError> {
+    run_once(ResidentRun::prepare_with_state(ctx, plan, weights, Some(state)).await?, inputs).await
+}
+
+async fn run_once(run: ResidentRun<'_>, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, GpuError> {
     run.write_inputs(inputs)?;
     // WEDGE_GPU_PROFILE=1: time per kernel, printed to stderr after each run
     #[cfg(not(target_arch = "wasm32"))]

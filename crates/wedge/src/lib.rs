@@ -23,12 +23,21 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 mod embed;
+mod generate;
+mod lm;
+mod sample;
 mod vocab;
 pub use embed::{DEFAULT_MAX_BATCH, Embedder, Tokens, length_batches};
+#[cfg(not(target_arch = "wasm32"))]
+pub use generate::Generation;
+pub use generate::{FinishReason, GenerateParams, GenerationStats, TextStream, TokenEvent};
+pub use lm::{DecodeState, KvType, LanguageModel, LmOptions, SeqId};
+pub use sample::{Sampled, Sampler, SamplingParams, argmax, log_softmax_at};
 pub use vocab::{ChatMessage, KNOWN_PRE, Vocab, render_chat};
 pub use wedge_cpu::{integer_kernels as cpu_integer_kernels, threads as cpu_threads};
 
 pub use wedge_core::gguf::{GgmlType, Gguf};
+pub use wedge_core::graph::StateElem;
 pub use wedge_core::graph::{Activation, Dim, Elem, Graph, Op, RopeMode, ValueId, WeightId};
 pub use wedge_core::models::{DecoderConfig, EncoderConfig, ModelGraph, Pooling};
 pub use wedge_core::package::{Package, PackageLimits, ParsedHeader, read_header};
@@ -229,12 +238,58 @@ enum Weights {
     Gpu(Arc<wedge_gpu::GpuContext>, wedge_gpu::GpuWeights),
 }
 
+/// How a session runs its matmuls on the CPU backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SessionOptions {
+    /// Round activations to 16-bit integers for the integer kernels of `q8`, `q4` and `q4_1`
+    /// weights where the CPU has them (AVX2): faster, and within about 1e-4 of f32 per matmul.
+    /// Off, every matmul dequantizes its weights to f32 and sums in f32.
+    pub cpu_integer_kernels: bool,
+}
+
+/// Memory for the states of a session's graph (a decoder's key/value caches) on its device,
+/// owned by the caller and passed to [`Session::run_with_state`]. Every run that gets it reads
+/// and writes it in place.
+pub struct State {
+    shapes: Vec<Vec<usize>>,
+    mem: StateMem,
+}
+
+enum StateMem {
+    Cpu(Vec<Vec<u32>>),
+    Gpu(wedge_gpu::GpuState),
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("shapes", &self.shapes).field("bytes", &self.bytes()).finish()
+    }
+}
+
+impl State {
+    /// The shape of each state.
+    pub fn shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
+    }
+
+    /// Bytes of memory the states take.
+    pub fn bytes(&self) -> u64 {
+        match &self.mem {
+            StateMem::Cpu(v) => v.iter().map(|s| 4 * s.len() as u64).sum(),
+            StateMem::Gpu(g) => g.bytes(),
+        }
+    }
+}
+
+/// Key of a session's plan cache: the input shapes, then the state shapes.
+type PlanKey = (Vec<Vec<usize>>, Vec<Vec<usize>>);
+
 /// A model bound to a device, with compiled plans cached by input shape.
 pub struct Session {
     graph: Graph,
     infos: Vec<WeightInfo>,
     weights: Weights,
-    plans: Mutex<HashMap<Vec<Vec<usize>>, Arc<Plan>>>,
+    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -246,10 +301,22 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// Binds a graph and its weights to a device.
     pub fn new(device: &Device, graph: Graph, weights: Vec<Weight>) -> Result<Session> {
+        Session::with_options(device, graph, weights, SessionOptions { cpu_integer_kernels: true })
+    }
+
+    /// Binds a graph and its weights to a device, with options.
+    pub fn with_options(
+        device: &Device,
+        graph: Graph,
+        weights: Vec<Weight>,
+        options: SessionOptions,
+    ) -> Result<Session> {
         graph.validate()?;
         let infos = weights.iter().map(WeightInfo::from).collect();
         let weights = match &device.backend {
-            Backend::Cpu => Weights::Cpu(wedge_cpu::CpuWeights::for_graph(&graph, weights)),
+            Backend::Cpu => {
+                Weights::Cpu(wedge_cpu::CpuWeights::for_graph_with(&graph, weights, options.cpu_integer_kernels))
+            }
             Backend::Gpu(ctx) => {
                 let w = wedge_gpu::GpuWeights::upload(ctx, &weights)?;
                 Weights::Gpu(ctx.clone(), w)
@@ -260,11 +327,16 @@ impl Session {
 
     /// The plan for inputs of these shapes (compiled once per distinct shape set).
     pub fn plan(&self, shapes: &[Vec<usize>]) -> Result<Arc<Plan>> {
-        let key = shapes.to_vec();
+        self.plan_with_states(shapes, &[])
+    }
+
+    /// The plan for inputs and states of these shapes (compiled once per distinct shape set).
+    pub fn plan_with_states(&self, shapes: &[Vec<usize>], states: &[Vec<usize>]) -> Result<Arc<Plan>> {
+        let key = (shapes.to_vec(), states.to_vec());
         if let Some(p) = self.plans.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(p);
         }
-        let plan = Arc::new(Plan::compile(&self.graph, &self.infos, shapes)?);
+        let plan = Arc::new(Plan::compile_with_states(&self.graph, &self.infos, shapes, states)?);
         if let Ok(mut m) = self.plans.lock() {
             // bounded: a server sees many shapes
             if m.len() >= 256 {
@@ -289,6 +361,53 @@ impl Session {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
         pollster::block_on(self.run_async(inputs))
+    }
+
+    /// Zeroed memory on this session's device for the graph's states, of the given shapes
+    /// (in the order of `graph.states`; symbolic dimensions bound as for inputs).
+    pub fn new_state(&self, shapes: &[Vec<usize>]) -> Result<State> {
+        let decls = &self.graph.states;
+        if shapes.len() != decls.len() {
+            return Err(wedge_core::Error::Input(format!(
+                "the graph has {} states, {} shapes given",
+                decls.len(),
+                shapes.len()
+            ))
+            .into());
+        }
+        let mut words = Vec::with_capacity(shapes.len());
+        for (d, s) in decls.iter().zip(shapes) {
+            let n = s.iter().try_fold(1usize, |a, &x| a.checked_mul(x)).filter(|n| *n <= isize::MAX as usize / 4);
+            let n = n.ok_or_else(|| wedge_core::Error::Input(format!("state `{}` shape {s:?} overflows", d.name)))?;
+            words.push(d.elem.words(n));
+        }
+        let mem = match &self.weights {
+            Weights::Cpu(_) => StateMem::Cpu(words.iter().map(|&w| vec![0u32; w]).collect()),
+            Weights::Gpu(ctx, _) => StateMem::Gpu(wedge_gpu::GpuState::new(ctx, &words)?),
+        };
+        Ok(State { shapes: shapes.to_vec(), mem })
+    }
+
+    /// Runs the graph over `state` (from [`Session::new_state`]), which it reads and writes in
+    /// place, and returns its outputs in the graph's output order.
+    pub async fn run_with_state_async(&self, inputs: &[HostTensor], state: &mut State) -> Result<Vec<HostTensor>> {
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
+        let plan = self.plan_with_states(&shapes, &state.shapes)?;
+        Ok(match (&self.weights, &mut state.mem) {
+            (Weights::Cpu(w), StateMem::Cpu(mem)) => wedge_cpu::execute_with_states(&plan, w, inputs, mem)?,
+            (Weights::Gpu(ctx, w), StateMem::Gpu(mem)) => {
+                wedge_gpu::execute_with_state(ctx, &plan, w, inputs, mem).await?
+            }
+            _ => {
+                return Err(wedge_core::Error::Input("the state was made for another device".into()).into());
+            }
+        })
+    }
+
+    /// Blocking [`Session::run_with_state_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run_with_state(&self, inputs: &[HostTensor], state: &mut State) -> Result<Vec<HostTensor>> {
+        pollster::block_on(self.run_with_state_async(inputs, state))
     }
 
     /// Whether the session runs on the CPU backend.

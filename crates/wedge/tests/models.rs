@@ -41,6 +41,8 @@ fn decoder_config() -> DecoderConfig {
         rope_theta: 10000.0,
         rope_mode: RopeMode::Interleaved,
         tie_word_embeddings: true,
+        qkv_bias: false,
+        context_length: 0,
     }
 }
 

@@ -96,4 +96,3 @@ impl EncoderConfig {
         Ok(b.finish())
     }
 }
-

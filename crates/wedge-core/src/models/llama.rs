@@ -1,11 +1,18 @@
 //! Decoders of the llama family (llama, SmolLM2, TinyLlama, Llama-3.x; qwen2 with its q/k/v
 //! biases): pre-norm RMSNorm, rotary positions, SwiGLU, grouped KV heads.
+//!
+//! The graphs name weights as Hugging Face checkpoints do; [`hf_name`] maps a GGUF file's
+//! names onto them, and [`DecoderConfig::from_gguf`] reads the config from its metadata.
 
 use serde::{Deserialize, Serialize};
 
 use super::{Builder, ModelGraph, check, dims};
-use crate::error::Result;
-use crate::graph::{Activation, BinaryOp, Elem, Op, RopeMode};
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::graph::{Activation, BinaryOp, Dim, Elem, Op, RopeMode, StateElem, ValueId};
+
+/// GGUF architectures this family reads.
+pub const GGUF_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 
 /// A llama-style decoder (pre-norm RMSNorm, rotary positions, SwiGLU, grouped KV heads).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,37 +39,200 @@ pub struct DecoderConfig {
     pub rope_mode: RopeMode,
     /// Output head shares the token embedding.
     pub tie_word_embeddings: bool,
+    /// Biases on the query, key and value projections (qwen2).
+    #[serde(default)]
+    pub qkv_bias: bool,
+    /// Positions the model was trained for (0: not stated).
+    #[serde(default)]
+    pub context_length: usize,
+}
+
+/// Inputs of the stateful decoder graph ([`DecoderConfig::build_cached`]), in order: every
+/// token of a step (from any number of sequences) as a flat list, with its position and the
+/// index of its sequence's rows in the caches, and the tokens whose logits are wanted.
+pub const CACHED_INPUTS: [&str; 4] = ["input_ids", "positions", "seqs", "logit_rows"];
+
+/// The Hugging Face name of a GGUF tensor of this family (`blk.3.attn_q.weight` →
+/// `model.layers.3.self_attn.q_proj.weight`), `None` for a name it does not know.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, kind) = rest.rsplit_once('.')?;
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    matches!(kind, "weight" | "bias").then(|| format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
 impl DecoderConfig {
+    /// The config of a GGUF file of architecture `llama` or `qwen2`, from its metadata and
+    /// tensor table (a missing `output.weight` means a tied head).
+    pub fn from_gguf(g: &Gguf<'_>) -> Result<DecoderConfig> {
+        let arch = g.str("general.architecture")?;
+        if !GGUF_ARCHITECTURES.contains(&arch) {
+            return Err(Error::Config(format!(
+                "GGUF architecture `{arch}` is not supported (supported: {})",
+                GGUF_ARCHITECTURES.join(", ")
+            )));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let size = |k: &str| -> Result<usize> {
+            let v = g.u64(&key(k))?;
+            usize::try_from(v)
+                .ok()
+                .filter(|v| *v <= 1 << 24)
+                .ok_or_else(|| Error::Config(format!("{} = {v} is out of range", key(k))))
+        };
+        let hidden = size("embedding_length")?;
+        let heads = size("attention.head_count")?;
+        let kv_heads = match g.get(&key("attention.head_count_kv")) {
+            Some(_) => size("attention.head_count_kv")?,
+            None => heads,
+        };
+        check(heads > 0 && hidden % heads == 0, "embedding_length must be a multiple of attention.head_count")?;
+        let head_dim = match g.get(&key("attention.key_length")) {
+            Some(_) => size("attention.key_length")?,
+            None => hidden / heads,
+        };
+        if let Some(scaling) = g.get(&key("rope.scaling.type")).and_then(|v| v.as_str())
+            && scaling != "none"
+        {
+            return Err(Error::Config(format!(
+                "{} = {scaling}: RoPE scaling is not supported yet (only unscaled RoPE)",
+                key("rope.scaling.type")
+            )));
+        }
+        let vocab = g
+            .tensor("token_embd.weight")
+            .map(|t| t.shape()[0])
+            .ok_or_else(|| Error::Config("the file has no token_embd.weight".into()))?;
+        let rope_theta = match g.get(&key("rope.freq_base")) {
+            Some(_) => g.f64(&key("rope.freq_base"))? as f32,
+            None => 10000.0,
+        };
+        Ok(DecoderConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: size("feed_forward_length")?,
+            num_layers: size("block_count")?,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+            rms_norm_eps: g.f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
+            rope_theta,
+            // llama.cpp's converter permutes llama's q/k rows for adjacent pairs; qwen2 keeps
+            // the checkpoint's halves (NeoX)
+            rope_mode: if arch == "llama" { RopeMode::Interleaved } else { RopeMode::Half },
+            tie_word_embeddings: g.tensor("output.weight").is_none(),
+            qkv_bias: g.tensor("blk.0.attn_q.bias").is_some(),
+            context_length: size("context_length").unwrap_or(0),
+        })
+    }
+
+    fn check(&self) -> Result<()> {
+        let (h, nh, nkv, d) = (self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim);
+        check(nh > 0 && nkv > 0 && nh % nkv == 0, "num_heads must be a positive multiple of num_kv_heads")?;
+        check(d > 0 && d % 2 == 0, "head_dim must be even")?;
+        check(self.vocab_size > 0 && self.num_layers > 0 && h > 0, "sizes must be positive")
+    }
+
     /// Builds the decoder graph over a whole sequence (causal). Inputs: `input_ids`,
     /// `positions`, `attention_mask` (all `[batch, seq]` u32). Output: `logits`
     /// `[batch, seq, vocab]`.
     pub fn build(&self) -> Result<ModelGraph> {
-        let (h, nh, nkv, d) = (self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim);
-        check(nh > 0 && nkv > 0 && nh % nkv == 0, "num_heads must be a positive multiple of num_kv_heads")?;
-        check(d > 0 && d % 2 == 0, "head_dim must be even")?;
-        check(self.vocab_size > 0 && self.num_layers > 0 && h > 0, "sizes must be positive")?;
+        self.check()?;
         let mut b = Builder::new();
         let ids = b.g.input("input_ids", Elem::U32, dims());
         let pos = b.g.input("positions", Elem::U32, dims());
         let mask = b.g.input("attention_mask", Elem::U32, dims());
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let att = Op::Attention { heads: nh, kv_heads: nkv, head_dim: d, causal: true, scale: 1.0 / (d as f32).sqrt() };
+        let x = self.layers(&mut b, ids, pos, |b, _, q, k, v| b.g.push(att.clone(), &[q, k, v, mask]));
+        let logits = self.head(&mut b, x);
+        b.g.output("logits", logits);
+        Ok(b.finish())
+    }
+
+    /// Builds the stateful decoder: one run is one step over any tokens of any sequences,
+    /// reading and extending key/value caches (states `layers.{l}.k` and `.v`, each
+    /// `[seqs, ctx, kv_heads·head_dim]` in `kv`). Inputs ([`CACHED_INPUTS`]): `input_ids`,
+    /// `positions` and `seqs` (`[tokens]` u32), `logit_rows` (`[rows]` u32, indices into the
+    /// step's tokens). Output: `logits` `[rows, vocab]`, only for the rows asked for.
+    pub fn build_cached(&self, kv: StateElem) -> Result<ModelGraph> {
+        self.check()?;
+        let mut b = Builder::new();
+        let flat = || vec![Dim::Var("tokens".into())];
+        let ids = b.g.input(CACHED_INPUTS[0], Elem::U32, flat());
+        let pos = b.g.input(CACHED_INPUTS[1], Elem::U32, flat());
+        let seqs = b.g.input(CACHED_INPUTS[2], Elem::U32, flat());
+        let rows = b.g.input(CACHED_INPUTS[3], Elem::U32, vec![Dim::Var("rows".into())]);
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let cache_dims = || vec![Dim::Var("seqs".into()), Dim::Var("ctx".into()), Dim::Fixed(nkv * d)];
+        let x = self.layers(&mut b, ids, pos, |b, l, q, k, v| {
+            let k_cache = b.g.state(&format!("layers.{l}.k"), kv, cache_dims());
+            let v_cache = b.g.state(&format!("layers.{l}.v"), kv, cache_dims());
+            let k = b.g.push(Op::CacheWrite { state: k_cache }, &[k, seqs, pos]);
+            let v = b.g.push(Op::CacheWrite { state: v_cache }, &[v, seqs, pos]);
+            let att = Op::CachedAttention {
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: d,
+                scale: 1.0 / (d as f32).sqrt(),
+                k_cache,
+                v_cache,
+            };
+            b.g.push(att, &[q, k, v, seqs, pos])
+        });
+        let x = b.g.push(Op::SelectRows, &[x, rows]);
+        let logits = self.head(&mut b, x);
+        b.g.output("logits", logits);
+        Ok(b.finish())
+    }
+
+    /// The embedding and every layer; `attend(b, layer, q, k, v)` adds the attention over
+    /// the rotated queries and keys.
+    fn layers(
+        &self,
+        b: &mut Builder,
+        ids: ValueId,
+        pos: ValueId,
+        mut attend: impl FnMut(&mut Builder, usize, ValueId, ValueId, ValueId) -> ValueId,
+    ) -> ValueId {
+        let (h, nh, nkv, d) = (self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim);
         let emb = b.w("model.embed_tokens.weight", &[self.vocab_size, h]);
         let mut x = b.g.push(Op::Embedding { table: emb }, &[ids]);
         let eps = self.rms_norm_eps;
+        let bias = self.qkv_bias;
         for l in 0..self.num_layers {
             let pre = format!("model.layers.{l}");
             let g1 = b.w(&format!("{pre}.input_layernorm.weight"), &[h]);
             let n = b.g.push(Op::RmsNorm { gamma: g1, eps }, &[x]);
-            let q = b.linear(n, &format!("{pre}.self_attn.q_proj"), nh * d, h, false);
-            let k = b.linear(n, &format!("{pre}.self_attn.k_proj"), nkv * d, h, false);
-            let v = b.linear(n, &format!("{pre}.self_attn.v_proj"), nkv * d, h, false);
+            let q = b.linear(n, &format!("{pre}.self_attn.q_proj"), nh * d, h, bias);
+            let k = b.linear(n, &format!("{pre}.self_attn.k_proj"), nkv * d, h, bias);
+            let v = b.linear(n, &format!("{pre}.self_attn.v_proj"), nkv * d, h, bias);
             let rope = |heads| Op::Rope { heads, head_dim: d, base: self.rope_theta, mode: self.rope_mode };
             let q = b.g.push(rope(nh), &[q, pos]);
             let k = b.g.push(rope(nkv), &[k, pos]);
-            let att =
-                Op::Attention { heads: nh, kv_heads: nkv, head_dim: d, causal: true, scale: 1.0 / (d as f32).sqrt() };
-            let a = b.g.push(att, &[q, k, v, mask]);
+            let a = attend(b, l, q, k, v);
             let a = b.linear(a, &format!("{pre}.self_attn.o_proj"), h, nh * d, false);
             x = b.g.push(Op::Binary(BinaryOp::Add), &[x, a]);
             let g2 = b.w(&format!("{pre}.post_attention_layernorm.weight"), &[h]);
@@ -74,12 +244,30 @@ impl DecoderConfig {
             let f = b.linear(f, &format!("{pre}.mlp.down_proj"), h, self.intermediate_size, false);
             x = b.g.push(Op::Binary(BinaryOp::Add), &[x, f]);
         }
+        x
+    }
+
+    /// The final norm and the output head.
+    fn head(&self, b: &mut Builder, x: ValueId) -> ValueId {
+        let h = self.hidden_size;
         let gn = b.w("model.norm.weight", &[h]);
-        let x = b.g.push(Op::RmsNorm { gamma: gn, eps }, &[x]);
+        let x = b.g.push(Op::RmsNorm { gamma: gn, eps: self.rms_norm_eps }, &[x]);
         let head = if self.tie_word_embeddings { "model.embed_tokens" } else { "lm_head" };
-        let logits = b.linear(x, head, self.vocab_size, h, false);
-        b.g.output("logits", logits);
-        Ok(b.finish())
+        b.linear(x, head, self.vocab_size, h, false)
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_names_map_to_hugging_face_names() {
+        assert_eq!(hf_name("blk.12.attn_q.bias").as_deref(), Some("model.layers.12.self_attn.q_proj.bias"));
+        assert_eq!(hf_name("blk.0.ffn_down.weight").as_deref(), Some("model.layers.0.mlp.down_proj.weight"));
+        assert_eq!(hf_name("output_norm.weight").as_deref(), Some("model.norm.weight"));
+        assert_eq!(hf_name("blk.x.attn_q.weight"), None);
+        assert_eq!(hf_name("blk.1.attn_q.scale"), None);
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+}

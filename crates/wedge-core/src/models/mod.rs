@@ -148,6 +148,8 @@ mod tests {
             rope_theta: 10000.0,
             rope_mode: RopeMode::Interleaved,
             tie_word_embeddings: true,
+            qkv_bias: false,
+            context_length: 0,
         };
         let m = dec.build().unwrap();
         let infos: Vec<_> =

@@ -1,0 +1,317 @@
+//! Generating text from one prompt: chunked prefill, then a token per step, each given to the
+//! caller as soon as it is sampled with the text it completes (UTF-8 split across tokens and
+//! stop strings split across tokens both handled).
+
+use crate::lm::{DecodeState, LanguageModel, SeqId};
+use crate::sample::{Sampler, SamplingParams};
+use crate::{Error, Result, Vocab};
+
+/// What to generate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateParams {
+    /// Tokens to generate at most.
+    pub max_tokens: usize,
+    /// How each token is chosen.
+    pub sampling: SamplingParams,
+    /// Generation stops before the first of these strings; it is not returned.
+    pub stop: Vec<String>,
+    /// Stop at the model's end-of-sequence / end-of-turn tokens (default true).
+    pub stop_at_eos: bool,
+    /// Prompt tokens per prefill step.
+    pub prefill_chunk: usize,
+    /// Positions of the cache (0: prompt + `max_tokens`).
+    pub ctx: usize,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            stop_at_eos: true,
+            prefill_chunk: 256,
+            ctx: 0,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// `stop` or `length`, as OpenAI names them.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// A generated token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenEvent {
+    /// Token id.
+    pub id: u32,
+    /// The text this token releases: its own, plus any held back before it (an incomplete
+    /// UTF-8 character, or what might have been the start of a stop string).
+    pub text: String,
+    /// Its log-probability under the model.
+    pub logprob: f32,
+}
+
+/// Counts and timings of a generation (seconds; zero on wasm32, which has no clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GenerationStats {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Seconds of prefill (until the first logits).
+    pub prompt_secs: f64,
+    /// Seconds from the start to the first generated token.
+    pub ttft_secs: f64,
+    /// Seconds of the decode steps after the first token.
+    pub decode_secs: f64,
+}
+
+impl GenerationStats {
+    /// Prompt tokens per second.
+    pub fn prompt_tok_s(&self) -> f64 {
+        if self.prompt_secs > 0.0 { self.prompt_tokens as f64 / self.prompt_secs } else { 0.0 }
+    }
+
+    /// Generated tokens per second after the first.
+    pub fn decode_tok_s(&self) -> f64 {
+        let n = self.completion_tokens.saturating_sub(1);
+        if self.decode_secs > 0.0 { n as f64 / self.decode_secs } else { 0.0 }
+    }
+}
+
+/// Turns a growing list of token ids into text increments: a piece is released once it no
+/// longer ends in an incomplete UTF-8 character (decoded, it would end in U+FFFD).
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    /// Start of the tokens decoded together for context.
+    prefix: usize,
+    /// Tokens whose text is already out.
+    read: usize,
+}
+
+impl TextStream {
+    /// Adds a token; returns the text it completes (possibly empty).
+    pub fn push(&mut self, vocab: &Vocab, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let before = vocab.decode(&self.ids[self.prefix..self.read])?;
+        let now = vocab.decode(&self.ids[self.prefix..])?;
+        if now.len() > before.len() && !now.ends_with('\u{FFFD}') && now.is_char_boundary(before.len()) {
+            let piece = now[before.len()..].to_string();
+            self.prefix = self.read;
+            self.read = self.ids.len();
+            Ok(piece)
+        } else {
+            Ok(String::new())
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use blocking::Generation;
+
+/// The blocking generator (native: it waits on each step).
+#[cfg(not(target_arch = "wasm32"))]
+mod blocking {
+    use super::*;
+
+    type Clock = std::time::Instant;
+
+    fn now() -> Option<Clock> {
+        Some(std::time::Instant::now())
+    }
+
+    fn secs(since: Option<Clock>) -> f64 {
+        since.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
+    /// One prompt's generation, an iterator of tokens: each `next` runs one step (the first runs
+    /// the prefill too) and gives the sampled token.
+    pub struct Generation<'m> {
+        lm: &'m LanguageModel,
+        state: DecodeState,
+        seq: SeqId,
+        params: GenerateParams,
+        sampler: Sampler,
+        prompt: Vec<u32>,
+        generated: Vec<u32>,
+        stops: Vec<u32>,
+        text: TextStream,
+        /// Text decoded but not yet released (a stop string might be starting).
+        held: String,
+        /// The logits for the next token, once the prefill ran.
+        logits: Option<Vec<f32>>,
+        finish: Option<FinishReason>,
+        stats: GenerationStats,
+        started: Option<Clock>,
+    }
+
+    impl std::fmt::Debug for Generation<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Generation")
+                .field("stats", &self.stats)
+                .field("finish", &self.finish)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl LanguageModel {
+        /// Starts generating after `prompt` (token ids, BOS included if the model wants one).
+        pub fn generate(&self, prompt: &[u32], params: GenerateParams) -> Result<Generation<'_>> {
+            params.sampling.validate().map_err(|m| Error::Core(wedge_core::Error::Input(m)))?;
+            if prompt.is_empty() {
+                return Err(Error::Core(wedge_core::Error::Input("the prompt has no tokens".into())));
+            }
+            let ctx = if params.ctx > 0 { params.ctx } else { prompt.len() + params.max_tokens.max(1) };
+            if prompt.len() >= ctx {
+                return Err(Error::Core(wedge_core::Error::Input(format!(
+                    "the prompt has {} tokens, the context holds {ctx}",
+                    prompt.len()
+                ))));
+            }
+            let mut state = self.new_state(1, ctx)?;
+            let seq = state.add().ok_or_else(|| Error::Core(wedge_core::Error::Input("no free sequence".into())))?;
+            let stops = if params.stop_at_eos { self.vocab().stop_tokens() } else { Vec::new() };
+            Ok(Generation {
+                lm: self,
+                state,
+                seq,
+                sampler: Sampler::new(params.sampling.clone()),
+                params,
+                prompt: prompt.to_vec(),
+                generated: Vec::new(),
+                stops,
+                text: TextStream::default(),
+                held: String::new(),
+                logits: None,
+                finish: None,
+                stats: GenerationStats { prompt_tokens: prompt.len(), ..Default::default() },
+                started: None,
+            })
+        }
+    }
+
+    impl Generation<'_> {
+        /// Why it ended, once it has.
+        pub fn finish_reason(&self) -> Option<FinishReason> {
+            self.finish
+        }
+
+        /// Counts and timings so far.
+        pub fn stats(&self) -> GenerationStats {
+            self.stats
+        }
+
+        /// The tokens generated so far.
+        pub fn tokens(&self) -> &[u32] {
+            &self.generated
+        }
+
+        fn prefill(&mut self) -> Result<Vec<f32>> {
+            self.started = now();
+            let chunk = self.params.prefill_chunk.max(1);
+            let mut logits = Vec::new();
+            for part in self.prompt.chunks(chunk) {
+                logits = self.lm.step(&mut self.state, &[(self.seq, part)])?.pop().unwrap_or_default();
+            }
+            self.stats.prompt_secs = secs(self.started);
+            Ok(logits)
+        }
+
+        /// Splits off the text that can be released: all of it unless a stop string might begin
+        /// in its tail. Returns `(released, stopped)`.
+        fn release(&mut self) -> (String, bool) {
+            if let Some((at, _)) = self
+                .params
+                .stop
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s)))
+                .min()
+            {
+                self.held.truncate(at);
+                return (std::mem::take(&mut self.held), true);
+            }
+            // keep the longest tail that is a proper prefix of a stop string
+            let keep = self
+                .params
+                .stop
+                .iter()
+                .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+                .filter(|p| self.held.ends_with(p))
+                .map(str::len)
+                .max()
+                .unwrap_or(0);
+            let cut = self.held.len() - keep;
+            let rest = self.held.split_off(cut);
+            (std::mem::replace(&mut self.held, rest), false)
+        }
+
+        fn next_token(&mut self) -> Result<Option<TokenEvent>> {
+            if self.finish.is_some() {
+                return Ok(None);
+            }
+            let logits = match self.logits.take() {
+                Some(l) => l,
+                None => self.prefill()?,
+            };
+            let s = self.sampler.sample(&logits, &self.prompt, &self.generated);
+            if self.generated.is_empty() {
+                self.stats.ttft_secs = secs(self.started);
+            }
+            if self.stops.contains(&s.id) {
+                self.finish = Some(FinishReason::Stop);
+                let text = std::mem::take(&mut self.held);
+                return Ok((!text.is_empty()).then_some(TokenEvent { id: s.id, text, logprob: s.logprob }));
+            }
+            self.generated.push(s.id);
+            self.stats.completion_tokens = self.generated.len();
+            let piece = self.text.push(self.lm.vocab(), s.id)?;
+            self.held.push_str(&piece);
+            let (mut text, stopped) = self.release();
+            let full = self.state.len(self.seq).unwrap_or(0) + 1 > self.state.ctx();
+            if stopped {
+                self.finish = Some(FinishReason::Stop);
+            } else if self.generated.len() >= self.params.max_tokens || full {
+                self.finish = Some(FinishReason::Length);
+                text.push_str(&std::mem::take(&mut self.held));
+            } else {
+                let step = now();
+                self.logits = self.lm.step(&mut self.state, &[(self.seq, &[s.id])])?.pop();
+                self.stats.decode_secs += secs(step);
+            }
+            Ok(Some(TokenEvent { id: s.id, text, logprob: s.logprob }))
+        }
+    }
+
+    impl Iterator for Generation<'_> {
+        type Item = Result<TokenEvent>;
+
+        fn next(&mut self) -> Option<Self::Item> {
+            match self.next_token() {
+                Ok(Some(t)) => Some(Ok(t)),
+                Ok(None) => None,
+                Err(e) => {
+                    self.finish = Some(FinishReason::Stop);
+                    Some(Err(e))
+                }
+            }
+        }
+    }
+}

