@@ -4,6 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod generate;
 mod inspect;
 mod serve;
 
@@ -113,6 +114,10 @@ enum Command {
     Devices,
     /// Run the edge node: OpenAI and KServe v2 HTTP APIs, dynamic batching, a prediction cache.
     Serve(serve::ServeArgs),
+    /// Generate text with a GGUF language model, streamed to stdout as it is sampled.
+    Generate(generate::GenerateArgs),
+    /// Chat with a GGUF language model on the terminal (its own chat template, streamed answers).
+    Chat(generate::ChatArgs),
 }
 
 fn main() {
@@ -153,6 +158,8 @@ fn main() {
         }),
         Command::Devices => devices(),
         Command::Serve(args) => serve::serve(args, default_model),
+        Command::Generate(args) => generate::generate(args),
+        Command::Chat(args) => generate::chat(args),
     };
     if let Err(e) = res {
         // a closed pipe (`wedge inspect m | head`) is not an error
