@@ -239,7 +239,11 @@ impl<'a> ResidentRun<'a> {
             }
             None => {}
         }
-        let _ = state;
+        let state_buf = |st: wedge_core::graph::StateId| -> Result<&wgpu::Buffer, GpuError> {
+            state
+                .and_then(|s| s.buffers.get(st.0 as usize))
+                .ok_or_else(|| GpuError::Core(wedge_core::Error::Input(format!("the state has no tensor {}", st.0))))
+        };
         let slots: Vec<wgpu::Buffer> = plan
             .slot_words
             .iter()
@@ -264,6 +268,13 @@ impl<'a> ResidentRun<'a> {
                 tables.push(init_buffer(ctx, "wedge.rope_inv_freq", &bits));
             }
         }
+        // written by steps whose layout has a writable binding they do not use
+        let scratch = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wedge.scratch"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         let mut encoded = Vec::with_capacity(plan.steps.len());
         let mut rope_i = 0;
         for step in &plan.steps {
@@ -447,6 +458,68 @@ impl<'a> ResidentRun<'a> {
                         groups: grid(ctx, total.div_ceil(t.wg as usize))?,
                     }
                 }
+                StepKind::CacheWrite { state: st, elem, tokens, width, ctx: rows } => {
+                    let wg = t.attention_wg;
+                    Encoded {
+                        key: KernelKey::new(
+                            Family::Cache,
+                            "cache_write",
+                            vec![("WG", wg)],
+                            vec![("HALF", half(*elem))],
+                        ),
+                        bindings: vec![slot(0), slot(1), slot(2), state_buf(*st)?, d, &scratch, d],
+                        params: vec![u(*tokens), u(*width), u(*rows), 0, 0, 0, 0, 0],
+                        groups: grid(ctx, (tokens * elem.words(*width)).div_ceil(wg as usize))?,
+                    }
+                }
+                StepKind::CachedAttention {
+                    tokens,
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    scale,
+                    k_cache,
+                    v_cache,
+                    elem,
+                    ctx: rows,
+                } => {
+                    let wg = t.attention_wg;
+                    if *head_dim > wg as usize * 4 {
+                        return Err(GpuError::Dispatch(format!(
+                            "head_dim {head_dim} exceeds {} for this kernel",
+                            wg * 4
+                        )));
+                    }
+                    Encoded {
+                        key: KernelKey::new(
+                            Family::Cache,
+                            "cached_attention",
+                            vec![("WG", wg)],
+                            vec![("HALF", half(*elem))],
+                        ),
+                        bindings: vec![slot(0), slot(3), slot(4), state_buf(*k_cache)?, state_buf(*v_cache)?, out, d],
+                        params: vec![
+                            u(*tokens),
+                            u(kv_heads * head_dim),
+                            u(*rows),
+                            u(*heads),
+                            u(*kv_heads),
+                            u(*head_dim),
+                            scale.to_bits(),
+                            0,
+                        ],
+                        groups: dims3(ctx, "cached attention", [*tokens, *heads, 1])?,
+                    }
+                }
+                StepKind::SelectRows { rows, cols } => {
+                    let wg = t.attention_wg;
+                    Encoded {
+                        key: KernelKey::new(Family::Cache, "select_rows", vec![("WG", wg)], vec![("HALF", 0.0)]),
+                        bindings: vec![slot(0), slot(1), d, &scratch, d, out, d],
+                        params: vec![u(*rows), u(*cols), 0, 0, 0, 0, 0, 0],
+                        groups: grid(ctx, (rows * cols).div_ceil(wg as usize))?,
+                    }
+                }
                 other => {
                     return Err(GpuError::Core(wedge_core::Error::Graph(format!(
                         "the GPU backend cannot run {other:?}"
@@ -499,6 +572,7 @@ impl<'a> ResidentRun<'a> {
             dispatches.push(Dispatch { label: e.key.label(), pipeline, bind_group, groups: e.groups });
         }
         drop(encoded);
+        tables.push(scratch);
         Ok(ResidentRun { ctx, plan, slots, dispatches, _uniforms: uniforms, _tables: tables })
     }
 
@@ -616,6 +690,11 @@ impl<'a> ResidentRun<'a> {
         staging.unmap();
         Ok(outs)
     }
+}
+
+/// The `HALF` override of the cache kernels for a state's storage.
+fn half(elem: wedge_core::graph::StateElem) -> f64 {
+    if elem == wedge_core::graph::StateElem::F16 { 1.0 } else { 0.0 }
 }
 
 /// Template values of the `qweight` family for this adapter.

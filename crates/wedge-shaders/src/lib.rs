@@ -63,6 +63,8 @@ pub enum Family {
     Attention,
     /// `misc.wgsl`: rope, mean pooling, transpose.
     Misc,
+    /// `cache.wgsl`: key/value cache writes, attention over caches, row selection.
+    Cache,
 }
 
 /// How a binding is declared in WGSL.
@@ -80,7 +82,7 @@ use BindingKind::{StorageRead as R, StorageReadWrite as W, Uniform as U};
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 9] = [
         Family::QWeight,
         Family::QWeightSubgroup,
         Family::QWeightA8,
@@ -89,6 +91,7 @@ impl Family {
         Family::Rows,
         Family::Attention,
         Family::Misc,
+        Family::Cache,
     ];
 
     /// The file name under `shaders/`.
@@ -102,6 +105,7 @@ impl Family {
             Family::Rows => "rows.wgsl",
             Family::Attention => "attention.wgsl",
             Family::Misc => "misc.wgsl",
+            Family::Cache => "cache.wgsl",
         }
     }
 
@@ -129,6 +133,7 @@ impl Family {
             Family::Rows => include_str!("../../../shaders/rows.wgsl"),
             Family::Attention => include_str!("../../../shaders/attention.wgsl"),
             Family::Misc => include_str!("../../../shaders/misc.wgsl"),
+            Family::Cache => include_str!("../../../shaders/cache.wgsl"),
         }
     }
 
@@ -143,6 +148,7 @@ impl Family {
             Family::Rows => &["layernorm", "rmsnorm", "softmax", "l2_normalize"],
             Family::Attention => &["attention"],
             Family::Misc => &["rope", "mean_pool", "transpose"],
+            Family::Cache => &["cache_write", "cached_attention", "select_rows"],
         }
     }
 
@@ -157,6 +163,7 @@ impl Family {
             Family::Rows => &[R, R, R, W, U],
             Family::Attention => &[R, R, R, R, W, U],
             Family::Misc => &[R, R, R, W, U],
+            Family::Cache => &[R, R, R, W, R, W, U],
         }
     }
 
@@ -174,6 +181,7 @@ impl Family {
                 &[("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0]), ("HAS_BIAS", &[0.0, 1.0])]
             }
             Family::Elementwise => &[("OP", &[0.0, 1.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0])],
+            Family::Cache => &[("HALF", &[0.0, 1.0])],
             _ => &[],
         }
     }
@@ -209,7 +217,7 @@ impl Family {
             Family::QWeightF16 => vec![vec![("TS", 16)], vec![("TS", 8)]],
             // the GEMV's reduction tree holds WG × 64 bytes: 64 keeps it to 4 KiB
             Family::QWeightA8 => vec![vec![("WG", 64), ("TS", 16)], vec![("WG", 64), ("TS", 8)]],
-            Family::Attention => vec![vec![("WG", 64)], vec![("WG", 128)]],
+            Family::Attention | Family::Cache => vec![vec![("WG", 64)], vec![("WG", 128)]],
             _ => vec![vec![("WG", 64)], vec![("WG", 256)]],
         }
     }
