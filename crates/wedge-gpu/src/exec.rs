@@ -167,16 +167,17 @@ struct Dispatch {
 
 /// A plan made resident on the device: activation buffers, pipelines and bind groups
 /// built once, so it can be run again and again (serving, benchmarks).
-pub struct ResidentRun<'a> {
-    ctx: &'a GpuContext,
-    plan: &'a Plan,
+pub struct ResidentRun {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    plan: Arc<Plan>,
     slots: Vec<wgpu::Buffer>,
     dispatches: Vec<Dispatch>,
     _uniforms: Option<wgpu::Buffer>,
     _tables: Vec<wgpu::Buffer>,
 }
 
-impl std::fmt::Debug for ResidentRun<'_> {
+impl std::fmt::Debug for ResidentRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResidentRun").field("dispatches", &self.dispatches.len()).finish()
     }
@@ -215,25 +216,21 @@ fn u(v: usize) -> u32 {
     v as u32
 }
 
-impl<'a> ResidentRun<'a> {
+impl ResidentRun {
     /// Allocates the plan's slots and builds every dispatch.
-    pub async fn prepare(
-        ctx: &'a GpuContext,
-        plan: &'a Plan,
-        weights: &GpuWeights,
-    ) -> Result<ResidentRun<'a>, GpuError> {
+    pub async fn prepare(ctx: &GpuContext, plan: Arc<Plan>, weights: &GpuWeights) -> Result<ResidentRun, GpuError> {
         ResidentRun::prepare_with_state(ctx, plan, weights, None).await
     }
 
     /// [`ResidentRun::prepare`] for a plan with states, bound to `state`'s buffers.
     pub async fn prepare_with_state(
-        ctx: &'a GpuContext,
-        plan: &'a Plan,
+        ctx: &GpuContext,
+        plan: Arc<Plan>,
         weights: &GpuWeights,
         state: Option<&GpuState>,
-    ) -> Result<ResidentRun<'a>, GpuError> {
+    ) -> Result<ResidentRun, GpuError> {
         match state {
-            Some(st) => st.check(plan)?,
+            Some(st) => st.check(&plan)?,
             None if !plan.states.is_empty() => {
                 return Err(GpuError::Core(wedge_core::Error::Input("the plan has states and none was given".into())));
             }
@@ -573,7 +570,15 @@ impl<'a> ResidentRun<'a> {
         }
         drop(encoded);
         tables.push(scratch);
-        Ok(ResidentRun { ctx, plan, slots, dispatches, _uniforms: uniforms, _tables: tables })
+        Ok(ResidentRun {
+            device: ctx.device.clone(),
+            queue: ctx.queue.clone(),
+            plan,
+            slots,
+            dispatches,
+            _uniforms: uniforms,
+            _tables: tables,
+        })
     }
 
     /// Uploads the inputs (checked against the plan).
@@ -582,7 +587,7 @@ impl<'a> ResidentRun<'a> {
         for (t, v) in inputs.iter().zip(&self.plan.inputs) {
             let slot = &self.slots[self.plan.values[v.0 as usize].slot];
             if !t.data.is_empty() {
-                self.ctx.queue.write_buffer(slot, 0, bytemuck::cast_slice(&t.data));
+                self.queue.write_buffer(slot, 0, bytemuck::cast_slice(&t.data));
             }
         }
         Ok(())
@@ -595,8 +600,7 @@ impl<'a> ResidentRun<'a> {
 
     /// Records `dispatches` into one compute pass and submits it.
     fn submit_dispatches<'d>(&self, dispatches: impl Iterator<Item = &'d Dispatch>, label: &str) {
-        let mut enc =
-            self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wedge.run") });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wedge.run") });
         {
             let mut pass =
                 enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
@@ -606,7 +610,7 @@ impl<'a> ResidentRun<'a> {
                 pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
             }
         }
-        self.ctx.queue.submit([enc.finish()]);
+        self.queue.submit([enc.finish()]);
     }
 
     /// Runs every dispatch in a submission of its own and waits for it: host-timed
@@ -635,11 +639,7 @@ impl<'a> ResidentRun<'a> {
     /// Blocks until submitted work is done (native only; in a browser, await a readback).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<(), GpuError> {
-        self.ctx
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| GpuError::Readback(e.to_string()))
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map(|_| ()).map_err(|e| GpuError::Readback(e.to_string()))
     }
 
     /// Copies the outputs back to the host.
@@ -647,14 +647,14 @@ impl<'a> ResidentRun<'a> {
         let infos: Vec<_> = self.plan.outputs.iter().map(|(_, v)| &self.plan.values[v.0 as usize]).collect();
         let sizes: Vec<u64> = infos.iter().map(|i| 4 * i.numel() as u64).collect();
         let total: u64 = sizes.iter().sum::<u64>().max(4);
-        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wedge.readback"),
             size: total,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let mut enc =
-            self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wedge.readback") });
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wedge.readback") });
         let mut off = 0;
         for (info, &size) in infos.iter().zip(&sizes) {
             if size > 0 {
@@ -662,7 +662,7 @@ impl<'a> ResidentRun<'a> {
             }
             off += size;
         }
-        self.ctx.queue.submit([enc.finish()]);
+        self.queue.submit([enc.finish()]);
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -710,36 +710,44 @@ fn qparams(format: Format, m: usize, k: usize, n: usize) -> Vec<u32> {
 /// Runs `plan` once on the GPU and returns its outputs.
 pub async fn execute(
     ctx: &GpuContext,
-    plan: &Plan,
+    plan: &Arc<Plan>,
     weights: &GpuWeights,
     inputs: &[HostTensor],
 ) -> Result<Vec<HostTensor>, GpuError> {
-    run_once(ResidentRun::prepare(ctx, plan, weights).await?, inputs).await
+    ResidentRun::prepare(ctx, plan.clone(), weights).await?.run(inputs).await
 }
 
 /// Runs `plan` once on the GPU over `state`, which it reads and writes in place.
 pub async fn execute_with_state(
     ctx: &GpuContext,
-    plan: &Plan,
+    plan: &Arc<Plan>,
     weights: &GpuWeights,
     inputs: &[HostTensor],
     state: &mut GpuState,
 ) -> Result<Vec<HostTensor>, GpuError> {
-    run_once(ResidentRun::prepare_with_state(ctx, plan, weights, Some(state)).await?, inputs).await
+    ResidentRun::prepare_with_state(ctx, plan.clone(), weights, Some(state)).await?.run(inputs).await
 }
 
-async fn run_once(run: ResidentRun<'_>, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, GpuError> {
-    run.write_inputs(inputs)?;
-    // WEDGE_GPU_PROFILE=1: time per kernel, printed to stderr after each run
-    #[cfg(not(target_arch = "wasm32"))]
-    if std::env::var_os("WEDGE_GPU_PROFILE").is_some() {
-        let times = run.profile()?;
-        let total: f64 = times.iter().map(|t| t.2).sum();
-        let parts: Vec<String> =
-            times.iter().map(|(label, n, t)| format!("  {:>9.2} ms {n:>3}× {label}", t * 1e3)).collect();
-        eprintln!("wedge-gpu: {:.2} ms\n{}", total * 1e3, parts.join("\n"));
-        return run.read_outputs().await;
+impl ResidentRun {
+    /// Uploads the inputs, runs every dispatch in one submission and reads the outputs back.
+    pub async fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, GpuError> {
+        self.write_inputs(inputs)?;
+        // WEDGE_GPU_PROFILE=1: time per kernel, printed to stderr after each run
+        #[cfg(not(target_arch = "wasm32"))]
+        if std::env::var_os("WEDGE_GPU_PROFILE").is_some() {
+            let times = self.profile()?;
+            let total: f64 = times.iter().map(|t| t.2).sum();
+            let parts: Vec<String> =
+                times.iter().map(|(label, n, t)| format!("  {:>9.2} ms {n:>3}× {label}", t * 1e3)).collect();
+            eprintln!("wedge-gpu: {:.2} ms\n{}", total * 1e3, parts.join("\n"));
+            return self.read_outputs().await;
+        }
+        self.submit(1);
+        self.read_outputs().await
     }
-    run.submit(1);
-    run.read_outputs().await
+
+    /// The plan it runs.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
 }

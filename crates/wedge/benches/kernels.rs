@@ -129,8 +129,12 @@ fn main() {
                     let g = matmul_graph(m, k);
                     let plan = Plan::compile(&g, &[WeightInfo::from(&w)], &[vec![m, k]]).expect("plan");
                     let weights = wedge_gpu::GpuWeights::upload(ctx, std::slice::from_ref(&w)).expect("upload");
-                    let run =
-                        pollster::block_on(wedge_gpu::ResidentRun::prepare(ctx, &plan, &weights)).expect("prepare");
+                    let run = pollster::block_on(wedge_gpu::ResidentRun::prepare(
+                        ctx,
+                        std::sync::Arc::new(plan.clone()),
+                        &weights,
+                    ))
+                    .expect("prepare");
                     ctx.set_subgroups(default_sg);
                     ctx.set_f16(default_f16);
                     run.write_inputs(&[HostTensor::f32(&[m, k], &x)]).expect("inputs");

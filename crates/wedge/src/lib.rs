@@ -253,7 +253,15 @@ pub struct SessionOptions {
 pub struct State {
     shapes: Vec<Vec<usize>>,
     mem: StateMem,
+    /// The session that made it (its runs bind that session's weights).
+    session: u64,
+    /// GPU runs prepared over this state's buffers, by input shapes: a step of a shape seen
+    /// before uploads its inputs and dispatches, nothing more.
+    runs: HashMap<Vec<Vec<usize>>, wedge_gpu::ResidentRun>,
 }
+
+/// Prepared GPU runs a session or a state keeps (each holds its activation buffers).
+const MAX_PREPARED_RUNS: usize = 16;
 
 enum StateMem {
     Cpu(Vec<Vec<u32>>),
@@ -290,6 +298,10 @@ pub struct Session {
     infos: Vec<WeightInfo>,
     weights: Weights,
     plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
+    /// GPU runs prepared for input shapes seen before (buffers, uniforms and bind groups
+    /// built once), taken out while they run so that concurrent runs never share one.
+    runs: Mutex<HashMap<Vec<Vec<usize>>, Vec<wedge_gpu::ResidentRun>>>,
+    id: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -322,7 +334,9 @@ impl Session {
                 Weights::Gpu(ctx.clone(), w)
             }
         };
-        Ok(Session { graph, infos, weights, plans: Mutex::new(HashMap::new()) })
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Session { graph, infos, weights, plans: Mutex::new(HashMap::new()), runs: Mutex::new(HashMap::new()), id })
     }
 
     /// The plan for inputs of these shapes (compiled once per distinct shape set).
@@ -353,7 +367,21 @@ impl Session {
         let plan = self.plan(&shapes)?;
         Ok(match &self.weights {
             Weights::Cpu(w) => wedge_cpu::execute(&plan, w, inputs)?,
-            Weights::Gpu(ctx, w) => wedge_gpu::execute(ctx, &plan, w, inputs).await?,
+            Weights::Gpu(ctx, w) => {
+                let taken = self.runs.lock().ok().and_then(|mut r| r.get_mut(&shapes).and_then(Vec::pop));
+                let run = match taken {
+                    Some(run) => run,
+                    None => wedge_gpu::ResidentRun::prepare(ctx, plan.clone(), w).await?,
+                };
+                let out = run.run(inputs).await?;
+                if let Ok(mut runs) = self.runs.lock() {
+                    if runs.len() >= MAX_PREPARED_RUNS && !runs.contains_key(&shapes) {
+                        runs.clear();
+                    }
+                    runs.entry(shapes).or_default().push(run);
+                }
+                out
+            }
         })
     }
 
@@ -385,18 +413,30 @@ impl Session {
             Weights::Cpu(_) => StateMem::Cpu(words.iter().map(|&w| vec![0u32; w]).collect()),
             Weights::Gpu(ctx, _) => StateMem::Gpu(wedge_gpu::GpuState::new(ctx, &words)?),
         };
-        Ok(State { shapes: shapes.to_vec(), mem })
+        Ok(State { shapes: shapes.to_vec(), mem, session: self.id, runs: HashMap::new() })
     }
 
     /// Runs the graph over `state` (from [`Session::new_state`]), which it reads and writes in
     /// place, and returns its outputs in the graph's output order.
     pub async fn run_with_state_async(&self, inputs: &[HostTensor], state: &mut State) -> Result<Vec<HostTensor>> {
         let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
+        if state.session != self.id {
+            return Err(wedge_core::Error::Input("the state was made by another session".into()).into());
+        }
         let plan = self.plan_with_states(&shapes, &state.shapes)?;
         Ok(match (&self.weights, &mut state.mem) {
             (Weights::Cpu(w), StateMem::Cpu(mem)) => wedge_cpu::execute_with_states(&plan, w, inputs, mem)?,
             (Weights::Gpu(ctx, w), StateMem::Gpu(mem)) => {
-                wedge_gpu::execute_with_state(ctx, &plan, w, inputs, mem).await?
+                if state.runs.len() >= MAX_PREPARED_RUNS && !state.runs.contains_key(&shapes) {
+                    state.runs.clear();
+                }
+                let run = match state.runs.entry(shapes) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(wedge_gpu::ResidentRun::prepare_with_state(ctx, plan, w, Some(mem)).await?)
+                    }
+                };
+                run.run(inputs).await?
             }
             _ => {
                 return Err(wedge_core::Error::Input("the state was made for another device".into()).into());
