@@ -190,7 +190,7 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     let params = args.model.params(&lm, prompt.len())?;
     let mut out = std::io::stdout().lock();
     let mut run = lm.generate(&prompt, params)?;
-    while let Some(t) = run.next() {
+    for t in run.by_ref() {
         let t = t?;
         if args.json {
             let line = serde_json::json!({ "id": t.id, "text": t.text, "logprob": t.logprob });

@@ -2,9 +2,8 @@
 //! caller as soon as it is sampled with the text it completes (UTF-8 split across tokens and
 //! stop strings split across tokens both handled).
 
-use crate::lm::{DecodeState, LanguageModel, SeqId};
-use crate::sample::{Sampler, SamplingParams};
-use crate::{Error, Result, Vocab};
+use crate::sample::SamplingParams;
+use crate::{Result, Vocab};
 
 /// What to generate.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,6 +129,9 @@ pub use blocking::Generation;
 #[cfg(not(target_arch = "wasm32"))]
 mod blocking {
     use super::*;
+    use crate::Error;
+    use crate::lm::{DecodeState, LanguageModel, SeqId};
+    use crate::sample::Sampler;
 
     type Clock = std::time::Instant;
 
