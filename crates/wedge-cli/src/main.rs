@@ -4,6 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod bench_llm;
 mod generate;
 mod inspect;
 mod serve;
@@ -109,6 +110,16 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Measure this GGUF language model instead: 128-token prompt, 64 decoded tokens,
+        /// aggregate decode with 4 and 16 sequences, peak RSS.
+        #[arg(long)]
+        llm: Option<PathBuf>,
+        /// With --llm: on the CPU, the integer kernels (16-bit activations).
+        #[arg(long)]
+        fast: bool,
+        /// With --llm: runs of the single-sequence workloads (the median is printed).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
     },
     /// Show the compute devices wedge can use and which one `--device auto` picks.
     Devices,
@@ -129,6 +140,9 @@ fn main() {
         }
         Command::Embed { model, device, batch } => embed(model.as_deref(), &device, batch),
         Command::Inspect { model, json } => inspect::inspect(&model, json),
+        Command::Bench { device, json, llm: Some(llm), fast, repeats, .. } => {
+            bench_llm::bench_llm(&llm, &device, fast, repeats, json)
+        }
         Command::Bench {
             model,
             from,
@@ -141,6 +155,7 @@ fn main() {
             max_call_seconds,
             baseline,
             json,
+            ..
         } => bench_models(&model, from.as_deref(), &quant).and_then(|models| {
             let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
             let default_baseline = repo.join("benches/minilm-onnxruntime.json");
