@@ -2,6 +2,7 @@
 // and causal masks (a query at a padding position itself gives zeros), a streaming (online) softmax and the weighted sum of values,
 // over keys in chunks of WG so that any key length fits in fixed workgroup memory.
 // Grouped-query attention: query head h reads key/value head h / (heads / kv_heads).
+// `softmax.wgsl` (appended by wedge-shaders) holds NEG and the workgroup `reduce`.
 
 const WG: u32 = 64u;      // template: invocations per workgroup = keys per chunk (power of two)
 const DPT: u32 = 4u;      // head dimensions each invocation accumulates (head_dim <= WG * DPT)
@@ -31,28 +32,8 @@ struct Params {
 
 var<workgroup> qs: array<f32, MAX_D>;
 var<workgroup> probs: array<f32, WG>;
-var<workgroup> red: array<f32, WG>;
 var<workgroup> own_masked: u32;
 
-const NEG: f32 = -0x1.fffffep+127f; // -f32::MAX, exact (a rounded decimal is rejected by Tint)
-
-fn reduce(val: f32, tid: u32, is_max: bool) -> f32 {
-    red[tid] = val;
-    workgroupBarrier();
-    for (var st = WG / 2u; st > 0u; st >>= 1u) {
-        if (tid < st) {
-            if (is_max) {
-                red[tid] = max(red[tid], red[tid + st]);
-            } else {
-                red[tid] += red[tid + st];
-            }
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
 
 @compute @workgroup_size(WG)
 fn attention(@builtin(local_invocation_id) lid: vec3<u32>,

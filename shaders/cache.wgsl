@@ -4,7 +4,8 @@
 //
 // A cache is [seqs, ctx, width] row-major, as f32 words or (HALF) as f16 pairs packed by
 // pack2x16float, the lower value first. Token t of a step belongs to sequence seq[t] at
-// position pos[t]; the plan has checked both against the cache's shape.
+// position pos[t]; the plan has checked both against the cache's shape. `softmax.wgsl`
+// (appended by wedge-shaders) holds NEG and the workgroup `reduce`.
 
 override HALF: bool = false;
 
@@ -33,9 +34,7 @@ struct Params {
 
 var<workgroup> qs: array<f32, MAX_D>;
 var<workgroup> probs: array<f32, WG>;
-var<workgroup> red: array<f32, WG>;
 
-const NEG: f32 = -0x1.fffffep+127f; // -f32::MAX, exact
 
 fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
@@ -80,24 +79,6 @@ fn load_v(row: u32, c: u32) -> f32 {
         return select(pair.x, pair.y, (c & 1u) == 1u);
     }
     return bitcast<f32>(vc[row * p.width + c]);
-}
-
-fn reduce(val: f32, tid: u32, is_max: bool) -> f32 {
-    red[tid] = val;
-    workgroupBarrier();
-    for (var st = WG / 2u; st > 0u; st >>= 1u) {
-        if (tid < st) {
-            if (is_max) {
-                red[tid] = max(red[tid], red[tid + st]);
-            } else {
-                red[tid] += red[tid + st];
-            }
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
 }
 
 // One workgroup per (token, head): the token's query head over rows 0..=pos of its

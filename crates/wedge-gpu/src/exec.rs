@@ -120,23 +120,30 @@ impl std::fmt::Debug for GpuState {
     }
 }
 
+/// Storage buffers of `words` 32-bit words each (at least 16 bytes), labelled `{label}{i}`,
+/// checked against the adapter's binding limit.
+fn word_buffers(ctx: &GpuContext, label: &str, words: &[usize]) -> Result<Vec<wgpu::Buffer>, GpuError> {
+    words
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let bytes = (4 * w as u64).max(16).next_multiple_of(16);
+            let label = format!("{label}{i}");
+            check_size(ctx, &label, bytes)?;
+            Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&label),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }))
+        })
+        .collect()
+}
+
 impl GpuState {
     /// Zeroed buffers of `words` 32-bit words each.
     pub fn new(ctx: &GpuContext, words: &[usize]) -> Result<GpuState, GpuError> {
-        let buffers = words
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let bytes = (4 * w as u64).max(16).next_multiple_of(16);
-                check_size(ctx, &format!("state {i}"), bytes)?;
-                Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("wedge.state{i}")),
-                    size: bytes,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                }))
-            })
-            .collect::<Result<_, GpuError>>()?;
+        let buffers = word_buffers(ctx, "wedge.state", words)?;
         Ok(GpuState { buffers, words: words.to_vec() })
     }
 
@@ -241,21 +248,7 @@ impl ResidentRun {
                 .and_then(|s| s.buffers.get(st.0 as usize))
                 .ok_or_else(|| GpuError::Core(wedge_core::Error::Input(format!("the state has no tensor {}", st.0))))
         };
-        let slots: Vec<wgpu::Buffer> = plan
-            .slot_words
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let bytes = (4 * w as u64).max(16).next_multiple_of(16);
-                check_size(ctx, &format!("activation slot {i}"), bytes)?;
-                Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("wedge.slot{i}")),
-                    size: bytes,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                }))
-            })
-            .collect::<Result<_, GpuError>>()?;
+        let slots = word_buffers(ctx, "wedge.slot", &plan.slot_words)?;
         let t = &ctx.tuning;
         // Rope frequency tables, made first so steps can borrow them.
         let mut tables = Vec::new();

@@ -59,11 +59,12 @@ pub enum Family {
     Elementwise,
     /// `rows.wgsl`: layernorm, rmsnorm, softmax, l2 normalize.
     Rows,
-    /// `attention.wgsl`: fused attention.
+    /// `attention.wgsl` with `softmax.wgsl` after it: fused attention.
     Attention,
     /// `misc.wgsl`: rope, mean pooling, transpose.
     Misc,
-    /// `cache.wgsl`: key/value cache writes, attention over caches, row selection.
+    /// `cache.wgsl` with `softmax.wgsl` after it: key/value cache writes, attention over
+    /// caches, row selection.
     Cache,
 }
 
@@ -131,9 +132,13 @@ impl Family {
             ),
             Family::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
             Family::Rows => include_str!("../../../shaders/rows.wgsl"),
-            Family::Attention => include_str!("../../../shaders/attention.wgsl"),
+            Family::Attention => {
+                concat!(include_str!("../../../shaders/attention.wgsl"), include_str!("../../../shaders/softmax.wgsl"))
+            }
             Family::Misc => include_str!("../../../shaders/misc.wgsl"),
-            Family::Cache => include_str!("../../../shaders/cache.wgsl"),
+            Family::Cache => {
+                concat!(include_str!("../../../shaders/cache.wgsl"), include_str!("../../../shaders/softmax.wgsl"))
+            }
         }
     }
 

@@ -170,8 +170,8 @@ fn gpu_logits_and_greedy_tokens_match_float64() {
 #[test]
 fn cpu_fast_mode_stays_close() {
     let Some(bytes) = model_bytes() else { return };
-    let lm = LanguageModel::from_gguf(bytes, &Device::cpu(), LmOptions { fast_cpu: true, ..Default::default() })
-        .unwrap();
+    let lm =
+        LanguageModel::from_gguf(bytes, &Device::cpu(), LmOptions { fast_cpu: true, ..Default::default() }).unwrap();
     for r in references() {
         let worst = teacher_forced_error(&lm, &r, 64);
         eprintln!("{}: --fast max |Δlogit| {worst:.2e}", r.name);
