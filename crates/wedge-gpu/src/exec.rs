@@ -743,4 +743,9 @@ impl ResidentRun {
     pub fn plan(&self) -> &Arc<Plan> {
         &self.plan
     }
+
+    /// Bytes of device memory its activation slots hold.
+    pub fn activation_bytes(&self) -> u64 {
+        self.slots.iter().map(wgpu::Buffer::size).sum()
+    }
 }

@@ -260,8 +260,12 @@ pub struct State {
     runs: HashMap<Vec<Vec<usize>>, wedge_gpu::ResidentRun>,
 }
 
-/// Prepared GPU runs a session or a state keeps (each holds its activation buffers).
+/// Input shapes a session or a state keeps prepared GPU runs for.
 const MAX_PREPARED_RUNS: usize = 16;
+
+/// Device memory the activation buffers of a session's pooled GPU runs may hold: a server
+/// sees many shapes, and a pooled run keeps its buffers while it waits.
+const MAX_POOLED_BYTES: u64 = 256 << 20;
 
 enum StateMem {
     Cpu(Vec<Vec<u32>>),
@@ -375,7 +379,9 @@ impl Session {
                 };
                 let out = run.run(inputs).await?;
                 if let Ok(mut runs) = self.runs.lock() {
-                    if runs.len() >= MAX_PREPARED_RUNS && !runs.contains_key(&shapes) {
+                    let pooled: u64 = runs.values().flatten().map(wedge_gpu::ResidentRun::activation_bytes).sum();
+                    let full = runs.len() >= MAX_PREPARED_RUNS && !runs.contains_key(&shapes);
+                    if full || pooled + run.activation_bytes() > MAX_POOLED_BYTES {
                         runs.clear();
                     }
                     runs.entry(shapes).or_default().push(run);
