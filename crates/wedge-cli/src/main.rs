@@ -24,17 +24,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Convert a Hugging Face model folder into a .wedge package.
+    /// Convert a Hugging Face model folder, or a GGUF language model, into a .wedge package.
     Convert {
-        /// The model folder (config.json, model.safetensors, tokenizer.json).
+        /// The model folder (config.json, model.safetensors, tokenizer.json), or a .gguf file.
         src: PathBuf,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
         /// Weight format of the linear layers: f32, f16, q8, q8a8 (q8 with 8-bit activations), q4, q4_1, or auto (per-tensor
-        /// mixed precision chosen by measured sensitivity on calibration texts).
-        #[arg(long, default_value = "q8")]
-        quant: String,
+        /// mixed precision chosen by measured sensitivity on calibration texts); default q8. For a
+        /// GGUF file: keep (every tensor as the file stores it, the default and for now the only choice).
+        #[arg(long)]
+        quant: Option<String>,
         /// Group size for q4 and q4_1 (32, 64 or 128).
         #[arg(long, default_value_t = 32)]
         group_size: u32,
@@ -136,7 +137,11 @@ fn main() {
     let res = match cli.command {
         Command::Convert { src, output, quant, group_size, embeddings, budget, budget_min } => {
             let budget = wedge_import::Budget { mean: budget, min: budget_min };
-            convert(&src, &output, &quant, group_size, embeddings.as_deref(), budget)
+            if is_gguf(&src) {
+                convert_gguf(&src, &output, quant.as_deref().unwrap_or("keep"))
+            } else {
+                convert(&src, &output, quant.as_deref().unwrap_or("q8"), group_size, embeddings.as_deref(), budget)
+            }
         }
         Command::Embed { model, device, batch } => embed(model.as_deref(), &device, batch),
         Command::Inspect { model, json } => inspect::inspect(&model, json),
@@ -184,6 +189,36 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Whether `path` is a file that starts as GGUF files do.
+fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+        && &magic == b"GGUF"
+}
+
+/// `wedge convert model.gguf -o model.wedge`: a decoder package with every tensor kept.
+fn convert_gguf(src: &Path, out: &Path, quant: &str) -> Result<()> {
+    if quant != "keep" {
+        anyhow::bail!(
+            "--quant {quant}: a GGUF file converts with --quant keep only for now (its tensors as they are); \
+             requantizing a GGUF model is not supported yet"
+        );
+    }
+    let bytes = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let name = src.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let pkg = wedge_import::import_gguf(&bytes, &name).with_context(|| format!("converting {}", src.display()))?;
+    let (written, _digest) = pkg.to_bytes(3)?;
+    std::fs::write(out, &written).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wedge: wrote {} ({:.1} MB from {:.1} MB, {} tensors kept as the file stores them)",
+        out.display(),
+        written.len() as f64 / 1e6,
+        bytes.len() as f64 / 1e6,
+        pkg.tensors.len()
+    );
+    Ok(())
 }
 
 fn convert(

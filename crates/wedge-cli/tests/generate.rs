@@ -66,3 +66,32 @@ fn bad_models_and_flags_get_clear_errors() {
     let err = run(&["generate", "--model", &model, "--prompt", "a b c d e f", "--device", "cpu", "--ctx", "3"]);
     assert!(err.contains("context holds 3"), "{err}");
 }
+
+/// `wedge convert model.gguf` keeps every tensor: the `.wedge` generates the same tokens, texts
+/// and log-probabilities, bit for bit, as the `.gguf`; a requantizing `--quant` is refused.
+#[test]
+fn a_converted_package_generates_exactly_as_the_gguf() {
+    let Some(model) = model() else { return };
+    let dir = std::env::temp_dir().join(format!("wedge-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("smollm2.wedge");
+    let wedge = env!("CARGO_BIN_EXE_wedge");
+    let status = Command::new(wedge).args(["convert", &model, "-o"]).arg(&out).status().unwrap();
+    assert!(status.success());
+    let refused = Command::new(wedge).args(["convert", &model, "--quant", "q4", "-o"]).arg(&out).output().unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--quant keep"));
+    let tokens = |m: &str| {
+        let out = Command::new(wedge)
+            .args(["generate", "--model", m, "--device", "cpu", "--json", "--temperature", "0"])
+            .args(["--max-tokens", "10", "--prompt", "Once upon a time, in a small village,"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().filter(|l| l.contains("\"logprob\"")).map(str::to_string).collect::<Vec<_>>()
+    };
+    let (a, b) = (tokens(&model), tokens(out.to_str().unwrap()));
+    assert_eq!(a.len(), 10);
+    assert_eq!(a, b);
+    std::fs::remove_dir_all(&dir).ok();
+}

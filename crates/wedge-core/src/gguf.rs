@@ -432,6 +432,8 @@ pub struct Gguf<'a> {
     pub alignment: u64,
     /// Offset of the data section in the file.
     pub data_offset: u64,
+    /// Offset where the metadata ends (and the tensor table starts).
+    pub metadata_end: u64,
     data: &'a [u8],
 }
 
@@ -465,6 +467,7 @@ impl<'a> Gguf<'a> {
             }
             metadata.push((key, value));
         }
+        let metadata_end = r.pos as u64;
         let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some((_, v)) => match v.as_u64() {
@@ -534,7 +537,7 @@ impl<'a> Gguf<'a> {
                 )));
             }
         }
-        Ok(Gguf { version, metadata, tensors, alignment, data_offset, data })
+        Ok(Gguf { version, metadata, tensors, alignment, data_offset, metadata_end, data })
     }
 
     /// A metadata value by key.
@@ -569,6 +572,16 @@ impl<'a> Gguf<'a> {
     /// A tensor's entry by name.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// A GGUF file of this one's metadata alone (no tensors): the header and metadata bytes of
+    /// `bytes`, the file this was parsed from, with the tensor count set to zero. A language
+    /// model's vocabulary and chat template travel in a `.wedge` package this way, in their
+    /// own format.
+    pub fn metadata_only(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = bytes[..self.metadata_end as usize].to_vec();
+        out[8..16].copy_from_slice(&0u64.to_le_bytes());
+        out
     }
 
     /// A tensor's bytes (checked against the file when it was parsed).

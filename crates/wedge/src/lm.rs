@@ -86,37 +86,66 @@ impl LanguageModel {
         let g = Gguf::parse(bytes)?;
         let config = DecoderConfig::from_gguf(&g)?;
         let vocab = Vocab::from_gguf(&g)?;
-        let mg = config.build_cached(options.kv.elem())?;
-        let mut weights = Vec::with_capacity(g.tensors.len());
-        for t in &g.tensors {
-            // (tensors the family does not use, such as rope_freqs, are left out)
-            if let Some(name) = llama::hf_name(&t.name) {
-                let mut w = g.weight(t)?;
-                w.name = name;
-                weights.push(w);
-            }
+        let weights = llama::weights_from_gguf(&g)?;
+        let architecture = g.str("general.architecture")?.to_string();
+        LanguageModel::assemble(config, vocab, weights, architecture, device, options)
+    }
+
+    /// Loads a `.wedge` decoder package (from `wedge convert model.gguf`), which carries its
+    /// vocabulary as a metadata-only GGUF asset.
+    pub fn from_wedge(bytes: &[u8], device: &Device, options: LmOptions) -> Result<LanguageModel> {
+        let (pkg, _digest) = wedge_core::Package::from_bytes(bytes)?;
+        if pkg.architecture != wedge_core::models::DECODER {
+            return Err(config_err(format!(
+                "the package holds a `{}` model, not a language model ({})",
+                pkg.architecture,
+                wedge_core::models::DECODER
+            )));
         }
+        let config: DecoderConfig = serde_json::from_value(pkg.config.clone())
+            .map_err(|e| config_err(format!("{} config: {e}", pkg.architecture)))?;
+        let asset = pkg
+            .assets
+            .get(llama::VOCAB_ASSET)
+            .ok_or_else(|| config_err(format!("the package carries no {}", llama::VOCAB_ASSET)))?;
+        let g = Gguf::parse(asset)?;
+        let vocab = Vocab::from_gguf(&g)?;
+        let architecture = g.str("general.architecture").unwrap_or("llama").to_string();
+        LanguageModel::assemble(config, vocab, pkg.tensors, architecture, device, options)
+    }
+
+    fn assemble(
+        config: DecoderConfig,
+        vocab: Vocab,
+        weights: Vec<wedge_core::Weight>,
+        architecture: String,
+        device: &Device,
+        options: LmOptions,
+    ) -> Result<LanguageModel> {
+        let mg = config.build_cached(options.kv.elem())?;
         let weights = mg.take_weights(weights)?;
         let weight_bytes = weights.iter().map(|w| w.packed_bytes() as u64).sum();
         let session_options = SessionOptions { cpu_integer_kernels: options.fast_cpu };
         let session = Session::with_options(device, mg.graph, weights, session_options)?;
-        let architecture = g.str("general.architecture")?.to_string();
         Ok(LanguageModel { session, config, vocab, options, weight_bytes, architecture })
     }
 
-    /// Loads a GGUF file from disk.
+    /// Loads a GGUF file or a `.wedge` decoder package from disk.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: impl AsRef<std::path::Path>, device: &Device, options: LmOptions) -> Result<LanguageModel> {
         let path = path.as_ref();
         let bytes = std::fs::read(path)
             .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
-        if !bytes.starts_with(b"GGUF") {
-            return Err(config_err(format!(
-                "{}: not a GGUF file (language models load from .gguf files)",
+        if bytes.starts_with(b"GGUF") {
+            LanguageModel::from_gguf(&bytes, device, options)
+        } else if bytes.starts_with(&wedge_core::package::MAGIC) {
+            LanguageModel::from_wedge(&bytes, device, options)
+        } else {
+            Err(config_err(format!(
+                "{}: not a GGUF file or a .wedge package (language models load from either)",
                 path.display()
-            )));
+            )))
         }
-        LanguageModel::from_gguf(&bytes, device, options)
     }
 
     /// The model's configuration.

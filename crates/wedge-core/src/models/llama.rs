@@ -83,6 +83,24 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     matches!(kind, "weight" | "bias").then(|| format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
+/// The asset of a `.wedge` decoder package that holds its vocabulary and chat template: a
+/// GGUF file of the source's metadata alone ([`Gguf::metadata_only`]).
+pub const VOCAB_ASSET: &str = "vocab.gguf";
+
+/// Every tensor of a GGUF file this family uses, repacked exactly ([`Gguf::weight`]) under its
+/// Hugging Face name; tensors it does not use (such as `rope_freqs`) are left out.
+pub fn weights_from_gguf(g: &Gguf<'_>) -> Result<Vec<crate::quant::Weight>> {
+    let mut weights = Vec::with_capacity(g.tensors.len());
+    for t in &g.tensors {
+        if let Some(name) = hf_name(&t.name) {
+            let mut w = g.weight(t)?;
+            w.name = name;
+            weights.push(w);
+        }
+    }
+    Ok(weights)
+}
+
 impl DecoderConfig {
     /// The config of a GGUF file of architecture `llama` or `qwen2`, from its metadata and
     /// tensor table (a missing `output.weight` means a tied head).
