@@ -107,6 +107,19 @@ impl ModelArgs {
         Ok(lm)
     }
 
+    /// `--ctx`, or else `want` positions within the model's context and `--kv-budget-mb`.
+    fn ctx(&self, lm: &LanguageModel, want: usize) -> usize {
+        self.ctx.unwrap_or_else(|| {
+            let per_pos = lm.kv_bytes(1).max(1);
+            let budget = (self.kv_budget_mb << 20) / per_pos;
+            let model_ctx = match lm.config().context_length {
+                0 => usize::MAX,
+                c => c,
+            };
+            want.min(model_ctx).min(budget as usize)
+        })
+    }
+
     fn params(&self, lm: &LanguageModel, prompt_len: usize) -> Result<GenerateParams> {
         let sampling = SamplingParams {
             temperature: self.temperature,
@@ -120,19 +133,7 @@ impl ModelArgs {
             seed: self.seed,
         };
         sampling.validate().map_err(|m| anyhow::anyhow!("{m}"))?;
-        let ctx = match self.ctx {
-            Some(c) => c,
-            None => {
-                // the model's context, or what the budget allows
-                let per_pos = lm.kv_bytes(1).max(1);
-                let budget = (self.kv_budget_mb << 20) / per_pos;
-                let model_ctx = match lm.config().context_length {
-                    0 => usize::MAX,
-                    c => c,
-                };
-                (prompt_len + self.max_tokens).min(model_ctx).min(budget as usize)
-            }
-        };
+        let ctx = self.ctx(lm, prompt_len.saturating_add(self.max_tokens));
         if prompt_len >= ctx {
             bail!("the prompt has {prompt_len} tokens and the context holds {ctx} (raise --ctx or --kv-budget-mb)");
         }
@@ -231,6 +232,10 @@ pub(crate) fn chat(args: ChatArgs) -> Result<()> {
     let lm = args.model.load()?;
     let vocab = lm.vocab();
     let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    // one cache for the whole conversation: each turn prefills only what the last one did not
+    let ctx = args.model.ctx(&lm, usize::MAX);
+    let mut state = lm.new_state(1, ctx)?;
+    let seq = state.add().context("a sequence in the cache")?;
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     eprintln!("wedge: type a message and press enter; an empty line or end of input ends the chat");
@@ -243,15 +248,25 @@ pub(crate) fn chat(args: ChatArgs) -> Result<()> {
         }
         messages.push(ChatMessage::new("user", line.trim_end()));
         let prompt = vocab.encode(&vocab.render_chat(&messages, true)?, true)?;
-        let params = args.model.params(&lm, prompt.len())?;
+        let mut params = args.model.params(&lm, prompt.len())?;
+        params.ctx = ctx;
         let mut answer = String::new();
-        for t in lm.generate(&prompt, params)? {
+        let mut run = lm.generate_in(&mut state, seq, &prompt, params)?;
+        for t in run.by_ref() {
             let t = t?;
             answer.push_str(&t.text);
             out.write_all(t.text.as_bytes())?;
             out.flush()?;
         }
+        let s = run.stats();
         writeln!(out)?;
+        eprintln!(
+            "wedge: {} prompt tokens ({} from the cache), {} generated at {:.1} tok/s",
+            s.prompt_tokens,
+            s.cached_tokens,
+            s.completion_tokens,
+            s.decode_tok_s()
+        );
         messages.push(ChatMessage::new("assistant", &answer));
     }
     Ok(())

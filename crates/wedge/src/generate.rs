@@ -71,6 +71,8 @@ pub struct TokenEvent {
 pub struct GenerationStats {
     /// Prompt tokens.
     pub prompt_tokens: usize,
+    /// Of those, the ones already in the cache (not prefilled again).
+    pub cached_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
     /// Seconds of prefill (until the first logits).
@@ -84,7 +86,8 @@ pub struct GenerationStats {
 impl GenerationStats {
     /// Prompt tokens per second.
     pub fn prompt_tok_s(&self) -> f64 {
-        if self.prompt_secs > 0.0 { self.prompt_tokens as f64 / self.prompt_secs } else { 0.0 }
+        let n = self.prompt_tokens - self.cached_tokens;
+        if self.prompt_secs > 0.0 { n as f64 / self.prompt_secs } else { 0.0 }
     }
 
     /// Generated tokens per second after the first.
@@ -147,7 +150,9 @@ mod blocking {
     /// the prefill too) and gives the sampled token.
     pub struct Generation<'m> {
         lm: &'m LanguageModel,
-        state: DecodeState,
+        state: Slot<'m>,
+        /// Prompt tokens already in the cache (a conversation's earlier turns).
+        skip: usize,
         seq: SeqId,
         params: GenerateParams,
         sampler: Sampler,
@@ -189,10 +194,50 @@ mod blocking {
             }
             let mut state = self.new_state(1, ctx)?;
             let seq = state.add().ok_or_else(|| Error::Core(wedge_core::Error::Input("no free sequence".into())))?;
+            Ok(self.start(Slot::Owned(state), seq, 0, prompt, params))
+        }
+
+        /// Starts generating after `prompt` in sequence `seq` of a state the caller keeps:
+        /// the longest prefix of `prompt` the sequence already holds (an earlier turn of the
+        /// conversation, and its answer) is reused, and only the rest is prefilled.
+        pub fn generate_in<'a>(
+            &'a self,
+            state: &'a mut DecodeState,
+            seq: SeqId,
+            prompt: &[u32],
+            params: GenerateParams,
+        ) -> Result<Generation<'a>> {
+            params.sampling.validate().map_err(|m| Error::Core(wedge_core::Error::Input(m)))?;
+            if prompt.is_empty() {
+                return Err(Error::Core(wedge_core::Error::Input("the prompt has no tokens".into())));
+            }
+            if state.len(seq).is_none() {
+                return Err(Error::Core(wedge_core::Error::Input(format!("sequence {} is not in the state", seq.0))));
+            }
+            if prompt.len() >= state.ctx() {
+                return Err(Error::Core(wedge_core::Error::Input(format!(
+                    "the prompt has {} tokens, the context holds {}",
+                    prompt.len(),
+                    state.ctx()
+                ))));
+            }
+            let skip = state.reuse_prefix(seq, prompt);
+            Ok(self.start(Slot::Borrowed(state), seq, skip, prompt, params))
+        }
+
+        fn start<'a>(
+            &'a self,
+            state: Slot<'a>,
+            seq: SeqId,
+            skip: usize,
+            prompt: &[u32],
+            params: GenerateParams,
+        ) -> Generation<'a> {
             let stops = if params.stop_at_eos { self.vocab().stop_tokens() } else { Vec::new() };
-            Ok(Generation {
+            Generation {
                 lm: self,
                 state,
+                skip,
                 seq,
                 sampler: Sampler::new(params.sampling.clone()),
                 params,
@@ -203,9 +248,24 @@ mod blocking {
                 held: String::new(),
                 logits: None,
                 finish: None,
-                stats: GenerationStats { prompt_tokens: prompt.len(), ..Default::default() },
+                stats: GenerationStats { prompt_tokens: prompt.len(), cached_tokens: skip, ..Default::default() },
                 started: None,
-            })
+            }
+        }
+    }
+
+    /// A generation's cache: its own, or one the caller keeps across generations.
+    enum Slot<'m> {
+        Owned(DecodeState),
+        Borrowed(&'m mut DecodeState),
+    }
+
+    impl Slot<'_> {
+        fn get(&mut self) -> &mut DecodeState {
+            match self {
+                Slot::Owned(s) => s,
+                Slot::Borrowed(s) => s,
+            }
         }
     }
 
@@ -229,8 +289,8 @@ mod blocking {
             self.started = now();
             let chunk = self.params.prefill_chunk.max(1);
             let mut logits = Vec::new();
-            for part in self.prompt.chunks(chunk) {
-                logits = self.lm.step(&mut self.state, &[(self.seq, part)])?.pop().unwrap_or_default();
+            for part in self.prompt[self.skip..].chunks(chunk) {
+                logits = self.lm.step(self.state.get(), &[(self.seq, part)])?.pop().unwrap_or_default();
             }
             self.stats.prompt_secs = secs(self.started);
             Ok(logits)
@@ -287,7 +347,8 @@ mod blocking {
             let piece = self.text.push(self.lm.vocab(), s.id)?;
             self.held.push_str(&piece);
             let (mut text, stopped) = self.release();
-            let full = self.state.len(self.seq).unwrap_or(0) + 1 > self.state.ctx();
+            let state = self.state.get();
+            let full = state.len(self.seq).unwrap_or(0) + 1 > state.ctx();
             if stopped {
                 self.finish = Some(FinishReason::Stop);
             } else if self.generated.len() >= self.params.max_tokens || full {
@@ -295,7 +356,7 @@ mod blocking {
                 text.push_str(&std::mem::take(&mut self.held));
             } else {
                 let step = now();
-                self.logits = self.lm.step(&mut self.state, &[(self.seq, &[s.id])])?.pop();
+                self.logits = self.lm.step(self.state.get(), &[(self.seq, &[s.id])])?.pop();
                 self.stats.decode_secs += secs(step);
             }
             Ok(Some(TokenEvent { id: s.id, text, logprob: s.logprob }))

@@ -193,7 +193,7 @@ impl LanguageModel {
         }
         let width = self.config.num_kv_heads * self.config.head_dim;
         let shapes = vec![vec![seqs, ctx, width]; 2 * self.config.num_layers];
-        Ok(DecodeState { state: self.session.new_state(&shapes)?, ctx, lens: vec![None; seqs] })
+        Ok(DecodeState { state: self.session.new_state(&shapes)?, ctx, tokens: vec![None; seqs] })
     }
 
     /// One step over several sequences: each entry appends its tokens to its sequence (a
@@ -260,8 +260,8 @@ impl LanguageModel {
         ];
         let out = self.session.run_with_state_async(&inputs, &mut state.state).await?;
         for &(seq, tokens) in work {
-            if let Some(Some(l)) = state.lens.get_mut(seq.0) {
-                *l += tokens.len();
+            if let Some(Some(held)) = state.tokens.get_mut(seq.0) {
+                held.extend_from_slice(tokens);
             }
         }
         let vocab = self.config.vocab_size;
@@ -280,41 +280,57 @@ impl LanguageModel {
 pub struct DecodeState {
     state: State,
     ctx: usize,
-    /// Tokens in each sequence's rows; `None` for a free one.
-    lens: Vec<Option<usize>>,
+    /// The tokens in each sequence's rows; `None` for a free one.
+    tokens: Vec<Option<Vec<u32>>>,
 }
 
 impl std::fmt::Debug for DecodeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecodeState").field("ctx", &self.ctx).field("lens", &self.lens).finish_non_exhaustive()
+        let lens: Vec<Option<usize>> = self.tokens.iter().map(|t| t.as_ref().map(Vec::len)).collect();
+        f.debug_struct("DecodeState").field("ctx", &self.ctx).field("lens", &lens).finish_non_exhaustive()
     }
 }
 
 impl DecodeState {
     /// Starts an empty sequence, or `None` when every row is taken.
     pub fn add(&mut self) -> Option<SeqId> {
-        let i = self.lens.iter().position(Option::is_none)?;
-        self.lens[i] = Some(0);
+        let i = self.tokens.iter().position(Option::is_none)?;
+        self.tokens[i] = Some(Vec::new());
         Some(SeqId(i))
     }
 
     /// Ends a sequence; its rows go to the next one added.
     pub fn remove(&mut self, seq: SeqId) {
-        if let Some(l) = self.lens.get_mut(seq.0) {
-            *l = None;
+        if let Some(t) = self.tokens.get_mut(seq.0) {
+            *t = None;
         }
     }
 
     /// Forgets a sequence's tokens from `len` on (to rewind a conversation or reuse a prefix).
     pub fn truncate(&mut self, seq: SeqId, len: usize) {
-        if let Some(Some(l)) = self.lens.get_mut(seq.0) {
-            *l = (*l).min(len);
+        if let Some(Some(t)) = self.tokens.get_mut(seq.0) {
+            t.truncate(len);
         }
+    }
+
+    /// The tokens a sequence holds, `None` if it is not in the state.
+    pub fn tokens(&self, seq: SeqId) -> Option<&[u32]> {
+        self.tokens.get(seq.0).and_then(|t| t.as_deref())
+    }
+
+    /// Keeps the longest prefix of a sequence's tokens that `tokens` starts with, but at most
+    /// `tokens.len() - 1` of them (the last token must run again to give its logits): what a
+    /// conversation's next turn can reuse. Returns how many are kept.
+    pub fn reuse_prefix(&mut self, seq: SeqId, tokens: &[u32]) -> usize {
+        let held = self.tokens(seq).unwrap_or_default();
+        let keep = held.iter().zip(tokens).take_while(|(a, b)| a == b).count().min(tokens.len().saturating_sub(1));
+        self.truncate(seq, keep);
+        keep
     }
 
     /// Tokens a sequence holds, `None` if it is not in the state.
     pub fn len(&self, seq: SeqId) -> Option<usize> {
-        self.lens.get(seq.0).copied().flatten()
+        self.tokens.get(seq.0).and_then(|t| t.as_ref()).map(Vec::len)
     }
 
     /// Positions each sequence can hold.
@@ -324,12 +340,12 @@ impl DecodeState {
 
     /// Sequences the state can hold at once.
     pub fn capacity(&self) -> usize {
-        self.lens.len()
+        self.tokens.len()
     }
 
     /// Sequences in it now.
     pub fn active(&self) -> usize {
-        self.lens.iter().filter(|l| l.is_some()).count()
+        self.tokens.iter().filter(|t| t.is_some()).count()
     }
 
     /// Bytes of cache memory.

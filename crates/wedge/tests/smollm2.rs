@@ -178,3 +178,31 @@ fn cpu_fast_mode_stays_close() {
         assert!(worst <= 0.1, "{}: fast max |Δlogit| {worst:.2e} > 0.1", r.name);
     }
 }
+
+/// A conversation kept in one cache: the second turn reuses every token the first left in the
+/// cache (its prompt and answer) and prefills only the rest, and gives the same greedy tokens
+/// as a fresh generation over the whole conversation.
+#[test]
+fn a_second_turn_reuses_the_cache_and_answers_as_a_fresh_start() {
+    let Some(bytes) = model_bytes() else { return };
+    let lm = LanguageModel::from_gguf(bytes, &Device::cpu(), LmOptions::default()).unwrap();
+    let vocab = lm.vocab();
+    let params = || GenerateParams { max_tokens: 8, ..Default::default() };
+    let mut messages = vec![wedge::ChatMessage::new("user", "What is the capital of France?")];
+    let mut state = lm.new_state(1, 256).unwrap();
+    let seq = state.add().unwrap();
+    let first = vocab.encode(&vocab.render_chat(&messages, true).unwrap(), true).unwrap();
+    let mut run = lm.generate_in(&mut state, seq, &first, params()).unwrap();
+    let answer: String = run.by_ref().map(|t| t.unwrap().text).collect();
+    let kept = run.stats().prompt_tokens + run.stats().completion_tokens;
+    drop(run);
+    messages.push(wedge::ChatMessage::new("assistant", &answer));
+    messages.push(wedge::ChatMessage::new("user", "And of Italy?"));
+    let second = vocab.encode(&vocab.render_chat(&messages, true).unwrap(), true).unwrap();
+    let mut run = lm.generate_in(&mut state, seq, &second, params()).unwrap();
+    let reused: Vec<u32> = run.by_ref().map(|t| t.unwrap().id).collect();
+    assert!(run.stats().cached_tokens >= kept - 1, "{} of {kept} reused", run.stats().cached_tokens);
+    drop(run);
+    let fresh: Vec<u32> = lm.generate(&second, params()).unwrap().map(|t| t.unwrap().id).collect();
+    assert_eq!(reused, fresh);
+}
