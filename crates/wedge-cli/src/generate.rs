@@ -120,7 +120,18 @@ impl ModelArgs {
         })
     }
 
-    fn params(&self, lm: &LanguageModel, prompt_len: usize) -> Result<GenerateParams> {
+    /// Says how large the key/value cache for `ctx` positions is.
+    fn report_cache(&self, lm: &LanguageModel, ctx: usize) {
+        eprintln!(
+            "wedge: {} layers, context {ctx} positions, key/value cache {:.1} MiB ({})",
+            lm.config().num_layers,
+            lm.kv_bytes(ctx) as f64 / (1 << 20) as f64,
+            self.kv
+        );
+    }
+
+    /// What to generate after a prompt of `prompt_len` tokens in a context of `ctx` positions.
+    fn params(&self, prompt_len: usize, ctx: usize) -> Result<GenerateParams> {
         let sampling = SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
@@ -133,16 +144,9 @@ impl ModelArgs {
             seed: self.seed,
         };
         sampling.validate().map_err(|m| anyhow::anyhow!("{m}"))?;
-        let ctx = self.ctx(lm, prompt_len.saturating_add(self.max_tokens));
         if prompt_len >= ctx {
             bail!("the prompt has {prompt_len} tokens and the context holds {ctx} (raise --ctx or --kv-budget-mb)");
         }
-        eprintln!(
-            "wedge: {} layers, context {ctx} positions, key/value cache {:.1} MiB ({})",
-            lm.config().num_layers,
-            lm.kv_bytes(ctx) as f64 / (1 << 20) as f64,
-            self.kv
-        );
         Ok(GenerateParams {
             max_tokens: self.max_tokens,
             sampling,
@@ -188,7 +192,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         }
         _ => bail!("give --prompt TEXT or --chat TEXT (or --chat - for JSON messages on stdin)"),
     };
-    let params = args.model.params(&lm, prompt.len())?;
+    let ctx = args.model.ctx(&lm, prompt.len().saturating_add(args.model.max_tokens));
+    let params = args.model.params(prompt.len(), ctx)?;
+    args.model.report_cache(&lm, ctx);
     let mut out = std::io::stdout().lock();
     let mut run = lm.generate(&prompt, params)?;
     for t in run.by_ref() {
@@ -234,6 +240,7 @@ pub(crate) fn chat(args: ChatArgs) -> Result<()> {
     let mut messages: Vec<ChatMessage> = args.system.iter().map(|s| ChatMessage::new("system", s)).collect();
     // one cache for the whole conversation: each turn prefills only what the last one did not
     let ctx = args.model.ctx(&lm, usize::MAX);
+    args.model.report_cache(&lm, ctx);
     let mut state = lm.new_state(1, ctx)?;
     let seq = state.add().context("a sequence in the cache")?;
     let stdin = std::io::stdin();
@@ -248,8 +255,7 @@ pub(crate) fn chat(args: ChatArgs) -> Result<()> {
         }
         messages.push(ChatMessage::new("user", line.trim_end()));
         let prompt = vocab.encode(&vocab.render_chat(&messages, true)?, true)?;
-        let mut params = args.model.params(&lm, prompt.len())?;
-        params.ctx = ctx;
+        let params = args.model.params(prompt.len(), ctx)?;
         let mut answer = String::new();
         let mut run = lm.generate_in(&mut state, seq, &prompt, params)?;
         for t in run.by_ref() {

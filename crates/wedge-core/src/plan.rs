@@ -394,67 +394,18 @@ impl Plan {
         if input_shapes.len() != graph.inputs.len() {
             return Err(Error::Input(format!("expected {} inputs, got {}", graph.inputs.len(), input_shapes.len())));
         }
-        // Bind symbolic dimensions.
+        // Bind symbolic dimensions, from the inputs and then the states.
         let mut vars: HashMap<&str, usize> = HashMap::new();
         for (inp, shape) in graph.inputs.iter().zip(input_shapes) {
-            if inp.dims.len() != shape.len() {
-                return Err(Error::Input(format!(
-                    "input `{}` has rank {}, expected {}",
-                    inp.name,
-                    shape.len(),
-                    inp.dims.len()
-                )));
-            }
-            for (d, &got) in inp.dims.iter().zip(shape) {
-                match d {
-                    Dim::Fixed(want) if *want != got => {
-                        return Err(Error::Input(format!(
-                            "input `{}` has shape {shape:?}; a dimension must be {want}",
-                            inp.name
-                        )));
-                    }
-                    Dim::Var(name) => {
-                        if let Some(prev) = vars.insert(name, got)
-                            && prev != got
-                        {
-                            return Err(Error::Input(format!(
-                                "dimension `{name}` is {prev} in one input and {got} in `{}`",
-                                inp.name
-                            )));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
-                return Err(Error::Input(format!("input `{}` shape {shape:?} overflows", inp.name)));
-            }
+            bind_dims("input", &inp.name, &inp.dims, shape, &mut vars)?;
         }
-
         for (st, shape) in graph.states.iter().zip(state_shapes) {
-            if st.dims.len() != shape.len() {
+            bind_dims("state", &st.name, &st.dims, shape, &mut vars)?;
+            if st.elem == StateElem::F16 && shape.last().is_some_and(|w| w % 2 != 0) {
                 return Err(Error::Input(format!(
-                    "state `{}` has rank {}, expected {}",
-                    st.name,
-                    shape.len(),
-                    st.dims.len()
+                    "state `{}` shape {shape:?}: f16 rows must be of even width",
+                    st.name
                 )));
-            }
-            for (d, &got) in st.dims.iter().zip(shape) {
-                let want = match d {
-                    Dim::Fixed(want) => Some(*want),
-                    Dim::Var(name) => vars.insert(name, got),
-                };
-                if want.is_some_and(|w| w != got) {
-                    return Err(Error::Input(format!(
-                        "state `{}` has shape {shape:?}; dimension {d:?} must be {want:?}",
-                        st.name
-                    )));
-                }
-            }
-            let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            if n.is_none() || (st.elem == StateElem::F16 && shape.last().is_some_and(|w| w % 2 != 0)) {
-                return Err(Error::Input(format!("state `{}` shape {shape:?} overflows or has odd f16 rows", st.name)));
             }
         }
         let states: Vec<StateInfo> = graph
@@ -974,6 +925,41 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// Checks `shape` against the declared `dims` of input or state `name` (`what`), binding each
+/// symbolic dimension in `vars` or checking it against its earlier binding.
+fn bind_dims<'g>(
+    what: &str,
+    name: &str,
+    dims: &'g [Dim],
+    shape: &[usize],
+    vars: &mut HashMap<&'g str, usize>,
+) -> Result<()> {
+    if dims.len() != shape.len() {
+        return Err(Error::Input(format!("{what} `{name}` has rank {}, expected {}", shape.len(), dims.len())));
+    }
+    for (d, &got) in dims.iter().zip(shape) {
+        match d {
+            Dim::Fixed(want) if *want != got => {
+                return Err(Error::Input(format!("{what} `{name}` has shape {shape:?}; a dimension must be {want}")));
+            }
+            Dim::Var(var) => {
+                if let Some(prev) = vars.insert(var, got)
+                    && prev != got
+                {
+                    return Err(Error::Input(format!(
+                        "dimension `{var}` is {prev} in one input and {got} in `{name}`"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
+        return Err(Error::Input(format!("{what} `{name}` shape {shape:?} overflows")));
+    }
+    Ok(())
 }
 
 fn root_of(alias: &[Option<ValueId>], mut v: ValueId) -> ValueId {

@@ -79,7 +79,7 @@ pub fn cached_attention(
     v: &[u32],
     out: &mut [f32],
 ) {
-    let CachedAttentionDims { heads, kv_heads, head_dim: d, .. } = *dims;
+    let CachedAttentionDims { heads, head_dim: d, .. } = *dims;
     let one = |(t, o): (usize, &mut [f32])| head_task(dims, t / heads, t % heads, q, seq, pos, k, v, o);
     // (a task is one query head over its keys: a few short ones are too little to share out)
     #[cfg(not(target_arch = "wasm32"))]
@@ -91,7 +91,6 @@ pub fn cached_attention(
             return;
         }
     }
-    let _ = kv_heads;
     out.chunks_exact_mut(d).enumerate().for_each(one);
 }
 

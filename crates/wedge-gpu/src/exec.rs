@@ -710,17 +710,6 @@ pub async fn execute(
     ResidentRun::prepare(ctx, plan.clone(), weights).await?.run(inputs).await
 }
 
-/// Runs `plan` once on the GPU over `state`, which it reads and writes in place.
-pub async fn execute_with_state(
-    ctx: &GpuContext,
-    plan: &Arc<Plan>,
-    weights: &GpuWeights,
-    inputs: &[HostTensor],
-    state: &mut GpuState,
-) -> Result<Vec<HostTensor>, GpuError> {
-    ResidentRun::prepare_with_state(ctx, plan.clone(), weights, Some(state)).await?.run(inputs).await
-}
-
 impl ResidentRun {
     /// Uploads the inputs, runs every dispatch in one submission and reads the outputs back.
     pub async fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, GpuError> {

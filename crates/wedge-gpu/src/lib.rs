@@ -14,7 +14,7 @@ mod context;
 mod exec;
 
 pub use context::{AdapterChoice, AdapterSummary, GpuContext};
-pub use exec::{GpuState, GpuWeights, ResidentRun, execute, execute_with_state};
+pub use exec::{GpuState, GpuWeights, ResidentRun, execute};
 
 use thiserror::Error;
 

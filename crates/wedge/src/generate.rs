@@ -66,7 +66,7 @@ pub struct TokenEvent {
     pub logprob: f32,
 }
 
-/// Counts and timings of a generation (seconds; zero on wasm32, which has no clock).
+/// Counts and timings of a generation (seconds).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GenerationStats {
     /// Prompt tokens.
@@ -181,19 +181,10 @@ mod blocking {
     impl LanguageModel {
         /// Starts generating after `prompt` (token ids, BOS included if the model wants one).
         pub fn generate(&self, prompt: &[u32], params: GenerateParams) -> Result<Generation<'_>> {
-            params.sampling.validate().map_err(|m| Error::Core(wedge_core::Error::Input(m)))?;
-            if prompt.is_empty() {
-                return Err(Error::Core(wedge_core::Error::Input("the prompt has no tokens".into())));
-            }
             let ctx = if params.ctx > 0 { params.ctx } else { prompt.len() + params.max_tokens.max(1) };
-            if prompt.len() >= ctx {
-                return Err(Error::Core(wedge_core::Error::Input(format!(
-                    "the prompt has {} tokens, the context holds {ctx}",
-                    prompt.len()
-                ))));
-            }
+            check(&params, prompt, ctx)?;
             let mut state = self.new_state(1, ctx)?;
-            let seq = state.add().ok_or_else(|| Error::Core(wedge_core::Error::Input("no free sequence".into())))?;
+            let seq = state.add().ok_or_else(|| input_err("no free sequence".into()))?;
             Ok(self.start(Slot::Owned(state), seq, 0, prompt, params))
         }
 
@@ -207,19 +198,9 @@ mod blocking {
             prompt: &[u32],
             params: GenerateParams,
         ) -> Result<Generation<'a>> {
-            params.sampling.validate().map_err(|m| Error::Core(wedge_core::Error::Input(m)))?;
-            if prompt.is_empty() {
-                return Err(Error::Core(wedge_core::Error::Input("the prompt has no tokens".into())));
-            }
+            check(&params, prompt, state.ctx())?;
             if state.len(seq).is_none() {
-                return Err(Error::Core(wedge_core::Error::Input(format!("sequence {} is not in the state", seq.0))));
-            }
-            if prompt.len() >= state.ctx() {
-                return Err(Error::Core(wedge_core::Error::Input(format!(
-                    "the prompt has {} tokens, the context holds {}",
-                    prompt.len(),
-                    state.ctx()
-                ))));
+                return Err(input_err(format!("sequence {} is not in the state", seq.0)));
             }
             let skip = state.reuse_prefix(seq, prompt);
             Ok(self.start(Slot::Borrowed(state), seq, skip, prompt, params))
@@ -252,6 +233,23 @@ mod blocking {
                 started: None,
             }
         }
+    }
+
+    fn input_err(msg: String) -> Error {
+        Error::Core(wedge_core::Error::Input(msg))
+    }
+
+    /// Checks what every generation needs: valid sampling values and a prompt of at least one
+    /// token that leaves room in a context of `ctx` positions.
+    fn check(params: &GenerateParams, prompt: &[u32], ctx: usize) -> Result<()> {
+        params.sampling.validate().map_err(input_err)?;
+        if prompt.is_empty() {
+            return Err(input_err("the prompt has no tokens".into()));
+        }
+        if prompt.len() >= ctx {
+            return Err(input_err(format!("the prompt has {} tokens, the context holds {ctx}", prompt.len())));
+        }
+        Ok(())
     }
 
     /// A generation's cache: its own, or one the caller keeps across generations.

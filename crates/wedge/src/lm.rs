@@ -236,12 +236,6 @@ impl LanguageModel {
                     state.ctx
                 )));
             }
-            if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-                return Err(config_err(format!(
-                    "token id {bad} is outside the vocabulary of {}",
-                    self.config.vocab_size
-                )));
-            }
             ids.extend_from_slice(tokens);
             pos.extend((len..len + tokens.len()).map(|p| p as u32));
             seqs.extend(std::iter::repeat_n(seq.0 as u32, tokens.len()));
