@@ -51,7 +51,7 @@ pub struct CachedAttentionDims {
 }
 
 /// Reads `n` values of a state from value offset `at` into `out` as f32.
-#[inline]
+#[inline(always)]
 fn read_row(state: &[u32], elem: StateElem, at: usize, out: &mut [f32]) {
     match elem {
         StateElem::F32 => out.iter_mut().zip(&state[at..]).for_each(|(d, w)| *d = f32::from_bits(*w)),
@@ -80,7 +80,10 @@ pub fn cached_attention(
     out: &mut [f32],
 ) {
     let CachedAttentionDims { heads, head_dim: d, .. } = *dims;
-    let one = |(t, o): (usize, &mut [f32])| head_task(dims, t / heads, t % heads, q, seq, pos, k, v, o);
+    let arch = pulp::Arch::new();
+    let one = |(t, out): (usize, &mut [f32])| {
+        arch.dispatch(HeadTask { dims, t: t / heads, h: t % heads, q, seq, pos, k, v, out })
+    };
     // (a task is one query head over its keys: a few short ones are too little to share out)
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -94,42 +97,62 @@ pub fn cached_attention(
     out.chunks_exact_mut(d).enumerate().for_each(one);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn head_task(
-    dims: &CachedAttentionDims,
+/// The `buf.len()` values of a state from value offset `at`: an f32 state's where they are,
+/// an f16 one's widened into `buf`.
+#[inline(always)]
+fn head_row<'a>(state: &'a [u32], elem: StateElem, at: usize, buf: &'a mut [f32]) -> &'a [f32] {
+    match elem {
+        StateElem::F32 => bytemuck::cast_slice(&state[at..at + buf.len()]),
+        StateElem::F16 => {
+            read_row(state, elem, at, buf);
+            buf
+        }
+    }
+}
+
+/// One query head of one token over its keys, compiled for the CPU's widest vector unit (the
+/// dot products and the weighted sum vectorize).
+struct HeadTask<'a> {
+    dims: &'a CachedAttentionDims,
     t: usize,
     h: usize,
-    q: &[f32],
-    seq: &[u32],
-    pos: &[u32],
-    k: &[u32],
-    v: &[u32],
-    out: &mut [f32],
-) {
-    let CachedAttentionDims { heads, kv_heads, head_dim: d, scale, ctx, elem } = *dims;
-    let width = kv_heads * d;
-    let kvh = h / (heads / kv_heads);
-    let qh = &q[(t * heads + h) * d..][..d];
-    let base = seq[t] as usize * ctx;
-    let keys = pos[t] as usize + 1;
-    let mut scores = Vec::with_capacity(keys);
-    let mut row = vec![0f32; d];
-    for j in 0..keys {
-        read_row(k, elem, (base + j) * width + kvh * d, &mut row);
-        let dot: f32 = qh.iter().zip(&row).map(|(a, b)| a * b).sum();
-        scores.push(dot * scale);
-    }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut total = 0f32;
-    for s in &mut scores {
-        *s = (*s - max).exp();
-        total += *s;
-    }
-    out.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        read_row(v, elem, (base + j) * width + kvh * d, &mut row);
-        let w = p / total;
-        out.iter_mut().zip(&row).for_each(|(o, x)| *o += w * x);
+    q: &'a [f32],
+    seq: &'a [u32],
+    pos: &'a [u32],
+    k: &'a [u32],
+    v: &'a [u32],
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for HeadTask<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let HeadTask { dims, t, h, q, seq, pos, k, v, out } = self;
+        let CachedAttentionDims { heads, kv_heads, head_dim: d, scale, ctx, elem } = *dims;
+        let width = kv_heads * d;
+        let kvh = h / (heads / kv_heads);
+        let qh = &q[(t * heads + h) * d..][..d];
+        let base = seq[t] as usize * ctx;
+        let keys = pos[t] as usize + 1;
+        let mut scores = Vec::with_capacity(keys);
+        let mut buf = vec![0f32; d];
+        let at = |j: usize| (base + j) * width + kvh * d;
+        for j in 0..keys {
+            scores.push(crate::kernels::dot(qh, head_row(k, elem, at(j), &mut buf)) * scale);
+        }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut total = 0f32;
+        for s in &mut scores {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        out.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let w = p / total;
+            out.iter_mut().zip(head_row(v, elem, at(j), &mut buf)).for_each(|(o, x)| *o += w * x);
+        }
     }
 }
 

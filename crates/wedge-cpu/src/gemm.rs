@@ -206,7 +206,7 @@ impl WithSimd for Task<'_, '_> {
 /// Adds the bias to each row of `res` (rows of `bias.len()` values) and applies the
 /// activation to the whole of it: once per row block in one long loop, rather than once per
 /// task row of 48 values, whose remainders the vectorizer leaves to narrower code.
-fn epilogue(res: &mut [f32], bias: Option<&[f32]>, act: Activation) {
+pub(crate) fn epilogue(res: &mut [f32], bias: Option<&[f32]>, act: Activation) {
     if let Some(b) = bias {
         for row in res.chunks_exact_mut(b.len()) {
             row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -343,6 +343,11 @@ pub(crate) fn matmul_with(
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = packed; // never made there
+    // a decoder's few rows: straight from the stored words, in f32
+    #[cfg(target_arch = "x86_64")]
+    if packed.is_none() && crate::gemv::takes(w, m, k) {
+        return crate::gemv::matmul(x, w, bias, act, m, k, n, out);
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(p) = packed {
         return if p.0.grouped_layout() {

@@ -10,6 +10,8 @@
 pub mod a8;
 mod cache;
 mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod gemv;
 mod kernels;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
