@@ -440,6 +440,18 @@ pub struct Gguf<'a> {
 impl<'a> Gguf<'a> {
     /// Parses and checks a whole file.
     pub fn parse(bytes: &'a [u8]) -> Result<Gguf<'a>> {
+        let mut g = Gguf::parse_head(bytes, bytes.len() as u64)?;
+        g.data = bytes.get(g.data_offset as usize..).unwrap_or_default();
+        Ok(g)
+    }
+
+    /// Parses and checks the header (metadata and tensor table) of a file of `file_len` bytes
+    /// from its first bytes, `head`, without its tensor data: every tensor is checked to lie
+    /// within the file, and read with [`Gguf::weight_from`] from bytes read elsewhere (a model
+    /// loads tensor by tensor, never holding the whole file and its weights at once). A head too
+    /// short for the header is an error, like a truncated file.
+    pub fn parse_head(head: &'a [u8], file_len: u64) -> Result<Gguf<'a>> {
+        let bytes = head;
         let mut r = Reader { bytes, pos: 0 };
         let magic = r.take(4, "magic")?;
         if magic != MAGIC {
@@ -518,26 +530,24 @@ impl<'a> Gguf<'a> {
         }
 
         let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
-        let data_len = bytes.len() as u64;
-        if data_offset > data_len && !tensors.is_empty() {
+        if data_offset > file_len && !tensors.is_empty() {
             return Err(err(format!(
-                "truncated: the data section would start at {data_offset}, past the end ({data_len})"
+                "truncated: the data section would start at {data_offset}, past the end ({file_len})"
             )));
         }
-        let data = bytes.get(data_offset as usize..).unwrap_or_default();
+        let data_len = file_len.saturating_sub(data_offset);
         for t in &tensors {
             let end = t.offset.checked_add(t.size);
-            if end.is_none_or(|e| e > data.len() as u64) {
+            if end.is_none_or(|e| e > data_len) {
                 return Err(err(format!(
-                    "tensor `{}`: bytes {}..{} of the data section are past its end ({} bytes; the file is truncated?)",
+                    "tensor `{}`: bytes {}..{} of the data section are past its end ({data_len} bytes; the file is truncated?)",
                     t.name,
                     t.offset,
                     t.offset.saturating_add(t.size),
-                    data.len()
                 )));
             }
         }
-        Ok(Gguf { version, metadata, tensors, alignment, data_offset, metadata_end, data })
+        Ok(Gguf { version, metadata, tensors, alignment, data_offset, metadata_end, data: &[] })
     }
 
     /// A metadata value by key.
@@ -584,9 +594,15 @@ impl<'a> Gguf<'a> {
         out
     }
 
-    /// A tensor's bytes (checked against the file when it was parsed).
+    /// A tensor's bytes (checked against the file when it was parsed; empty where only the
+    /// header was parsed, [`Gguf::parse_head`]).
     pub fn data(&self, t: &TensorInfo) -> &'a [u8] {
-        &self.data[t.offset as usize..(t.offset + t.size) as usize]
+        self.data.get(t.offset as usize..(t.offset + t.size) as usize).unwrap_or_default()
+    }
+
+    /// Where tensor `t`'s bytes start in the file.
+    pub fn file_offset(&self, t: &TensorInfo) -> u64 {
+        self.data_offset + t.offset
     }
 }
 
@@ -596,7 +612,15 @@ impl Gguf<'_> {
     /// minimums and values, with Q4's nibbles reordered). Other types have no exact wedge format yet, and are
     /// refused rather than requantized.
     pub fn weight(&self, t: &TensorInfo) -> Result<Weight> {
-        let data = self.data(t);
+        Gguf::weight_from(t, self.data(t))
+    }
+
+    /// [`Gguf::weight`] from the tensor's bytes (`t.size` of them, from
+    /// [`Gguf::file_offset`]), read by the caller.
+    pub fn weight_from(t: &TensorInfo, data: &[u8]) -> Result<Weight> {
+        if data.len() as u64 != t.size {
+            return Err(err(format!("tensor `{}`: {} bytes given, it has {}", t.name, data.len(), t.size)));
+        }
         let shape = t.shape();
         let words = |b: &[u8]| b.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
         let (format, packed, scales) = match t.ty {

@@ -130,22 +130,75 @@ impl LanguageModel {
         Ok(LanguageModel { session, config, vocab, options, weight_bytes, architecture })
     }
 
-    /// Loads a GGUF file or a `.wedge` decoder package from disk.
+    /// Loads a GGUF file or a `.wedge` decoder package from disk. A GGUF file is read a tensor
+    /// at a time (its header first, then each tensor's bytes, repacked before the next is
+    /// read), so the load never holds the file and the weights at once.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: impl AsRef<std::path::Path>, device: &Device, options: LmOptions) -> Result<LanguageModel> {
+        use std::io::Read;
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
-        if bytes.starts_with(b"GGUF") {
-            LanguageModel::from_gguf(&bytes, device, options)
-        } else if bytes.starts_with(&wedge_core::package::MAGIC) {
-            LanguageModel::from_wedge(&bytes, device, options)
-        } else {
-            Err(config_err(format!(
-                "{}: not a GGUF file or a .wedge package (language models load from either)",
-                path.display()
-            )))
+        let io = |e: std::io::Error| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut magic = [0u8; 4];
+        let got = file.by_ref().take(4).read(&mut magic).map_err(io)?;
+        if got == 4 && &magic == b"GGUF" {
+            return LanguageModel::open_gguf(path, file, device, options).map_err(|e| match e {
+                Error::Io(e) => io(e),
+                e => e,
+            });
         }
+        if got == 4 && magic == wedge_core::package::MAGIC[..4] {
+            let bytes = std::fs::read(path).map_err(io)?;
+            if bytes.starts_with(&wedge_core::package::MAGIC) {
+                return LanguageModel::from_wedge(&bytes, device, options);
+            }
+        }
+        Err(config_err(format!(
+            "{}: not a GGUF file or a .wedge package (language models load from either)",
+            path.display()
+        )))
+    }
+
+    /// [`LanguageModel::open`] of a GGUF file: the header read in growing pieces until it
+    /// parses (a vocabulary can take megabytes), then the tensors one by one.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn open_gguf(
+        path: &std::path::Path,
+        mut file: std::fs::File,
+        device: &Device,
+        options: LmOptions,
+    ) -> Result<LanguageModel> {
+        use std::io::{Read, Seek, SeekFrom};
+        let len = file.metadata()?.len();
+        let mut head = Vec::new();
+        let mut want = 1u64 << 16;
+        loop {
+            file.seek(SeekFrom::Start(head.len() as u64))?;
+            file.by_ref().take(want.min(len) - head.len() as u64).read_to_end(&mut head)?;
+            match Gguf::parse_head(&head, len) {
+                Ok(_) => break,
+                // (a header longer than what was read fails the same way as a truncated one)
+                Err(_) if (head.len() as u64) < len => want = want.saturating_mul(4),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let g = Gguf::parse_head(&head, len)?;
+        let config = DecoderConfig::from_gguf(&g)?;
+        let vocab = Vocab::from_gguf(&g)?;
+        let architecture = g.str("general.architecture")?.to_string();
+        let mut weights = Vec::new();
+        let mut buf = Vec::new();
+        for (t, name) in llama::used_tensors(&g) {
+            file.seek(SeekFrom::Start(g.file_offset(t)))?;
+            buf.clear();
+            file.by_ref().take(t.size).read_to_end(&mut buf)?;
+            if (buf.len() as u64) < t.size {
+                return Err(config_err(format!("{}: truncated in tensor `{}`", path.display(), t.name)));
+            }
+            weights.push(wedge_core::Weight { name, ..Gguf::weight_from(t, &buf)? });
+        }
+        drop(buf);
+        LanguageModel::assemble(config, vocab, weights, architecture, device, options)
     }
 
     /// The model's configuration.

@@ -60,22 +60,21 @@ fn references() -> Vec<Reference> {
         .collect()
 }
 
+fn model_path() -> Option<PathBuf> {
+    let path = std::env::var_os("WEDGE_SMOLLM2_GGUF").map(PathBuf::from).filter(|p| p.is_file());
+    if path.is_none() {
+        wedge_testkit::unavailable(
+            "WEDGE_REQUIRE_MODEL",
+            "SmolLM2 against the float64 reference",
+            "WEDGE_SMOLLM2_GGUF does not name the file (models/fetch.sh smollm2 fetches it)",
+        );
+    }
+    path
+}
+
 fn model_bytes() -> Option<&'static [u8]> {
     static BYTES: OnceLock<Option<Vec<u8>>> = OnceLock::new();
-    BYTES
-        .get_or_init(|| {
-            let path = std::env::var_os("WEDGE_SMOLLM2_GGUF").map(PathBuf::from).filter(|p| p.is_file());
-            let Some(path) = path else {
-                wedge_testkit::unavailable(
-                    "WEDGE_REQUIRE_MODEL",
-                    "SmolLM2 against the float64 reference",
-                    "WEDGE_SMOLLM2_GGUF does not name the file (models/fetch.sh smollm2 fetches it)",
-                );
-                return None;
-            };
-            Some(std::fs::read(path).unwrap())
-        })
-        .as_deref()
+    BYTES.get_or_init(|| model_path().map(|p| std::fs::read(p).unwrap())).as_deref()
 }
 
 /// Max |Δlogit| over the float64 top 10 of every generated position, teacher-forced.
@@ -105,8 +104,9 @@ fn teacher_forced_error(lm: &LanguageModel, r: &Reference, chunk: usize) -> f64 
 
 #[test]
 fn cpu_f32_logits_and_greedy_tokens_match_float64() {
-    let Some(bytes) = model_bytes() else { return };
-    let lm = LanguageModel::from_gguf(bytes, &Device::cpu(), LmOptions::default()).unwrap();
+    // (from the file, as `wedge generate` loads it: a tensor at a time)
+    let Some(path) = model_path() else { return };
+    let lm = LanguageModel::open(path, &Device::cpu(), LmOptions::default()).unwrap();
     for r in references() {
         let worst = teacher_forced_error(&lm, &r, 16);
         assert!(worst <= 1e-3, "{}: teacher-forced max |Δlogit| {worst:.2e} > 1e-3", r.name);
@@ -205,4 +205,27 @@ fn a_second_turn_reuses_the_cache_and_answers_as_a_fresh_start() {
     drop(run);
     let fresh: Vec<u32> = lm.generate(&second, params()).unwrap().map(|t| t.unwrap().id).collect();
     assert_eq!(reused, fresh);
+}
+
+/// A file cut short anywhere (in its header, in its vocabulary, in a tensor) is refused with an
+/// error that says so, from the file as from bytes in memory.
+#[test]
+fn truncated_files_are_refused() {
+    let Some(bytes) = model_bytes() else { return };
+    let dir = std::env::temp_dir().join(format!("wedge-truncated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for cut in [3, 23, 1000, 1 << 20, bytes.len() / 2, bytes.len() - 1] {
+        let path = dir.join(format!("cut{cut}.gguf"));
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let from_file = LanguageModel::open(&path, &Device::cpu(), LmOptions::default()).unwrap_err().to_string();
+        let from_bytes =
+            LanguageModel::from_gguf(&bytes[..cut], &Device::cpu(), LmOptions::default()).unwrap_err().to_string();
+        for e in [&from_file, &from_bytes] {
+            assert!(
+                e.contains("truncated") || e.contains("past its end") || e.contains("not a GGUF"),
+                "cut at {cut}: {e}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

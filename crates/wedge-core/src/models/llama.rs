@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Builder, ModelGraph, check, dims};
 use crate::error::{Error, Result};
-use crate::gguf::Gguf;
+use crate::gguf::{Gguf, TensorInfo};
 use crate::graph::{Activation, BinaryOp, Dim, Elem, Op, RopeMode, StateElem, ValueId};
 
 /// GGUF architectures this family reads.
@@ -90,15 +90,13 @@ pub const VOCAB_ASSET: &str = "vocab.gguf";
 /// Every tensor of a GGUF file this family uses, repacked exactly ([`Gguf::weight`]) under its
 /// Hugging Face name; tensors it does not use (such as `rope_freqs`) are left out.
 pub fn weights_from_gguf(g: &Gguf<'_>) -> Result<Vec<crate::quant::Weight>> {
-    let mut weights = Vec::with_capacity(g.tensors.len());
-    for t in &g.tensors {
-        if let Some(name) = hf_name(&t.name) {
-            let mut w = g.weight(t)?;
-            w.name = name;
-            weights.push(w);
-        }
-    }
-    Ok(weights)
+    used_tensors(g).map(|(t, name)| Ok(crate::quant::Weight { name, ..g.weight(t)? })).collect()
+}
+
+/// The tensors of a GGUF file this family uses, in file order, each with its Hugging Face name
+/// (for a caller that reads them one at a time, [`Gguf::weight_from`]).
+pub fn used_tensors<'g>(g: &'g Gguf<'_>) -> impl Iterator<Item = (&'g TensorInfo, String)> {
+    g.tensors.iter().filter_map(|t| hf_name(&t.name).map(|name| (t, name)))
 }
 
 impl DecoderConfig {
