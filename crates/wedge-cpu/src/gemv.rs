@@ -38,9 +38,9 @@ const CHUNK: usize = 32;
 pub(crate) fn takes(w: &Weight, m: usize, k: usize) -> bool {
     m <= MAX_ROWS
         && k > 0
-        && k % CHUNK == 0
+        && k.is_multiple_of(CHUNK)
         && matches!(w.format, Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q8 | Format::Q8_0 { .. })
-        && w.format.group() as usize % CHUNK == 0
+        && (w.format.group() as usize).is_multiple_of(CHUNK)
         && (w.format.group() == 0 || w.format.group().is_power_of_two())
         && !w.words.is_empty()
         && isa().is_some()
