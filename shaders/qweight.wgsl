@@ -3,7 +3,7 @@
 // wedge-core (`quant.rs`); `affine`, `raw` and `load_w` mirror it.
 
 // Scalar knobs (pipeline-overridable constants).
-override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1, 5 q8a8 (stored as q8), 6 q8_0
+override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1, 5 q8a8 (stored as q8), 6 q8_0, 7 q4_k
 override ACT: u32 = 0u;         // 0 none, 1 gelu (erf), 2 gelu (tanh), 3 silu
 override HAS_BIAS: bool = false;
 
@@ -67,7 +67,30 @@ fn affine(row: u32, wi: u32) -> vec2<f32> {
         let pair = unpack2x16float(s[g >> 1u]);
         return vec2<f32>(select(pair.x, pair.y, (g & 1u) == 1u), 0.0);
     }
+    if (WTYPE == 7u) {
+        // a super-block of eight groups of 32: four words, (d, dmin) then 12 bytes of 6-bit
+        // scales and minimums (quant.rs `q4k_scale_min`)
+        let g = row * p.gpr + wi / 4u;
+        let base = (g / 8u) * 4u;
+        let j = g % 8u;
+        let dm = unpack2x16float(s[base]);
+        var sc: u32;
+        var mn: u32;
+        if (j < 4u) {
+            sc = k_byte(base, j) & 63u;
+            mn = k_byte(base, j + 4u) & 63u;
+        } else {
+            sc = (k_byte(base, j + 4u) & 15u) | ((k_byte(base, j - 4u) >> 6u) << 4u);
+            mn = (k_byte(base, j + 4u) >> 4u) | ((k_byte(base, j) >> 6u) << 4u);
+        }
+        return vec2<f32>(dm.x * f32(sc), -(dm.y * f32(mn)));
+    }
     return vec2<f32>(1.0, 0.0);
+}
+
+// Byte `i` of the 12 packed bytes of the `q4_k` super-block whose scale words start at `base`.
+fn k_byte(base: u32, i: u32) -> u32 {
+    return extractBits(s[base + 1u + i / 4u], (i % 4u) * 8u, 8u);
 }
 
 // Raw value `j` of a packed word, before the affine.

@@ -684,10 +684,33 @@ impl Gguf<'_> {
                 }
                 (Format::Q8_0 { group: 32 }, w, s)
             }
+            GgmlType::Q4_K => {
+                // a block: f16 d and dmin, 12 bytes of 6-bit scales and minimums (kept as they
+                // are), then 128 bytes: for each 64 values, 32 bytes whose low nibbles are the
+                // first 32 values and whose high nibbles the next 32
+                let blocks = data.chunks_exact(t.ty.block_bytes());
+                let mut w = Vec::with_capacity(32 * blocks.len());
+                let mut s = Vec::with_capacity(4 * blocks.len());
+                for b in blocks {
+                    s.extend(b[..16].chunks_exact(4).map(|q| u32::from_le_bytes([q[0], q[1], q[2], q[3]])));
+                    let qs = &b[16..144];
+                    for word in 0..32 {
+                        let mut v = 0u32;
+                        for j in 0..8 {
+                            let k = 8 * word + j;
+                            let byte = qs[32 * (k / 64) + k % 32];
+                            let nib = if k % 64 < 32 { byte & 0x0f } else { byte >> 4 };
+                            v |= u32::from(nib) << (4 * j);
+                        }
+                        w.push(v);
+                    }
+                }
+                (Format::Q4K, w, s)
+            }
             other => {
                 return Err(err(format!(
-                    "tensor `{}` is {other}, which no wedge format holds exactly yet (F32, F16, Q4_0, Q4_1 and \
-                     Q8_0 load as weights); it is not requantized without being asked",
+                    "tensor `{}` is {other}, which no wedge format holds exactly yet (F32, F16, Q4_0, Q4_1, \
+                     Q8_0 and Q4_K load as weights); it is not requantized without being asked",
                     t.name
                 )));
             }

@@ -18,9 +18,16 @@
 //! | `q4` | 8 | u4 nibble `j` (bits `4j..4j+4`) holds `q + 8` | one f16 per group, two per word, low half first, groups numbered row-major | `(u − 8) · s` |
 //! | `q4_1` | 8 | u4 as `q4` | one word per group: `pack2x16float(s, m)` | `u · s + m` |
 //! | `q8_0` | 4 | i8 as `q8` | one f16 per group, as `q4` | `q · s` |
+//! | `q4_k` | 8 | u4 as `q4` | four words per super-block of 256 values (GGUF `Q4_K`): `pack2x16float(d, dmin)`, then the 12 bytes of 6-bit sub-block scales and minimums, as GGUF packs them | `u · (d · sc_j) − dmin · m_j` |
 //!
 //! Groups run along `cols`: group `g` of a row covers columns `g·G .. (g+1)·G`,
 //! and a row has `ceil(cols / G)` groups. `G` is 32, 64 or 128.
+//!
+//! `q4_k` is GGUF's `Q4_K` with its values in wedge's nibble order: rows of whole super-blocks
+//! of 256 values, each of eight groups of 32 (`j`) whose scale `d · sc_j` and minimum
+//! `dmin · m_j` come from 6-bit integers `sc_j`, `m_j` and the super-block's f16 `d` and `dmin`.
+//! Every product there is exact in f32, so a value is one rounding of `u · s + m` with the
+//! group's `(s, m) = (d · sc_j, −dmin · m_j)`, as in llama.cpp.
 //!
 //! `q8a8` stores exactly what `q8` stores; it differs in how a matmul uses it (w8a8): each
 //! row of activations is rounded in blocks of [`A8_BLOCK`] values along the reduction, every
@@ -72,7 +79,17 @@ pub enum Format {
         /// Group size along the reduction dimension: 32, 64 or 128.
         group: u32,
     },
+    /// Asymmetric INT4 in super-blocks of 256 values with 6-bit group scales and minimums
+    /// (GGUF `Q4_K`; groups of 32).
+    #[serde(rename = "q4_k")]
+    Q4K,
 }
+
+/// Values per super-block of the k-quant formats (`q4_k`).
+pub const SUPER_BLOCK: usize = 256;
+
+/// Scale words per super-block of `q4_k`: `(d, dmin)` as two halves, then 12 bytes.
+const Q4K_WORDS: usize = 4;
 
 /// Activations per block of a `q8a8` matmul (see the module docs).
 pub const A8_BLOCK: usize = 32;
@@ -92,6 +109,7 @@ impl Format {
             Format::Q4_1 { .. } => 4,
             Format::Q8A8 => 5,
             Format::Q8_0 { .. } => 6,
+            Format::Q4K => 7,
         }
     }
 
@@ -105,10 +123,12 @@ impl Format {
             Format::Q4_1 { .. } => "q4_1",
             Format::Q8A8 => "q8a8",
             Format::Q8_0 { .. } => "q8_0",
+            Format::Q4K => "q4_k",
         }
     }
 
-    /// Parse `f32`, `f16`, `q8`, `q8a8`, `q8_0`, `q4`, `q4_1`, with the group size used for the grouped ones.
+    /// Parse `f32`, `f16`, `q8`, `q8a8`, `q8_0`, `q4`, `q4_1`, `q4_k`, with the group size used for
+    /// the grouped ones that take one.
     pub fn parse(s: &str, group: u32) -> Option<Format> {
         Some(match s {
             "f32" => Format::F32,
@@ -118,6 +138,7 @@ impl Format {
             "q4" => Format::Q4 { group },
             "q4_1" => Format::Q4_1 { group },
             "q8_0" => Format::Q8_0 { group },
+            "q4_k" => Format::Q4K,
             _ => return None,
         })
     }
@@ -128,7 +149,7 @@ impl Format {
             Format::F32 => 1,
             Format::F16 => 2,
             Format::Q8 | Format::Q8A8 | Format::Q8_0 { .. } => 4,
-            Format::Q4 { .. } | Format::Q4_1 { .. } => 8,
+            Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K => 8,
         }
     }
 
@@ -136,6 +157,7 @@ impl Format {
     pub fn group(self) -> u32 {
         match self {
             Format::Q4 { group } | Format::Q4_1 { group } | Format::Q8_0 { group } => group,
+            Format::Q4K => 32,
             _ => 0,
         }
     }
@@ -161,6 +183,7 @@ impl Format {
             Format::Q8 | Format::Q8A8 => rows,
             Format::Q4 { .. } | Format::Q8_0 { .. } => rows.checked_mul(self.groups_per_row(cols))?.div_ceil(2),
             Format::Q4_1 { .. } => rows.checked_mul(self.groups_per_row(cols))?,
+            Format::Q4K => rows.checked_mul(cols.div_ceil(SUPER_BLOCK))?.checked_mul(Q4K_WORDS)?,
         };
         Some((words, scales))
     }
@@ -181,6 +204,63 @@ impl std::fmt::Display for Format {
         match self.group() {
             0 => f.write_str(self.name()),
             g => write!(f, "{}/g{g}", self.name()),
+        }
+    }
+}
+
+/// The 6-bit scale and minimum of group `j` (0..8) of a `q4_k` super-block from its 12 packed
+/// bytes (three little-endian words), as GGUF packs them: groups 0-3 in the low six bits of
+/// bytes `j` and `j + 4`, groups 4-7 in the nibbles of bytes `j + 4` with their top two bits
+/// in the high bits of bytes `j - 4` and `j`.
+#[inline]
+pub fn q4k_scale_min(packed: &[u32], j: usize) -> (u8, u8) {
+    let b = |i: usize| (packed[i / 4] >> (8 * (i % 4))) as u8;
+    if j < 4 {
+        (b(j) & 63, b(j + 4) & 63)
+    } else {
+        ((b(j + 4) & 0xf) | ((b(j - 4) >> 6) << 4), (b(j + 4) >> 4) | ((b(j) >> 6) << 4))
+    }
+}
+
+/// Quantizes one super-block of 256 values to `q4_k` (plain round to nearest): each group of 32
+/// gets the range of its values and zero, `[min(0, lo), hi]`, split in 15 steps; the steps and
+/// the minimums are rounded to six bits against the super-block's largest, `d` and `dmin`
+/// (f16), and each value to the nearest of its group's 16 levels. Writes the four scale words
+/// and 32 value words.
+fn quantize_q4k_block(block: &[f32], scales: &mut [u32], words: &mut [u32]) {
+    let mut step = [0f32; 8];
+    let mut low = [0f32; 8];
+    for (j, g) in block.chunks_exact(32).enumerate() {
+        let lo = g.iter().fold(0f32, |m, v| m.min(*v));
+        let hi = g.iter().fold(lo, |m, v| m.max(*v));
+        (step[j], low[j]) = ((hi - lo) / 15.0, -lo);
+    }
+    let six = |v: f32, unit: f32| if unit > 0.0 { (v / unit).round_ties_even().clamp(0.0, 63.0) as u8 } else { 0 };
+    let d = f16::from_f32(step.iter().fold(0f32, |m, v| m.max(*v)) / 63.0);
+    let dmin = f16::from_f32(low.iter().fold(0f32, |m, v| m.max(*v)) / 63.0);
+    let (sc, mn): ([u8; 8], [u8; 8]) = (step.map(|v| six(v, d.to_f32())), low.map(|v| six(v, dmin.to_f32())));
+    let mut packed = [0u8; 12];
+    for j in 0..8 {
+        if j < 4 {
+            packed[j] = sc[j];
+            packed[j + 4] = mn[j];
+        } else {
+            packed[j + 4] = (sc[j] & 0xf) | ((mn[j] & 0xf) << 4);
+            packed[j - 4] |= (sc[j] >> 4) << 6;
+            packed[j] |= (mn[j] >> 4) << 6;
+        }
+    }
+    scales[0] = u32::from(d.to_bits()) | (u32::from(dmin.to_bits()) << 16);
+    for (w, b) in scales[1..].iter_mut().zip(packed.chunks_exact(4)) {
+        *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    for (j, g) in block.chunks_exact(32).enumerate() {
+        let s = d.to_f32() * f32::from(sc[j]);
+        let m = dmin.to_f32() * f32::from(mn[j]);
+        for (i, v) in g.iter().enumerate() {
+            let u = if s > 0.0 { ((v + m) / s).round_ties_even().clamp(0.0, 15.0) as u32 } else { 0 };
+            let c = 32 * j + i;
+            words[c / 8] |= u << (4 * (c % 8));
         }
     }
 }
@@ -237,6 +317,12 @@ impl Weight {
     pub fn quantize(name: &str, shape: &[usize], values: &[f32], format: Format) -> Result<Weight> {
         format.validate().map_err(|m| weight_err(name, m))?;
         let (rows, cols) = check_len(name, shape, values.len())?;
+        if format == Format::Q4K && !cols.is_multiple_of(SUPER_BLOCK) {
+            return Err(weight_err(
+                name,
+                format!("q4_k rows are whole super-blocks of {SUPER_BLOCK} values, not {cols}"),
+            ));
+        }
         let wpr = format.words_per_row(cols);
         let (nw, ns) = format.packed_words(rows, cols).ok_or_else(|| weight_err(name, "size overflows"))?;
         let mut words = vec![0u32; nw];
@@ -287,6 +373,13 @@ impl Weight {
                             let q = round_div(*v, s.to_f32()).clamp(-127.0, 127.0) as i32;
                             out[c / 4] |= ((q as u32) & 0xff) << (8 * (c % 4));
                         }
+                    }
+                }
+                Format::Q4K => {
+                    let sbs = cols / SUPER_BLOCK;
+                    for (sbi, block) in row.chunks_exact(SUPER_BLOCK).enumerate() {
+                        let at = (r * sbs + sbi) * Q4K_WORDS;
+                        quantize_q4k_block(block, &mut scales[at..at + Q4K_WORDS], &mut out[sbi * 32..(sbi + 1) * 32]);
                     }
                 }
                 Format::Q4 { group } | Format::Q4_1 { group } => {
@@ -353,6 +446,12 @@ impl Weight {
         self.format.validate().map_err(|m| weight_err(&self.name, m))?;
         let (rows, cols) =
             rows_cols(&self.shape).ok_or_else(|| weight_err(&self.name, format!("bad shape {:?}", self.shape)))?;
+        if self.format == Format::Q4K && !cols.is_multiple_of(SUPER_BLOCK) {
+            return Err(weight_err(
+                &self.name,
+                format!("q4_k rows are whole super-blocks of {SUPER_BLOCK} values, not {cols}"),
+            ));
+        }
         let (nw, ns) = self.format.packed_words(rows, cols).ok_or_else(|| weight_err(&self.name, "size overflows"))?;
         if self.words.len() != nw || self.scales.len() != ns {
             return Err(weight_err(
@@ -392,8 +491,9 @@ impl Weight {
         match self.format {
             Format::F32 | Format::F16 => (1.0, 0.0),
             Format::Q8 | Format::Q8A8 => (f32::from_bits(self.scales[row]), 0.0),
-            Format::Q4 { group } | Format::Q4_1 { group } | Format::Q8_0 { group } => self.group_affine(
-                row * self.format.groups_per_row(cols) + word * self.format.values_per_word() / group as usize,
+            Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q8_0 { .. } | Format::Q4K => self.group_affine(
+                row * self.format.groups_per_row(cols)
+                    + word * self.format.values_per_word() / self.format.group() as usize,
             ),
         }
     }
@@ -411,6 +511,12 @@ impl Weight {
             Format::Q4_1 { .. } => {
                 let sm = self.scales[g];
                 (f16::from_bits(sm as u16).to_f32(), f16::from_bits((sm >> 16) as u16).to_f32())
+            }
+            Format::Q4K => {
+                let sb = &self.scales[(g / 8) * Q4K_WORDS..(g / 8 + 1) * Q4K_WORDS];
+                let (sc, m) = q4k_scale_min(&sb[1..], g % 8);
+                let (d, dmin) = (f16::from_bits(sb[0] as u16).to_f32(), f16::from_bits((sb[0] >> 16) as u16).to_f32());
+                (d * f32::from(sc), -(dmin * f32::from(m)))
             }
             _ => (1.0, 0.0),
         }
@@ -448,7 +554,7 @@ impl Weight {
                     }
                 }
             }
-            Format::Q4 { .. } | Format::Q4_1 { .. } => {
+            Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K => {
                 for (wi, (dst, &word)) in out.chunks_mut(vpw).zip(words).enumerate() {
                     let (s, m) = self.word_affine(row, wi);
                     for (j, d) in dst.iter_mut().enumerate() {
@@ -508,6 +614,31 @@ mod tests {
         Format::Q8_0 { group: 32 },
         Format::Q8_0 { group: 64 },
     ];
+
+    /// `q4_k` from floats: each value within one step of its group (its 15ths of the group's
+    /// range, widened by the 6-bit rounding of the step and the minimum), the GGUF packing of the
+    /// scales read back, and rows of part super-blocks refused.
+    #[test]
+    fn q4k_quantizes_within_a_step() {
+        let (rows, cols) = (3, 512);
+        let v: Vec<f32> =
+            (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.3 + (i % 64) as f32 * 0.01).collect();
+        let w = Weight::quantize("w", &[rows, cols], &v, Format::Q4K).unwrap();
+        assert_eq!(w.packed_bytes(), rows * (cols / 256) * 144, "GGUF's 144 bytes per super-block");
+        let back = w.to_f32();
+        for (g, (a, b)) in v.chunks(32).zip(back.chunks(32)).enumerate() {
+            let lo = a.iter().fold(0f32, |m, x| m.min(*x));
+            let hi = a.iter().fold(lo, |m, x| m.max(*x));
+            let step = (hi - lo) / 15.0;
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1.1 * step + 0.02, "group {g}: {x} -> {y} (step {step})");
+            }
+        }
+        let e = Weight::quantize("w", &[2, 100], &[0.5; 200], Format::Q4K).unwrap_err().to_string();
+        assert!(e.contains("super-blocks of 256"), "{e}");
+        let e = Weight::from_packed("w", &[1, 32], Format::Q4K, vec![0; 4], vec![0; 4]).unwrap_err().to_string();
+        assert!(e.contains("super-blocks of 256"), "{e}");
+    }
 
     #[test]
     fn round_trip_within_half_a_step() {

@@ -73,7 +73,8 @@ fn dequantize_rows(w: &Weight, n0: usize, rows: usize, k: usize, panel: &mut [f3
                     dg.iter_mut().for_each(|d| *d *= s);
                 }
             }
-            Format::Q4 { group } | Format::Q4_1 { group } => {
+            Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K => {
+                let group = w.format.group();
                 // first the raw nibbles of the whole row (one long loop that vectorizes), then
                 // each group's affine map
                 #[cfg(target_endian = "little")]
@@ -384,7 +385,7 @@ impl Packed {
     /// `q8a8`, `q4` and `q4_1` with AVX2).
     pub fn new(w: &Weight) -> Option<Packed> {
         #[cfg(target_arch = "x86_64")]
-        if matches!(w.format, Format::Q8 | Format::Q8A8 | Format::Q4 { .. } | Format::Q4_1 { .. })
+        if matches!(w.format, Format::Q8 | Format::Q8A8 | Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K)
             && w.shape.len() == 2
             && w.shape[1] > 0
         {
@@ -568,7 +569,7 @@ mod int16 {
             let (n, k) = w.rows_cols();
             let group = w.format.group() as usize;
             let (pairs, groups, kgroups) = (k.div_ceil(2), n.div_ceil(8).next_multiple_of(C), k.div_ceil(group));
-            let asym = matches!(w.format, wedge_core::quant::Format::Q4_1 { .. });
+            let asym = matches!(w.format, Format::Q4_1 { .. } | Format::Q4K);
             let offset: i8 = if asym { 0 } else { -8 };
             let wpr = w.format.words_per_row(k);
             let mut data = vec![[0i8; 16]; groups * pairs];
@@ -1296,6 +1297,8 @@ mod tests {
             Format::Q4 { group: 128 },
             Format::Q4_1 { group: 64 },
             Format::Q4_1 { group: 32 },
+            Format::Q8_0 { group: 32 },
+            Format::Q4K,
         ];
         for case in 0..60 {
             // (from 8 row blocks per thread up, tasks write their rows in place: 1100 rows)
@@ -1303,6 +1306,8 @@ mod tests {
             let n = rng.random_range(1..120);
             let k: usize = [1, 3, 8, 31, 32, 33, 64, 100, 129, 384][rng.random_range(0..10)];
             let format = formats[case % formats.len()];
+            // (q4_k rows are whole super-blocks)
+            let k = if format == Format::Q4K { 256 * k.div_ceil(128) } else { k };
             let wv: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -1320,7 +1325,7 @@ mod tests {
                 // scale per product (the activations change slopes by at most 1.2)
                 let qmax = match format {
                     Format::Q8 => Some(int16_qmax(k)),
-                    Format::Q4 { .. } | Format::Q4_1 { .. } => Some(32767.0),
+                    Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K => Some(32767.0),
                     _ => None,
                 };
                 if let Some(qmax) = qmax.filter(|_| cfg!(target_arch = "x86_64")) {

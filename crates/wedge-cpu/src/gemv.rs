@@ -39,7 +39,7 @@ pub(crate) fn takes(w: &Weight, m: usize, k: usize) -> bool {
     m <= MAX_ROWS
         && k > 0
         && k.is_multiple_of(CHUNK)
-        && matches!(w.format, Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q8 | Format::Q8_0 { .. })
+        && matches!(w.format, Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K | Format::Q8 | Format::Q8_0 { .. })
         && (w.format.group() as usize).is_multiple_of(CHUNK)
         && (w.format.group() == 0 || w.format.group().is_power_of_two())
         && !w.words.is_empty()
@@ -77,7 +77,7 @@ pub(crate) fn matmul(
     out: &mut [f32],
 ) {
     let Some(isa) = isa() else { return };
-    let nibbles = matches!(w.format, Format::Q4 { .. } | Format::Q4_1 { .. });
+    let nibbles = matches!(w.format, Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K);
     let xs = Activations::new(&x[..m * k], k, nibbles);
     // columns per task: enough tasks to share out, few enough that each is worth a task
     let per = (n / (8 * crate::threads())).clamp(16, 256);
@@ -152,13 +152,19 @@ impl<L: Lanes> NullaryFnOnce for Run<'_, L> {
         let (m, chunks) = (xs.m, xs.chunks);
         let k = chunks * CHUNK;
         let rows = dst.len() / m;
-        let nibbles = matches!(w.format, Format::Q4 { .. } | Format::Q4_1 { .. });
+        let nibbles = matches!(w.format, Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K);
         let row_bytes = if nibbles { k / 2 } else { k };
         let bytes: &[u8] = bytemuck::cast_slice(&w.words);
         // the task's scales in f32, one conversion for all its rows: `q8` one a row, `q8_0`
         // and `q4` one a group, `q4_1` a (scale, offset) pair a group
         let (table, gpr, stride) = match w.format {
             Format::Q8 => (w.scales[n0..n0 + rows].iter().map(|s| f32::from_bits(*s)).collect::<Vec<_>>(), 1, 1),
+            Format::Q4K => {
+                // (s, m) per group, from each super-block's 6-bit integers
+                let gpr = w.format.groups_per_row(k);
+                let t = (n0 * gpr..(n0 + rows) * gpr).flat_map(|g| <[f32; 2]>::from(w.group_affine(g))).collect();
+                (t, gpr, 2)
+            }
             f => {
                 let gpr = f.groups_per_row(k);
                 let stride = if matches!(f, Format::Q4_1 { .. }) { 2 } else { 1 };
@@ -473,9 +479,11 @@ mod tests {
             Format::Q8_0 { group: 32 },
             Format::Q8_0 { group: 64 },
             Format::Q8,
+            Format::Q4K,
         ];
         for format in formats {
-            let g = format.group().max(32) as usize;
+            // (q4_k: whole super-blocks)
+            let g = if format == Format::Q4K { 256 } else { format.group().max(32) as usize };
             for &(m, k, n) in &[(1, 128, 1), (2, 3 * g, 17), (3, g, 300), (5, 5 * g, 33), (8, 2 * g, 70), (9, 7 * g, 5)]
             {
                 if k % g != 0 {

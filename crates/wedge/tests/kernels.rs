@@ -57,7 +57,7 @@ fn matmul_cases(_tiled: bool) {
         for case in 0..10 {
             // alternate GEMV (m <= 4) and GEMM, with ragged sizes
             let m = if case % 2 == 0 { r.random_range(1..=4) } else { r.random_range(5..150) };
-            let k = [1, 7, 31, 32, 100, 129, 256, 300][r.random_range(0..8)];
+            let k = cols_for(format, [1, 7, 31, 32, 100, 129, 256, 300][r.random_range(0..8)]);
             let n = [1, 13, 64, 65, 130, 200][r.random_range(0..6)];
             let bias = case % 3 != 0;
             let act = acts[case % 4];
@@ -94,7 +94,7 @@ fn f16_gemm_matches_its_twin() {
     for &format in FORMATS.iter().filter(|f| **f != Format::Q8A8) {
         for case in 0..6 {
             let m = [5, 17, 64, 65, 130][r.random_range(0..5)];
-            let k = [1, 15, 16, 17, 100, 300, 1536][r.random_range(0..7)];
+            let k = cols_for(format, [1, 15, 16, 17, 100, 300, 1536][r.random_range(0..7)]);
             let n = [1, 13, 64, 65, 200][r.random_range(0..5)];
             let act = acts[case % 4];
             let w = Weight::quantize("w", &[n, k], &rand_vec(&mut r, n * k, 1.0), format).unwrap();
@@ -136,7 +136,7 @@ fn f16_gemm_matches_its_twin() {
 fn gather_every_format() {
     let mut r = rng(2);
     for &format in &FORMATS {
-        let (rows, cols) = (r.random_range(2..60), [5, 32, 33, 100][r.random_range(0..4)]);
+        let (rows, cols) = (r.random_range(2..60), cols_for(format, [5, 32, 33, 100][r.random_range(0..4)]));
         let w = Weight::quantize("t", &[rows, cols], &rand_vec(&mut r, rows * cols, 1.0), format).unwrap();
         let n = r.random_range(1..40);
         let ids: Vec<u32> = (0..n).map(|_| r.random_range(0..rows as u32)).collect();
