@@ -3,7 +3,7 @@
 // wedge-core (`quant.rs`); `affine`, `raw` and `load_w` mirror it.
 
 // Scalar knobs (pipeline-overridable constants).
-override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1, 5 q8a8 (stored as q8), 6 q8_0, 7 q4_k
+override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1, 5 q8a8 (stored as q8), 6 q8_0, 7 q4_k, 8 q6_k
 override ACT: u32 = 0u;         // 0 none, 1 gelu (erf), 2 gelu (tanh), 3 silu
 override HAS_BIAS: bool = false;
 
@@ -85,7 +85,25 @@ fn affine(row: u32, wi: u32) -> vec2<f32> {
         }
         return vec2<f32>(dm.x * f32(sc), -(dm.y * f32(mn)));
     }
+    if (WTYPE == 8u) {
+        // a super-block of sixteen groups of 16: 21 words, d (f16, low half), 16 i8 scales in
+        // four words, then the values' high bits (quant.rs `Format::Q6K`)
+        let g = row * p.gpr + wi / 2u;
+        let base = (g / 16u) * 21u;
+        let j = g % 16u;
+        let sc = extractBits(bitcast<i32>(s[base + 1u + j / 4u]), (j % 4u) * 8u, 8u);
+        return vec2<f32>(unpack2x16float(s[base]).x * f32(sc), 0.0);
+    }
     return vec2<f32>(1.0, 0.0);
+}
+
+// The high two bits of the eight `q6_k` values of word `wi` of weight row `row` (0 for the
+// other types): word i of a super-block's 32 takes half of scale word 5 + i / 2.
+fn hi_bits(row: u32, wi: u32) -> u32 {
+    if (WTYPE != 8u) { return 0u; }
+    let at = row * p.wpr + wi;
+    let within = at % 32u;
+    return extractBits(s[(at / 32u) * 21u + 5u + within / 2u], (within % 2u) * 16u, 16u);
 }
 
 // Byte `i` of the 12 packed bytes of the `q4_k` super-block whose scale words start at `base`.
@@ -93,14 +111,15 @@ fn k_byte(base: u32, i: u32) -> u32 {
     return extractBits(s[base + 1u + i / 4u], (i % 4u) * 8u, 8u);
 }
 
-// Raw value `j` of a packed word, before the affine.
-fn raw(word: u32, j: u32) -> f32 {
+// Raw value `j` of a packed word, before the affine (`hi`: the word's `hi_bits`).
+fn raw(word: u32, j: u32, hi: u32) -> f32 {
     if (WTYPE == 0u) { return bitcast<f32>(word); }
     if (WTYPE == 1u) {
         let h = unpack2x16float(word);
         return select(h.x, h.y, j == 1u);
     }
     if (WTYPE == 2u || WTYPE == 5u || WTYPE == 6u) { return f32(extractBits(bitcast<i32>(word), j * 8u, 8u)); }
+    if (WTYPE == 8u) { return f32(i32(extractBits(word, j * 4u, 4u) | (extractBits(hi, j * 2u, 2u) << 4u)) - 32); }
     return f32(extractBits(word, j * 4u, 4u));
 }
 
@@ -108,7 +127,7 @@ fn load_w(row: u32, col: u32) -> f32 {
     let v = vpw();
     let wi = col / v;
     let a = affine(row, wi);
-    return raw(w[row * p.wpr + wi], col % v) * a.x + a.y;
+    return raw(w[row * p.wpr + wi], col % v, hi_bits(row, wi)) * a.x + a.y;
 }
 
 // erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); WGSL has no erf.
@@ -158,11 +177,12 @@ fn gemv(@builtin(local_invocation_id) lid: vec3<u32>,
         for (var wi = lane; wi < p.wpr; wi += TPR) {
             let word = w[col * p.wpr + wi];
             let a = affine(col, wi);
+            let hi = hi_bits(col, wi);
             let k0 = wi * v;
             let kn = min(v, p.k - k0);
             for (var j = 0u; j < kn; j++) {
                 let kk = k0 + j;
-                acc += (raw(word, j) * a.x + a.y) * vec4<f32>(x[o0 + kk], x[o1 + kk], x[o2 + kk], x[o3 + kk]);
+                acc += (raw(word, j, hi) * a.x + a.y) * vec4<f32>(x[o0 + kk], x[o1 + kk], x[o2 + kk], x[o3 + kk]);
             }
         }
     }

@@ -1,6 +1,6 @@
 // The subgroup GEMV, for adapters with subgroup operations (`wgpu::Features::SUBGROUP`,
 // WebGPU's "subgroups"). wedge-shaders appends this file to qweight.wgsl (it uses that
-// file's bindings, `Params`, `vpw`, `affine`, `raw`, `act`, `bias_at`, `MAXM` and `WG`), so it
+// file's bindings, `Params`, `vpw`, `affine`, `hi_bits`, `raw`, `act`, `bias_at`, `MAXM` and `WG`), so it
 // is valid WGSL only after it. In a browser, wedge-gpu puts `enable subgroups;` in front
 // (Tint needs it; naga 30 rejects it and needs only the capability).
 //
@@ -48,13 +48,14 @@ fn gemv_sg(@builtin(local_invocation_index) li: u32,
         let f1 = affine(cols.y, wi);
         let f2 = affine(cols.z, wi);
         let f3 = affine(cols.w, wi);
+        let h = vec4<u32>(hi_bits(cols.x, wi), hi_bits(cols.y, wi), hi_bits(cols.z, wi), hi_bits(cols.w, wi));
         let scale = vec4<f32>(f0.x, f1.x, f2.x, f3.x);
         let offset = vec4<f32>(f0.y, f1.y, f2.y, f3.y);
         let k0 = wi * v;
         let kn = min(v, p.k - k0);
         for (var j = 0u; j < kn; j++) {
             let kk = k0 + j;
-            let wv = vec4<f32>(raw(w0, j), raw(w1, j), raw(w2, j), raw(w3, j)) * scale + offset;
+            let wv = vec4<f32>(raw(w0, j, h.x), raw(w1, j, h.y), raw(w2, j, h.z), raw(w3, j, h.w)) * scale + offset;
             a0 += x[o.x + kk] * wv;
             a1 += x[o.y + kk] * wv;
             a2 += x[o.z + kk] * wv;

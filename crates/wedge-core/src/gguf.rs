@@ -707,10 +707,39 @@ impl Gguf<'_> {
                 }
                 (Format::Q4K, w, s)
             }
+            GgmlType::Q6_K => {
+                // a block: 128 bytes of low nibbles, 64 of high bit pairs, 16 i8 scales, f16 d;
+                // value i of each half of 128 (quarter q, lane l) has its low nibble in byte
+                // l + 32·(q % 2) of the half's 64 (low nibble for q < 2) and its high bits at
+                // 2q in byte l of the half's 32
+                let blocks = data.chunks_exact(t.ty.block_bytes());
+                let mut w = Vec::with_capacity(32 * blocks.len());
+                let mut s = Vec::with_capacity(crate::quant::Q6K_WORDS * blocks.len());
+                for b in blocks {
+                    let (ql, qh) = (&b[..128], &b[128..192]);
+                    let u = |i: usize| {
+                        let (n, q, l) = (i / 128, (i % 128) / 32, i % 32);
+                        let low = ql[64 * n + l + 32 * (q % 2)];
+                        let low = if q < 2 { low & 0xf } else { low >> 4 };
+                        u32::from(low) | (u32::from((qh[32 * n + l] >> (2 * q)) & 3) << 4)
+                    };
+                    let start = s.len();
+                    s.push(u32::from(u16::from_le_bytes([b[208], b[209]])));
+                    s.extend(b[192..208].chunks_exact(4).map(|q| u32::from_le_bytes([q[0], q[1], q[2], q[3]])));
+                    s.resize(start + crate::quant::Q6K_WORDS, 0);
+                    for word in 0..32 {
+                        w.push((0..8).fold(0u32, |v, j| v | ((u(8 * word + j) & 0xf) << (4 * j))));
+                    }
+                    for i in 0..256 {
+                        s[start + 5 + i / 16] |= (u(i) >> 4) << (2 * (i % 16));
+                    }
+                }
+                (Format::Q6K, w, s)
+            }
             other => {
                 return Err(err(format!(
                     "tensor `{}` is {other}, which no wedge format holds exactly yet (F32, F16, Q4_0, Q4_1, \
-                     Q8_0 and Q4_K load as weights); it is not requantized without being asked",
+                     Q8_0, Q4_K and Q6_K load as weights); it is not requantized without being asked",
                     t.name
                 )));
             }

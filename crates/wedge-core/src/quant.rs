@@ -18,6 +18,7 @@
 //! | `q4` | 8 | u4 nibble `j` (bits `4j..4j+4`) holds `q + 8` | one f16 per group, two per word, low half first, groups numbered row-major | `(u − 8) · s` |
 //! | `q4_1` | 8 | u4 as `q4` | one word per group: `pack2x16float(s, m)` | `u · s + m` |
 //! | `q8_0` | 4 | i8 as `q8` | one f16 per group, as `q4` | `q · s` |
+//! | `q6_k` | 8 | u4: the low four bits of `u`, as `q4` | 21 words per super-block of 256 values (GGUF `Q6_K`): `d` (f16, low half), 16 i8 group scales `sc_j`, then the high two bits of each `u` (bits `2i..2i+2` of word `i / 16` hold value `i`'s) | `(u − 32) · (d · sc_j)`, groups of 16 |
 //! | `q4_k` | 8 | u4 as `q4` | four words per super-block of 256 values (GGUF `Q4_K`): `pack2x16float(d, dmin)`, then the 12 bytes of 6-bit sub-block scales and minimums, as GGUF packs them | `u · (d · sc_j) − dmin · m_j` |
 //!
 //! Groups run along `cols`: group `g` of a row covers columns `g·G .. (g+1)·G`,
@@ -83,13 +84,20 @@ pub enum Format {
     /// (GGUF `Q4_K`; groups of 32).
     #[serde(rename = "q4_k")]
     Q4K,
+    /// Symmetric 6-bit in super-blocks of 256 values with i8 scales per group of 16 and an f16
+    /// scale per super-block (GGUF `Q6_K`).
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
-/// Values per super-block of the k-quant formats (`q4_k`).
+/// Values per super-block of the k-quant formats (`q4_k`, `q6_k`).
 pub const SUPER_BLOCK: usize = 256;
 
 /// Scale words per super-block of `q4_k`: `(d, dmin)` as two halves, then 12 bytes.
 const Q4K_WORDS: usize = 4;
+
+/// Scale words per super-block of `q6_k`: `d`, 16 i8 scales (4 words), 256 × 2 high bits (16).
+pub const Q6K_WORDS: usize = 21;
 
 /// Activations per block of a `q8a8` matmul (see the module docs).
 pub const A8_BLOCK: usize = 32;
@@ -110,6 +118,7 @@ impl Format {
             Format::Q8A8 => 5,
             Format::Q8_0 { .. } => 6,
             Format::Q4K => 7,
+            Format::Q6K => 8,
         }
     }
 
@@ -124,6 +133,7 @@ impl Format {
             Format::Q8A8 => "q8a8",
             Format::Q8_0 { .. } => "q8_0",
             Format::Q4K => "q4_k",
+            Format::Q6K => "q6_k",
         }
     }
 
@@ -139,6 +149,7 @@ impl Format {
             "q4_1" => Format::Q4_1 { group },
             "q8_0" => Format::Q8_0 { group },
             "q4_k" => Format::Q4K,
+            "q6_k" => Format::Q6K,
             _ => return None,
         })
     }
@@ -149,8 +160,13 @@ impl Format {
             Format::F32 => 1,
             Format::F16 => 2,
             Format::Q8 | Format::Q8A8 | Format::Q8_0 { .. } => 4,
-            Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K => 8,
+            Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K | Format::Q6K => 8,
         }
+    }
+
+    /// Whether rows are whole super-blocks of [`SUPER_BLOCK`] values (`q4_k`, `q6_k`).
+    pub fn super_blocks(self) -> bool {
+        matches!(self, Format::Q4K | Format::Q6K)
     }
 
     /// Group size for the grouped formats, 0 otherwise.
@@ -158,6 +174,7 @@ impl Format {
         match self {
             Format::Q4 { group } | Format::Q4_1 { group } | Format::Q8_0 { group } => group,
             Format::Q4K => 32,
+            Format::Q6K => 16,
             _ => 0,
         }
     }
@@ -184,6 +201,7 @@ impl Format {
             Format::Q4 { .. } | Format::Q8_0 { .. } => rows.checked_mul(self.groups_per_row(cols))?.div_ceil(2),
             Format::Q4_1 { .. } => rows.checked_mul(self.groups_per_row(cols))?,
             Format::Q4K => rows.checked_mul(cols.div_ceil(SUPER_BLOCK))?.checked_mul(Q4K_WORDS)?,
+            Format::Q6K => rows.checked_mul(cols.div_ceil(SUPER_BLOCK))?.checked_mul(Q6K_WORDS)?,
         };
         Some((words, scales))
     }
@@ -219,6 +237,28 @@ pub fn q4k_scale_min(packed: &[u32], j: usize) -> (u8, u8) {
         (b(j) & 63, b(j + 4) & 63)
     } else {
         ((b(j + 4) & 0xf) | ((b(j - 4) >> 6) << 4), (b(j + 4) >> 4) | ((b(j) >> 6) << 4))
+    }
+}
+
+/// Quantizes one super-block of 256 values to `q6_k` (plain round to nearest): each group of 16
+/// gets the step `max|x| / 31`, rounded to an i8 multiple of the super-block's `d` (f16, the
+/// largest step / 127), and each value the nearest of its group's levels `-32..=31`. Writes the
+/// 21 scale words and 32 value words.
+fn quantize_q6k_block(block: &[f32], scales: &mut [u32], words: &mut [u32]) {
+    let step: Vec<f32> = block.chunks_exact(16).map(|g| g.iter().fold(0f32, |m, v| m.max(v.abs())) / 31.0).collect();
+    let d = f16::from_f32(step.iter().fold(0f32, |m, v| m.max(*v)) / 127.0);
+    let df = d.to_f32();
+    scales[0] = u32::from(d.to_bits());
+    for (j, st) in step.iter().enumerate() {
+        let sc = if df > 0.0 { (st / df).round_ties_even().clamp(0.0, 127.0) as u8 } else { 0 };
+        scales[1 + j / 4] |= u32::from(sc) << (8 * (j % 4));
+        let s = df * f32::from(sc);
+        for (i, v) in block[16 * j..16 * (j + 1)].iter().enumerate() {
+            let q = if s > 0.0 { (v / s).round_ties_even().clamp(-32.0, 31.0) as i32 } else { 0 };
+            let (u, c) = ((q + 32) as u32, 16 * j + i);
+            words[c / 8] |= (u & 0xf) << (4 * (c % 8));
+            scales[5 + c / 16] |= (u >> 4) << (2 * (c % 16));
+        }
     }
 }
 
@@ -375,6 +415,13 @@ impl Weight {
                         }
                     }
                 }
+                Format::Q6K => {
+                    let sbs = cols / SUPER_BLOCK;
+                    for (sbi, block) in row.chunks_exact(SUPER_BLOCK).enumerate() {
+                        let at = (r * sbs + sbi) * Q6K_WORDS;
+                        quantize_q6k_block(block, &mut scales[at..at + Q6K_WORDS], &mut out[sbi * 32..(sbi + 1) * 32]);
+                    }
+                }
                 Format::Q4K => {
                     let sbs = cols / SUPER_BLOCK;
                     for (sbi, block) in row.chunks_exact(SUPER_BLOCK).enumerate() {
@@ -491,10 +538,11 @@ impl Weight {
         match self.format {
             Format::F32 | Format::F16 => (1.0, 0.0),
             Format::Q8 | Format::Q8A8 => (f32::from_bits(self.scales[row]), 0.0),
-            Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q8_0 { .. } | Format::Q4K => self.group_affine(
-                row * self.format.groups_per_row(cols)
-                    + word * self.format.values_per_word() / self.format.group() as usize,
-            ),
+            Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q8_0 { .. } | Format::Q4K | Format::Q6K => self
+                .group_affine(
+                    row * self.format.groups_per_row(cols)
+                        + word * self.format.values_per_word() / self.format.group() as usize,
+                ),
         }
     }
 
@@ -512,6 +560,11 @@ impl Weight {
                 let sm = self.scales[g];
                 (f16::from_bits(sm as u16).to_f32(), f16::from_bits((sm >> 16) as u16).to_f32())
             }
+            Format::Q6K => {
+                let sb = &self.scales[(g / 16) * Q6K_WORDS..(g / 16 + 1) * Q6K_WORDS];
+                let sc = (sb[1 + (g % 16) / 4] >> (8 * (g % 4))) as u8 as i8;
+                (f16::from_bits(sb[0] as u16).to_f32() * f32::from(sc), 0.0)
+            }
             Format::Q4K => {
                 let sb = &self.scales[(g / 8) * Q4K_WORDS..(g / 8 + 1) * Q4K_WORDS];
                 let (sc, m) = q4k_scale_min(&sb[1..], g % 8);
@@ -520,6 +573,14 @@ impl Weight {
             }
             _ => (1.0, 0.0),
         }
+    }
+
+    /// The high two bits of the eight `q6_k` values in value word `word` (counted over the
+    /// whole tensor), as the low 16 bits.
+    #[inline]
+    pub fn q6k_high(&self, word: usize) -> u32 {
+        let (sb, within) = (word / 32, word % 32);
+        (self.scales[sb * Q6K_WORDS + 5 + within / 2] >> (16 * (within % 2))) & 0xffff
     }
 
     /// Dequantizes row `row` into `out` (length `cols`).
@@ -551,6 +612,17 @@ impl Weight {
                     let (s, _) = self.word_affine(row, wi);
                     for (j, d) in quad.iter_mut().enumerate() {
                         *d = f32::from((word >> (8 * j)) as u8 as i8) * s;
+                    }
+                }
+            }
+            Format::Q6K => {
+                // the high bits of values 16i.. are word i of each super-block's last 16
+                for (wi, (dst, &word)) in out.chunks_mut(vpw).zip(words).enumerate() {
+                    let (s, _) = self.word_affine(row, wi);
+                    let hi = self.q6k_high(row * wpr + wi);
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        let u = ((word >> (4 * j)) & 0xf) | (((hi >> (2 * j)) & 3) << 4);
+                        *d = (u as i32 - 32) as f32 * s;
                     }
                 }
             }

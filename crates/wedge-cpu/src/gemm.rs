@@ -39,7 +39,8 @@ fn dequantize_rows(w: &Weight, n0: usize, rows: usize, k: usize, panel: &mut [f3
                     *d = f32::from_bits(*s);
                 }
             }
-            Format::F16 => w.dequantize_row(row, dst),
+            // (q6_k: its two sources of bits per value, through the definition)
+            Format::F16 | Format::Q6K => w.dequantize_row(row, dst),
             Format::Q8 | Format::Q8A8 => {
                 let (s, _) = w.word_affine(row, 0);
                 // byte j of a word is value j (little endian), so the row is a plain i8 run
@@ -1299,6 +1300,7 @@ mod tests {
             Format::Q4_1 { group: 32 },
             Format::Q8_0 { group: 32 },
             Format::Q4K,
+            Format::Q6K,
         ];
         for case in 0..60 {
             // (from 8 row blocks per thread up, tasks write their rows in place: 1100 rows)
@@ -1306,8 +1308,8 @@ mod tests {
             let n = rng.random_range(1..120);
             let k: usize = [1, 3, 8, 31, 32, 33, 64, 100, 129, 384][rng.random_range(0..10)];
             let format = formats[case % formats.len()];
-            // (q4_k rows are whole super-blocks)
-            let k = if format == Format::Q4K { 256 * k.div_ceil(128) } else { k };
+            // (q4_k and q6_k rows are whole super-blocks)
+            let k = if format.super_blocks() { 256 * k.div_ceil(128) } else { k };
             let wv: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();

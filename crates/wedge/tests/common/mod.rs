@@ -122,7 +122,7 @@ pub(crate) fn both(
     (cpu, gpu)
 }
 
-pub(crate) const FORMATS: [Format; 10] = [
+pub(crate) const FORMATS: [Format; 11] = [
     Format::F32,
     Format::F16,
     Format::Q8,
@@ -133,10 +133,12 @@ pub(crate) const FORMATS: [Format; 10] = [
     Format::Q4_1 { group: 32 },
     Format::Q8_0 { group: 32 },
     Format::Q4K,
+    Format::Q6K,
 ];
 
-/// `k` as a row length `format` can hold: whole super-blocks of 256 for `q4_k`, else `k`.
+/// `k` as a row length `format` can hold: whole super-blocks of 256 for `q4_k` and `q6_k`,
+/// else `k`.
 #[allow(dead_code)]
 pub(crate) fn cols_for(format: Format, k: usize) -> usize {
-    if format == Format::Q4K { k.div_ceil(256).max(1) * 256 } else { k }
+    if format.super_blocks() { k.div_ceil(256).max(1) * 256 } else { k }
 }
