@@ -3,7 +3,8 @@
 // wedge-core (`quant.rs`); `affine`, `raw` and `load_w` mirror it.
 
 // Scalar knobs (pipeline-overridable constants).
-override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1, 5 q8a8 (stored as q8), 6 q8_0, 7 q4_k, 8 q6_k
+override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1, 5 q8a8 (stored as q8), 6 q8_0, 7 q4_k, 8 q6_k,
+                                //   9 bf16, 10 q5_0, 11 q5_1, 12 q5_k
 override ACT: u32 = 0u;         // 0 none, 1 gelu (erf), 2 gelu (tanh), 3 silu
 override HAS_BIAS: bool = false;
 
@@ -42,7 +43,7 @@ var<workgroup> ws: array<f32, TILE * BK>;
 
 fn vpw() -> u32 {
     if (WTYPE == 0u) { return 1u; }
-    if (WTYPE == 1u) { return 2u; }
+    if (WTYPE == 1u || WTYPE == 9u) { return 2u; }
     if (WTYPE == 2u || WTYPE == 5u || WTYPE == 6u) { return 4u; }
     return 8u;
 }
@@ -67,11 +68,21 @@ fn affine(row: u32, wi: u32) -> vec2<f32> {
         let pair = unpack2x16float(s[g >> 1u]);
         return vec2<f32>(select(pair.x, pair.y, (g & 1u) == 1u), 0.0);
     }
-    if (WTYPE == 7u) {
-        // a super-block of eight groups of 32: four words, (d, dmin) then 12 bytes of 6-bit
-        // scales and minimums (quant.rs `q4k_scale_min`)
+    if (WTYPE == 10u) {
+        // per pair of groups of 32: the two f16 scales, then each group's fifth bits
         let g = row * p.gpr + wi / 4u;
-        let base = (g / 8u) * 4u;
+        let pair = unpack2x16float(s[(g >> 1u) * 3u]);
+        let sc = select(pair.x, pair.y, (g & 1u) == 1u);
+        return vec2<f32>(sc, -16.0 * sc);
+    }
+    if (WTYPE == 11u) {
+        return unpack2x16float(s[2u * (row * p.gpr + wi / 4u)]);
+    }
+    if (WTYPE == 7u || WTYPE == 12u) {
+        // a super-block of eight groups of 32: four words, (d, dmin) then 12 bytes of 6-bit
+        // scales and minimums (quant.rs `q4k_scale_min`); q5_k: then eight words of fifth bits
+        let g = row * p.gpr + wi / 4u;
+        let base = (g / 8u) * select(4u, 12u, WTYPE == 12u);
         let j = g % 8u;
         let dm = unpack2x16float(s[base]);
         var sc: u32;
@@ -97,13 +108,21 @@ fn affine(row: u32, wi: u32) -> vec2<f32> {
     return vec2<f32>(1.0, 0.0);
 }
 
-// The high two bits of the eight `q6_k` values of word `wi` of weight row `row` (0 for the
-// other types): word i of a super-block's 32 takes half of scale word 5 + i / 2.
+// The bits above the low four of the eight values of word `wi` of weight row `row`, kept
+// beside the scales (quant.rs `Weight::high_bits`; 0 for the types without them): q6_k's two
+// per value, word i of a super-block's 32 taking half of scale word 5 + i / 2; the q5 types'
+// one, a byte of their fifth-bit words.
 fn hi_bits(row: u32, wi: u32) -> u32 {
-    if (WTYPE != 8u) { return 0u; }
     let at = row * p.wpr + wi;
-    let within = at % 32u;
-    return extractBits(s[(at / 32u) * 21u + 5u + within / 2u], (within % 2u) * 16u, 16u);
+    let g = row * p.gpr + wi / 4u;
+    if (WTYPE == 8u) {
+        let within = at % 32u;
+        return extractBits(s[(at / 32u) * 21u + 5u + within / 2u], (within % 2u) * 16u, 16u);
+    }
+    if (WTYPE == 10u) { return extractBits(s[(g >> 1u) * 3u + 1u + (g & 1u)], (wi % 4u) * 8u, 8u); }
+    if (WTYPE == 11u) { return extractBits(s[2u * g + 1u], (wi % 4u) * 8u, 8u); }
+    if (WTYPE == 12u) { return extractBits(s[(at / 32u) * 12u + 4u + (at % 32u) / 4u], (at % 4u) * 8u, 8u); }
+    return 0u;
 }
 
 // Byte `i` of the 12 packed bytes of the `q4_k` super-block whose scale words start at `base`.
@@ -120,6 +139,8 @@ fn raw(word: u32, j: u32, hi: u32) -> f32 {
     }
     if (WTYPE == 2u || WTYPE == 5u || WTYPE == 6u) { return f32(extractBits(bitcast<i32>(word), j * 8u, 8u)); }
     if (WTYPE == 8u) { return f32(i32(extractBits(word, j * 4u, 4u) | (extractBits(hi, j * 2u, 2u) << 4u)) - 32); }
+    if (WTYPE == 9u) { return bitcast<f32>(select(word << 16u, word & 0xffff0000u, j == 1u)); }
+    if (WTYPE >= 10u) { return f32(extractBits(word, j * 4u, 4u) | (extractBits(hi, j, 1u) << 4u)); }
     return f32(extractBits(word, j * 4u, 4u));
 }
 

@@ -607,10 +607,11 @@ impl<'a> Gguf<'a> {
 }
 
 impl Gguf<'_> {
-    /// A tensor as a wedge [`Weight`] that holds exactly its values: F32 and F16 as they are,
-    /// Q4_0 as `q4`, Q4_1 as `q4_1` and Q8_0 as `q8_0`, in groups of 32 (the same scales,
-    /// minimums and values, with Q4's nibbles reordered). Other types have no exact wedge format yet, and are
-    /// refused rather than requantized.
+    /// A tensor as a wedge [`Weight`] that holds exactly its values, at its own size: F32, F16
+    /// and BF16 as they are, Q4_0 as `q4`, Q4_1 as `q4_1` and Q8_0 as `q8_0` in groups of 32,
+    /// Q5_0, Q5_1, Q4_K, Q5_K and Q6_K as the wedge formats of those names (the same scales,
+    /// minimums and values, with the nibbles reordered and any high bits moved beside the
+    /// scales). Nothing is requantized.
     pub fn weight(&self, t: &TensorInfo) -> Result<Weight> {
         Gguf::weight_from(t, self.data(t))
     }
@@ -625,9 +626,9 @@ impl Gguf<'_> {
         let words = |b: &[u8]| b.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
         let (format, packed, scales) = match t.ty {
             GgmlType::F32 => (Format::F32, words(data), Vec::new()),
-            GgmlType::F16 => {
-                // pairs of halves, low first: the f16 layout; a row of odd length ends in a
-                // zero half of its own word
+            GgmlType::F16 | GgmlType::BF16 => {
+                // pairs of halves, low first: the f16 (bf16) layout; a row of odd length ends in
+                // a zero half of its own word
                 let cols = shape.last().copied().unwrap_or(0);
                 let mut w = Vec::with_capacity(data.len() / 4 + shape.len());
                 for row in data.chunks_exact(2 * cols) {
@@ -636,13 +637,21 @@ impl Gguf<'_> {
                         w.push(h(0) | h(1) << 8 | h(2) << 16 | h(3) << 24);
                     }
                 }
-                (Format::F16, w, Vec::new())
+                (if t.ty == GgmlType::F16 { Format::F16 } else { Format::Bf16 }, w, Vec::new())
             }
-            GgmlType::Q4_0 | GgmlType::Q4_1 => {
-                let one = t.ty == GgmlType::Q4_1;
-                let (head, blocks) = (if one { 4 } else { 2 }, data.chunks_exact(t.ty.block_bytes()));
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                let one = matches!(t.ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+                let five = matches!(t.ty, GgmlType::Q5_0 | GgmlType::Q5_1);
+                // a block: d (and m), the 32 fifth bits as a word (bit j for value j), 16 bytes
+                let head = if one { 4 } else { 2 } + if five { 4 } else { 0 };
+                let blocks = data.chunks_exact(t.ty.block_bytes());
                 let mut w = Vec::with_capacity(4 * blocks.len());
-                let mut s = Vec::with_capacity(if one { blocks.len() } else { blocks.len().div_ceil(2) });
+                let mut s = Vec::with_capacity(match (one, five) {
+                    (false, false) => blocks.len().div_ceil(2),
+                    (true, false) => blocks.len(),
+                    (false, true) => 3 * blocks.len().div_ceil(2),
+                    (true, true) => 2 * blocks.len(),
+                });
                 for (i, b) in blocks.enumerate() {
                     let qs = &b[head..head + 16];
                     // GGUF: byte j holds value j (low nibble) and value j + 16 (high nibble);
@@ -657,15 +666,32 @@ impl Gguf<'_> {
                         w.push(v);
                     }
                     let d = u32::from(u16::from_le_bytes([b[0], b[1]]));
+                    let fifth = || u32::from_le_bytes([b[head - 4], b[head - 3], b[head - 2], b[head - 1]]);
                     if one {
                         s.push(d | u32::from(u16::from_le_bytes([b[2], b[3]])) << 16);
+                        if five {
+                            s.push(fifth());
+                        }
+                    } else if five {
+                        // q5_0: per pair of groups, the two scales' word then both groups' bits
+                        if i % 2 == 0 {
+                            s.extend([d, fifth(), 0]);
+                        } else if let [.., pair, _, bits] = s.as_mut_slice() {
+                            *pair |= d << 16;
+                            *bits = fifth();
+                        }
                     } else if i % 2 == 0 {
                         s.push(d);
                     } else if let Some(last) = s.last_mut() {
                         *last |= d << 16;
                     }
                 }
-                let format = if one { Format::Q4_1 { group: 32 } } else { Format::Q4 { group: 32 } };
+                let format = match t.ty {
+                    GgmlType::Q4_0 => Format::Q4 { group: 32 },
+                    GgmlType::Q4_1 => Format::Q4_1 { group: 32 },
+                    GgmlType::Q5_0 => Format::Q5_0,
+                    _ => Format::Q5_1,
+                };
                 (format, w, s)
             }
             GgmlType::Q8_0 => {
@@ -684,16 +710,24 @@ impl Gguf<'_> {
                 }
                 (Format::Q8_0 { group: 32 }, w, s)
             }
-            GgmlType::Q4_K => {
+            GgmlType::Q4_K | GgmlType::Q5_K => {
                 // a block: f16 d and dmin, 12 bytes of 6-bit scales and minimums (kept as they
-                // are), then 128 bytes: for each 64 values, 32 bytes whose low nibbles are the
-                // first 32 values and whose high nibbles the next 32
+                // are), (Q5_K: 32 bytes whose bit j of byte l is the fifth bit of value
+                // 32j + l,) then 128 bytes: for each 64 values, 32 bytes whose low nibbles are
+                // the first 32 values and whose high nibbles the next 32
+                let five = t.ty == GgmlType::Q5_K;
                 let blocks = data.chunks_exact(t.ty.block_bytes());
                 let mut w = Vec::with_capacity(32 * blocks.len());
-                let mut s = Vec::with_capacity(4 * blocks.len());
+                let mut s = Vec::with_capacity(if five { 12 } else { 4 } * blocks.len());
                 for b in blocks {
                     s.extend(b[..16].chunks_exact(4).map(|q| u32::from_le_bytes([q[0], q[1], q[2], q[3]])));
-                    let qs = &b[16..144];
+                    let qs = if five {
+                        let qh = &b[16..48];
+                        s.extend((0..8).map(|j| (0..32).fold(0u32, |v, l| v | u32::from((qh[l] >> j) & 1) << l)));
+                        &b[48..176]
+                    } else {
+                        &b[16..144]
+                    };
                     for word in 0..32 {
                         let mut v = 0u32;
                         for j in 0..8 {
@@ -705,7 +739,7 @@ impl Gguf<'_> {
                         w.push(v);
                     }
                 }
-                (Format::Q4K, w, s)
+                (if five { Format::Q5K } else { Format::Q4K }, w, s)
             }
             GgmlType::Q6_K => {
                 // a block: 128 bytes of low nibbles, 64 of high bit pairs, 16 i8 scales, f16 d;
@@ -735,13 +769,6 @@ impl Gguf<'_> {
                     }
                 }
                 (Format::Q6K, w, s)
-            }
-            other => {
-                return Err(err(format!(
-                    "tensor `{}` is {other}, which no wedge format holds exactly yet (F32, F16, Q4_0, Q4_1, \
-                     Q8_0, Q4_K and Q6_K load as weights); it is not requantized without being asked",
-                    t.name
-                )));
             }
         };
         Weight::from_packed(&t.name, &shape, format, packed, scales)

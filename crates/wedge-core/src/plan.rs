@@ -466,8 +466,8 @@ impl Plan {
                         format!("weight `{}` has shape {:?}, expected [{len}]", wname(w), info.shape),
                     ));
                 }
-                if !matches!(info.format, Format::F32 | Format::F16) {
-                    return Err(shape_err(i, op, format!("weight `{}` must be f32 or f16", wname(w))));
+                if !matches!(info.format, Format::F32 | Format::F16 | Format::Bf16) {
+                    return Err(shape_err(i, op, format!("weight `{}` must be f32, f16 or bf16", wname(w))));
                 }
                 Ok(())
             };

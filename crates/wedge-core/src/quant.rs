@@ -20,6 +20,10 @@
 //! | `q8_0` | 4 | i8 as `q8` | one f16 per group, as `q4` | `q · s` |
 //! | `q6_k` | 8 | u4: the low four bits of `u`, as `q4` | 21 words per super-block of 256 values (GGUF `Q6_K`): `d` (f16, low half), 16 i8 group scales `sc_j`, then the high two bits of each `u` (bits `2i..2i+2` of word `i / 16` hold value `i`'s) | `(u − 32) · (d · sc_j)`, groups of 16 |
 //! | `q4_k` | 8 | u4 as `q4` | four words per super-block of 256 values (GGUF `Q4_K`): `pack2x16float(d, dmin)`, then the 12 bytes of 6-bit sub-block scales and minimums, as GGUF packs them | `u · (d · sc_j) − dmin · m_j` |
+//! | `bf16` | 2 | bfloat16, low half first | none | `w` |
+//! | `q5_0` | 8 | u5: the low four bits as `q4` | three words per pair of groups of 32: the two f16 scales as `q4`'s, then each group's 32 fifth bits (bit `c` for the group's value `c`) | `(u − 16) · s` |
+//! | `q5_1` | 8 | u5 as `q5_0` | two words per group of 32: `pack2x16float(s, m)`, then its fifth bits | `u · s + m` |
+//! | `q5_k` | 8 | u5 as `q5_0` | twelve words per super-block of 256 values (GGUF `Q5_K`): the four of `q4_k`, then the 256 fifth bits (bit `c % 32` of word `c / 32`) | as `q4_k` |
 //!
 //! Groups run along `cols`: group `g` of a row covers columns `g·G .. (g+1)·G`,
 //! and a row has `ceil(cols / G)` groups. `G` is 32, 64 or 128.
@@ -88,6 +92,18 @@ pub enum Format {
     /// scale per super-block (GGUF `Q6_K`).
     #[serde(rename = "q6_k")]
     Q6K,
+    /// bfloat16 (GGUF `BF16`): the high half of an f32.
+    #[serde(rename = "bf16")]
+    Bf16,
+    /// Symmetric 5-bit in groups of 32 with an f16 scale, values in `[-16, 15]` (GGUF `Q5_0`).
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    /// Asymmetric 5-bit in groups of 32 (scale and minimum, GGUF `Q5_1`), values in `[0, 31]`.
+    #[serde(rename = "q5_1")]
+    Q5_1,
+    /// Asymmetric 5-bit in super-blocks of 256 values with `q4_k`'s scales (GGUF `Q5_K`).
+    #[serde(rename = "q5_k")]
+    Q5K,
 }
 
 /// Values per super-block of the k-quant formats (`q4_k`, `q6_k`).
@@ -98,6 +114,9 @@ const Q4K_WORDS: usize = 4;
 
 /// Scale words per super-block of `q6_k`: `d`, 16 i8 scales (4 words), 256 × 2 high bits (16).
 pub const Q6K_WORDS: usize = 21;
+
+/// Scale words per super-block of `q5_k`: those of `q4_k`, then 256 fifth bits (8).
+pub const Q5K_WORDS: usize = 12;
 
 /// Activations per block of a `q8a8` matmul (see the module docs).
 pub const A8_BLOCK: usize = 32;
@@ -119,6 +138,10 @@ impl Format {
             Format::Q8_0 { .. } => 6,
             Format::Q4K => 7,
             Format::Q6K => 8,
+            Format::Bf16 => 9,
+            Format::Q5_0 => 10,
+            Format::Q5_1 => 11,
+            Format::Q5K => 12,
         }
     }
 
@@ -134,10 +157,15 @@ impl Format {
             Format::Q8_0 { .. } => "q8_0",
             Format::Q4K => "q4_k",
             Format::Q6K => "q6_k",
+            Format::Bf16 => "bf16",
+            Format::Q5_0 => "q5_0",
+            Format::Q5_1 => "q5_1",
+            Format::Q5K => "q5_k",
         }
     }
 
-    /// Parse `f32`, `f16`, `q8`, `q8a8`, `q8_0`, `q4`, `q4_1`, `q4_k`, with the group size used for
+    /// Parse `f32`, `f16`, `bf16`, `q8`, `q8a8`, `q8_0`, `q4`, `q4_1`, `q5_0`, `q5_1`, `q4_k`,
+    /// `q5_k`, `q6_k`, with the group size used for
     /// the grouped ones that take one.
     pub fn parse(s: &str, group: u32) -> Option<Format> {
         Some(match s {
@@ -150,6 +178,10 @@ impl Format {
             "q8_0" => Format::Q8_0 { group },
             "q4_k" => Format::Q4K,
             "q6_k" => Format::Q6K,
+            "bf16" => Format::Bf16,
+            "q5_0" => Format::Q5_0,
+            "q5_1" => Format::Q5_1,
+            "q5_k" => Format::Q5K,
             _ => return None,
         })
     }
@@ -158,22 +190,37 @@ impl Format {
     pub fn values_per_word(self) -> usize {
         match self {
             Format::F32 => 1,
-            Format::F16 => 2,
+            Format::F16 | Format::Bf16 => 2,
             Format::Q8 | Format::Q8A8 | Format::Q8_0 { .. } => 4,
-            Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K | Format::Q6K => 8,
+            Format::Q4 { .. }
+            | Format::Q4_1 { .. }
+            | Format::Q4K
+            | Format::Q6K
+            | Format::Q5_0
+            | Format::Q5_1
+            | Format::Q5K => 8,
         }
     }
 
-    /// Whether rows are whole super-blocks of [`SUPER_BLOCK`] values (`q4_k`, `q6_k`).
+    /// Whether rows are whole super-blocks of [`SUPER_BLOCK`] values (`q4_k`, `q5_k`, `q6_k`).
     pub fn super_blocks(self) -> bool {
-        matches!(self, Format::Q4K | Format::Q6K)
+        matches!(self, Format::Q4K | Format::Q5K | Format::Q6K)
+    }
+
+    /// Bits of each value kept in the scale words beside its low four (`q5_*`: 1, `q6_k`: 2).
+    pub fn high_bits(self) -> u32 {
+        match self {
+            Format::Q5_0 | Format::Q5_1 | Format::Q5K => 1,
+            Format::Q6K => 2,
+            _ => 0,
+        }
     }
 
     /// Group size for the grouped formats, 0 otherwise.
     pub fn group(self) -> u32 {
         match self {
             Format::Q4 { group } | Format::Q4_1 { group } | Format::Q8_0 { group } => group,
-            Format::Q4K => 32,
+            Format::Q4K | Format::Q5K | Format::Q5_0 | Format::Q5_1 => 32,
             Format::Q6K => 16,
             _ => 0,
         }
@@ -196,8 +243,11 @@ impl Format {
     pub fn packed_words(self, rows: usize, cols: usize) -> Option<(usize, usize)> {
         let words = rows.checked_mul(self.words_per_row(cols))?;
         let scales = match self {
-            Format::F32 | Format::F16 => 0,
+            Format::F32 | Format::F16 | Format::Bf16 => 0,
             Format::Q8 | Format::Q8A8 => rows,
+            Format::Q5_0 => rows.checked_mul(self.groups_per_row(cols))?.div_ceil(2).checked_mul(3)?,
+            Format::Q5_1 => rows.checked_mul(self.groups_per_row(cols))?.checked_mul(2)?,
+            Format::Q5K => rows.checked_mul(cols.div_ceil(SUPER_BLOCK))?.checked_mul(Q5K_WORDS)?,
             Format::Q4 { .. } | Format::Q8_0 { .. } => rows.checked_mul(self.groups_per_row(cols))?.div_ceil(2),
             Format::Q4_1 { .. } => rows.checked_mul(self.groups_per_row(cols))?,
             Format::Q4K => rows.checked_mul(cols.div_ceil(SUPER_BLOCK))?.checked_mul(Q4K_WORDS)?,
@@ -262,18 +312,19 @@ fn quantize_q6k_block(block: &[f32], scales: &mut [u32], words: &mut [u32]) {
     }
 }
 
-/// Quantizes one super-block of 256 values to `q4_k` (plain round to nearest): each group of 32
-/// gets the range of its values and zero, `[min(0, lo), hi]`, split in 15 steps; the steps and
-/// the minimums are rounded to six bits against the super-block's largest, `d` and `dmin`
-/// (f16), and each value to the nearest of its group's 16 levels. Writes the four scale words
-/// and 32 value words.
-fn quantize_q4k_block(block: &[f32], scales: &mut [u32], words: &mut [u32]) {
+/// Quantizes one super-block of 256 values to `q4_k`, or `q5_k` when `five` (plain round to
+/// nearest): each group of 32 gets the range of its values and zero, `[min(0, lo), hi]`, split
+/// in 15 (31) steps; the steps and the minimums are rounded to six bits against the
+/// super-block's largest, `d` and `dmin` (f16), and each value to the nearest of its group's 16
+/// (32) levels. Writes the four (twelve) scale words and 32 value words.
+fn quantize_k_block(block: &[f32], five: bool, scales: &mut [u32], words: &mut [u32]) {
+    let top = if five { 31.0 } else { 15.0 };
     let mut step = [0f32; 8];
     let mut low = [0f32; 8];
     for (j, g) in block.chunks_exact(32).enumerate() {
         let lo = g.iter().fold(0f32, |m, v| m.min(*v));
         let hi = g.iter().fold(lo, |m, v| m.max(*v));
-        (step[j], low[j]) = ((hi - lo) / 15.0, -lo);
+        (step[j], low[j]) = ((hi - lo) / top, -lo);
     }
     let six = |v: f32, unit: f32| if unit > 0.0 { (v / unit).round_ties_even().clamp(0.0, 63.0) as u8 } else { 0 };
     let d = f16::from_f32(step.iter().fold(0f32, |m, v| m.max(*v)) / 63.0);
@@ -291,16 +342,19 @@ fn quantize_q4k_block(block: &[f32], scales: &mut [u32], words: &mut [u32]) {
         }
     }
     scales[0] = u32::from(d.to_bits()) | (u32::from(dmin.to_bits()) << 16);
-    for (w, b) in scales[1..].iter_mut().zip(packed.chunks_exact(4)) {
+    for (w, b) in scales[1..4].iter_mut().zip(packed.chunks_exact(4)) {
         *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
     for (j, g) in block.chunks_exact(32).enumerate() {
         let s = d.to_f32() * f32::from(sc[j]);
         let m = dmin.to_f32() * f32::from(mn[j]);
         for (i, v) in g.iter().enumerate() {
-            let u = if s > 0.0 { ((v + m) / s).round_ties_even().clamp(0.0, 15.0) as u32 } else { 0 };
+            let u = if s > 0.0 { ((v + m) / s).round_ties_even().clamp(0.0, top) as u32 } else { 0 };
             let c = 32 * j + i;
-            words[c / 8] |= u << (4 * (c % 8));
+            words[c / 8] |= (u & 0xf) << (4 * (c % 8));
+            if five {
+                scales[4 + j] |= (u >> 4) << i;
+            }
         }
     }
 }
@@ -357,10 +411,10 @@ impl Weight {
     pub fn quantize(name: &str, shape: &[usize], values: &[f32], format: Format) -> Result<Weight> {
         format.validate().map_err(|m| weight_err(name, m))?;
         let (rows, cols) = check_len(name, shape, values.len())?;
-        if format == Format::Q4K && !cols.is_multiple_of(SUPER_BLOCK) {
+        if format.super_blocks() && !cols.is_multiple_of(SUPER_BLOCK) {
             return Err(weight_err(
                 name,
-                format!("q4_k rows are whole super-blocks of {SUPER_BLOCK} values, not {cols}"),
+                format!("{format} rows are whole super-blocks of {SUPER_BLOCK} values, not {cols}"),
             ));
         }
         let wpr = format.words_per_row(cols);
@@ -369,9 +423,11 @@ impl Weight {
         let mut scales = vec![0u32; ns];
         let ng = format.groups_per_row(cols);
         let mut half_scales: Vec<f16> = Vec::new();
-        if let Format::Q4 { .. } | Format::Q8_0 { .. } = format {
+        if let Format::Q4 { .. } | Format::Q8_0 { .. } | Format::Q5_0 = format {
             half_scales = vec![f16::ZERO; rows * ng];
         }
+        // q5_0 and q5_1: each group's fifth bits
+        let mut fifth = vec![0u32; if format.high_bits() == 1 { rows * ng } else { 0 }];
         for r in 0..rows {
             let row = &values[r * cols..(r + 1) * cols];
             let out = &mut words[r * wpr..(r + 1) * wpr];
@@ -384,6 +440,12 @@ impl Weight {
                 Format::F16 => {
                     for (c, v) in row.iter().enumerate() {
                         let h = u32::from(f16::from_f32(*v).to_bits());
+                        out[c / 2] |= h << (16 * (c % 2));
+                    }
+                }
+                Format::Bf16 => {
+                    for (c, v) in row.iter().enumerate() {
+                        let h = u32::from(half::bf16::from_f32(*v).to_bits());
                         out[c / 2] |= h << (16 * (c % 2));
                     }
                 }
@@ -422,50 +484,73 @@ impl Weight {
                         quantize_q6k_block(block, &mut scales[at..at + Q6K_WORDS], &mut out[sbi * 32..(sbi + 1) * 32]);
                     }
                 }
-                Format::Q4K => {
-                    let sbs = cols / SUPER_BLOCK;
+                Format::Q4K | Format::Q5K => {
+                    let (sbs, five) = (cols / SUPER_BLOCK, format == Format::Q5K);
+                    let n = if five { Q5K_WORDS } else { Q4K_WORDS };
                     for (sbi, block) in row.chunks_exact(SUPER_BLOCK).enumerate() {
-                        let at = (r * sbs + sbi) * Q4K_WORDS;
-                        quantize_q4k_block(block, &mut scales[at..at + Q4K_WORDS], &mut out[sbi * 32..(sbi + 1) * 32]);
+                        let at = (r * sbs + sbi) * n;
+                        quantize_k_block(block, five, &mut scales[at..at + n], &mut out[sbi * 32..(sbi + 1) * 32]);
                     }
                 }
-                Format::Q4 { group } | Format::Q4_1 { group } => {
-                    let g = group as usize;
+                Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q5_0 | Format::Q5_1 => {
+                    let g = format.group() as usize;
+                    // symmetric: levels -half..half-1, stored as q + half; else 0..2·half-1
+                    let half = if format.high_bits() == 1 { 16.0 } else { 8.0 };
+                    let symmetric = matches!(format, Format::Q4 { .. } | Format::Q5_0);
                     for gi in 0..ng {
                         let chunk = &row[gi * g..((gi + 1) * g).min(cols)];
-                        let (s, m, lo, hi) = if let Format::Q4 { .. } = format {
+                        let (s, m, lo, hi) = if symmetric {
                             let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-                            let mut s = f16::from_f32(amax / 7.0);
+                            let mut s = f16::from_f32(amax / (half - 1.0));
                             if s.to_f32() == 0.0 {
                                 s = f16::ONE;
                             }
                             half_scales[r * ng + gi] = s;
-                            (s.to_f32(), 0.0, -8.0, 7.0)
+                            (s.to_f32(), 0.0, -half, half - 1.0)
                         } else {
                             let mn = chunk.iter().fold(f32::INFINITY, |m, v| m.min(*v));
                             let mx = chunk.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
                             let m16 = f16::from_f32(mn);
-                            let mut s16 = f16::from_f32((mx - m16.to_f32()) / 15.0);
+                            let mut s16 = f16::from_f32((mx - m16.to_f32()) / (2.0 * half - 1.0));
                             if s16.to_f32() <= 0.0 || !s16.is_finite() {
                                 s16 = f16::ONE;
                             }
-                            scales[r * ng + gi] = u32::from(s16.to_bits()) | (u32::from(m16.to_bits()) << 16);
-                            (s16.to_f32(), m16.to_f32(), 0.0, 15.0)
+                            let sm = u32::from(s16.to_bits()) | (u32::from(m16.to_bits()) << 16);
+                            let at = if format == Format::Q5_1 { 2 * (r * ng + gi) } else { r * ng + gi };
+                            scales[at] = sm;
+                            (s16.to_f32(), m16.to_f32(), 0.0, 2.0 * half - 1.0)
                         };
                         for (j, v) in chunk.iter().enumerate() {
                             let c = gi * g + j;
-                            let q = round_div(*v - m, s).clamp(lo, hi) as i32;
-                            let u = if m == 0.0 && lo < 0.0 { q + 8 } else { q } as u32;
+                            let q = round_div(*v - m, s).clamp(lo, hi);
+                            let u = if symmetric { q + half } else { q } as u32;
                             out[c / 8] |= (u & 0xf) << (4 * (c % 8));
+                            if let Some(f) = fifth.get_mut(r * ng + gi) {
+                                *f |= (u >> 4) << j;
+                            }
                         }
                     }
                 }
             }
         }
-        if let Format::Q4 { .. } | Format::Q8_0 { .. } = format {
-            for (i, s) in half_scales.iter().enumerate() {
-                scales[i / 2] |= u32::from(s.to_bits()) << (16 * (i % 2));
+        match format {
+            Format::Q4 { .. } | Format::Q8_0 { .. } => {
+                for (i, s) in half_scales.iter().enumerate() {
+                    scales[i / 2] |= u32::from(s.to_bits()) << (16 * (i % 2));
+                }
             }
+            Format::Q5_0 => {
+                for (i, (s, f)) in half_scales.iter().zip(&fifth).enumerate() {
+                    scales[(i / 2) * 3] |= u32::from(s.to_bits()) << (16 * (i % 2));
+                    scales[(i / 2) * 3 + 1 + i % 2] = *f;
+                }
+            }
+            Format::Q5_1 => {
+                for (i, f) in fifth.iter().enumerate() {
+                    scales[2 * i + 1] = *f;
+                }
+            }
+            _ => {}
         }
         Ok(Weight { name: name.to_string(), shape: shape.to_vec(), format, words, scales })
     }
@@ -493,10 +578,10 @@ impl Weight {
         self.format.validate().map_err(|m| weight_err(&self.name, m))?;
         let (rows, cols) =
             rows_cols(&self.shape).ok_or_else(|| weight_err(&self.name, format!("bad shape {:?}", self.shape)))?;
-        if self.format == Format::Q4K && !cols.is_multiple_of(SUPER_BLOCK) {
+        if self.format.super_blocks() && !cols.is_multiple_of(SUPER_BLOCK) {
             return Err(weight_err(
                 &self.name,
-                format!("q4_k rows are whole super-blocks of {SUPER_BLOCK} values, not {cols}"),
+                format!("{} rows are whole super-blocks of {SUPER_BLOCK} values, not {cols}", self.format),
             ));
         }
         let (nw, ns) = self.format.packed_words(rows, cols).ok_or_else(|| weight_err(&self.name, "size overflows"))?;
@@ -536,13 +621,19 @@ impl Weight {
     pub fn word_affine(&self, row: usize, word: usize) -> (f32, f32) {
         let cols = self.shape.last().copied().unwrap_or(0);
         match self.format {
-            Format::F32 | Format::F16 => (1.0, 0.0),
+            Format::F32 | Format::F16 | Format::Bf16 => (1.0, 0.0),
             Format::Q8 | Format::Q8A8 => (f32::from_bits(self.scales[row]), 0.0),
-            Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q8_0 { .. } | Format::Q4K | Format::Q6K => self
-                .group_affine(
-                    row * self.format.groups_per_row(cols)
-                        + word * self.format.values_per_word() / self.format.group() as usize,
-                ),
+            Format::Q4 { .. }
+            | Format::Q4_1 { .. }
+            | Format::Q8_0 { .. }
+            | Format::Q4K
+            | Format::Q6K
+            | Format::Q5_0
+            | Format::Q5_1
+            | Format::Q5K => self.group_affine(
+                row * self.format.groups_per_row(cols)
+                    + word * self.format.values_per_word() / self.format.group() as usize,
+            ),
         }
     }
 
@@ -565,8 +656,17 @@ impl Weight {
                 let sc = (sb[1 + (g % 16) / 4] >> (8 * (g % 4))) as u8 as i8;
                 (f16::from_bits(sb[0] as u16).to_f32() * f32::from(sc), 0.0)
             }
-            Format::Q4K => {
-                let sb = &self.scales[(g / 8) * Q4K_WORDS..(g / 8 + 1) * Q4K_WORDS];
+            Format::Q5_0 => {
+                let s = f16::from_bits((self.scales[(g / 2) * 3] >> (16 * (g % 2))) as u16).to_f32();
+                (s, -16.0 * s)
+            }
+            Format::Q5_1 => {
+                let sm = self.scales[2 * g];
+                (f16::from_bits(sm as u16).to_f32(), f16::from_bits((sm >> 16) as u16).to_f32())
+            }
+            Format::Q4K | Format::Q5K => {
+                let n = if self.format == Format::Q5K { Q5K_WORDS } else { Q4K_WORDS };
+                let sb = &self.scales[(g / 8) * n..(g / 8) * n + Q4K_WORDS];
                 let (sc, m) = q4k_scale_min(&sb[1..], g % 8);
                 let (d, dmin) = (f16::from_bits(sb[0] as u16).to_f32(), f16::from_bits((sb[0] >> 16) as u16).to_f32());
                 (d * f32::from(sc), -(dmin * f32::from(m)))
@@ -575,12 +675,26 @@ impl Weight {
         }
     }
 
-    /// The high two bits of the eight `q6_k` values in value word `word` (counted over the
-    /// whole tensor), as the low 16 bits.
+    /// The bits above the low four of the eight values of value word `wi` of row `row`, kept
+    /// in the scale words ([`Format::high_bits`] each, value `j`'s at bit `j · high_bits`); 0 for
+    /// formats without them.
     #[inline]
-    pub fn q6k_high(&self, word: usize) -> u32 {
-        let (sb, within) = (word / 32, word % 32);
-        (self.scales[sb * Q6K_WORDS + 5 + within / 2] >> (16 * (within % 2))) & 0xffff
+    pub fn high_bits(&self, row: usize, wi: usize) -> u32 {
+        let cols = self.shape.last().copied().unwrap_or(0);
+        let at = row * self.format.words_per_row(cols) + wi;
+        // (q5_0 and q5_1: four value words per group of 32)
+        let g = row * self.format.groups_per_row(cols) + wi / 4;
+        let (word, byte) = match self.format {
+            Format::Q6K => {
+                let (sb, within) = (at / 32, at % 32);
+                return (self.scales[sb * Q6K_WORDS + 5 + within / 2] >> (16 * (within % 2))) & 0xffff;
+            }
+            Format::Q5_0 => (self.scales[(g / 2) * 3 + 1 + g % 2], wi % 4),
+            Format::Q5_1 => (self.scales[2 * g + 1], wi % 4),
+            Format::Q5K => (self.scales[(at / 32) * Q5K_WORDS + 4 + (at % 32) / 4], at % 4),
+            _ => return 0,
+        };
+        (word >> (8 * byte)) & 0xff
     }
 
     /// Dequantizes row `row` into `out` (length `cols`).
@@ -615,11 +729,28 @@ impl Weight {
                     }
                 }
             }
+            Format::Bf16 => {
+                for (pair, word) in out.chunks_mut(2).zip(words) {
+                    for (j, d) in pair.iter_mut().enumerate() {
+                        *d = f32::from_bits(((word >> (16 * j)) & 0xffff) << 16);
+                    }
+                }
+            }
+            Format::Q5_0 | Format::Q5_1 | Format::Q5K => {
+                for (wi, (dst, &word)) in out.chunks_mut(vpw).zip(words).enumerate() {
+                    let (s, m) = self.word_affine(row, wi);
+                    let hi = self.high_bits(row, wi);
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        let u = ((word >> (4 * j)) & 0xf) | (((hi >> j) & 1) << 4);
+                        *d = u as f32 * s + m;
+                    }
+                }
+            }
             Format::Q6K => {
                 // the high bits of values 16i.. are word i of each super-block's last 16
                 for (wi, (dst, &word)) in out.chunks_mut(vpw).zip(words).enumerate() {
                     let (s, _) = self.word_affine(row, wi);
-                    let hi = self.q6k_high(row * wpr + wi);
+                    let hi = self.high_bits(row, wi);
                     for (j, d) in dst.iter_mut().enumerate() {
                         let u = ((word >> (4 * j)) & 0xf) | (((hi >> (2 * j)) & 3) << 4);
                         *d = (u as i32 - 32) as f32 * s;
@@ -652,8 +783,7 @@ impl Weight {
     /// Half a quantization step at column `col` of `row`: the largest error round-to-nearest allows.
     pub fn half_step(&self, row: usize, col: usize) -> f32 {
         match self.format {
-            Format::F32 => 0.0,
-            Format::F16 => 0.0,
+            Format::F32 | Format::F16 | Format::Bf16 => 0.0,
             _ => {
                 let (s, _) = self.word_affine(row, col / self.format.values_per_word());
                 s / 2.0
@@ -672,7 +802,7 @@ mod tests {
         (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
     }
 
-    const FORMATS: [Format; 12] = [
+    const FORMATS: [Format; 15] = [
         Format::F32,
         Format::F16,
         Format::Q8,
@@ -685,31 +815,36 @@ mod tests {
         Format::Q4_1 { group: 128 },
         Format::Q8_0 { group: 32 },
         Format::Q8_0 { group: 64 },
+        Format::Bf16,
+        Format::Q5_0,
+        Format::Q5_1,
     ];
 
-    /// `q4_k` from floats: each value within one step of its group (its 15ths of the group's
-    /// range, widened by the 6-bit rounding of the step and the minimum), the GGUF packing of the
-    /// scales read back, and rows of part super-blocks refused.
+    /// `q4_k` and `q5_k` from floats: each value within one step of its group (its 15ths or
+    /// 31sts of the group's range, widened by the 6-bit rounding of the step and the minimum),
+    /// the GGUF packing of the scales read back, and rows of part super-blocks refused.
     #[test]
-    fn q4k_quantizes_within_a_step() {
+    fn k_quants_quantize_within_a_step() {
         let (rows, cols) = (3, 512);
         let v: Vec<f32> =
             (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.3 + (i % 64) as f32 * 0.01).collect();
-        let w = Weight::quantize("w", &[rows, cols], &v, Format::Q4K).unwrap();
-        assert_eq!(w.packed_bytes(), rows * (cols / 256) * 144, "GGUF's 144 bytes per super-block");
-        let back = w.to_f32();
-        for (g, (a, b)) in v.chunks(32).zip(back.chunks(32)).enumerate() {
-            let lo = a.iter().fold(0f32, |m, x| m.min(*x));
-            let hi = a.iter().fold(lo, |m, x| m.max(*x));
-            let step = (hi - lo) / 15.0;
-            for (x, y) in a.iter().zip(b) {
-                assert!((x - y).abs() <= 1.1 * step + 0.02, "group {g}: {x} -> {y} (step {step})");
+        for (format, levels, bytes) in [(Format::Q4K, 15.0, 144), (Format::Q5K, 31.0, 176)] {
+            let w = Weight::quantize("w", &[rows, cols], &v, format).unwrap();
+            assert_eq!(w.packed_bytes(), rows * (cols / 256) * bytes, "GGUF's {bytes} bytes per super-block");
+            let back = w.to_f32();
+            for (g, (a, b)) in v.chunks(32).zip(back.chunks(32)).enumerate() {
+                let lo = a.iter().fold(0f32, |m, x| m.min(*x));
+                let hi = a.iter().fold(lo, |m, x| m.max(*x));
+                let step = (hi - lo) / levels;
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() <= 1.1 * step + 0.02, "{format} group {g}: {x} -> {y} (step {step})");
+                }
             }
+            let e = Weight::quantize("w", &[2, 100], &[0.5; 200], format).unwrap_err().to_string();
+            assert!(e.contains("super-blocks of 256"), "{e}");
+            let e = Weight::from_packed("w", &[1, 32], format, vec![0; 4], vec![0; 12]).unwrap_err().to_string();
+            assert!(e.contains("super-blocks of 256"), "{e}");
         }
-        let e = Weight::quantize("w", &[2, 100], &[0.5; 200], Format::Q4K).unwrap_err().to_string();
-        assert!(e.contains("super-blocks of 256"), "{e}");
-        let e = Weight::from_packed("w", &[1, 32], Format::Q4K, vec![0; 4], vec![0; 4]).unwrap_err().to_string();
-        assert!(e.contains("super-blocks of 256"), "{e}");
     }
 
     #[test]
@@ -726,8 +861,9 @@ mod tests {
                         let tol = match format {
                             Format::F32 => 0.0,
                             Format::F16 => want.abs() * 1e-3,
+                            Format::Bf16 => want.abs() * 4e-3,
                             // an f16-rounded minimum may sit above the true one by 2^-11 of it
-                            Format::Q4_1 { .. } => w.half_step(r, c) * 1.0001 + want.abs() * 1e-3,
+                            Format::Q4_1 { .. } | Format::Q5_1 => w.half_step(r, c) * 1.0001 + want.abs() * 1e-3,
                             _ => w.half_step(r, c) * 1.0001,
                         };
                         assert!(

@@ -66,49 +66,37 @@ fn every_tensor_type_dequantizes_as_llama_cpp_does() {
     }
 }
 
-/// F32, F16, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K load as wedge weights holding the same values; the other types are
-/// refused by name rather than requantized. (Equal as numbers: where a Q4_0 value is zero,
-/// `(u − 8) · d` and wedge's `u · d − 8d` can differ in the sign of that zero.)
+/// Every tensor type loads as a wedge weight holding the same values at the file's size. (Equal
+/// as numbers: where a Q4_0 value is zero, `(u − 8) · d` and wedge's `u · d − 8d` can differ in
+/// the sign of that zero.)
 #[test]
-fn exact_types_repack_into_wedge_weights_and_the_rest_are_refused() {
+fn every_type_repacks_into_a_wedge_weight_of_its_size() {
     let bytes = fixture();
     let g = Gguf::parse(&bytes).unwrap();
     for ty in GgmlType::ALL {
         let q = g.tensor(&format!("{ty}.q")).unwrap();
         let mut want = vec![0f32; q.len() as usize];
         dequantize(ty, g.data(q), &mut want).unwrap();
-        match g.weight(q) {
-            Ok(w) => {
-                let exact = [
-                    GgmlType::F32,
-                    GgmlType::F16,
-                    GgmlType::Q4_0,
-                    GgmlType::Q4_1,
-                    GgmlType::Q8_0,
-                    GgmlType::Q4_K,
-                    GgmlType::Q6_K,
-                ];
-                assert!(exact.contains(&ty), "{ty}");
-                assert_eq!(w.shape, q.shape());
-                // (two f16 scales share a word: an odd count of blocks adds two bytes; q6_k keeps
-                // its d in a word of its own, two bytes more per 210-byte super-block, under 1%)
-                let bytes = w.packed_bytes() as u64;
-                let slack = if ty == GgmlType::Q6_K { 2 * q.len() / 256 } else { 2 };
-                assert!(
-                    (q.size..=q.size + slack).contains(&bytes),
-                    "{ty} as {}: {bytes} bytes for the file's {}",
-                    w.format,
-                    q.size
-                );
-                let got = w.to_f32();
-                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    assert!(a == b, "{ty} as {} value {i}: {a} vs {b}", w.format);
-                }
-            }
-            Err(e) => {
-                let e = e.to_string();
-                assert!(e.contains(&format!("is {ty}")) && e.contains("not requantized"), "{e}");
-            }
+        let w = g.weight(q).unwrap();
+        assert_eq!(w.shape, q.shape());
+        // two f16 scales share a word: an odd count of blocks adds two bytes (q5_0: six, its
+        // bits come in pairs too); q6_k keeps its d in a word of its own, two bytes more per
+        // 210-byte super-block, under 1%
+        let bytes = w.packed_bytes() as u64;
+        let slack = match ty {
+            GgmlType::Q6_K => 2 * q.len() / 256,
+            GgmlType::Q5_0 => 6,
+            _ => 2,
+        };
+        assert!(
+            (q.size..=q.size + slack).contains(&bytes),
+            "{ty} as {}: {bytes} bytes for the file's {}",
+            w.format,
+            q.size
+        );
+        let got = w.to_f32();
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(a == b, "{ty} as {} value {i}: {a} vs {b}", w.format);
         }
     }
 }

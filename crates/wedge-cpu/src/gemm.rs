@@ -39,8 +39,10 @@ fn dequantize_rows(w: &Weight, n0: usize, rows: usize, k: usize, panel: &mut [f3
                     *d = f32::from_bits(*s);
                 }
             }
-            // (q6_k: its two sources of bits per value, through the definition)
-            Format::F16 | Format::Q6K => w.dequantize_row(row, dst),
+            // (q5_* and q6_k: their two sources of bits per value, through the definition)
+            Format::F16 | Format::Bf16 | Format::Q6K | Format::Q5_0 | Format::Q5_1 | Format::Q5K => {
+                w.dequantize_row(row, dst)
+            }
             Format::Q8 | Format::Q8A8 => {
                 let (s, _) = w.word_affine(row, 0);
                 // byte j of a word is value j (little endian), so the row is a plain i8 run
@@ -1301,6 +1303,10 @@ mod tests {
             Format::Q8_0 { group: 32 },
             Format::Q4K,
             Format::Q6K,
+            Format::Bf16,
+            Format::Q5_0,
+            Format::Q5_1,
+            Format::Q5K,
         ];
         for case in 0..60 {
             // (from 8 row blocks per thread up, tasks write their rows in place: 1100 rows)
@@ -1308,7 +1314,7 @@ mod tests {
             let n = rng.random_range(1..120);
             let k: usize = [1, 3, 8, 31, 32, 33, 64, 100, 129, 384][rng.random_range(0..10)];
             let format = formats[case % formats.len()];
-            // (q4_k and q6_k rows are whole super-blocks)
+            // (k-quant rows are whole super-blocks)
             let k = if format.super_blocks() { 256 * k.div_ceil(128) } else { k };
             let wv: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();

@@ -164,7 +164,7 @@ impl CpuWeights {
 
 /// An f32 copy of a 1-D f32 or f16 weight (a bias, a norm scale).
 fn vector(w: &Weight) -> Option<Vec<f32>> {
-    (w.shape.len() == 1 && matches!(w.format, Format::F32 | Format::F16)).then(|| w.to_f32())
+    (w.shape.len() == 1 && matches!(w.format, Format::F32 | Format::F16 | Format::Bf16)).then(|| w.to_f32())
 }
 
 fn f32s(words: &[u32]) -> &[f32] {

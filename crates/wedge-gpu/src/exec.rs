@@ -67,7 +67,7 @@ impl GpuWeights {
         for w in weights {
             w.validate()?;
             let label = format!("wedge.weight.{}", w.name);
-            if w.shape.len() == 1 && matches!(w.format, Format::F32 | Format::F16) {
+            if w.shape.len() == 1 && matches!(w.format, Format::F32 | Format::F16 | Format::Bf16) {
                 let v = w.to_f32();
                 check_size(ctx, &label, 4 * v.len() as u64)?;
                 let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();

@@ -176,14 +176,14 @@ impl Family {
     pub fn overrides(self) -> &'static [(&'static str, &'static [f64])] {
         match self {
             Family::QWeight | Family::QWeightSubgroup => &[
-                ("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]),
+                ("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]),
                 ("ACT", &[0.0, 1.0, 2.0, 3.0]),
                 ("HAS_BIAS", &[0.0, 1.0]),
             ],
             Family::QWeightA8 => &[("WTYPE", &[5.0]), ("ACT", &[0.0, 1.0, 2.0, 3.0]), ("HAS_BIAS", &[0.0, 1.0])],
             // q8a8 keeps its integer GEMM
             Family::QWeightF16 => &[
-                ("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 7.0, 8.0]),
+                ("WTYPE", &[0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]),
                 ("ACT", &[0.0, 1.0, 2.0, 3.0]),
                 ("HAS_BIAS", &[0.0, 1.0]),
             ],

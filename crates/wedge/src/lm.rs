@@ -81,7 +81,7 @@ fn config_err(msg: String) -> Error {
 
 impl LanguageModel {
     /// Loads a GGUF file (architecture `llama` or `qwen2`) onto `device`. Each tensor keeps
-    /// its file's format and size (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K); other types are refused by name.
+    /// its file's format and size (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K).
     pub fn from_gguf(bytes: &[u8], device: &Device, options: LmOptions) -> Result<LanguageModel> {
         let g = Gguf::parse(bytes)?;
         let config = DecoderConfig::from_gguf(&g)?;

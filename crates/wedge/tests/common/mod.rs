@@ -122,7 +122,7 @@ pub(crate) fn both(
     (cpu, gpu)
 }
 
-pub(crate) const FORMATS: [Format; 11] = [
+pub(crate) const FORMATS: [Format; 15] = [
     Format::F32,
     Format::F16,
     Format::Q8,
@@ -134,9 +134,13 @@ pub(crate) const FORMATS: [Format; 11] = [
     Format::Q8_0 { group: 32 },
     Format::Q4K,
     Format::Q6K,
+    Format::Bf16,
+    Format::Q5_0,
+    Format::Q5_1,
+    Format::Q5K,
 ];
 
-/// `k` as a row length `format` can hold: whole super-blocks of 256 for `q4_k` and `q6_k`,
+/// `k` as a row length `format` can hold: whole super-blocks of 256 for the k-quants,
 /// else `k`.
 #[allow(dead_code)]
 pub(crate) fn cols_for(format: Format, k: usize) -> usize {
