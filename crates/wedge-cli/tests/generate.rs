@@ -95,3 +95,32 @@ fn a_converted_package_generates_exactly_as_the_gguf() {
     assert_eq!(a, b);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The same for the tiny decoders of `tests/data/tiny/` (no download needed): RoPE scaling
+/// (`rope_freqs`, linear) and every tensor type travel through `convert` into the package.
+#[test]
+fn tiny_decoders_convert_and_generate_the_same() {
+    let dir = std::env::temp_dir().join(format!("wedge-convert-tiny-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wedge = env!("CARGO_BIN_EXE_wedge");
+    for name in ["llama_rope_freqs", "qwen2_linear"] {
+        let model = format!("{}/../../tests/data/tiny/{name}.gguf", env!("CARGO_MANIFEST_DIR"));
+        let out = dir.join(format!("{name}.wedge"));
+        let status = Command::new(wedge).args(["convert", &model, "-o"]).arg(&out).status().unwrap();
+        assert!(status.success());
+        let tokens = |m: &str| {
+            let out = Command::new(wedge)
+                .args(["generate", "--model", m, "--device", "cpu", "--json", "--temperature", "0", "--ignore-eos"])
+                .args(["--max-tokens", "12", "--prompt", "the tin"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8(out.stdout).unwrap();
+            text.lines().filter(|l| l.contains("\"logprob\"")).map(str::to_string).collect::<Vec<_>>()
+        };
+        let (a, b) = (tokens(&model), tokens(out.to_str().unwrap()));
+        assert_eq!(a.len(), 12, "{name}");
+        assert_eq!(a, b, "{name}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

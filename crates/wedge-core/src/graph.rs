@@ -107,6 +107,24 @@ pub enum RopeMode {
     Half,
 }
 
+/// How rotary frequencies are stretched for contexts longer than the training one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// The frequencies `base^(-2i/d)` as they are.
+    #[default]
+    None,
+    /// Every frequency divided by `factor` (positions interpolated; GGUF `rope.scaling.type =
+    /// linear`).
+    Linear {
+        /// The divisor, above 0.
+        factor: f32,
+    },
+    /// Frequency `i` divided by `factors[i]`, one per pair of dimensions (GGUF `rope_freqs`,
+    /// which llama.cpp's converter writes for Llama 3's `rope_type = llama3`).
+    Factors(Vec<f32>),
+}
+
 /// Binary elementwise ops; the second operand broadcasts when its shape is a suffix of the first's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -182,6 +200,9 @@ pub enum Op {
         base: f32,
         /// Pairing of dimensions.
         mode: RopeMode,
+        /// Frequency scaling.
+        #[serde(default)]
+        scaling: RopeScaling,
     },
     /// Masked mean over the sequence: inputs `x [b, s, h]`, mask `[b, s]` (u32). Output `[b, h]`.
     MeanPool,

@@ -20,7 +20,7 @@ pub mod plan;
 pub mod quant;
 
 pub use error::{Error, Result};
-pub use graph::{Activation, Dim, Elem, Graph, Op, RopeMode, ValueId, WeightId};
+pub use graph::{Activation, Dim, Elem, Graph, Op, RopeMode, RopeScaling, ValueId, WeightId};
 pub use package::{Package, PackageLimits, TensorEntry};
 pub use plan::{HostTensor, Plan, Step, StepKind};
 pub use quant::{Format, Weight};

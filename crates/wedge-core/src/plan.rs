@@ -6,16 +6,28 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::graph::{Activation, BinaryOp, Dim, Elem, Graph, Op, RopeMode, StateElem, StateId, ValueId, WeightId};
+use crate::graph::{
+    Activation, BinaryOp, Dim, Elem, Graph, Op, RopeMode, RopeScaling, StateElem, StateId, ValueId, WeightId,
+};
 use crate::quant::{Format, Weight};
 
 /// Largest head size the fused attention kernel supports.
 pub const MAX_HEAD_DIM: usize = 256;
 
-/// Inverse rotary frequencies `base^(-2i/d)` for `i < d/2`, computed in f64 and rounded
-/// once, so every backend rotates by the same f32 angles.
-pub fn rope_inv_freq(head_dim: usize, base: f32) -> Vec<f32> {
-    (0..head_dim / 2).map(|i| (f64::from(base)).powf(-((2 * i) as f64) / head_dim as f64) as f32).collect()
+/// Inverse rotary frequencies `base^(-2i/d)` for `i < d/2`, divided as `scaling` says,
+/// computed in f64 and rounded once, so every backend rotates by the same f32 angles.
+pub fn rope_inv_freq(head_dim: usize, base: f32, scaling: &RopeScaling) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let f = (f64::from(base)).powf(-((2 * i) as f64) / head_dim as f64);
+            let div = match scaling {
+                RopeScaling::None => 1.0,
+                RopeScaling::Linear { factor } => f64::from(*factor),
+                RopeScaling::Factors(v) => v.get(i).map_or(1.0, |x| f64::from(*x)),
+            };
+            (f / div) as f32
+        })
+        .collect()
 }
 
 /// Shape and format of a weight, which is all the planner needs to know of it.
@@ -193,6 +205,8 @@ pub enum StepKind {
         base: f32,
         /// Pairing.
         mode: RopeMode,
+        /// Frequency scaling.
+        scaling: RopeScaling,
     },
     /// Masked mean over the sequence (inputs x and mask).
     MeanPool {
@@ -644,7 +658,7 @@ impl Plan {
                         }),
                     )
                 }
-                Op::Rope { heads, head_dim, base, mode } => {
+                Op::Rope { heads, head_dim, base, mode, scaling } => {
                     need(2)?;
                     want_elem(0, Elem::F32)?;
                     want_elem(1, Elem::U32)?;
@@ -656,6 +670,22 @@ impl Plan {
                             format!("x {x:?} and positions {pos:?} do not fit {heads} heads of (even) size {head_dim}"),
                         ));
                     }
+                    let divisors_ok = match scaling {
+                        RopeScaling::None => true,
+                        RopeScaling::Linear { factor } => factor.is_finite() && *factor > 0.0,
+                        RopeScaling::Factors(v) => {
+                            v.len() == head_dim / 2 && v.iter().all(|f| f.is_finite() && *f > 0.0)
+                        }
+                    };
+                    if !divisors_ok {
+                        return Err(shape_err(
+                            i,
+                            op,
+                            format!(
+                                "RoPE scaling needs finite divisors above 0, one per pair of {head_dim} dimensions"
+                            ),
+                        ));
+                    }
                     (
                         x.to_vec(),
                         Some(StepKind::Rope {
@@ -664,6 +694,7 @@ impl Plan {
                             head_dim: *head_dim,
                             base: *base,
                             mode: *mode,
+                            scaling: scaling.clone(),
                         }),
                     )
                 }

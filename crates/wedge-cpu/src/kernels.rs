@@ -1,6 +1,6 @@
 //! CPU kernels: the plain f32 definitions every GPU kernel is tested against.
 
-use wedge_core::graph::{Activation, BinaryOp, RopeMode};
+use wedge_core::graph::{Activation, BinaryOp, RopeMode, RopeScaling};
 use wedge_core::plan::rope_inv_freq;
 use wedge_core::quant::Weight;
 
@@ -607,8 +607,17 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
     }
 }
 
-pub(crate) fn rope(x: &[f32], pos: &[u32], heads: usize, d: usize, base: f32, mode: RopeMode, out: &mut [f32]) {
-    let inv = rope_inv_freq(d, base);
+pub(crate) struct Rope<'a> {
+    pub heads: usize,
+    pub d: usize,
+    pub base: f32,
+    pub mode: RopeMode,
+    pub scaling: &'a RopeScaling,
+}
+
+pub(crate) fn rope(x: &[f32], pos: &[u32], r: &Rope<'_>, out: &mut [f32]) {
+    let (heads, d, mode) = (r.heads, r.d, r.mode);
+    let inv = rope_inv_freq(d, r.base, r.scaling);
     let half = d / 2;
     for (t, &p) in pos.iter().enumerate() {
         for h in 0..heads {

@@ -502,8 +502,9 @@ fn execute_here(
                         };
                         kernels::attention(&dims, f32s(inp(0)), f32s(inp(1)), f32s(inp(2)), mask, f32s_mut(o));
                     }
-                    StepKind::Rope { heads, head_dim, base, mode, .. } => {
-                        kernels::rope(f32s(inp(0)), inp(1), *heads, *head_dim, *base, *mode, f32s_mut(o));
+                    StepKind::Rope { heads, head_dim, base, mode, scaling, .. } => {
+                        let r = kernels::Rope { heads: *heads, d: *head_dim, base: *base, mode: *mode, scaling };
+                        kernels::rope(f32s(inp(0)), inp(1), &r, f32s_mut(o));
                     }
                     StepKind::MeanPool { seq, hidden, .. } => {
                         kernels::mean_pool(f32s(inp(0)), inp(1), *seq, *hidden, f32s_mut(o));

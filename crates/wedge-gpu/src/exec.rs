@@ -253,8 +253,8 @@ impl ResidentRun {
         // Rope frequency tables, made first so steps can borrow them.
         let mut tables = Vec::new();
         for step in &plan.steps {
-            if let StepKind::Rope { head_dim, base, .. } = step.kind {
-                let bits: Vec<u32> = rope_inv_freq(head_dim, base).iter().map(|f| f.to_bits()).collect();
+            if let StepKind::Rope { head_dim, base, scaling, .. } = &step.kind {
+                let bits: Vec<u32> = rope_inv_freq(*head_dim, *base, scaling).iter().map(|f| f.to_bits()).collect();
                 tables.push(init_buffer(ctx, "wedge.rope_inv_freq", &bits));
             }
         }

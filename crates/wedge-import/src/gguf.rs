@@ -15,8 +15,9 @@ use crate::{ImportError, Result};
 /// as a metadata-only GGUF asset ([`llama::VOCAB_ASSET`]).
 pub fn import_gguf(bytes: &[u8], source: &str) -> Result<Package> {
     let g = Gguf::parse(bytes)?;
-    let config = DecoderConfig::from_gguf(&g)?;
-    let tensors = llama::weights_from_gguf(&g)?;
+    let mut config = DecoderConfig::from_gguf(&g)?;
+    let mut tensors = llama::weights_from_gguf(&g)?;
+    config.take_rope_freqs(&mut tensors)?;
     // the graph's weights, checked now rather than at load time
     config.build_cached(wedge_core::graph::StateElem::F32)?.take_weights(tensors.clone())?;
     let mut metadata = BTreeMap::new();

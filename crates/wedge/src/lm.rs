@@ -115,13 +115,14 @@ impl LanguageModel {
     }
 
     fn assemble(
-        config: DecoderConfig,
+        mut config: DecoderConfig,
         vocab: Vocab,
-        weights: Vec<wedge_core::Weight>,
+        mut weights: Vec<wedge_core::Weight>,
         architecture: String,
         device: &Device,
         options: LmOptions,
     ) -> Result<LanguageModel> {
+        config.take_rope_freqs(&mut weights)?;
         let mg = config.build_cached(options.kv.elem())?;
         let weights = mg.take_weights(weights)?;
         let weight_bytes = weights.iter().map(|w| w.packed_bytes() as u64).sum();

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use rand::Rng;
-use wedge::{Activation, Elem, Format, HostTensor, Op, RopeMode, Weight};
+use wedge::{Activation, Elem, Format, HostTensor, Op, RopeMode, RopeScaling, Weight};
 use wedge_core::graph::BinaryOp;
 
 fn compare(what: &str, op: &str, graph: &wedge::Graph, weights: &[Weight], inputs: &[HostTensor]) {
@@ -238,13 +238,17 @@ fn attention_masks_and_grouped_heads() {
 #[test]
 fn rope_pool_transpose() {
     let mut r = rng(6);
-    for (mode, (b, s, h, d)) in
-        [(RopeMode::Interleaved, (2, 7, 3, 8)), (RopeMode::Half, (1, 33, 9, 64)), (RopeMode::Interleaved, (3, 5, 1, 2))]
-    {
+    let factors = RopeScaling::Factors((0..32).map(|i| 1.0 + i as f32 / 4.0).collect());
+    for (mode, (b, s, h, d), scaling) in [
+        (RopeMode::Interleaved, (2, 7, 3, 8), RopeScaling::None),
+        (RopeMode::Half, (1, 33, 9, 64), RopeScaling::None),
+        (RopeMode::Interleaved, (3, 5, 1, 2), RopeScaling::Linear { factor: 4.0 }),
+        (RopeMode::Half, (2, 9, 2, 64), factors),
+    ] {
         let x = HostTensor::f32(&[b, s, h * d], &rand_vec(&mut r, b * s * h * d, 1.0));
         let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32 + 3 * (i / s) as u32).collect();
         let g = single(
-            Op::Rope { heads: h, head_dim: d, base: 10000.0, mode },
+            Op::Rope { heads: h, head_dim: d, base: 10000.0, mode, scaling },
             &[(Elem::F32, vec![b, s, h * d]), (Elem::U32, vec![b, s])],
             &[],
         );

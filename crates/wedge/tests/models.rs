@@ -9,7 +9,8 @@ mod common;
 use common::*;
 use rand::Rng;
 use wedge::{
-    Activation, DecoderConfig, Device, EncoderConfig, Format, HostTensor, Model, Pooling, RopeMode, Session, Weight,
+    Activation, DecoderConfig, Device, EncoderConfig, Format, HostTensor, LanguageModel, LmOptions, Model, Pooling,
+    RopeMode, RopeScaling, Session, Weight,
 };
 
 fn encoder_config() -> EncoderConfig {
@@ -40,6 +41,8 @@ fn decoder_config() -> DecoderConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         rope_mode: RopeMode::Interleaved,
+        // (Llama 3's kind of scaling: the low frequencies stretched most)
+        rope_scaling: RopeScaling::Factors(vec![1.0, 1.5, 4.0, 8.0]),
         tie_word_embeddings: true,
         qkv_bias: false,
         context_length: 0,
@@ -339,6 +342,52 @@ fn cached_decoder_steps_equal_whole_sequences() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The tiny random GGUF decoders of `tests/data/tiny/` (written by `make_tiny.py` there with
+/// llama.cpp's `gguf` package): `qwen2` with q/k/v biases, NeoX pairs, a tied head and linear
+/// RoPE scaling; `llama` with Llama 3's `rope_freqs` divisors, a separate head and a different
+/// tensor type for nearly every matrix (BF16, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K). Every
+/// position's logits, prefilled in uneven chunks, against the script's float64 forward pass:
+/// within 1e-3 on the CPU and 5e-3 on the GPU.
+#[test]
+fn tiny_gguf_decoders_match_float64() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/tiny/");
+    let fixtures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}logits.json")).unwrap()).unwrap();
+    let mut devices = vec![(Device::cpu(), 1e-3)];
+    match Device::gpu() {
+        Ok(d) => devices.push((d, 5e-3)),
+        Err(e) => wedge_testkit::unavailable("WEDGE_REQUIRE_GPU", "tiny decoders on the GPU", &e.to_string()),
+    }
+    for name in ["qwen2_linear", "llama_rope_freqs"] {
+        let f = &fixtures[name];
+        let ids: Vec<u32> = f["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<Vec<f64>> = f["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+            .collect();
+        for (device, bound) in &devices {
+            let lm = LanguageModel::open(format!("{dir}{name}.gguf"), device, LmOptions::default()).unwrap();
+            let mut state = lm.new_state(1, 32).unwrap();
+            let seq = state.add().unwrap();
+            let mut rows = Vec::new();
+            for part in [&ids[..5], &ids[5..6], &ids[6..]] {
+                rows.extend(lm.score(&mut state, seq, part).unwrap());
+            }
+            assert_eq!(rows.len(), want.len());
+            let mut worst = 0f64;
+            for (got, want) in rows.iter().zip(&want) {
+                for (a, b) in got.iter().zip(want) {
+                    worst = worst.max((f64::from(*a) - b).abs());
+                }
+            }
+            eprintln!("{name} on {}: max |Δlogit| {worst:.2e}", device.describe());
+            assert!(worst <= *bound, "{name} on {}: max |Δlogit| {worst:.2e} > {bound:e}", device.describe());
         }
     }
 }

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::{Builder, ModelGraph, check, dims};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, TensorInfo};
-use crate::graph::{Activation, BinaryOp, Dim, Elem, Op, RopeMode, StateElem, ValueId};
+use crate::graph::{Activation, BinaryOp, Dim, Elem, Op, RopeMode, RopeScaling, StateElem, ValueId};
+use crate::quant::Format;
 
 /// GGUF architectures this family reads.
 pub const GGUF_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
@@ -37,6 +38,9 @@ pub struct DecoderConfig {
     pub rope_theta: f32,
     /// RoPE pairing.
     pub rope_mode: RopeMode,
+    /// RoPE frequency scaling.
+    #[serde(default)]
+    pub rope_scaling: RopeScaling,
     /// Output head shares the token embedding.
     pub tie_word_embeddings: bool,
     /// Biases on the query, key and value projections (qwen2).
@@ -52,6 +56,10 @@ pub struct DecoderConfig {
 /// index of its sequence's rows in the caches, and the tokens whose logits are wanted.
 pub const CACHED_INPUTS: [&str; 4] = ["input_ids", "positions", "seqs", "logit_rows"];
 
+/// The name this family gives GGUF's `rope_freqs.weight`, the per-frequency divisors of Llama
+/// 3's RoPE: [`DecoderConfig::take_rope_freqs`] moves it from the weights into the config.
+pub const ROPE_FREQS: &str = "rope_freqs";
+
 /// The Hugging Face name of a GGUF tensor of this family (`blk.3.attn_q.weight` →
 /// `model.layers.3.self_attn.q_proj.weight`), `None` for a name it does not know.
 pub fn hf_name(gguf: &str) -> Option<String> {
@@ -59,6 +67,7 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
         "output.weight" => Some("lm_head.weight"),
+        "rope_freqs.weight" => Some(ROPE_FREQS),
         _ => None,
     };
     if let Some(f) = fixed {
@@ -88,7 +97,7 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 pub const VOCAB_ASSET: &str = "vocab.gguf";
 
 /// Every tensor of a GGUF file this family uses, repacked exactly ([`Gguf::weight`]) under its
-/// Hugging Face name; tensors it does not use (such as `rope_freqs`) are left out.
+/// Hugging Face name (`rope_freqs` as [`ROPE_FREQS`]); tensors it does not use are left out.
 pub fn weights_from_gguf(g: &Gguf<'_>) -> Result<Vec<crate::quant::Weight>> {
     used_tensors(g).map(|(t, name)| Ok(crate::quant::Weight { name, ..g.weight(t)? })).collect()
 }
@@ -129,14 +138,21 @@ impl DecoderConfig {
             Some(_) => size("attention.key_length")?,
             None => hidden / heads,
         };
-        if let Some(scaling) = g.get(&key("rope.scaling.type")).and_then(|v| v.as_str())
-            && scaling != "none"
-        {
-            return Err(Error::Config(format!(
-                "{} = {scaling}: RoPE scaling is not supported yet (only unscaled RoPE)",
-                key("rope.scaling.type")
-            )));
-        }
+        let rope_scaling = match g.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => {
+                let factor = g.f64(&key("rope.scaling.factor"))? as f32;
+                check(factor.is_finite() && factor > 0.0, "rope.scaling.factor must be above 0")?;
+                RopeScaling::Linear { factor }
+            }
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "{} = {other}: this RoPE scaling is not supported (supported: none, linear, and llama3's \
+                     rope_freqs tensor)",
+                    key("rope.scaling.type")
+                )));
+            }
+        };
         let vocab = g
             .tensor("token_embd.weight")
             .map(|t| t.shape()[0])
@@ -158,10 +174,28 @@ impl DecoderConfig {
             // llama.cpp's converter permutes llama's q/k rows for adjacent pairs; qwen2 keeps
             // the checkpoint's halves (NeoX)
             rope_mode: if arch == "llama" { RopeMode::Interleaved } else { RopeMode::Half },
+            rope_scaling,
             tie_word_embeddings: g.tensor("output.weight").is_none(),
             qkv_bias: g.tensor("blk.0.attn_q.bias").is_some(),
             context_length: size("context_length").unwrap_or(0),
         })
+    }
+
+    /// Moves the [`ROPE_FREQS`] weight, when `weights` holds one, into the config as
+    /// [`RopeScaling::Factors`] (it must be an f32/f16 vector of `head_dim / 2` values).
+    pub fn take_rope_freqs(&mut self, weights: &mut Vec<crate::quant::Weight>) -> Result<()> {
+        let Some(at) = weights.iter().position(|w| w.name == ROPE_FREQS) else { return Ok(()) };
+        let w = weights.remove(at);
+        let want = self.head_dim / 2;
+        check(
+            w.shape == [want] && matches!(w.format, Format::F32 | Format::F16 | Format::Bf16),
+            "rope_freqs must be a float vector of head_dim / 2 values",
+        )?;
+        if self.rope_scaling != RopeScaling::None {
+            return Err(Error::Config("rope_freqs together with rope.scaling.type is not supported".into()));
+        }
+        self.rope_scaling = RopeScaling::Factors(w.to_f32());
+        Ok(())
     }
 
     fn check(&self) -> Result<()> {
@@ -245,7 +279,13 @@ impl DecoderConfig {
             let q = b.linear(n, &format!("{pre}.self_attn.q_proj"), nh * d, h, bias);
             let k = b.linear(n, &format!("{pre}.self_attn.k_proj"), nkv * d, h, bias);
             let v = b.linear(n, &format!("{pre}.self_attn.v_proj"), nkv * d, h, bias);
-            let rope = |heads| Op::Rope { heads, head_dim: d, base: self.rope_theta, mode: self.rope_mode };
+            let rope = |heads| Op::Rope {
+                heads,
+                head_dim: d,
+                base: self.rope_theta,
+                mode: self.rope_mode,
+                scaling: self.rope_scaling.clone(),
+            };
             let q = b.g.push(rope(nh), &[q, pos]);
             let k = b.g.push(rope(nkv), &[k, pos]);
             let a = attend(b, l, q, k, v);
@@ -284,6 +324,7 @@ mod tests {
         assert_eq!(hf_name("output_norm.weight").as_deref(), Some("model.norm.weight"));
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
         assert_eq!(hf_name("blk.1.attn_q.scale"), None);
-        assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(hf_name("rope_freqs.weight").as_deref(), Some(ROPE_FREQS));
+        assert_eq!(hf_name("blk.0.attn_rot_embd"), None);
     }
 }

@@ -147,6 +147,7 @@ mod tests {
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
             rope_mode: RopeMode::Interleaved,
+            rope_scaling: Default::default(),
             tie_word_embeddings: true,
             qkv_bias: false,
             context_length: 0,
