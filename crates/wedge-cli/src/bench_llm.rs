@@ -117,7 +117,7 @@ pub(crate) fn bench_llm(path: &Path, devices: &[String], fast: bool, repeats: us
     }
     for device in devices {
         let d = crate::open_device(device)?;
-        let lm = LanguageModel::open(path, &d, LmOptions { fast_cpu: fast, ..Default::default() })
+        let lm = crate::generate::open_lm(path, &d, LmOptions { fast_cpu: fast, ..Default::default() })
             .with_context(|| format!("loading {}", path.display()))?;
         let name = match d.adapter() {
             Some(a) => a.to_string(),

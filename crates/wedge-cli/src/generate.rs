@@ -11,7 +11,8 @@ use wedge::{ChatMessage, GenerateParams, KvType, LanguageModel, LmOptions, Sampl
 /// Options shared by `generate` and `chat`: the model, the device and the sampling.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ModelArgs {
-    /// A GGUF file (architecture llama or qwen2).
+    /// A GGUF file (architecture llama or qwen2), a .wedge package from `wedge convert`, or a
+    /// Hugging Face folder of LlamaForCausalLM / Qwen2ForCausalLM.
     #[arg(long)]
     model: PathBuf,
     /// auto (a hardware GPU, else the CPU), gpu (any adapter, software included) or cpu.
@@ -102,7 +103,7 @@ impl ModelArgs {
         }
         let device = crate::open_device(&self.device)?;
         eprintln!("wedge: generating on {}", crate::device_line(&device));
-        let lm = LanguageModel::open(&self.model, &device, LmOptions { kv, fast_cpu: self.fast })
+        let lm = open_lm(&self.model, &device, LmOptions { kv, fast_cpu: self.fast })
             .with_context(|| format!("loading {}", self.model.display()))?;
         Ok(lm)
     }
@@ -276,4 +277,14 @@ pub(crate) fn chat(args: ChatArgs) -> Result<()> {
         messages.push(ChatMessage::new("assistant", &answer));
     }
     Ok(())
+}
+
+/// A language model from a GGUF file, a `.wedge` package, or a Hugging Face llama/qwen2 folder
+/// (imported in memory, its tensors kept).
+pub(crate) fn open_lm(path: &std::path::Path, device: &wedge::Device, options: LmOptions) -> Result<LanguageModel> {
+    if path.is_dir() {
+        let pkg = wedge_import::import_hf_decoder(path, wedge_import::DecoderQuant::Keep)?;
+        return Ok(LanguageModel::from_package(pkg, device, options)?);
+    }
+    Ok(LanguageModel::open(path, device, options)?)
 }

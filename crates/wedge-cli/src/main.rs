@@ -33,7 +33,9 @@ enum Command {
         output: PathBuf,
         /// Weight format of the linear layers: f32, f16, q8, q8a8 (q8 with 8-bit activations), q4, q4_1, or auto (per-tensor
         /// mixed precision chosen by measured sensitivity on calibration texts); default q8. For a
-        /// GGUF file: keep (every tensor as the file stores it, the default and for now the only choice).
+        /// language model (a GGUF file, or a llama/qwen2 folder): keep (every tensor as the source
+        /// stores it, the default), or a format every matrix is requantized to (lossy): q8_0,
+        /// q4, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q8, f16, bf16, f32.
         #[arg(long)]
         quant: Option<String>,
         /// Group size for q4 and q4_1 (32, 64 or 128).
@@ -137,8 +139,8 @@ fn main() {
     let res = match cli.command {
         Command::Convert { src, output, quant, group_size, embeddings, budget, budget_min } => {
             let budget = wedge_import::Budget { mean: budget, min: budget_min };
-            if is_gguf(&src) {
-                convert_gguf(&src, &output, quant.as_deref().unwrap_or("keep"))
+            if is_gguf(&src) || (src.is_dir() && wedge_import::is_hf_decoder(&src)) {
+                convert_decoder(&src, &output, quant.as_deref().unwrap_or("keep"), group_size)
             } else {
                 convert(&src, &output, quant.as_deref().unwrap_or("q8"), group_size, embeddings.as_deref(), budget)
             }
@@ -198,24 +200,33 @@ fn is_gguf(path: &Path) -> bool {
         && &magic == b"GGUF"
 }
 
-/// `wedge convert model.gguf -o model.wedge`: a decoder package with every tensor kept.
-fn convert_gguf(src: &Path, out: &Path, quant: &str) -> Result<()> {
-    if quant != "keep" {
-        anyhow::bail!(
-            "--quant {quant}: a GGUF file converts with --quant keep only for now (its tensors as they are); \
-             requantizing a GGUF model is not supported yet"
-        );
+/// `wedge convert model.gguf|folder -o model.wedge`: a decoder package, every tensor kept, or
+/// the matrices requantized when `--quant` names a format.
+fn convert_decoder(src: &Path, out: &Path, quant: &str, group: u32) -> Result<()> {
+    let how = match quant {
+        "keep" => wedge_import::DecoderQuant::Keep,
+        "auto" => anyhow::bail!("--quant auto is for encoders; a language model takes keep or a format"),
+        q => wedge_import::DecoderQuant::To(Format::parse(q, group).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown --quant `{q}` (use keep, q8_0, q4, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q8, f16, bf16 or f32)"
+            )
+        })?),
+    };
+    let pkg = if src.is_dir() {
+        wedge_import::import_hf_decoder(src, how)
+    } else {
+        let bytes = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+        let name = src.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        wedge_import::import_gguf(&bytes, &name, how)
     }
-    let bytes = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let name = src.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let pkg = wedge_import::import_gguf(&bytes, &name).with_context(|| format!("converting {}", src.display()))?;
+    .with_context(|| format!("converting {}", src.display()))?;
     let (written, _digest) = pkg.to_bytes(3)?;
     std::fs::write(out, &written).with_context(|| format!("cannot write {}", out.display()))?;
+    let what = pkg.metadata.get("weights").map_or("", String::as_str);
     eprintln!(
-        "wedge: wrote {} ({:.1} MB from {:.1} MB, {} tensors kept as the file stores them)",
+        "wedge: wrote {} ({:.1} MB, {} tensors: {what})",
         out.display(),
         written.len() as f64 / 1e6,
-        bytes.len() as f64 / 1e6,
         pkg.tensors.len()
     );
     Ok(())

@@ -97,14 +97,28 @@ fn a_converted_package_generates_exactly_as_the_gguf() {
 }
 
 /// The same for the tiny decoders of `tests/data/tiny/` (no download needed): RoPE scaling
-/// (`rope_freqs`, linear) and every tensor type travel through `convert` into the package.
+/// (`rope_freqs`, linear, llama3), every tensor type and the Hugging Face folder form travel
+/// through `convert` into the package; a requantizing `--quant` says it is lossy and runs.
 #[test]
 fn tiny_decoders_convert_and_generate_the_same() {
     let dir = std::env::temp_dir().join(format!("wedge-convert-tiny-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let wedge = env!("CARGO_BIN_EXE_wedge");
-    for name in ["llama_rope_freqs", "qwen2_linear"] {
-        let model = format!("{}/../../tests/data/tiny/{name}.gguf", env!("CARGO_MANIFEST_DIR"));
+    let data = format!("{}/../../tests/data/tiny", env!("CARGO_MANIFEST_DIR"));
+    let converted = Command::new(wedge)
+        .args(["convert", &format!("{data}/llama_rope_freqs.gguf"), "--quant", "q4_k", "-o"])
+        .arg(dir.join("q4k.wedge"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&converted.stderr);
+    assert!(converted.status.success() && said.contains("requantized to q4_k") && said.contains("lossy"), "{said}");
+    let q4k = dir.join("q4k.wedge");
+    let mut run = Command::new(wedge);
+    let ran = run.args(["generate", "--device", "cpu", "--max-tokens", "4", "--prompt", "hi", "--model"]);
+    let ran = ran.arg(&q4k).output().unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    for name in ["llama_rope_freqs.gguf", "qwen2_linear.gguf", "llama3_hf", "qwen2_linear_hf"] {
+        let model = format!("{data}/{name}");
         let out = dir.join(format!("{name}.wedge"));
         let status = Command::new(wedge).args(["convert", &model, "-o"]).arg(&out).status().unwrap();
         assert!(status.success());

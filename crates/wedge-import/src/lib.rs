@@ -4,18 +4,19 @@
 //! `model.safetensors`, `tokenizer.json`, and the sentence-transformers files
 //! `modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json`).
 //! The tokenizer, pooling, normalization and maximum sequence length travel in
-//! the package. Weights are quantized with wedge-core's formats. Also GGUF language models
-//! (llama, qwen2), their tensors kept exactly as the file stores them ([`import_gguf`]).
+//! the package. Weights are quantized with wedge-core's formats. Also language models of the
+//! llama family (llama, qwen2) from GGUF files ([`import_gguf`]) and Hugging Face folders
+//! ([`import_hf_decoder`]).
 //!
 //! It depends on wedge-core only, and reads files: it is not built for wasm32.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::type_complexity))]
 
 mod auto;
-mod gguf;
+mod decoder;
 
 pub use auto::{AutoChoice, Budget, CALIBRATION_TEXTS, Scores, auto_select, calibration_texts, is_candidate};
-pub use gguf::import_gguf;
+pub use decoder::{DecoderQuant, import_gguf, import_hf_decoder, is_hf_decoder};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

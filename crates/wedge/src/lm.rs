@@ -91,10 +91,17 @@ impl LanguageModel {
         LanguageModel::assemble(config, vocab, weights, architecture, device, options)
     }
 
-    /// Loads a `.wedge` decoder package (from `wedge convert model.gguf`), which carries its
-    /// vocabulary as a metadata-only GGUF asset.
+    /// Loads a `.wedge` decoder package (from `wedge convert`), which carries its vocabulary as
+    /// a metadata-only GGUF asset (from a GGUF file) or as `tokenizer.json` and
+    /// `tokenizer_config.json` (from a Hugging Face folder).
     pub fn from_wedge(bytes: &[u8], device: &Device, options: LmOptions) -> Result<LanguageModel> {
         let (pkg, _digest) = wedge_core::Package::from_bytes(bytes)?;
+        LanguageModel::from_package(pkg, device, options)
+    }
+
+    /// [`LanguageModel::from_wedge`] of a package already in memory (such as one imported from
+    /// a Hugging Face folder).
+    pub fn from_package(pkg: wedge_core::Package, device: &Device, options: LmOptions) -> Result<LanguageModel> {
         if pkg.architecture != wedge_core::models::DECODER {
             return Err(config_err(format!(
                 "the package holds a `{}` model, not a language model ({})",
@@ -104,13 +111,19 @@ impl LanguageModel {
         }
         let config: DecoderConfig = serde_json::from_value(pkg.config.clone())
             .map_err(|e| config_err(format!("{} config: {e}", pkg.architecture)))?;
-        let asset = pkg
-            .assets
-            .get(llama::VOCAB_ASSET)
-            .ok_or_else(|| config_err(format!("the package carries no {}", llama::VOCAB_ASSET)))?;
-        let g = Gguf::parse(asset)?;
-        let vocab = Vocab::from_gguf(&g)?;
-        let architecture = g.str("general.architecture").unwrap_or("llama").to_string();
+        let (vocab, architecture) = if let Some(asset) = pkg.assets.get(llama::VOCAB_ASSET) {
+            let g = Gguf::parse(asset)?;
+            (Vocab::from_gguf(&g)?, g.str("general.architecture").unwrap_or("llama").to_string())
+        } else if let Some(tokenizer) = pkg.assets.get(llama::TOKENIZER_ASSET) {
+            let vocab = Vocab::from_hf(tokenizer, pkg.assets.get(llama::TOKENIZER_CONFIG_ASSET).map(Vec::as_slice))?;
+            (vocab, pkg.metadata.get("model_type").cloned().unwrap_or_else(|| "llama".to_string()))
+        } else {
+            return Err(config_err(format!(
+                "the package carries no vocabulary ({} or {})",
+                llama::VOCAB_ASSET,
+                llama::TOKENIZER_ASSET
+            )));
+        };
         LanguageModel::assemble(config, vocab, pkg.tensors, architecture, device, options)
     }
 

@@ -190,6 +190,53 @@ impl Vocab {
         Ok(Vocab { tokenizer, plain, tokens: tokens.len(), bos, eos, eot, add_bos, template })
     }
 
+    /// Reads a Hugging Face `tokenizer.json` and, when there is one, `tokenizer_config.json`
+    /// (BOS and EOS tokens, `add_bos_token`, `chat_template`). Without `add_bos_token`, BOS is
+    /// added when the tokenizer's own post-processor adds it.
+    pub fn from_hf(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>) -> Result<Vocab> {
+        let tokenizer = Tokenizer::from_bytes(tokenizer_json).map_err(|e| tok_err(format!("tokenizer.json: {e}")))?;
+        let cfg: serde_json::Value = match tokenizer_config {
+            Some(b) => serde_json::from_slice(b).map_err(|e| tok_err(format!("tokenizer_config.json: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        let tokens = tokenizer.get_vocab_size(true);
+        // a special token is a string or `{"content": ...}`
+        let id = |key: &str| -> Result<Option<u32>> {
+            let text = match cfg.get(key) {
+                Some(serde_json::Value::String(t)) => t.as_str(),
+                Some(v) => match v.get("content").and_then(serde_json::Value::as_str) {
+                    Some(t) => t,
+                    None => return Ok(None),
+                },
+                None => return Ok(None),
+            };
+            tokenizer
+                .token_to_id(text)
+                .map(Some)
+                .ok_or_else(|| tok_err(format!("tokenizer_config.json: {key} {text:?} is not a token")))
+        };
+        let (bos, eos) = (id("bos_token")?, id("eos_token")?);
+        let add_bos = match cfg.get("add_bos_token").and_then(serde_json::Value::as_bool) {
+            Some(v) => v,
+            None => bos.is_some_and(|b| tokenizer.encode("a", true).is_ok_and(|e| e.get_ids().first() == Some(&b))),
+        };
+        if add_bos && bos.is_none() {
+            return Err(tok_err("tokenizer_config.json sets add_bos_token, but names no bos_token"));
+        }
+        let template = match cfg.get("chat_template") {
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            // a list of named templates: the default one
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(serde_json::Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            _ => None,
+        };
+        let mut plain = tokenizer.clone();
+        plain.set_encode_special_tokens(true);
+        Ok(Vocab { tokenizer, plain, tokens, bos, eos, eot: None, add_bos, template })
+    }
+
     /// Token ids of `text`, with the BOS token first when the model asks for it. With
     /// `parse_special`, special tokens written in the text (`<|im_end|>`) are those tokens, as in
     /// a rendered chat prompt; without it they are plain text, as user input should be.

@@ -349,7 +349,8 @@ fn cached_decoder_steps_equal_whole_sequences() {
 /// The tiny random GGUF decoders of `tests/data/tiny/` (written by `make_tiny.py` there with
 /// llama.cpp's `gguf` package): `qwen2` with q/k/v biases, NeoX pairs, a tied head and linear
 /// RoPE scaling; `llama` with Llama 3's `rope_freqs` divisors, a separate head and a different
-/// tensor type for nearly every matrix (BF16, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K). Every
+/// tensor type for nearly every matrix (BF16, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K); and two
+/// Hugging Face folders, one of them a BF16 llama with llama3 RoPE scaling. Every
 /// position's logits, prefilled in uneven chunks, against the script's float64 forward pass:
 /// within 1e-3 on the CPU and 5e-3 on the GPU.
 #[test]
@@ -362,7 +363,14 @@ fn tiny_gguf_decoders_match_float64() {
         Ok(d) => devices.push((d, 5e-3)),
         Err(e) => wedge_testkit::unavailable("WEDGE_REQUIRE_GPU", "tiny decoders on the GPU", &e.to_string()),
     }
-    for name in ["qwen2_linear", "llama_rope_freqs"] {
+    // (the Hugging Face folders import in memory, their tensors kept: `qwen2_linear_hf` holds
+    // `qwen2_linear`'s values in F32, `llama3_hf` a BF16 llama with llama3 RoPE scaling)
+    for (name, source) in [
+        ("qwen2_linear", "qwen2_linear.gguf"),
+        ("llama_rope_freqs", "llama_rope_freqs.gguf"),
+        ("qwen2_linear", "qwen2_linear_hf"),
+        ("llama3_hf", "llama3_hf"),
+    ] {
         let f = &fixtures[name];
         let ids: Vec<u32> = f["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let want: Vec<Vec<f64>> = f["logits"]
@@ -372,7 +380,13 @@ fn tiny_gguf_decoders_match_float64() {
             .map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
             .collect();
         for (device, bound) in &devices {
-            let lm = LanguageModel::open(format!("{dir}{name}.gguf"), device, LmOptions::default()).unwrap();
+            let path = std::path::PathBuf::from(format!("{dir}{source}"));
+            let lm = if path.is_dir() {
+                let pkg = wedge_import::import_hf_decoder(&path, wedge_import::DecoderQuant::Keep).unwrap();
+                LanguageModel::from_package(pkg, device, LmOptions::default()).unwrap()
+            } else {
+                LanguageModel::open(&path, device, LmOptions::default()).unwrap()
+            };
             let mut state = lm.new_state(1, 32).unwrap();
             let seq = state.add().unwrap();
             let mut rows = Vec::new();
@@ -386,8 +400,8 @@ fn tiny_gguf_decoders_match_float64() {
                     worst = worst.max((f64::from(*a) - b).abs());
                 }
             }
-            eprintln!("{name} on {}: max |Δlogit| {worst:.2e}", device.describe());
-            assert!(worst <= *bound, "{name} on {}: max |Δlogit| {worst:.2e} > {bound:e}", device.describe());
+            eprintln!("{source} on {}: max |Δlogit| {worst:.2e}", device.describe());
+            assert!(worst <= *bound, "{source} on {}: max |Δlogit| {worst:.2e} > {bound:e}", device.describe());
         }
     }
 }

@@ -11,9 +11,14 @@ definitions (weights as `gguf.quants` dequantizes them), here in this script.
     pip install gguf==0.19.0 numpy
     python3 tests/data/tiny/make_tiny.py          # from the repository root
 
-Writes `tests/data/tiny/<name>.gguf` and `tests/data/tiny/logits.json`:
+Two Hugging Face folders check that form (`config.json`, `model.safetensors`, `tokenizer.json`,
+`tokenizer_config.json`): `qwen2_linear_hf/` holds the `qwen2_linear` model's weights as F32 (so
+it has the same logits), `llama3_hf/` a llama in BF16 with `rope_scaling` of type `llama3`.
+
+Writes `tests/data/tiny/<name>.gguf`, the two folders and `tests/data/tiny/logits.json`:
 `{name: {"ids": [...], "logits": [[...vocab] per position]}}` (rounded to 1e-6).
 """
+import os
 import json
 
 import numpy as np
@@ -71,6 +76,18 @@ def rope(x, pos, inv_freq, neox):
     return out
 
 
+def llama3_inv_freq(inv, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings):
+    """transformers' `_compute_llama3_parameters`."""
+    low_wavelen = original_max_position_embeddings / low_freq_factor
+    high_wavelen = original_max_position_embeddings / high_freq_factor
+    wavelen = 2 * np.pi / inv
+    out = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * out / factor + smooth * out
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, out)
+
+
 def forward(m, w, ids):
     """llama.cpp's llama/qwen2 graph in float64; `w` holds the dequantized tensors by GGUF name."""
     nh, nkv, d = m["heads"], m["kv_heads"], m["head_dim"]
@@ -82,7 +99,10 @@ def forward(m, w, ids):
         inv = inv / m["linear"]
     if m.get("freqs") is not None:
         inv = inv / m["freqs"].astype(np.float64)
-    neox = m["arch"] == "qwen2"
+    if m.get("llama3"):
+        inv = llama3_inv_freq(inv, **m["llama3"])
+    # GGUF's llama weights are permuted for adjacent pairs; qwen2 and Hugging Face folders keep halves
+    neox = m["arch"] == "qwen2" or m.get("hf", False)
     mask = np.triu(np.full((n, n), -np.inf), 1)
     for l in range(m["layers"]):
         p = lambda k: w[f"blk.{l}.{k}"]
@@ -137,13 +157,97 @@ def random_blocks(rng, ty, shape):
     return blocks.reshape(shape[0], -1)
 
 
+HF_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+            "output.weight": "lm_head.weight"}
+HF_LAYER = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+            "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+            "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+def hf_name(name):
+    if name in HF_NAMES:
+        return HF_NAMES[name]
+    _, layer, part, kind = name.split(".")
+    return f"model.layers.{layer}.{HF_LAYER[part]}.{kind}"
+
+
+def to_bf16(a):
+    """Round-to-nearest-even f32 -> bf16 bits."""
+    u = a.astype(np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def write_safetensors(path, tensors):
+    """tensors: {name: (dtype, array)}, dtype "F32" (float32 array) or "BF16" (uint16 bits)."""
+    header, blobs, at = {}, [], 0
+    for name, (dtype, a) in tensors.items():
+        b = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [at, at + len(b)]}
+        blobs.append(b)
+        at += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def write_hf(m, values, folder):
+    """A Hugging Face folder of model `m` with the float64 `values` (by GGUF name)."""
+    os.makedirs(folder, exist_ok=True)
+    tokens, types = vocabulary()
+    cfg = {
+        "architectures": ["Qwen2ForCausalLM" if m["arch"] == "qwen2" else "LlamaForCausalLM"],
+        "model_type": m["arch"], "vocab_size": len(tokens), "hidden_size": m["hidden"],
+        "intermediate_size": m["ffn"], "num_hidden_layers": m["layers"], "num_attention_heads": m["heads"],
+        "num_key_value_heads": m["kv_heads"], "rms_norm_eps": m["eps"], "rope_theta": m["base"],
+        "tie_word_embeddings": m["tied"], "max_position_embeddings": 128, "torch_dtype": m["dtype"].lower(),
+        "rope_scaling": ({"type": "linear", "factor": m["linear"]} if m.get("linear")
+                         else {"rope_type": "llama3", **m["llama3"]} if m.get("llama3") else None),
+    }
+    with open(f"{folder}/config.json", "w") as f:
+        json.dump(cfg, f, indent=1)
+    st = {}
+    for name, a in values.items():
+        st[hf_name(name)] = ("BF16", to_bf16(a)) if m["dtype"] == "BF16" else ("F32", a.astype(np.float32))
+    write_safetensors(f"{folder}/model.safetensors", st)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 3]
+    tok = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": MERGES},
+    }
+    with open(f"{folder}/tokenizer.json", "w") as f:
+        json.dump(tok, f, ensure_ascii=False)
+    with open(f"{folder}/tokenizer_config.json", "w") as f:
+        json.dump({"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "add_bos_token": False,
+                   "chat_template": CHATML}, f, indent=1)
+
+
+def random_values(m, rng):
+    """Float64 weights by GGUF name for the Hugging Face-only model (BF16-rounded)."""
+    tokens, _ = vocabulary()
+    values = {}
+    for name, shape in shapes_of(m, len(tokens)).items():
+        a = random_tensor(name, shape, rng)
+        values[name] = (to_bf16(a).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return values
+
+
 IDS = [100, 265, 40, 72, 264, 3, 250, 33, 90, 266, 12, 200, 47, 263, 118, 5]
 
 
-def write(m):
-    rng = np.random.default_rng(m["seed"])
-    tokens, types = vocabulary()
-    vocab, hd, nh, nkv, d = len(tokens), m["hidden"], m["heads"], m["kv_heads"], m["head_dim"]
+def shapes_of(m, vocab):
+    hd, nh, nkv, d = m["hidden"], m["heads"], m["kv_heads"], m["head_dim"]
     shapes = {"token_embd.weight": (vocab, hd), "output_norm.weight": (hd,)}
     if not m["tied"]:
         shapes["output.weight"] = (vocab, hd)
@@ -157,6 +261,24 @@ def write(m):
         })
         if m["arch"] == "qwen2":
             shapes.update({b + "attn_q.bias": (nh * d,), b + "attn_k.bias": (nkv * d,), b + "attn_v.bias": (nkv * d,)})
+    return shapes
+
+
+def random_tensor(name, shape, rng):
+    if len(shape) == 1:
+        a = (1.0 + 0.1 * rng.standard_normal(shape)) if name.endswith("norm.weight") else 0.3 * rng.standard_normal(shape)
+    else:
+        a = rng.standard_normal(shape) / np.sqrt(shape[1])
+        if name == "token_embd.weight":
+            a = a * 4.0
+    return a.astype(np.float32)
+
+
+def write(m):
+    rng = np.random.default_rng(m["seed"])
+    tokens, types = vocabulary()
+    vocab, hd, nh, nkv = len(tokens), m["hidden"], m["heads"], m["kv_heads"]
+    shapes = shapes_of(m, vocab)
     w = gguf.GGUFWriter(f"{DIR}/{m['name']}.gguf", arch=m["arch"])
     w.add_name(m["name"])
     w.add_context_length(128)
@@ -179,13 +301,7 @@ def write(m):
     w.add_eos_token_id(vocab - 3)
     values = {}
     for name, shape in shapes.items():
-        if len(shape) == 1:
-            a = (1.0 + 0.1 * rng.standard_normal(shape)) if name.endswith("norm.weight") else 0.3 * rng.standard_normal(shape)
-        else:
-            a = rng.standard_normal(shape) / np.sqrt(shape[1])
-            if name == "token_embd.weight":
-                a = a * 4.0
-        a = a.astype(np.float32)
+        a = random_tensor(name, shape, rng)
         ty = m["quant"].get(name.split(".", 2)[2] if name.startswith("blk.") else name, T.F32)
         if ty == T.F32:
             w.add_tensor(name, a)
@@ -200,11 +316,26 @@ def write(m):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    if m["name"] == "qwen2_linear":
+        write_hf(dict(m, dtype="F32"), values, f"{DIR}/qwen2_linear_hf")
+    return logits_of(m, values)
+
+
+def logits_of(m, values):
     logits = forward(m, values, np.array(IDS))
     return {"ids": IDS, "logits": [[round(float(v), 6) for v in row] for row in logits]}
 
 
+# a llama only in Hugging Face form: BF16, llama3 RoPE scaling whose three bands all occur
+# (original context 64: wavelengths under 16 kept, over 64 stretched 8-fold, the rest blended)
+LLAMA3 = dict(name="llama3_hf", arch="llama", hf=True, dtype="BF16", hidden=64, heads=4, kv_heads=2, head_dim=16,
+              ffn=96, layers=2, base=500000.0, eps=1e-5, tied=False,
+              llama3=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64))
+
 out = {m["name"]: write(m) for m in MODELS}
+llama3_values = random_values(LLAMA3, np.random.default_rng(3))
+write_hf(LLAMA3, llama3_values, f"{DIR}/llama3_hf")
+out["llama3_hf"] = logits_of(LLAMA3, llama3_values)
 with open(f"{DIR}/logits.json", "w") as f:
     json.dump(out, f, separators=(",", ":"))
 print("wrote", ", ".join(f"{DIR}/{m['name']}.gguf" for m in MODELS), f"and {DIR}/logits.json")

@@ -2,7 +2,8 @@
 //! biases): pre-norm RMSNorm, rotary positions, SwiGLU, grouped KV heads.
 //!
 //! The graphs name weights as Hugging Face checkpoints do; [`hf_name`] maps a GGUF file's
-//! names onto them, and [`DecoderConfig::from_gguf`] reads the config from its metadata.
+//! names onto them, and [`DecoderConfig::from_gguf`] reads the config from its metadata;
+//! [`DecoderConfig::from_hf`] reads a Hugging Face `config.json`.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,29 @@ use crate::quant::Format;
 
 /// GGUF architectures this family reads.
 pub const GGUF_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
+
+/// Hugging Face `architectures` this family reads (`model_type` `llama`, `qwen2`).
+pub const HF_ARCHITECTURES: [&str; 2] = ["LlamaForCausalLM", "Qwen2ForCausalLM"];
+
+/// The divisors of Llama 3's RoPE frequencies (`rope_type = llama3`), as transformers computes
+/// them: wavelengths above `original / low` stretched by `factor`, below `original / high`
+/// kept, and those between blended smoothly.
+pub fn llama3_rope_factors(head_dim: usize, theta: f64, factor: f64, low: f64, high: f64, original: f64) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let inv = theta.powf(-((2 * i) as f64) / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / inv;
+            if wavelen < original / high {
+                1.0
+            } else if wavelen > original / low {
+                factor as f32
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+            }
+        })
+        .collect()
+}
 
 /// A llama-style decoder (pre-norm RMSNorm, rotary positions, SwiGLU, grouped KV heads).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,6 +119,13 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 /// The asset of a `.wedge` decoder package that holds its vocabulary and chat template: a
 /// GGUF file of the source's metadata alone ([`Gguf::metadata_only`]).
 pub const VOCAB_ASSET: &str = "vocab.gguf";
+
+/// The assets of a `.wedge` decoder package imported from a Hugging Face folder that hold its
+/// vocabulary: the folder's `tokenizer.json` and `tokenizer_config.json`, as they are.
+pub const TOKENIZER_ASSET: &str = "tokenizer.json";
+
+/// See [`TOKENIZER_ASSET`].
+pub const TOKENIZER_CONFIG_ASSET: &str = "tokenizer_config.json";
 
 /// Every tensor of a GGUF file this family uses, repacked exactly ([`Gguf::weight`]) under its
 /// Hugging Face name (`rope_freqs` as [`ROPE_FREQS`]); tensors it does not use are left out.
@@ -179,6 +210,96 @@ impl DecoderConfig {
             qkv_bias: g.tensor("blk.0.attn_q.bias").is_some(),
             context_length: size("context_length").unwrap_or(0),
         })
+    }
+
+    /// The config of a Hugging Face `config.json` of `LlamaForCausalLM` or `Qwen2ForCausalLM`
+    /// (their weights are not permuted as GGUF's llama ones are: RoPE pairs `(i, i + d/2)`).
+    pub fn from_hf(cfg: &serde_json::Value) -> Result<DecoderConfig> {
+        let archs: Vec<&str> = cfg
+            .get("architectures")
+            .and_then(|v| v.as_array())
+            .map_or(Vec::new(), |a| a.iter().filter_map(|v| v.as_str()).collect());
+        let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        if !matches!(model_type, "llama" | "qwen2") {
+            return Err(Error::Config(format!(
+                "config.json: architecture {archs:?} (model_type `{model_type}`) is not supported (supported: {})",
+                HF_ARCHITECTURES.join(", ")
+            )));
+        }
+        let num = |k: &str| -> Result<f64> {
+            cfg.get(k)
+                .and_then(|v| v.as_f64())
+                .ok_or_else(|| Error::Config(format!("config.json: `{k}` is missing or not a number")))
+        };
+        let size = |k: &str| -> Result<usize> {
+            let v = num(k)?;
+            (v >= 0.0 && v.fract() == 0.0 && v <= f64::from(1u32 << 24))
+                .then_some(v as usize)
+                .ok_or_else(|| Error::Config(format!("config.json: `{k}` = {v} is out of range")))
+        };
+        let opt_size = |k: &str, default: usize| match cfg.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(default),
+            Some(_) => size(k),
+        };
+        let (hidden, heads) = (size("hidden_size")?, size("num_attention_heads")?);
+        check(heads > 0 && hidden % heads == 0, "hidden_size must be a multiple of num_attention_heads")?;
+        let head_dim = opt_size("head_dim", hidden / heads)?;
+        let rope_theta = if cfg.get("rope_theta").is_some() { num("rope_theta")? } else { 10000.0 };
+        let rope_scaling = match cfg.get("rope_scaling") {
+            None | Some(serde_json::Value::Null) => RopeScaling::None,
+            Some(s) => {
+                let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("");
+                let get = |k: &str| {
+                    s.get(k).and_then(|v| v.as_f64()).filter(|v| v.is_finite() && *v > 0.0).ok_or_else(|| {
+                        Error::Config(format!("config.json: rope_scaling `{k}` is missing or not above 0"))
+                    })
+                };
+                match kind {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear { factor: get("factor")? as f32 },
+                    "llama3" => {
+                        let (low, high) = (get("low_freq_factor")?, get("high_freq_factor")?);
+                        check(high > low, "rope_scaling high_freq_factor must exceed low_freq_factor")?;
+                        RopeScaling::Factors(llama3_rope_factors(
+                            head_dim,
+                            rope_theta,
+                            get("factor")?,
+                            low,
+                            high,
+                            get("original_max_position_embeddings")?,
+                        ))
+                    }
+                    other => {
+                        return Err(Error::Config(format!(
+                            "config.json: rope_scaling type `{other}` is not supported (supported: default, linear, \
+                             llama3)"
+                        )));
+                    }
+                }
+            }
+        };
+        if cfg.get("attention_bias").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(Error::Config("config.json: llama's attention_bias is not supported".into()));
+        }
+        let config = DecoderConfig {
+            vocab_size: size("vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: size("intermediate_size")?,
+            num_layers: size("num_hidden_layers")?,
+            num_heads: heads,
+            num_kv_heads: opt_size("num_key_value_heads", heads)?,
+            head_dim,
+            rms_norm_eps: if cfg.get("rms_norm_eps").is_some() { num("rms_norm_eps")? as f32 } else { 1e-6 },
+            rope_theta: rope_theta as f32,
+            rope_mode: RopeMode::Half,
+            rope_scaling,
+            tie_word_embeddings: cfg.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+            // (Qwen2's attention always has them)
+            qkv_bias: model_type == "qwen2",
+            context_length: opt_size("max_position_embeddings", 0)?,
+        };
+        config.check()?;
+        Ok(config)
     }
 
     /// Moves the [`ROPE_FREQS`] weight, when `weights` holds one, into the config as
@@ -316,6 +437,34 @@ impl DecoderConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hugging_face_configs_are_read_and_what_is_not_supported_is_named() {
+        let base = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 100, "hidden_size": 64,
+            "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 64}
+        });
+        let c = DecoderConfig::from_hf(&base).unwrap();
+        assert_eq!((c.head_dim, c.num_kv_heads, c.rope_mode, c.qkv_bias), (16, 2, RopeMode::Half, false));
+        // wavelengths 6.3 (kept), 32 (blended), 167 and longer (stretched 8-fold)
+        let RopeScaling::Factors(f) = &c.rope_scaling else { panic!("{:?}", c.rope_scaling) };
+        assert_eq!((f[0], f[2], f[7]), (1.0, 8.0, 8.0));
+        assert!(f[1] > 1.0 && f[1] < 8.0, "{f:?}");
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = base.clone();
+            c[k] = v;
+            DecoderConfig::from_hf(&c).unwrap_err().to_string()
+        };
+        let e = with("model_type", "gpt2".into());
+        assert!(e.contains("LlamaForCausalLM") && e.contains("Qwen2ForCausalLM"), "{e}");
+        let e = with("rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
+        assert!(e.contains("yarn") && e.contains("llama3"), "{e}");
+        let e = with("hidden_size", serde_json::json!(-3));
+        assert!(e.contains("hidden_size"), "{e}");
+    }
 
     #[test]
     fn gguf_names_map_to_hugging_face_names() {
