@@ -292,6 +292,15 @@ impl Array {
             _ => return None,
         })
     }
+
+    /// The elements as floats, when they are floats (SentencePiece scores).
+    pub fn to_f64(&self) -> Option<Vec<f64>> {
+        Some(match self {
+            Array::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Array::F64(v) => v.clone(),
+            _ => return None,
+        })
+    }
 }
 
 impl Value {

@@ -2,7 +2,10 @@
 //! file's `tokenizer.*` metadata, read the way llama.cpp reads them.
 //!
 //! The tokenizer is a `tokenizers` byte-level BPE over the file's tokens and merges, split first
-//! by the pre-tokenizer that `tokenizer.ggml.pre` names (llama.cpp's rules for each). CONTROL
+//! by the pre-tokenizer that `tokenizer.ggml.pre` names (llama.cpp's rules for each), or, for a
+//! SentencePiece vocabulary (`tokenizer.ggml.model = llama`), a BPE with byte fallback whose
+//! merges follow the pieces' scores, as llama.cpp segments such text. A Hugging Face folder's
+//! `tokenizer.json` is taken as it is ([`Vocab::from_hf`]). CONTROL
 //! tokens (`<|im_start|>`) become special added tokens, found in text as llama.cpp finds them
 //! when it parses specials; USER_DEFINED tokens are added tokens too. A tokenizer model or `pre`
 //! that wedge does not know is refused with the list of those it does, never guessed. The chat
@@ -33,7 +36,7 @@ impl ChatMessage {
 }
 
 /// The values of `tokenizer.ggml.pre` wedge knows.
-pub const KNOWN_PRE: [&str; 4] = ["gpt2", "smollm", "qwen2", "llama-bpe"];
+pub const KNOWN_PRE: [&str; 4] = ["gpt-2", "smollm", "qwen2", "llama-bpe"];
 
 /// Llama 3's split (`llama-bpe`); Qwen2's differs in taking digits one at a time.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -41,6 +44,8 @@ const QWEN2_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
+const NORMAL: i64 = 1;
+const UNKNOWN: i64 = 2;
 const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
 
@@ -59,7 +64,7 @@ fn pre_tokenizer(pre: &str) -> Option<(serde_json::Value, bool)> {
     let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
     Some(match pre {
         // GPT-2's own split is ByteLevel's regex
-        "gpt2" => (byte_level(true), false),
+        "gpt-2" => (byte_level(true), false),
         // digits one at a time, then GPT-2's split
         "smollm" => (
             json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
@@ -69,6 +74,105 @@ fn pre_tokenizer(pre: &str) -> Option<(serde_json::Value, bool)> {
         "llama-bpe" => (json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]}), true),
         _ => return None,
     })
+}
+
+fn gguf_strings<'g>(g: &'g Gguf<'_>, key: &str) -> Result<&'g [String]> {
+    match g.get(key) {
+        Some(Value::Array(Array::String(v))) => Ok(v),
+        Some(_) => Err(tok_err(format!("{key} is not an array of strings"))),
+        None => Err(tok_err(format!("{key} is missing"))),
+    }
+}
+
+/// The `tokenizers` spec of a byte-level BPE vocabulary (`tokenizer.ggml.model = gpt2`): the
+/// file's merges, split first by the pre-tokenizer `tokenizer.ggml.pre` names.
+fn byte_level_bpe(
+    g: &Gguf<'_>,
+    _tokens: &[String],
+    vocab: serde_json::Map<String, serde_json::Value>,
+    added: Vec<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+    let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre).ok_or_else(|| {
+        tok_err(format!(
+            "tokenizer.ggml.pre `{pre}` is not one wedge knows ({}): its splitting rules would be a guess",
+            KNOWN_PRE.join(", ")
+        ))
+    })?;
+    let pairs = gguf_strings(g, "tokenizer.ggml.merges")?
+        .iter()
+        .map(|m| {
+            m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or_else(|| tok_err(format!("merge {m:?} has no space")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": pre_tokenizer, "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": ignore_merges, "vocab": vocab, "merges": pairs},
+    }))
+}
+
+/// The `tokenizers` spec of a SentencePiece vocabulary (`tokenizer.ggml.model = llama`), made
+/// to segment as llama.cpp's SPM tokenizer does: spaces become `▁` (one put in front of the
+/// text, and after each special token, unless `add_space_prefix` is false), then adjacent
+/// pieces merge, the pair whose joined piece scores highest first (leftmost among equals); a
+/// character no piece covers falls back to its UTF-8 bytes (`<0xXX>` tokens). As BPE merges:
+/// every split of a NORMAL piece into two pieces, ranked by the joined piece's score. (This
+/// reaches every piece whose characters are pieces themselves, which SentencePiece's training
+/// makes sure of; llama.cpp could also reach a piece spelled with a character outside the
+/// vocabulary.)
+fn sentencepiece(
+    g: &Gguf<'_>,
+    tokens: &[String],
+    types: &[i64],
+    vocab: serde_json::Map<String, serde_json::Value>,
+    added: Vec<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let scores = match g.get("tokenizer.ggml.scores").and_then(Value::as_array).and_then(Array::to_f64) {
+        Some(v) if v.len() == tokens.len() => v,
+        _ => return Err(tok_err("tokenizer.ggml.scores is not one number per token")),
+    };
+    let add_prefix = g.get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool).unwrap_or(true);
+    let unk = match g.get("tokenizer.ggml.unknown_token_id").and_then(Value::as_u64) {
+        Some(i) => tokens.get(i as usize).cloned(),
+        None => types.iter().position(|t| *t == UNKNOWN).map(|i| tokens[i].clone()),
+    };
+    // the first id of a piece that appears twice is the one looked up, as in the vocabulary
+    let id_of = |piece: &str| vocab.get(piece).and_then(serde_json::Value::as_u64).map(|i| i as usize);
+    let mut ranked: Vec<(f64, usize, &str, &str)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if types[id] != NORMAL || id_of(piece) != Some(id) {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (a, b) = piece.split_at(at);
+            let normal = |p: &str| id_of(p).is_some_and(|i| types[i] == NORMAL);
+            if normal(a) && normal(b) {
+                ranked.push((scores[id], id, a, b));
+            }
+        }
+    }
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges: Vec<_> = ranked.iter().map(|(_, _, a, b)| json!([a, b])).collect();
+    let mut normalizers = Vec::new();
+    if add_prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null, "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+                  "ignore_merges": false, "vocab": vocab, "merges": merges},
+    }))
 }
 
 /// A language model's tokenizer, special tokens and chat template.
@@ -103,25 +207,18 @@ impl Vocab {
     /// Reads `tokenizer.ggml.*` and `tokenizer.chat_template` from a GGUF file.
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Vocab> {
         let model = g.str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
+        if !matches!(model, "gpt2" | "llama") {
             return Err(tok_err(format!(
-                "tokenizer.ggml.model `{model}` is not supported yet (wedge reads `gpt2`: byte-level BPE)"
+                "tokenizer.ggml.model `{model}` is not supported (wedge reads `gpt2`: byte-level BPE, and `llama`: \
+                 SentencePiece)"
             )));
         }
-        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
-        let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre).ok_or_else(|| {
-            tok_err(format!(
-                "tokenizer.ggml.pre `{pre}` is not one wedge knows ({}): its splitting rules would be a guess",
-                KNOWN_PRE.join(", ")
-            ))
-        })?;
         let strings = |key: &str| match g.get(key) {
             Some(Value::Array(Array::String(v))) => Ok(v),
             Some(_) => Err(tok_err(format!("{key} is not an array of strings"))),
             None => Err(tok_err(format!("{key} is missing"))),
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
         let types = match g.get("tokenizer.ggml.token_type") {
             None => vec![1; tokens.len()],
             Some(v) => v
@@ -157,14 +254,6 @@ impl Vocab {
         for (i, t) in tokens.iter().enumerate() {
             vocab.entry(t.clone()).or_insert(json!(i));
         }
-        let pairs = merges
-            .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| json!([a, b]))
-                    .ok_or_else(|| tok_err(format!("merge {m:?} has no space")))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let added: Vec<_> = types
             .iter()
             .enumerate()
@@ -174,14 +263,11 @@ impl Vocab {
                        "normalized": false, "special": *t == CONTROL})
             })
             .collect();
-        let spec = json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-            "pre_tokenizer": pre_tokenizer, "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                      "ignore_merges": ignore_merges, "vocab": vocab, "merges": pairs},
-        });
+        let spec = if model == "gpt2" {
+            byte_level_bpe(g, tokens, vocab, added)?
+        } else {
+            sentencepiece(g, tokens, &types, vocab, added)?
+        };
         let tokenizer: Tokenizer =
             spec.to_string().parse().map_err(|e| tok_err(format!("building the tokenizer: {e}")))?;
         let mut plain = tokenizer.clone();

@@ -86,3 +86,28 @@ fn special_tokens_in_user_text_stay_text_unless_asked() {
     assert_eq!(vocab.encode("<|im_end|>", true).unwrap(), [2]);
     assert_eq!(vocab.encode("2024", false).unwrap().len(), 4, "each digit its own token (smollm)");
 }
+
+/// Each tokenizer wedge reads, on the small vocabulary-only files of `tests/data/tiny/` (written
+/// by `make_vocab.py` there), against the ids llama.cpp gives for the same texts: byte-level BPE
+/// with every known `pre` (digit runs, contractions in either case, spaces and newlines split as
+/// each one's rules say), and SentencePiece (scores, byte fallback, the space prefix). Each
+/// decodes back to its text (SentencePiece: with the prefix's space).
+#[test]
+fn every_tokenizer_gives_llama_cpp_s_ids_for_known_texts() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/tiny/");
+    let known: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}vocab_ids.json")).unwrap()).unwrap();
+    for name in ["gpt-2", "smollm", "qwen2", "llama-bpe", "spm"] {
+        let bytes = std::fs::read(format!("{dir}vocab_{name}.gguf")).unwrap();
+        let vocab = Vocab::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap();
+        for case in known[name].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let got = vocab.encode(text, false).unwrap();
+            assert_eq!(got, want, "{name}: {text:?}");
+            let back = vocab.decode(&got).unwrap();
+            let want_back = if name == "spm" && !text.is_empty() { format!(" {text}") } else { text.to_string() };
+            assert_eq!(back, want_back, "{name}: {text:?} decoded");
+        }
+    }
+}
