@@ -8,10 +8,25 @@ use wedge_core::gguf::{Gguf, Value};
 use wedge_core::package::{PackageLimits, read_header};
 use wedge_core::quant::rows_cols;
 
-/// `wedge inspect`: a `.wedge` package or a GGUF file, told apart by their magic bytes.
+/// `wedge inspect`: a `.wedge` package or a GGUF file, told apart by their magic bytes, or a
+/// Hugging Face folder, shown as the package `wedge convert` would make of it (tensors kept; an
+/// encoder's in f32).
 pub(crate) fn inspect(path: &Path, json: bool) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if path.is_dir() {
+        let pkg = if wedge_import::is_hf_decoder(path) {
+            wedge_import::import_hf_decoder(path, wedge_import::DecoderQuant::Keep)?
+        } else {
+            let opts = wedge_import::ImportOptions::uniform(wedge_core::Format::F32);
+            wedge_import::import_hf_folder(path, &opts, &mut |_, _, _| {})?
+        };
+        if !json {
+            writeln!(out, "(a Hugging Face folder, imported in memory as `wedge convert` would)")?;
+        }
+        let (bytes, _) = pkg.to_bytes(3)?;
+        return wedge(path, &bytes, json, &mut out);
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if bytes.starts_with(b"GGUF") {
         return gguf(path, &bytes, json, &mut out);
     }

@@ -112,6 +112,9 @@ fn tiny_decoders_convert_and_generate_the_same() {
         .unwrap();
     let said = String::from_utf8_lossy(&converted.stderr);
     assert!(converted.status.success() && said.contains("requantized to q4_k") && said.contains("lossy"), "{said}");
+    let shown = Command::new(wedge).args(["inspect", &format!("{data}/llama3_hf")]).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("llama-decoder") && shown.contains("kept as in the safetensors"), "{shown}");
     let q4k = dir.join("q4k.wedge");
     let mut run = Command::new(wedge);
     let ran = run.args(["generate", "--device", "cpu", "--max-tokens", "4", "--prompt", "hi", "--model"]);
