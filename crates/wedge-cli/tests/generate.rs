@@ -68,7 +68,8 @@ fn bad_models_and_flags_get_clear_errors() {
 }
 
 /// `wedge convert model.gguf` keeps every tensor: the `.wedge` generates the same tokens, texts
-/// and log-probabilities, bit for bit, as the `.gguf`; a requantizing `--quant` is refused.
+/// and log-probabilities, bit for bit, as the `.gguf`; `--quant auto` (for encoders) and unknown
+/// formats are refused.
 #[test]
 fn a_converted_package_generates_exactly_as_the_gguf() {
     let Some(model) = model() else { return };
@@ -78,8 +79,11 @@ fn a_converted_package_generates_exactly_as_the_gguf() {
     let wedge = env!("CARGO_BIN_EXE_wedge");
     let status = Command::new(wedge).args(["convert", &model, "-o"]).arg(&out).status().unwrap();
     assert!(status.success());
-    let refused = Command::new(wedge).args(["convert", &model, "--quant", "q4", "-o"]).arg(&out).output().unwrap();
-    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--quant keep"));
+    for bad in ["auto", "q3"] {
+        let refused = Command::new(wedge).args(["convert", &model, "--quant", bad, "-o"]).arg(&out).output().unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && said.contains("keep"), "{said}");
+    }
     let tokens = |m: &str| {
         let out = Command::new(wedge)
             .args(["generate", "--model", m, "--device", "cpu", "--json", "--temperature", "0"])
