@@ -84,16 +84,7 @@ fn a_converted_package_generates_exactly_as_the_gguf() {
         let said = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success() && said.contains("keep"), "{said}");
     }
-    let tokens = |m: &str| {
-        let out = Command::new(wedge)
-            .args(["generate", "--model", m, "--device", "cpu", "--json", "--temperature", "0"])
-            .args(["--max-tokens", "10", "--prompt", "Once upon a time, in a small village,"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8(out.stdout).unwrap();
-        text.lines().filter(|l| l.contains("\"logprob\"")).map(str::to_string).collect::<Vec<_>>()
-    };
+    let tokens = |m: &str| greedy_lines(m, "Once upon a time, in a small village,", 10);
     let (a, b) = (tokens(&model), tokens(out.to_str().unwrap()));
     assert_eq!(a.len(), 10);
     assert_eq!(a, b);
@@ -129,19 +120,22 @@ fn tiny_decoders_convert_and_generate_the_same() {
         let out = dir.join(format!("{name}.wedge"));
         let status = Command::new(wedge).args(["convert", &model, "-o"]).arg(&out).status().unwrap();
         assert!(status.success());
-        let tokens = |m: &str| {
-            let out = Command::new(wedge)
-                .args(["generate", "--model", m, "--device", "cpu", "--json", "--temperature", "0", "--ignore-eos"])
-                .args(["--max-tokens", "12", "--prompt", "the tin"])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let text = String::from_utf8(out.stdout).unwrap();
-            text.lines().filter(|l| l.contains("\"logprob\"")).map(str::to_string).collect::<Vec<_>>()
-        };
+        let tokens = |m: &str| greedy_lines(m, "the tin", 12);
         let (a, b) = (tokens(&model), tokens(out.to_str().unwrap()));
         assert_eq!(a.len(), 12, "{name}");
         assert_eq!(a, b, "{name}");
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The per-token JSON lines of `wedge generate --json` (greedy, on the CPU, EOS ignored).
+fn greedy_lines(model: &str, prompt: &str, n: usize) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_wedge"))
+        .args(["generate", "--model", model, "--device", "cpu", "--json", "--temperature", "0", "--ignore-eos"])
+        .args(["--max-tokens", &n.to_string(), "--prompt", prompt])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().filter(|l| l.contains("\"logprob\"")).map(str::to_string).collect()
 }

@@ -332,10 +332,11 @@ LLAMA3 = dict(name="llama3_hf", arch="llama", hf=True, dtype="BF16", hidden=64, 
               ffn=96, layers=2, base=500000.0, eps=1e-5, tied=False,
               llama3=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64))
 
-out = {m["name"]: write(m) for m in MODELS}
-llama3_values = random_values(LLAMA3, np.random.default_rng(3))
-write_hf(LLAMA3, llama3_values, f"{DIR}/llama3_hf")
-out["llama3_hf"] = logits_of(LLAMA3, llama3_values)
-with open(f"{DIR}/logits.json", "w") as f:
-    json.dump(out, f, separators=(",", ":"))
-print("wrote", ", ".join(f"{DIR}/{m['name']}.gguf" for m in MODELS), f"and {DIR}/logits.json")
+if __name__ == "__main__":
+    out = {m["name"]: write(m) for m in MODELS}
+    llama3_values = random_values(LLAMA3, np.random.default_rng(3))
+    write_hf(LLAMA3, llama3_values, f"{DIR}/llama3_hf")
+    out["llama3_hf"] = logits_of(LLAMA3, llama3_values)
+    with open(f"{DIR}/logits.json", "w") as f:
+        json.dump(out, f, separators=(",", ":"))
+    print("wrote", ", ".join(f"{DIR}/{m['name']}.gguf" for m in MODELS), f"and {DIR}/logits.json")

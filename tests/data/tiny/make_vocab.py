@@ -9,7 +9,7 @@ against (`crates/wedge/tests/vocab.rs`).
 - SentencePiece (`tokenizer.ggml.model = llama`) with scores, byte fallback and the space prefix.
 
     pip install gguf==0.19.0 numpy llama-cpp-python==0.3.36
-    python3 tests/data/tiny/make_vocab.py          # from the repository root
+    python3 tests/data/tiny/make_vocab.py          # from the repository root (it uses make_tiny.py)
 
 Writes `tests/data/tiny/vocab_<name>.gguf` and `tests/data/tiny/vocab_ids.json`:
 `{name: [{"text": ..., "ids": [...]}, ...]}` (no BOS; special tokens not parsed).
@@ -18,6 +18,8 @@ import json
 
 import gguf
 import llama_cpp
+
+from make_tiny import byte_tokens
 
 DIR = "tests/data/tiny"
 
@@ -31,19 +33,6 @@ TEXTS = [
     "",
     " leading space",
 ]
-
-
-def byte_tokens():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, cs))
-    return [chr(table[b]) for b in range(256)]
 
 
 BPE_MERGES = ["Ġ t", "h e", "Ġt he", "Ġ a", "n d", "Ġa nd", "1 2", "12 3", "4 5", "' s", "' S", "Ġ Ġ", "Ċ Ċ",
