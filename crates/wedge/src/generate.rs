@@ -125,29 +125,40 @@ impl TextStream {
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-pub use blocking::Generation;
+pub use driver::Generation;
 
-/// The blocking generator (native: it waits on each step).
-#[cfg(not(target_arch = "wasm32"))]
-mod blocking {
+/// The generator: a blocking iterator (native) and an async stream (every target) over the
+/// same steps.
+mod driver {
     use super::*;
     use crate::Error;
     use crate::lm::{DecodeState, LanguageModel, SeqId};
     use crate::sample::Sampler;
 
+    #[cfg(not(target_arch = "wasm32"))]
     type Clock = std::time::Instant;
+    // (no clock in a browser's wasm32 std: the timings read 0 there)
+    #[cfg(target_arch = "wasm32")]
+    type Clock = ();
 
     fn now() -> Option<Clock> {
-        Some(std::time::Instant::now())
+        #[cfg(not(target_arch = "wasm32"))]
+        return Some(std::time::Instant::now());
+        #[cfg(target_arch = "wasm32")]
+        return None;
     }
 
     fn secs(since: Option<Clock>) -> f64 {
-        since.map_or(0.0, |t| t.elapsed().as_secs_f64())
+        #[cfg(not(target_arch = "wasm32"))]
+        return since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        #[cfg(target_arch = "wasm32")]
+        return since.map_or(0.0, |()| 0.0);
     }
 
-    /// One prompt's generation, an iterator of tokens: each `next` runs one step (the first runs
-    /// the prefill too) and gives the sampled token.
+    /// One prompt's generation: each token runs one step (the first runs the prefill too) and
+    /// gives the sampled token. An iterator on native targets (each `next` blocks on its step),
+    /// and on every target [`Generation::next_async`] or [`Generation::into_stream`] (a
+    /// `futures` `Stream`) for async callers.
     pub struct Generation<'m> {
         lm: &'m LanguageModel,
         state: Slot<'m>,
@@ -267,7 +278,7 @@ mod blocking {
         }
     }
 
-    impl Generation<'_> {
+    impl<'m> Generation<'m> {
         /// Why it ended, once it has.
         pub fn finish_reason(&self) -> Option<FinishReason> {
             self.finish
@@ -283,12 +294,29 @@ mod blocking {
             &self.generated
         }
 
-        fn prefill(&mut self) -> Result<Vec<f32>> {
+        /// The next token, or `None` once the generation has finished; an error ends it.
+        pub async fn next_async(&mut self) -> Option<Result<TokenEvent>> {
+            match self.next_token().await {
+                Ok(Some(t)) => Some(Ok(t)),
+                Ok(None) => None,
+                Err(e) => {
+                    self.finish = Some(FinishReason::Stop);
+                    Some(Err(e))
+                }
+            }
+        }
+
+        /// The generation as a `futures` `Stream` of tokens.
+        pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<TokenEvent>> + 'm {
+            futures_util::stream::unfold(self, |mut g| async move { g.next_async().await.map(|t| (t, g)) })
+        }
+
+        async fn prefill(&mut self) -> Result<Vec<f32>> {
             self.started = now();
             let chunk = self.params.prefill_chunk.max(1);
             let mut logits = Vec::new();
             for part in self.prompt[self.skip..].chunks(chunk) {
-                logits = self.lm.step(self.state.get(), &[(self.seq, part)])?.pop().unwrap_or_default();
+                logits = self.lm.step_async(self.state.get(), &[(self.seq, part)]).await?.pop().unwrap_or_default();
             }
             self.stats.prompt_secs = secs(self.started);
             Ok(logits)
@@ -323,13 +351,13 @@ mod blocking {
             (std::mem::replace(&mut self.held, rest), false)
         }
 
-        fn next_token(&mut self) -> Result<Option<TokenEvent>> {
+        async fn next_token(&mut self) -> Result<Option<TokenEvent>> {
             if self.finish.is_some() {
                 return Ok(None);
             }
             let logits = match self.logits.take() {
                 Some(l) => l,
-                None => self.prefill()?,
+                None => self.prefill().await?,
             };
             let s = self.sampler.sample(&logits, &self.prompt, &self.generated);
             if self.generated.is_empty() {
@@ -354,25 +382,19 @@ mod blocking {
                 text.push_str(&std::mem::take(&mut self.held));
             } else {
                 let step = now();
-                self.logits = self.lm.step(self.state.get(), &[(self.seq, &[s.id])])?.pop();
+                self.logits = self.lm.step_async(self.state.get(), &[(self.seq, &[s.id])]).await?.pop();
                 self.stats.decode_secs += secs(step);
             }
             Ok(Some(TokenEvent { id: s.id, text, logprob: s.logprob }))
         }
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     impl Iterator for Generation<'_> {
         type Item = Result<TokenEvent>;
 
         fn next(&mut self) -> Option<Self::Item> {
-            match self.next_token() {
-                Ok(Some(t)) => Some(Ok(t)),
-                Ok(None) => None,
-                Err(e) => {
-                    self.finish = Some(FinishReason::Stop);
-                    Some(Err(e))
-                }
-            }
+            pollster::block_on(self.next_async())
         }
     }
 }

@@ -28,7 +28,6 @@ mod lm;
 mod sample;
 mod vocab;
 pub use embed::{DEFAULT_MAX_BATCH, Embedder, Tokens, length_batches};
-#[cfg(not(target_arch = "wasm32"))]
 pub use generate::Generation;
 pub use generate::{FinishReason, GenerateParams, GenerationStats, TextStream, TokenEvent};
 pub use lm::{DecodeState, KvType, LanguageModel, LmOptions, SeqId};

@@ -405,3 +405,23 @@ fn tiny_gguf_decoders_match_float64() {
         }
     }
 }
+
+/// The async stream gives the iterator's tokens, texts and log-probabilities (sampled, with a
+/// seed), and the same finish.
+#[test]
+fn generation_streams_asynchronously_as_it_iterates() {
+    use futures_util::StreamExt;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/tiny/qwen2_linear.gguf");
+    let lm = LanguageModel::open(path, &Device::cpu(), LmOptions::default()).unwrap();
+    let params = || wedge::GenerateParams {
+        max_tokens: 20,
+        sampling: wedge::SamplingParams { temperature: 0.8, seed: Some(7), ..Default::default() },
+        ..Default::default()
+    };
+    let prompt = [100, 265, 40];
+    let iterated: Vec<wedge::TokenEvent> = lm.generate(&prompt, params()).unwrap().map(|t| t.unwrap()).collect();
+    let streamed: Vec<wedge::TokenEvent> =
+        pollster::block_on(lm.generate(&prompt, params()).unwrap().into_stream().map(|t| t.unwrap()).collect());
+    assert!(!iterated.is_empty());
+    assert_eq!(iterated, streamed);
+}
