@@ -619,16 +619,19 @@ pub(crate) fn rope(x: &[f32], pos: &[u32], r: &Rope<'_>, out: &mut [f32]) {
     let (heads, d, mode) = (r.heads, r.d, r.mode);
     let inv = rope_inv_freq(d, r.base, r.scaling);
     let half = d / 2;
+    // a token's angles are the same for every head: computed once per token
+    let mut sc = vec![(0f32, 0f32); inv.len()];
     for (t, &p) in pos.iter().enumerate() {
+        for (v, f) in sc.iter_mut().zip(&inv) {
+            *v = (p as f32 * f).sin_cos();
+        }
         for h in 0..heads {
             let off = (t * heads + h) * d;
-            for (i, f) in inv.iter().enumerate() {
+            for (i, &(s, c)) in sc.iter().enumerate() {
                 let (i0, i1) = match mode {
                     RopeMode::Interleaved => (2 * i, 2 * i + 1),
                     RopeMode::Half => (i, i + half),
                 };
-                let ang = p as f32 * f;
-                let (s, c) = ang.sin_cos();
                 let (x0, x1) = (x[off + i0], x[off + i1]);
                 out[off + i0] = x0 * c - x1 * s;
                 out[off + i1] = x0 * s + x1 * c;
