@@ -155,6 +155,7 @@ impl ModelArgs {
             stop_at_eos: !self.ignore_eos,
             prefill_chunk: self.batch,
             ctx,
+            top_logprobs: 0,
         })
     }
 }

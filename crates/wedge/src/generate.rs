@@ -2,7 +2,7 @@
 //! caller as soon as it is sampled with the text it completes (UTF-8 split across tokens and
 //! stop strings split across tokens both handled).
 
-use crate::sample::SamplingParams;
+use crate::sample::{Sampler, SamplingParams, top_logprobs};
 use crate::{Result, Vocab};
 
 /// What to generate.
@@ -20,6 +20,9 @@ pub struct GenerateParams {
     pub prefill_chunk: usize,
     /// Positions of the cache (0: prompt + `max_tokens`).
     pub ctx: usize,
+    /// The most likely alternatives to report with each token, with their log-probabilities
+    /// (0: none).
+    pub top_logprobs: usize,
 }
 
 impl Default for GenerateParams {
@@ -31,6 +34,7 @@ impl Default for GenerateParams {
             stop_at_eos: true,
             prefill_chunk: 256,
             ctx: 0,
+            top_logprobs: 0,
         }
     }
 }
@@ -64,6 +68,9 @@ pub struct TokenEvent {
     pub text: String,
     /// Its log-probability under the model.
     pub logprob: f32,
+    /// The most likely tokens at this position and their log-probabilities, most likely first
+    /// ([`GenerateParams::top_logprobs`] of them).
+    pub top_logprobs: Vec<(u32, f32)>,
 }
 
 /// Counts and timings of a generation (seconds).
@@ -125,15 +132,145 @@ impl TextStream {
     }
 }
 
+/// One sequence's continuation: chooses each token from the logits after the last one, keeps
+/// the tokens so far for the penalties, releases the text they complete, and decides when the
+/// sequence ends (an end token, a stop string across token boundaries, `max_tokens`, a full
+/// context). [`Generation`] drives one on its own cache; a scheduler that steps many sequences
+/// together (`wedge serve`'s continuous batching) drives one per sequence.
+#[derive(Debug)]
+pub struct Continuation {
+    params: GenerateParams,
+    sampler: Sampler,
+    prompt: Vec<u32>,
+    generated: Vec<u32>,
+    stops: Vec<u32>,
+    text: TextStream,
+    /// Text decoded but not yet released (a stop string might be starting).
+    held: String,
+    finish: Option<FinishReason>,
+}
+
+impl Continuation {
+    /// A continuation of `prompt` (its sampling values are checked here).
+    pub fn new(vocab: &Vocab, prompt: &[u32], params: GenerateParams) -> Result<Continuation> {
+        params.sampling.validate().map_err(input_err)?;
+        if prompt.is_empty() {
+            return Err(input_err("the prompt has no tokens".into()));
+        }
+        let stops = if params.stop_at_eos { vocab.stop_tokens() } else { Vec::new() };
+        Ok(Continuation {
+            sampler: Sampler::new(params.sampling.clone()),
+            params,
+            prompt: prompt.to_vec(),
+            generated: Vec::new(),
+            stops,
+            text: TextStream::default(),
+            held: String::new(),
+            finish: None,
+        })
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &GenerateParams {
+        &self.params
+    }
+
+    /// The prompt.
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    /// The tokens generated so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// Why it ended, once it has.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Ends it early (an error, a cancelled request) with `reason`.
+    pub fn end(&mut self, reason: FinishReason) {
+        self.finish.get_or_insert(reason);
+    }
+
+    /// The token the next step must append to the sequence (the last one chosen), while it
+    /// goes on.
+    pub fn next_input(&self) -> Option<u32> {
+        if self.finish.is_some() { None } else { self.generated.last().copied() }
+    }
+
+    /// Chooses the next token from `logits` (the logits after the sequence's last token).
+    /// `room` says whether the sequence's cache has a position left for it. Returns the token
+    /// with the text it releases (`None`: an end token that released nothing); afterwards
+    /// [`Continuation::finish_reason`] says whether the sequence has ended.
+    pub fn accept(&mut self, vocab: &Vocab, logits: &[f32], room: bool) -> Result<Option<TokenEvent>> {
+        if self.finish.is_some() {
+            return Ok(None);
+        }
+        let s = self.sampler.sample(logits, &self.prompt, &self.generated);
+        let top_logprobs =
+            if self.params.top_logprobs > 0 { top_logprobs(logits, self.params.top_logprobs) } else { Vec::new() };
+        if self.stops.contains(&s.id) {
+            self.finish = Some(FinishReason::Stop);
+            let text = std::mem::take(&mut self.held);
+            return Ok((!text.is_empty()).then_some(TokenEvent { id: s.id, text, logprob: s.logprob, top_logprobs }));
+        }
+        self.generated.push(s.id);
+        let piece = self.text.push(vocab, s.id)?;
+        self.held.push_str(&piece);
+        let (mut text, stopped) = self.release();
+        if stopped {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.generated.len() >= self.params.max_tokens || !room {
+            self.finish = Some(FinishReason::Length);
+            text.push_str(&std::mem::take(&mut self.held));
+        }
+        Ok(Some(TokenEvent { id: s.id, text, logprob: s.logprob, top_logprobs }))
+    }
+
+    /// Splits off the text that can be released: all of it unless a stop string might begin
+    /// in its tail. Returns `(released, stopped)`.
+    fn release(&mut self) -> (String, bool) {
+        if let Some((at, _)) = self
+            .params
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s)))
+            .min()
+        {
+            self.held.truncate(at);
+            return (std::mem::take(&mut self.held), true);
+        }
+        // keep the longest tail that is a proper prefix of a stop string
+        let keep = self
+            .params
+            .stop
+            .iter()
+            .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .filter(|p| self.held.ends_with(p))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let cut = self.held.len() - keep;
+        let rest = self.held.split_off(cut);
+        (std::mem::replace(&mut self.held, rest), false)
+    }
+}
+
+fn input_err(msg: String) -> crate::Error {
+    crate::Error::Core(wedge_core::Error::Input(msg))
+}
+
 pub use driver::Generation;
 
 /// The generator: a blocking iterator (native) and an async stream (every target) over the
 /// same steps.
 mod driver {
     use super::*;
-    use crate::Error;
     use crate::lm::{DecodeState, LanguageModel, SeqId};
-    use crate::sample::Sampler;
 
     #[cfg(not(target_arch = "wasm32"))]
     type Clock = std::time::Instant;
@@ -165,17 +302,12 @@ mod driver {
         /// Prompt tokens already in the cache (a conversation's earlier turns).
         skip: usize,
         seq: SeqId,
-        params: GenerateParams,
-        sampler: Sampler,
-        prompt: Vec<u32>,
-        generated: Vec<u32>,
-        stops: Vec<u32>,
-        text: TextStream,
-        /// Text decoded but not yet released (a stop string might be starting).
-        held: String,
+        prefill_chunk: usize,
+        next: Continuation,
         /// The logits for the next token, once the prefill ran.
         logits: Option<Vec<f32>>,
-        finish: Option<FinishReason>,
+        /// An error ended it.
+        failed: bool,
         stats: GenerationStats,
         started: Option<Clock>,
     }
@@ -184,7 +316,7 @@ mod driver {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("Generation")
                 .field("stats", &self.stats)
-                .field("finish", &self.finish)
+                .field("finish", &self.next.finish_reason())
                 .finish_non_exhaustive()
         }
     }
@@ -193,10 +325,10 @@ mod driver {
         /// Starts generating after `prompt` (token ids, BOS included if the model wants one).
         pub fn generate(&self, prompt: &[u32], params: GenerateParams) -> Result<Generation<'_>> {
             let ctx = if params.ctx > 0 { params.ctx } else { prompt.len() + params.max_tokens.max(1) };
-            check(&params, prompt, ctx)?;
+            check(prompt, ctx)?;
             let mut state = self.new_state(1, ctx)?;
             let seq = state.add().ok_or_else(|| input_err("no free sequence".into()))?;
-            Ok(self.start(Slot::Owned(state), seq, 0, prompt, params))
+            self.start(Slot::Owned(state), seq, 0, prompt, params)
         }
 
         /// Starts generating after `prompt` in sequence `seq` of a state the caller keeps:
@@ -209,12 +341,12 @@ mod driver {
             prompt: &[u32],
             params: GenerateParams,
         ) -> Result<Generation<'a>> {
-            check(&params, prompt, state.ctx())?;
+            check(prompt, state.ctx())?;
             if state.len(seq).is_none() {
                 return Err(input_err(format!("sequence {} is not in the state", seq.0)));
             }
             let skip = state.reuse_prefix(seq, prompt);
-            Ok(self.start(Slot::Borrowed(state), seq, skip, prompt, params))
+            self.start(Slot::Borrowed(state), seq, skip, prompt, params)
         }
 
         fn start<'a>(
@@ -224,36 +356,24 @@ mod driver {
             skip: usize,
             prompt: &[u32],
             params: GenerateParams,
-        ) -> Generation<'a> {
-            let stops = if params.stop_at_eos { self.vocab().stop_tokens() } else { Vec::new() };
-            Generation {
+        ) -> Result<Generation<'a>> {
+            Ok(Generation {
                 lm: self,
                 state,
                 skip,
                 seq,
-                sampler: Sampler::new(params.sampling.clone()),
-                params,
-                prompt: prompt.to_vec(),
-                generated: Vec::new(),
-                stops,
-                text: TextStream::default(),
-                held: String::new(),
+                prefill_chunk: params.prefill_chunk.max(1),
+                next: Continuation::new(self.vocab(), prompt, params)?,
                 logits: None,
-                finish: None,
+                failed: false,
                 stats: GenerationStats { prompt_tokens: prompt.len(), cached_tokens: skip, ..Default::default() },
                 started: None,
-            }
+            })
         }
     }
 
-    fn input_err(msg: String) -> Error {
-        Error::Core(wedge_core::Error::Input(msg))
-    }
-
-    /// Checks what every generation needs: valid sampling values and a prompt of at least one
-    /// token that leaves room in a context of `ctx` positions.
-    fn check(params: &GenerateParams, prompt: &[u32], ctx: usize) -> Result<()> {
-        params.sampling.validate().map_err(input_err)?;
+    /// Checks that a prompt of at least one token leaves room in a context of `ctx` positions.
+    fn check(prompt: &[u32], ctx: usize) -> Result<()> {
         if prompt.is_empty() {
             return Err(input_err("the prompt has no tokens".into()));
         }
@@ -281,7 +401,7 @@ mod driver {
     impl<'m> Generation<'m> {
         /// Why it ended, once it has.
         pub fn finish_reason(&self) -> Option<FinishReason> {
-            self.finish
+            if self.failed { Some(FinishReason::Stop) } else { self.next.finish_reason() }
         }
 
         /// Counts and timings so far.
@@ -291,7 +411,7 @@ mod driver {
 
         /// The tokens generated so far.
         pub fn tokens(&self) -> &[u32] {
-            &self.generated
+            self.next.tokens()
         }
 
         /// The next token, or `None` once the generation has finished; an error ends it.
@@ -300,7 +420,7 @@ mod driver {
                 Ok(Some(t)) => Some(Ok(t)),
                 Ok(None) => None,
                 Err(e) => {
-                    self.finish = Some(FinishReason::Stop);
+                    self.failed = true;
                     Some(Err(e))
                 }
             }
@@ -313,79 +433,35 @@ mod driver {
 
         async fn prefill(&mut self) -> Result<Vec<f32>> {
             self.started = now();
-            let chunk = self.params.prefill_chunk.max(1);
             let mut logits = Vec::new();
-            for part in self.prompt[self.skip..].chunks(chunk) {
+            for part in self.next.prompt()[self.skip..].chunks(self.prefill_chunk) {
                 logits = self.lm.step_async(self.state.get(), &[(self.seq, part)]).await?.pop().unwrap_or_default();
             }
             self.stats.prompt_secs = secs(self.started);
             Ok(logits)
         }
 
-        /// Splits off the text that can be released: all of it unless a stop string might begin
-        /// in its tail. Returns `(released, stopped)`.
-        fn release(&mut self) -> (String, bool) {
-            if let Some((at, _)) = self
-                .params
-                .stop
-                .iter()
-                .filter(|s| !s.is_empty())
-                .filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s)))
-                .min()
-            {
-                self.held.truncate(at);
-                return (std::mem::take(&mut self.held), true);
-            }
-            // keep the longest tail that is a proper prefix of a stop string
-            let keep = self
-                .params
-                .stop
-                .iter()
-                .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
-                .filter(|p| self.held.ends_with(p))
-                .map(str::len)
-                .max()
-                .unwrap_or(0);
-            let cut = self.held.len() - keep;
-            let rest = self.held.split_off(cut);
-            (std::mem::replace(&mut self.held, rest), false)
-        }
-
         async fn next_token(&mut self) -> Result<Option<TokenEvent>> {
-            if self.finish.is_some() {
+            if self.finish_reason().is_some() {
                 return Ok(None);
             }
             let logits = match self.logits.take() {
                 Some(l) => l,
                 None => self.prefill().await?,
             };
-            let s = self.sampler.sample(&logits, &self.prompt, &self.generated);
-            if self.generated.is_empty() {
+            let state = self.state.get();
+            let room = state.len(self.seq).unwrap_or(0) < state.ctx();
+            let event = self.next.accept(self.lm.vocab(), &logits, room)?;
+            if self.stats.ttft_secs == 0.0 {
                 self.stats.ttft_secs = secs(self.started);
             }
-            if self.stops.contains(&s.id) {
-                self.finish = Some(FinishReason::Stop);
-                let text = std::mem::take(&mut self.held);
-                return Ok((!text.is_empty()).then_some(TokenEvent { id: s.id, text, logprob: s.logprob }));
-            }
-            self.generated.push(s.id);
-            self.stats.completion_tokens = self.generated.len();
-            let piece = self.text.push(self.lm.vocab(), s.id)?;
-            self.held.push_str(&piece);
-            let (mut text, stopped) = self.release();
-            let state = self.state.get();
-            let full = state.len(self.seq).unwrap_or(0) + 1 > state.ctx();
-            if stopped {
-                self.finish = Some(FinishReason::Stop);
-            } else if self.generated.len() >= self.params.max_tokens || full {
-                self.finish = Some(FinishReason::Length);
-                text.push_str(&std::mem::take(&mut self.held));
-            } else {
+            self.stats.completion_tokens = self.next.tokens().len();
+            if let Some(id) = self.next.next_input() {
                 let step = now();
-                self.logits = self.lm.step_async(self.state.get(), &[(self.seq, &[s.id])]).await?.pop();
+                self.logits = self.lm.step_async(self.state.get(), &[(self.seq, &[id])]).await?.pop();
                 self.stats.decode_secs += secs(step);
             }
-            Ok(Some(TokenEvent { id: s.id, text, logprob: s.logprob }))
+            Ok(event)
         }
     }
 

@@ -29,9 +29,9 @@ mod sample;
 mod vocab;
 pub use embed::{DEFAULT_MAX_BATCH, Embedder, Tokens, length_batches};
 pub use generate::Generation;
-pub use generate::{FinishReason, GenerateParams, GenerationStats, TextStream, TokenEvent};
+pub use generate::{Continuation, FinishReason, GenerateParams, GenerationStats, TextStream, TokenEvent};
 pub use lm::{DecodeState, KvType, LanguageModel, LmOptions, SeqId};
-pub use sample::{Sampled, Sampler, SamplingParams, argmax, log_softmax_at};
+pub use sample::{Sampled, Sampler, SamplingParams, argmax, log_softmax_at, top_logprobs};
 pub use vocab::{ChatMessage, KNOWN_PRE, Vocab, render_chat};
 pub use wedge_cpu::{integer_kernels as cpu_integer_kernels, threads as cpu_threads};
 

@@ -260,7 +260,7 @@ impl LanguageModel {
         }
         let width = self.config.num_kv_heads * self.config.head_dim;
         let shapes = vec![vec![seqs, ctx, width]; 2 * self.config.num_layers];
-        Ok(DecodeState { state: self.session.new_state(&shapes)?, ctx, tokens: vec![None; seqs] })
+        Ok(DecodeState { state: self.session.new_state(&shapes)?, ctx, rows: vec![Rows::default(); seqs], clock: 0 })
     }
 
     /// One step over several sequences: each entry appends its tokens to its sequence (a
@@ -321,8 +321,8 @@ impl LanguageModel {
         ];
         let out = self.session.run_with_state_async(&inputs, &mut state.state).await?;
         for &(seq, tokens) in work {
-            if let Some(Some(held)) = state.tokens.get_mut(seq.0) {
-                held.extend_from_slice(tokens);
+            if let Some(r) = state.rows.get_mut(seq.0) {
+                r.tokens.extend_from_slice(tokens);
             }
         }
         let vocab = self.config.vocab_size;
@@ -337,17 +337,31 @@ impl LanguageModel {
 }
 
 /// Key/value caches for a fixed number of sequences, owned by the caller: sequences are added,
-/// stepped (by [`LanguageModel::step`]) and removed, and a removed one's rows are reused.
+/// stepped (by [`LanguageModel::step`]) and removed. A removed sequence's rows keep their
+/// tokens until they are taken again, so a later sequence that starts with the same tokens (a
+/// shared system prompt, the same conversation) can reuse them ([`DecodeState::add_reusing`]).
 pub struct DecodeState {
     state: State,
     ctx: usize,
-    /// The tokens in each sequence's rows; `None` for a free one.
-    tokens: Vec<Option<Vec<u32>>>,
+    rows: Vec<Rows>,
+    /// Counts removals, to take the least recently freed rows first.
+    clock: u64,
+}
+
+/// One sequence's rows of the cache.
+#[derive(Clone, Debug, Default)]
+struct Rows {
+    /// The tokens whose keys and values the rows hold.
+    tokens: Vec<u32>,
+    /// A sequence owns them.
+    busy: bool,
+    /// When they were freed.
+    freed: u64,
 }
 
 impl std::fmt::Debug for DecodeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let lens: Vec<Option<usize>> = self.tokens.iter().map(|t| t.as_ref().map(Vec::len)).collect();
+        let lens: Vec<Option<usize>> = self.rows.iter().map(|r| r.busy.then_some(r.tokens.len())).collect();
         f.debug_struct("DecodeState").field("ctx", &self.ctx).field("lens", &lens).finish_non_exhaustive()
     }
 }
@@ -355,28 +369,49 @@ impl std::fmt::Debug for DecodeState {
 impl DecodeState {
     /// Starts an empty sequence, or `None` when every row is taken.
     pub fn add(&mut self) -> Option<SeqId> {
-        let i = self.tokens.iter().position(Option::is_none)?;
-        self.tokens[i] = Some(Vec::new());
+        let i = self.free().min_by_key(|&i| (self.rows[i].freed, i))?;
+        self.rows[i] = Rows { tokens: Vec::new(), busy: true, freed: 0 };
         Some(SeqId(i))
     }
 
-    /// Ends a sequence; its rows go to the next one added.
+    /// Starts a sequence for `prompt` in the free rows that hold the longest prefix of it (the
+    /// least recently freed on a tie), keeping that prefix (at most `prompt.len() - 1` tokens:
+    /// the last one must run to give logits). Returns the sequence and how many tokens it
+    /// already holds, or `None` when every row is taken.
+    pub fn add_reusing(&mut self, prompt: &[u32]) -> Option<(SeqId, usize)> {
+        let common = |r: &Rows| r.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let i = self
+            .free()
+            .min_by_key(|&i| (std::cmp::Reverse(common(&self.rows[i])), self.rows[i].freed, i))?;
+        self.rows[i].busy = true;
+        let kept = self.reuse_prefix(SeqId(i), prompt);
+        Some((SeqId(i), kept))
+    }
+
+    fn free(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rows.iter().enumerate().filter(|(_, r)| !r.busy).map(|(i, _)| i)
+    }
+
+    /// Ends a sequence; its rows go to a later one (keeping their tokens for
+    /// [`DecodeState::add_reusing`]).
     pub fn remove(&mut self, seq: SeqId) {
-        if let Some(t) = self.tokens.get_mut(seq.0) {
-            *t = None;
+        if let Some(r) = self.rows.get_mut(seq.0).filter(|r| r.busy) {
+            self.clock += 1;
+            r.busy = false;
+            r.freed = self.clock;
         }
     }
 
     /// Forgets a sequence's tokens from `len` on (to rewind a conversation or reuse a prefix).
     pub fn truncate(&mut self, seq: SeqId, len: usize) {
-        if let Some(Some(t)) = self.tokens.get_mut(seq.0) {
-            t.truncate(len);
+        if let Some(r) = self.rows.get_mut(seq.0).filter(|r| r.busy) {
+            r.tokens.truncate(len);
         }
     }
 
     /// The tokens a sequence holds, `None` if it is not in the state.
     pub fn tokens(&self, seq: SeqId) -> Option<&[u32]> {
-        self.tokens.get(seq.0).and_then(|t| t.as_deref())
+        self.rows.get(seq.0).filter(|r| r.busy).map(|r| r.tokens.as_slice())
     }
 
     /// Keeps the longest prefix of a sequence's tokens that `tokens` starts with, but at most
@@ -391,7 +426,7 @@ impl DecodeState {
 
     /// Tokens a sequence holds, `None` if it is not in the state.
     pub fn len(&self, seq: SeqId) -> Option<usize> {
-        self.tokens.get(seq.0).and_then(|t| t.as_ref()).map(Vec::len)
+        self.tokens(seq).map(<[u32]>::len)
     }
 
     /// Positions each sequence can hold.
@@ -401,12 +436,12 @@ impl DecodeState {
 
     /// Sequences the state can hold at once.
     pub fn capacity(&self) -> usize {
-        self.tokens.len()
+        self.rows.len()
     }
 
     /// Sequences in it now.
     pub fn active(&self) -> usize {
-        self.tokens.iter().filter(|t| t.is_some()).count()
+        self.rows.iter().filter(|r| r.busy).count()
     }
 
     /// Bytes of cache memory.

@@ -196,6 +196,25 @@ pub fn log_softmax_at(l: &[f32], i: usize) -> f32 {
     (f64::from(l.get(i).copied().unwrap_or(f32::NEG_INFINITY) - max) - sum.ln()) as f32
 }
 
+/// The `n` highest log-probabilities of `softmax(l)` with their ids, most likely first (the
+/// lower id first on a tie).
+pub fn top_logprobs(l: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let n = n.min(l.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let max = l.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let log_sum = l.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln();
+    let mut ids: Vec<u32> = (0..l.len() as u32).collect();
+    let order = |a: &u32, b: &u32| l[*b as usize].total_cmp(&l[*a as usize]).then(a.cmp(b));
+    if n < ids.len() {
+        ids.select_nth_unstable_by(n - 1, order);
+        ids.truncate(n);
+    }
+    ids.sort_unstable_by(order);
+    ids.into_iter().map(|i| (i, (f64::from(l[i as usize] - max) - log_sum) as f32)).collect()
+}
+
 fn clock_seed() -> u64 {
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -239,6 +258,10 @@ mod tests {
         assert!(draws(&SamplingParams { top_k: 1, ..p.clone() }).iter().all(|&t| t == 1));
         assert!(draws(&SamplingParams { top_p: 0.5, ..p.clone() }).iter().all(|&t| t == 1 || t == 2));
         assert!(draws(&SamplingParams { min_p: 0.5, ..p }).iter().all(|&t| t == 1 || t == 2));
+        let top = top_logprobs(&l, 3);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 0]);
+        assert!(top.iter().all(|&(id, lp)| (lp - log_softmax_at(&l, id as usize)).abs() < 1e-6));
+        assert_eq!(top_logprobs(&l, 9).len(), 4);
         let lp = log_softmax_at(&l, 1);
         assert!((lp - (3.0 - (1f64.exp() + 2.0 * 3f64.exp() + (-2f64).exp()).ln() as f32)).abs() < 1e-6);
     }
