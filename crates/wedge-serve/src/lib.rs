@@ -30,7 +30,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
-use wedge::{Device, Embedder, Tokens};
+use wedge::{Device, Embedder, GenerateParams, KvType, LanguageModel, LmOptions, Tokens};
 
 pub mod auth;
 pub mod batcher;
@@ -38,12 +38,14 @@ pub mod cache;
 pub mod config;
 mod error;
 pub mod metrics;
+pub mod scheduler;
 
 pub use auth::{ApiKeys, Caller, RateLimits};
 pub use batcher::{Batcher, Vector};
-pub use config::{BatchingConfig, CacheConfig, Config, LimitsConfig, ModelConfig};
+pub use config::{BatchingConfig, CacheConfig, Config, GenerationConfig, LimitsConfig, ModelConfig};
 pub use error::ServeError;
 pub use metrics::Metrics;
+pub use scheduler::{GenEvent, GenReceiver, Scheduler, SchedulerLimits, Usage};
 
 use cache::{DiskCache, MemoryCache};
 use metrics::{CacheLabel, DeviceLabel, ModelLabel};
@@ -57,26 +59,108 @@ pub struct ServedModel {
     pub aliases: Vec<String>,
     /// The version string.
     pub version: String,
-    /// The package file.
+    /// The model file.
     pub path: PathBuf,
-    /// The package digest (hex SHA-256 of its header); part of every cache key.
+    /// The model's digest (hex SHA-256 of a package's header, or of a GGUF file); part of
+    /// every cache key.
     pub digest: String,
-    /// Embedding size.
-    pub dim: usize,
-    /// Longest input in tokens.
-    pub max_seq_length: usize,
     /// Where it runs.
     pub device: String,
     /// Seconds it took to load and warm up.
     pub load_seconds: f64,
+    /// What it does and how it is run.
+    pub kind: ModelKind,
+}
+
+/// What a served model does.
+#[derive(Debug)]
+pub enum ModelKind {
+    /// Sentence embeddings, through the dynamic batcher.
+    Embedding(EmbeddingModel),
+    /// Text generation, through continuous batching.
+    Language(LanguageServing),
+}
+
+/// An embedding model and its batcher.
+#[derive(Debug)]
+pub struct EmbeddingModel {
+    /// Embedding size.
+    pub dim: usize,
+    /// Longest input in tokens.
+    pub max_seq_length: usize,
     embedder: Arc<Embedder>,
     batcher: Batcher,
 }
 
+/// A language model and its scheduler.
+#[derive(Debug)]
+pub struct LanguageServing {
+    lm: Arc<LanguageModel>,
+    scheduler: Scheduler,
+    default_max_tokens: usize,
+}
+
+impl LanguageServing {
+    /// The model (vocabulary, chat template, configuration).
+    pub fn model(&self) -> &LanguageModel {
+        &self.lm
+    }
+
+    /// Its continuous-batching scheduler.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// `max_tokens` when a request gives none.
+    pub fn default_max_tokens(&self) -> usize {
+        self.default_max_tokens
+    }
+}
+
 impl ServedModel {
-    /// Inputs waiting for a run.
+    /// `embedding` or `text-generation`.
+    pub fn task(&self) -> &'static str {
+        match self.kind {
+            ModelKind::Embedding(_) => "embedding",
+            ModelKind::Language(_) => "text-generation",
+        }
+    }
+
+    /// The embedding model, or a 400 naming the routes this model serves.
+    pub fn embedding(&self) -> Result<&EmbeddingModel, ServeError> {
+        match &self.kind {
+            ModelKind::Embedding(e) => Ok(e),
+            ModelKind::Language(_) => Err(ServeError::BadInput(format!(
+                "model `{}` is a language model: use /v1/chat/completions or /v1/completions",
+                self.name
+            ))),
+        }
+    }
+
+    /// The language model, or a 400 naming the routes this model serves.
+    pub fn language(&self) -> Result<&LanguageServing, ServeError> {
+        match &self.kind {
+            ModelKind::Language(l) => Ok(l),
+            ModelKind::Embedding(_) => Err(ServeError::BadInput(format!(
+                "model `{}` is an embedding model: use /v1/embeddings or /v2/models/{}/infer",
+                self.name, self.name
+            ))),
+        }
+    }
+
+    /// Inputs (embeddings) or requests (generation) waiting.
     pub fn queued(&self) -> usize {
-        self.batcher.queued()
+        match &self.kind {
+            ModelKind::Embedding(e) => e.batcher.queued(),
+            ModelKind::Language(l) => l.scheduler.waiting(),
+        }
+    }
+
+    fn shutdown(&self) {
+        match &self.kind {
+            ModelKind::Embedding(e) => e.batcher.shutdown(),
+            ModelKind::Language(l) => l.scheduler.shutdown(),
+        }
     }
 }
 
@@ -172,35 +256,23 @@ impl Service {
         let mut by_name = HashMap::new();
         for (i, mc) in self.config.models.iter().enumerate() {
             let t0 = Instant::now();
-            let bad = |what: String| ServeError::Config(format!("model `{}` ({}): {what}", mc.name, mc.path.display()));
-            let bytes = std::fs::read(&mc.path).map_err(|e| bad(e.to_string()))?;
-            let embedder = Arc::new(Embedder::from_bytes(&bytes, &self.device).map_err(|e| bad(e.to_string()))?);
-            drop(bytes);
-            embedder.embed(&["wedge warm-up"]).map_err(|e| bad(format!("warm-up run failed: {e}")))?;
+            let (kind, digest) = self.load_model(mc)?;
             let load_seconds = t0.elapsed().as_secs_f64();
-            let digest = embedder.digest().unwrap_or_default().to_string();
-            let settings = self.config.batching.with(mc.batching);
-            let e = embedder.clone();
-            let run: batcher::RunBatch =
-                Box::new(move |b: &[Tokens]| e.embed_batched(b, b.len()).map_err(|e| e.to_string()));
             let device = self.device.describe();
             let label = ModelLabel { model: mc.name.clone() };
             self.metrics.model_load_seconds.get_or_create(&label).set(load_seconds);
             self.metrics.device.get_or_create(&DeviceLabel { model: mc.name.clone(), device: device.clone() }).set(1);
-            tracing::info!(model = %mc.name, %device, digest = %digest, load_seconds, "model ready");
             let model = ServedModel {
                 name: mc.name.clone(),
                 aliases: mc.aliases.clone(),
                 version: mc.version.clone().unwrap_or_else(|| "1".into()),
                 path: mc.path.clone(),
-                dim: embedder.dim(),
-                max_seq_length: embedder.max_seq_length(),
                 digest,
                 device,
                 load_seconds,
-                batcher: Batcher::start(&mc.name, settings, self.metrics.clone(), run),
-                embedder,
+                kind,
             };
+            tracing::info!(model = %mc.name, task = model.task(), device = %model.device, digest = %model.digest, load_seconds, "model ready");
             for n in std::iter::once(&mc.name).chain(&mc.aliases) {
                 by_name.insert(n.clone(), i);
             }
@@ -208,6 +280,81 @@ impl Service {
         }
         let _ = self.loaded.set(Loaded { models, by_name });
         Ok(())
+    }
+
+    /// Loads one model file: a GGUF file or a decoder package is a language model, any other
+    /// package an embedding model. Returns it with its digest.
+    fn load_model(&self, mc: &ModelConfig) -> Result<(ModelKind, String), ServeError> {
+        let bad = |what: String| ServeError::Config(format!("model `{}` ({}): {what}", mc.name, mc.path.display()));
+        let mut magic = [0u8; 4];
+        {
+            use std::io::Read;
+            let mut f = std::fs::File::open(&mc.path).map_err(|e| bad(e.to_string()))?;
+            f.read_exact(&mut magic).map_err(|e| bad(format!("reading its first bytes: {e}")))?;
+        }
+        let g = &self.config.generation;
+        let lm_options = || -> Result<LmOptions, ServeError> {
+            let kv = KvType::parse(&g.kv).ok_or_else(|| bad(format!("kv `{}`", g.kv)))?;
+            Ok(LmOptions { kv, fast_cpu: g.fast_cpu })
+        };
+        let (lm, digest) = if &magic == b"GGUF" {
+            let lm = LanguageModel::open(&mc.path, &self.device, lm_options()?).map_err(|e| bad(e.to_string()))?;
+            (lm, file_digest(&mc.path).map_err(|e| bad(e.to_string()))?)
+        } else {
+            let bytes = std::fs::read(&mc.path).map_err(|e| bad(e.to_string()))?;
+            let header =
+                wedge::read_header(&bytes, &wedge::PackageLimits::default()).map_err(|e| bad(e.to_string()))?;
+            if header.header.architecture != wedge::DECODER {
+                let embedder = Arc::new(Embedder::from_bytes(&bytes, &self.device).map_err(|e| bad(e.to_string()))?);
+                drop(bytes);
+                return self.serve_embedder(mc, embedder).map(|k| (k, header.digest));
+            }
+            let lm = LanguageModel::from_wedge(&bytes, &self.device, lm_options()?).map_err(|e| bad(e.to_string()))?;
+            (lm, header.digest)
+        };
+        let lm = Arc::new(lm);
+        let limits = scheduler_limits(g, &lm).map_err(bad)?;
+        tracing::info!(
+            model = %mc.name,
+            sequences = limits.max_sequences,
+            ctx = limits.ctx,
+            kv_mib = lm.kv_bytes(limits.ctx * limits.max_sequences) as f64 / (1 << 20) as f64,
+            "key/value cache"
+        );
+        let label = ModelLabel { model: mc.name.clone() };
+        self.metrics
+            .llm_kv_bytes_capacity
+            .get_or_create(&label)
+            .set(lm.kv_bytes(limits.ctx * limits.max_sequences) as i64);
+        let scheduler = Scheduler::start(&mc.name, lm.clone(), limits, self.metrics.clone())?;
+        // Warm up: compile the step's kernels before the first client waits for them.
+        let mut prompt = lm.vocab().encode("wedge warm-up", false).unwrap_or_default();
+        prompt.truncate(limits.ctx - 1);
+        if prompt.is_empty() {
+            prompt.push(0);
+        }
+        let mut warm = scheduler.submit(prompt, GenerateParams { max_tokens: 1, ..Default::default() })?;
+        while let Some(e) = warm.blocking_recv() {
+            if let GenEvent::Failed(e) = e {
+                return Err(bad(format!("warm-up run failed: {e}")));
+            }
+        }
+        Ok((ModelKind::Language(LanguageServing { lm, scheduler, default_max_tokens: g.default_max_tokens }), digest))
+    }
+
+    fn serve_embedder(&self, mc: &ModelConfig, embedder: Arc<Embedder>) -> Result<ModelKind, ServeError> {
+        let bad = |what: String| ServeError::Config(format!("model `{}` ({}): {what}", mc.name, mc.path.display()));
+        embedder.embed(&["wedge warm-up"]).map_err(|e| bad(format!("warm-up run failed: {e}")))?;
+        let settings = self.config.batching.with(mc.batching);
+        let e = embedder.clone();
+        let run: batcher::RunBatch =
+            Box::new(move |b: &[Tokens]| e.embed_batched(b, b.len()).map_err(|e| e.to_string()));
+        Ok(ModelKind::Embedding(EmbeddingModel {
+            dim: embedder.dim(),
+            max_seq_length: embedder.max_seq_length(),
+            batcher: Batcher::start(&mc.name, settings, self.metrics.clone(), run),
+            embedder,
+        }))
     }
 
     /// Whether every model is loaded and warmed up.
@@ -261,6 +408,7 @@ impl Service {
         inputs: &[String],
         policy: CachePolicy,
     ) -> Result<Embeddings, ServeError> {
+        model.embedding()?;
         let limits = &self.config.limits;
         if inputs.is_empty() {
             return Err(ServeError::BadInput("`input` is empty".into()));
@@ -299,7 +447,7 @@ impl Service {
     ) -> Result<Vector, ServeError> {
         let Some(memory) = &self.memory else {
             tier.store(COMPUTED, Ordering::Relaxed);
-            return run(model, tokens).await;
+            return run(model.embedding()?, tokens).await;
         };
         // The key: model digest, output options (none change an embedding yet), token ids.
         let mut canonical = tokens.ids.clone();
@@ -311,7 +459,7 @@ impl Service {
         };
         if policy == CachePolicy::Bypass {
             tier.store(COMPUTED, Ordering::Relaxed);
-            let v = run(model, tokens).await?;
+            let v = run(model.embedding()?, tokens).await?;
             memory.insert(key, v.clone()).await;
             if let Some(d) = &self.disk {
                 d.put(key, v.clone());
@@ -333,7 +481,7 @@ impl Service {
                     count("disk", "miss");
                 }
                 tier.store(COMPUTED, Ordering::Relaxed);
-                let v = run(model, tokens).await?;
+                let v = run(model.embedding()?, tokens).await?;
                 if let Some(d) = &self.disk {
                     d.put(key, v.clone());
                 }
@@ -345,10 +493,22 @@ impl Service {
         Ok(entry.into_value())
     }
 
+    /// Starts generating `prompt` (token ids, BOS included when the model wants one) with the
+    /// language model `model`: the receiver gets each token as it is sampled, then the end.
+    /// Dropping the receiver cancels the request.
+    pub fn generate(
+        &self,
+        model: &ServedModel,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+    ) -> Result<GenReceiver, ServeError> {
+        model.language()?.scheduler.submit(prompt, params)
+    }
+
     /// Finishes queued inputs, stops the batchers and commits the disk cache.
     pub fn shutdown(&self) {
         for m in self.models() {
-            m.batcher.shutdown();
+            m.shutdown();
         }
         if let Some(d) = &self.disk {
             d.close();
@@ -363,7 +523,60 @@ impl Service {
     }
 }
 
-async fn run(model: &ServedModel, tokens: Tokens) -> Result<Vector, ServeError> {
+/// The sizes of a language model's scheduler: `ctx` is the configured one (or the model's
+/// context), lowered to what the key/value budget holds for `max_sequences` sequences.
+fn scheduler_limits(g: &GenerationConfig, lm: &LanguageModel) -> Result<SchedulerLimits, String> {
+    let model_ctx = lm.config().context_length;
+    let per_position = lm.kv_bytes(g.max_sequences).max(1);
+    let fits = usize::try_from(g.kv_budget_bytes / per_position).unwrap_or(usize::MAX);
+    let want = match (g.ctx, model_ctx) {
+        (0, 0) => 4096,
+        (0, m) => m,
+        (c, 0) => c,
+        (c, m) => c.min(m),
+    };
+    if g.ctx > 0 && g.ctx > fits {
+        return Err(format!(
+            "ctx {} × {} sequences needs {} bytes of key/value cache; kv_budget_bytes is {}",
+            g.ctx,
+            g.max_sequences,
+            lm.kv_bytes(g.ctx * g.max_sequences),
+            g.kv_budget_bytes
+        ));
+    }
+    let ctx = want.min(fits);
+    if ctx < 16 {
+        return Err(format!(
+            "kv_budget_bytes {} holds only {ctx} positions for each of {} sequences",
+            g.kv_budget_bytes, g.max_sequences
+        ));
+    }
+    Ok(SchedulerLimits {
+        max_sequences: g.max_sequences,
+        ctx,
+        max_batch_tokens: g.max_batch_tokens,
+        max_waiting: g.max_waiting,
+    })
+}
+
+/// Hex SHA-256 of a file, read in pieces.
+fn file_digest(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+async fn run(model: &EmbeddingModel, tokens: Tokens) -> Result<Vector, ServeError> {
     let rx = model.batcher.submit(tokens)?;
     rx.await.map_err(|_| ServeError::ShuttingDown)?
 }
@@ -371,11 +584,12 @@ async fn run(model: &ServedModel, tokens: Tokens) -> Result<Vector, ServeError> 
 /// Tokenizes on the runtime for small requests, on a blocking thread for big ones.
 async fn tokenize(model: &Arc<ServedModel>, inputs: &[String]) -> Result<Vec<Tokens>, ServeError> {
     let one = |e: &Embedder, t: &str| e.tokenize(t).map_err(|e| ServeError::BadInput(format!("tokenizer: {e}")));
+    let embedder = &model.embedding()?.embedder;
     let total: usize = inputs.iter().map(String::len).sum();
     if total <= 16 << 10 {
-        return inputs.iter().map(|t| one(&model.embedder, t)).collect();
+        return inputs.iter().map(|t| one(embedder, t)).collect();
     }
-    let (e, owned) = (model.embedder.clone(), inputs.to_vec());
+    let (e, owned) = (embedder.clone(), inputs.to_vec());
     tokio::task::spawn_blocking(move || owned.iter().map(|t| one(&e, t)).collect())
         .await
         .map_err(|e| ServeError::Inference(format!("tokenizer thread: {e}")))?

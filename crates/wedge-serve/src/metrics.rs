@@ -57,6 +57,34 @@ pub struct Metrics {
     pub model_load_seconds: Family<ModelLabel, Gauge<f64, AtomicU64>>,
     /// 1 for the device each model runs on.
     pub device: Family<DeviceLabel, Gauge>,
+    /// Language models: seconds from admission to the first generated token.
+    pub llm_ttft: Family<ModelLabel, Histogram>,
+    /// Language models: seconds between a sequence's consecutive tokens.
+    pub llm_inter_token: Family<ModelLabel, Histogram>,
+    /// Language models: prompt tokens of admitted requests.
+    pub llm_prompt_tokens: Family<ModelLabel, Counter>,
+    /// Language models: of those, tokens whose keys and values were reused (prefix cache).
+    pub llm_cached_tokens: Family<ModelLabel, Counter>,
+    /// Language models: requests that reused a cached prompt prefix.
+    pub llm_prefix_hits: Family<ModelLabel, Counter>,
+    /// Language models: tokens generated.
+    pub llm_generated_tokens: Family<ModelLabel, Counter>,
+    /// Language models: sequences in the running batch.
+    pub llm_running: Family<ModelLabel, Gauge>,
+    /// Language models: requests waiting for a sequence.
+    pub llm_waiting: Family<ModelLabel, Gauge>,
+    /// Language models: bytes of key/value cache the running sequences fill.
+    pub llm_kv_bytes_used: Family<ModelLabel, Gauge>,
+    /// Language models: bytes of key/value cache allocated.
+    pub llm_kv_bytes_capacity: Family<ModelLabel, Gauge>,
+    /// Language models: requests dropped because their client left or timed out.
+    pub llm_cancelled: Family<ModelLabel, Counter>,
+    /// Language models: tokens per batched step.
+    pub llm_step_tokens: Family<ModelLabel, Histogram>,
+    /// Language models: sequences per batched step.
+    pub llm_step_sequences: Family<ModelLabel, Histogram>,
+    /// Completions answered from the cache (memory or disk).
+    pub llm_cache_hits: Family<ModelLabel, Counter>,
 }
 
 impl Metrics {
@@ -73,6 +101,20 @@ impl Metrics {
             cache_write_dropped: Counter::default(),
             model_load_seconds: Family::default(),
             device: Family::default(),
+            llm_ttft: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
+            llm_inter_token: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            llm_prompt_tokens: Family::default(),
+            llm_cached_tokens: Family::default(),
+            llm_prefix_hits: Family::default(),
+            llm_generated_tokens: Family::default(),
+            llm_running: Family::default(),
+            llm_waiting: Family::default(),
+            llm_kv_bytes_used: Family::default(),
+            llm_kv_bytes_capacity: Family::default(),
+            llm_cancelled: Family::default(),
+            llm_step_tokens: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 12))),
+            llm_step_sequences: Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 8))),
+            llm_cache_hits: Family::default(),
         };
         registry.register("wedge_batch_size", "Inputs per model run", m.batch_size.clone());
         registry.register("wedge_batch_seconds", "Seconds per model run", m.batch_seconds.clone());
@@ -100,6 +142,25 @@ impl Metrics {
             m.model_load_seconds.clone(),
         );
         registry.register("wedge_device", "1 for the device a model runs on", m.device.clone());
+        let r = registry;
+        r.register("wedge_llm_time_to_first_token_seconds", "Admission to first token", m.llm_ttft.clone());
+        r.register("wedge_llm_inter_token_seconds", "Seconds between a sequence's tokens", m.llm_inter_token.clone());
+        r.register("wedge_llm_prompt_tokens", "Prompt tokens of admitted requests", m.llm_prompt_tokens.clone());
+        r.register(
+            "wedge_llm_cached_prompt_tokens",
+            "Prompt tokens reused from the cache",
+            m.llm_cached_tokens.clone(),
+        );
+        r.register("wedge_llm_prefix_cache_hits", "Requests that reused a prompt prefix", m.llm_prefix_hits.clone());
+        r.register("wedge_llm_generated_tokens", "Tokens generated", m.llm_generated_tokens.clone());
+        r.register("wedge_llm_running_sequences", "Sequences in the running batch", m.llm_running.clone());
+        r.register("wedge_llm_waiting_requests", "Requests waiting for a sequence", m.llm_waiting.clone());
+        r.register("wedge_llm_kv_bytes_used", "Key/value cache bytes in use", m.llm_kv_bytes_used.clone());
+        r.register("wedge_llm_kv_bytes_capacity", "Key/value cache bytes allocated", m.llm_kv_bytes_capacity.clone());
+        r.register("wedge_llm_cancelled_requests", "Requests whose client left", m.llm_cancelled.clone());
+        r.register("wedge_llm_step_tokens", "Tokens per batched step", m.llm_step_tokens.clone());
+        r.register("wedge_llm_step_sequences", "Sequences per batched step", m.llm_step_sequences.clone());
+        r.register("wedge_llm_completion_cache_hits", "Completions served from the cache", m.llm_cache_hits.clone());
         m
     }
 }

@@ -56,10 +56,11 @@ impl OpenAiRequest {
     }
 
     pub(crate) fn check_dimensions(&self, model: &ServedModel) -> Result<(), ServeError> {
+        let dim = model.embedding()?.dim;
         match self.dimensions {
-            Some(d) if d != model.dim as u64 => Err(ServeError::BadInput(format!(
-                "dimensions {d}: model `{}` gives {}-dimensional embeddings",
-                model.name, model.dim
+            Some(d) if d != dim as u64 => Err(ServeError::BadInput(format!(
+                "dimensions {d}: model `{}` gives {dim}-dimensional embeddings",
+                model.name
             ))),
             _ => Ok(()),
         }
@@ -230,7 +231,7 @@ struct InferResponse<'a> {
 }
 
 pub(crate) fn infer_response(out: &Embeddings, id: Option<String>) -> Result<Vec<u8>, ServeError> {
-    let dim = out.model.dim;
+    let dim = out.model.embedding()?.dim;
     let mut data = Vec::with_capacity(out.vectors.len() * dim);
     for v in &out.vectors {
         data.extend_from_slice(v);
@@ -244,14 +245,23 @@ pub(crate) fn infer_response(out: &Embeddings, id: Option<String>) -> Result<Vec
     serde_json::to_vec(&body).map_err(|e| ServeError::Inference(e.to_string()))
 }
 
-/// `GET /v2/models/{name}`.
+/// `GET /v2/models/{name}`. A language model lists no tensors: it is served through the
+/// OpenAI routes.
 pub(crate) fn model_metadata(m: &ServedModel) -> Value {
+    let (inputs, outputs) = match m.embedding() {
+        Ok(e) => (
+            serde_json::json!([{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]),
+            serde_json::json!([{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, e.dim]}]),
+        ),
+        Err(_) => (serde_json::json!([]), serde_json::json!([])),
+    };
     serde_json::json!({
         "name": m.name,
         "versions": [m.version],
         "platform": "wedge",
-        "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, m.dim]}],
+        "task": m.task(),
+        "inputs": inputs,
+        "outputs": outputs,
     })
 }
 

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -33,6 +34,7 @@ use tracing::Instrument;
 use wedge_serve::{CachePolicy, ServeError, Service};
 
 mod api;
+mod llm;
 mod tls;
 
 pub use tls::tls_acceptor;
@@ -160,7 +162,12 @@ impl Server {
     }
 }
 
-type Body = Full<Bytes>;
+/// A response body: whole (JSON) or streamed (server-sent events).
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
 
 /// The one place where errors become HTTP: status, `{"error": {"message", "type"}}`, headers.
 fn error_response(e: &ServeError) -> Response<Body> {
@@ -229,7 +236,7 @@ fn failure_response(f: &Failure) -> Response<Body> {
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
@@ -246,7 +253,7 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
     let route = route_name(&path);
     let span = tracing::info_span!("request", request_id = %id, %method, %path, %peer);
     let timeout = Duration::from_millis(state.service.config().limits.request_timeout_ms);
-    let result = tokio::time::timeout(timeout, route_request(&state, peer, req)).instrument(span.clone()).await;
+    let result = tokio::time::timeout(timeout, route_request(&state, peer, req, &id)).instrument(span.clone()).await;
     let mut resp = match result {
         Ok(Ok(r)) => r,
         Ok(Err(f)) => failure_response(&f),
@@ -268,6 +275,10 @@ fn route_name(path: &str) -> &'static str {
     match path {
         "/v1/embeddings" => "/v1/embeddings",
         "/v1/models" => "/v1/models",
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
+        "/tokenize" => "/tokenize",
+        "/detokenize" => "/detokenize",
         "/v2" => "/v2",
         "/v2/health/live" => "/v2/health/live",
         "/v2/health/ready" => "/v2/health/ready",
@@ -283,7 +294,12 @@ fn expect(method: &Method, want: Method, allow: &'static str) -> Result<(), Fail
     if *method == want { Ok(()) } else { Err(Failure::MethodNotAllowed(allow)) }
 }
 
-async fn route_request(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+async fn route_request(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, Failure> {
     let service = &state.service;
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -304,7 +320,7 @@ async fn route_request(state: &State, peer: SocketAddr, req: Request<Incoming>) 
             let mut text = String::new();
             prometheus_client::encoding::text::encode(&mut text, &state.registry)
                 .map_err(|e| ServeError::Inference(format!("metrics: {e}")))?;
-            let mut r = Response::new(Full::new(Bytes::from(text)));
+            let mut r = Response::new(full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -333,13 +349,49 @@ async fn route_request(state: &State, peer: SocketAddr, req: Request<Incoming>) 
             let out = service.embed_with(model, &inputs, policy).await?;
             Ok(with_cache(json(StatusCode::OK, api::openai_response(&out, encoding)?), out.cache_hit))
         }
+        ["v1", "chat", "completions"] | ["v1", "completions"] => {
+            expect(&method, Method::POST, "POST")?;
+            admit(service, req.headers(), peer)?;
+            let endpoint = if segments[1] == "chat" { llm::Endpoint::Chat } else { llm::Endpoint::Completions };
+            let body = read_body(req, service.config().limits.max_body_bytes).await?;
+            let r = llm::GenRequest::parse(service, endpoint, &body, service.config().generation.max_sequences)?;
+            let receivers = r.submit(service)?;
+            if r.stream {
+                let events = llm::EventStream::start(receivers).await?;
+                let frames = futures_util::StreamExt::map(events.frames(&r, id), |b| {
+                    Ok::<_, Infallible>(hyper::body::Frame::data(b))
+                });
+                let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
+                let h = resp.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+                Ok(resp)
+            } else {
+                Ok(json(StatusCode::OK, llm::complete(&r, receivers, id).await?))
+            }
+        }
+        ["tokenize"] | ["detokenize"] => {
+            expect(&method, Method::POST, "POST")?;
+            admit(service, req.headers(), peer)?;
+            let tokenize = segments[0] == "tokenize";
+            let body = read_body(req, service.config().limits.max_body_bytes).await?;
+            let out = if tokenize { llm::tokenize(service, &body)? } else { llm::detokenize(service, &body)? };
+            Ok(json(StatusCode::OK, out))
+        }
         ["v1", "models"] => {
             expect(&method, Method::GET, "GET")?;
             admit(service, req.headers(), peer)?;
             let data: Vec<_> = service
                 .models()
                 .iter()
-                .map(|m| serde_json::json!({"id": m.name, "object": "model", "owned_by": "wedge"}))
+                .map(|m| {
+                    let mut v = serde_json::json!({"id": m.name, "object": "model", "created": 0, "owned_by": "wedge", "task": m.task()});
+                    if let Ok(l) = m.language() {
+                        v["max_model_len"] = l.scheduler().limits().ctx.into();
+                    }
+                    v
+                })
                 .collect();
             Ok(json(StatusCode::OK, serde_json::json!({"object": "list", "data": data}).to_string().into_bytes()))
         }

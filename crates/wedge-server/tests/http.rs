@@ -12,11 +12,12 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use wedge_serve::{Config, ModelConfig, Service};
+use wedge_serve::{Config, ModelConfig};
+
+mod common;
+use common::{Reply, TestServer, call, client, get, metric, post};
 
 fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge")
@@ -32,86 +33,6 @@ fn config(model: &Path) -> Config {
         batching: None,
     });
     c
-}
-
-struct TestServer {
-    addr: std::net::SocketAddr,
-    service: Arc<Service>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl TestServer {
-    async fn start(config: Config) -> TestServer {
-        let mut registry = prometheus_client::registry::Registry::default();
-        let service = Arc::new(Service::new(config, wedge::Device::cpu(), &mut registry).unwrap());
-        let loader = service.clone();
-        tokio::task::spawn_blocking(move || loader.load_models()).await.unwrap().unwrap();
-        let server = wedge_server::Server::bind(service.clone(), registry, "127.0.0.1:0").await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(
-                    async {
-                        let _ = stopped.await;
-                    },
-                    Duration::from_secs(30),
-                )
-                .await
-                .unwrap();
-        });
-        TestServer { addr, service, stop: Some(stop), task: Some(task) }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Stops accepting, waits for in-flight requests, then drains the batchers and the cache.
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-        let s = self.service.clone();
-        tokio::task::spawn_blocking(move || s.shutdown()).await.unwrap();
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: hyper::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
-    }
-
-    /// An error reply has the documented shape.
-    fn error_type(&self) -> String {
-        let v = self.json();
-        assert!(v["error"]["message"].is_string(), "{v}");
-        v["error"]["type"].as_str().unwrap().to_string()
-    }
-}
-
-fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn call(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client().request(req.body(Full::new(body.into())).unwrap()).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    Reply { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
 }
 
 /// A request whose head declares `len` body bytes, none of them sent: the server must refuse it
@@ -152,14 +73,6 @@ async fn declared_too_large(server: &TestServer, len: usize) -> Reply {
     }
 }
 
-async fn get(url: &str) -> Reply {
-    call(Method::GET, url, &[], Bytes::new()).await
-}
-
-async fn post(url: &str, body: Value) -> Reply {
-    call(Method::POST, url, &[("content-type", "application/json")], body.to_string()).await
-}
-
 fn embedding(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
@@ -176,11 +89,6 @@ fn reference() -> (String, Vec<f32>) {
     let line = std::fs::read_to_string(path).unwrap().lines().next().unwrap().to_string();
     let v: Value = serde_json::from_str(&line).unwrap();
     (v["text"].as_str().unwrap().to_string(), embedding(&v["embedding"]))
-}
-
-async fn metric(server: &TestServer, prefix: &str) -> f64 {
-    let text = String::from_utf8(get(&server.url("/metrics")).await.body.to_vec()).unwrap();
-    text.lines().filter(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,7 +38,7 @@ pub use wedge_cpu::{integer_kernels as cpu_integer_kernels, threads as cpu_threa
 pub use wedge_core::gguf::{GgmlType, Gguf};
 pub use wedge_core::graph::StateElem;
 pub use wedge_core::graph::{Activation, Dim, Elem, Graph, Op, RopeMode, RopeScaling, ValueId, WeightId};
-pub use wedge_core::models::{DecoderConfig, EncoderConfig, ModelGraph, Pooling};
+pub use wedge_core::models::{DECODER, DecoderConfig, ENCODER, EncoderConfig, ModelGraph, Pooling};
 pub use wedge_core::package::{Package, PackageLimits, ParsedHeader, read_header};
 pub use wedge_core::plan::{HostTensor, Plan, WeightInfo};
 pub use wedge_core::quant::{Format, Weight};

@@ -380,9 +380,7 @@ impl DecodeState {
     /// already holds, or `None` when every row is taken.
     pub fn add_reusing(&mut self, prompt: &[u32]) -> Option<(SeqId, usize)> {
         let common = |r: &Rows| r.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-        let i = self
-            .free()
-            .min_by_key(|&i| (std::cmp::Reverse(common(&self.rows[i])), self.rows[i].freed, i))?;
+        let i = self.free().min_by_key(|&i| (std::cmp::Reverse(common(&self.rows[i])), self.rows[i].freed, i))?;
         self.rows[i].busy = true;
         let kept = self.reuse_prefix(SeqId(i), prompt);
         Some((SeqId(i), kept))

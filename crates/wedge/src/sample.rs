@@ -140,6 +140,21 @@ impl Sampler {
         if cands.is_empty() {
             return argmax(l);
         }
+        if (p.top_k == 0 || p.top_k >= cands.len()) && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // Nothing is cut: draw from the whole softmax in id order, with no sort.
+            let max = cands.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.0));
+            let weight = |x: f32| f64::from((x - max) / p.temperature).exp();
+            let total: f64 = cands.iter().map(|c| weight(c.0)).sum();
+            let mut r = self.rng.random::<f64>() * total;
+            for c in cands.iter() {
+                let q = weight(c.0);
+                if r < q {
+                    return c.1;
+                }
+                r -= q;
+            }
+            return cands[cands.len() - 1].1;
+        }
         // most likely first, the lower id first on ties, so a seed means one outcome
         let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if p.top_k > 0 && p.top_k < cands.len() {

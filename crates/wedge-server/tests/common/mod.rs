@@ -1,0 +1,110 @@
+//! What the HTTP test suites share: a server on a loopback port, and a client.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use wedge_serve::{Config, Service};
+
+/// A server on a loopback port, on the CPU backend.
+pub(crate) struct TestServer {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) service: Arc<Service>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub(crate) async fn start(config: Config) -> TestServer {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let service = Arc::new(Service::new(config, wedge::Device::cpu(), &mut registry).unwrap());
+        let loader = service.clone();
+        tokio::task::spawn_blocking(move || loader.load_models()).await.unwrap().unwrap();
+        let server = wedge_server::Server::bind(service.clone(), registry, "127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(
+                    async {
+                        let _ = stopped.await;
+                    },
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap();
+        });
+        TestServer { addr, service, stop: Some(stop), task: Some(task) }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops accepting, waits for in-flight requests, then drains the batchers and the cache.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        let s = self.service.clone();
+        tokio::task::spawn_blocking(move || s.shutdown()).await.unwrap();
+    }
+}
+
+/// A whole reply.
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: hyper::HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Reply {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub(crate) fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+    }
+
+    /// An error reply has the documented shape.
+    pub(crate) fn error_type(&self) -> String {
+        let v = self.json();
+        assert!(v["error"]["message"].is_string(), "{v}");
+        v["error"]["type"].as_str().unwrap().to_string()
+    }
+}
+
+pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub(crate) async fn call(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(Full::new(body.into())).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    Reply { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+}
+
+pub(crate) async fn get(url: &str) -> Reply {
+    call(Method::GET, url, &[], Bytes::new()).await
+}
+
+pub(crate) async fn post(url: &str, body: Value) -> Reply {
+    call(Method::POST, url, &[("content-type", "application/json")], body.to_string()).await
+}
+
+pub(crate) async fn metric(server: &TestServer, prefix: &str) -> f64 {
+    let text = String::from_utf8(get(&server.url("/metrics")).await.body.to_vec()).unwrap();
+    text.lines().filter(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()).sum()
+}

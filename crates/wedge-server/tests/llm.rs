@@ -1,0 +1,384 @@
+//! Language models over real HTTP: the OpenAI chat and completions routes (whole and streamed),
+//! tokenize/detokenize, errors naming their field, continuous batching seen in the metrics,
+//! cancellation when a client leaves, prefix reuse, load shedding, and OpenAI's own JavaScript
+//! client against the live server. The model is SmolLM2-135M-Instruct Q4_1 on the CPU backend,
+//! beside the bundled embedding model.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use serde_json::{Value, json};
+use wedge::{ChatMessage, GenerateParams, LanguageModel, LmOptions};
+use wedge_serve::{Config, ModelConfig};
+
+mod common;
+use common::{TestServer, client, get, metric, post};
+
+fn smollm2() -> Option<PathBuf> {
+    let path = std::env::var_os("WEDGE_SMOLLM2_GGUF").map(PathBuf::from).filter(|p| p.is_file());
+    if path.is_none() {
+        wedge_testkit::unavailable(
+            "WEDGE_REQUIRE_MODEL",
+            "serving SmolLM2 over HTTP",
+            "WEDGE_SMOLLM2_GGUF does not name the file (models/fetch.sh smollm2 fetches it)",
+        );
+    }
+    path
+}
+
+const CTX: usize = 384;
+
+fn config(gguf: &Path) -> Config {
+    let mut c = Config::default();
+    let model = |name: &str, path: PathBuf| ModelConfig {
+        name: name.into(),
+        path,
+        version: None,
+        aliases: vec![],
+        batching: None,
+    };
+    c.models.push(model("smollm2", gguf.to_path_buf()));
+    c.models.push(model("minilm", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge")));
+    c.generation.ctx = CTX;
+    c.generation.max_sequences = 4;
+    c
+}
+
+/// The prompt ids the server makes of one user message, and the library's greedy text after them.
+fn library_chat(gguf: &Path, user: &str, max_tokens: usize) -> (usize, String) {
+    let lm = LanguageModel::open(gguf, &wedge::Device::cpu(), LmOptions::default()).unwrap();
+    let vocab = lm.vocab();
+    let prompt = vocab.encode(&vocab.render_chat(&[ChatMessage::new("user", user)], true).unwrap(), true).unwrap();
+    let params = GenerateParams { max_tokens, ..Default::default() };
+    let text: String = lm.generate(&prompt, params).unwrap().map(|t| t.unwrap().text).collect();
+    (prompt.len(), text)
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut v = json!({"model": "smollm2", "messages": [{"role": "user", "content": content}], "temperature": 0});
+    v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    v
+}
+
+/// A streamed request: the status, content type and every `data:` payload, read to the end.
+async fn stream(url: &str, body: Value) -> (u16, String, Vec<String>) {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let kind = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    if kind != "text/event-stream" {
+        return (status, kind, vec![text]);
+    }
+    let events = text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").unwrap().to_string());
+    (status, kind, events.collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_routes_answer_as_the_library_generates() {
+    let Some(gguf) = smollm2() else { return };
+    let (prompt_len, greedy) = library_chat(&gguf, "What is the capital of France?", 24);
+    let s = TestServer::start(config(&gguf)).await;
+
+    let models = get(&s.url("/v1/models")).await.json();
+    let tasks: Vec<(&str, &str)> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap(), m["task"].as_str().unwrap()))
+        .collect();
+    assert_eq!(tasks, [("smollm2", "text-generation"), ("minilm", "embedding")]);
+
+    let r =
+        post(&s.url("/v1/chat/completions"), chat("What is the capital of France?", json!({"max_tokens": 24}))).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], greedy.as_str(), "greedy over HTTP = greedy in the library");
+    assert_eq!(v["usage"]["prompt_tokens"], prompt_len);
+    let completion_tokens = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(completion_tokens >= 1);
+    assert_eq!(v["usage"]["total_tokens"], prompt_len as u64 + completion_tokens);
+    assert_eq!(v["choices"][0]["finish_reason"], if completion_tokens < 24 { "stop" } else { "length" });
+
+    // A prompt given as text and as its token ids continues the same way.
+    let text = "Once upon a time, in a small village,";
+    let ids = post(&s.url("/tokenize"), json!({"model": "smollm2", "prompt": text})).await.json();
+    let back = post(&s.url("/detokenize"), json!({"model": "smollm2", "tokens": ids["tokens"]})).await.json();
+    assert_eq!(back["prompt"], text);
+    assert_eq!(ids["max_model_len"], CTX);
+    let by_text = post(&s.url("/v1/completions"), json!({"prompt": text, "max_tokens": 8, "temperature": 0})).await;
+    let by_ids =
+        post(&s.url("/v1/completions"), json!({"prompt": ids["tokens"], "max_tokens": 8, "temperature": 0})).await;
+    assert_eq!(by_text.json()["choices"][0]["text"], by_ids.json()["choices"][0]["text"]);
+    assert_eq!(by_text.json()["object"], "text_completion");
+
+    // Log-probabilities, several choices, stop strings.
+    let v = post(
+        &s.url("/v1/chat/completions"),
+        chat("Hi!", json!({"max_tokens": 4, "logprobs": true, "top_logprobs": 2})),
+    )
+    .await
+    .json();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert!(!content.is_empty());
+    for t in content {
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(top[0]["logprob"].as_f64().unwrap() >= t["logprob"].as_f64().unwrap() - 1e-6, "{t}");
+    }
+    let v = post(
+        &s.url("/v1/chat/completions"),
+        chat("Tell me a joke.", json!({"max_tokens": 8, "n": 2, "temperature": 1.0, "seed": 3})),
+    )
+    .await
+    .json();
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    let again = post(
+        &s.url("/v1/chat/completions"),
+        chat("Tell me a joke.", json!({"max_tokens": 8, "n": 2, "temperature": 1.0, "seed": 3})),
+    )
+    .await
+    .json();
+    assert_eq!(v["choices"], again["choices"], "a seed fixes the sampled tokens");
+    let stop = greedy.split_whitespace().nth(2).unwrap();
+    let v = post(
+        &s.url("/v1/chat/completions"),
+        chat("What is the capital of France?", json!({"max_tokens": 24, "stop": [stop]})),
+    )
+    .await
+    .json();
+    let cut = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(greedy.starts_with(cut) && !cut.contains(stop), "{cut:?} for stop {stop:?} in {greedy:?}");
+
+    // Bad values get a 400 that names the field; a long prompt gets both numbers.
+    for (body, needle) in [
+        (chat("x", json!({"temperature": 7})), "temperature"),
+        (chat("x", json!({"top_p": "high"})), "top_p"),
+        (chat("x", json!({"max_tokens": 0})), "max_tokens"),
+        (chat("x", json!({"top_logprobs": 3})), "logprobs"),
+        (chat("x", json!({"logit_bias": {"99999999": 1}})), "logit_bias"),
+        (chat("x", json!({"stop": 5})), "stop"),
+        (chat("x", json!({"n": 99})), "n"),
+        (json!({"model": "smollm2"}), "messages"),
+        (json!({"model": "smollm2", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), "image_url"),
+    ] {
+        let r = post(&s.url("/v1/chat/completions"), body.clone()).await;
+        assert_eq!((r.status.as_u16(), r.error_type().as_str()), (400, "invalid_request_error"), "{body}");
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle), "{msg:?} should name {needle:?}");
+    }
+    let long = "word ".repeat(CTX);
+    let r = post(&s.url("/v1/completions"), json!({"prompt": long})).await;
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(r.status == 400 && msg.contains(&CTX.to_string()) && msg.contains("tokens"), "{msg}");
+    assert_eq!(post(&s.url("/v1/chat/completions"), json!({"model": "nope", "messages": []})).await.status, 404);
+    let r = post(
+        &s.url("/v1/chat/completions"),
+        json!({"model": "minilm", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert!(r.status == 400 && r.json()["error"]["message"].as_str().unwrap().contains("embedding model"));
+    let r = post(&s.url("/v1/embeddings"), json!({"model": "smollm2", "input": "x"})).await;
+    assert!(r.status == 400 && r.json()["error"]["message"].as_str().unwrap().contains("language model"));
+    assert_eq!(post(&s.url("/v1/embeddings"), json!({"model": "minilm", "input": "x"})).await.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_server_sent_events_as_openai_sends_them() {
+    let Some(gguf) = smollm2() else { return };
+    let s = TestServer::start(config(&gguf)).await;
+    let whole =
+        post(&s.url("/v1/chat/completions"), chat("Name three colors.", json!({"max_tokens": 20}))).await.json();
+    let body = chat(
+        "Name three colors.",
+        json!({"max_tokens": 20, "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let (status, kind, events) = stream(&s.url("/v1/chat/completions"), body).await;
+    assert_eq!((status, kind.as_str()), (200, "text/event-stream"));
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant", "the first delta carries the role");
+    let (usage, deltas) = chunks.split_last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    for n in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(usage["usage"][n], whole["usage"][n], "{n}");
+    }
+    let finishes: Vec<&Value> =
+        deltas.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+    assert_eq!(finishes, [&whole["choices"][0]["finish_reason"]], "only the last delta has a finish_reason");
+    assert!(!deltas.last().unwrap()["choices"][0]["finish_reason"].is_null());
+    let text: String = deltas.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, whole["choices"][0]["message"]["content"].as_str().unwrap());
+
+    // Completions stream their text; without include_usage there is no usage chunk.
+    let (_, _, events) = stream(
+        &s.url("/v1/completions"),
+        json!({"prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0, "stream": true}),
+    )
+    .await;
+    let whole =
+        post(&s.url("/v1/completions"), json!({"prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0})).await.json();
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()));
+
+    // An error found before the first token is a plain HTTP error, not a stream.
+    let (status, kind, _) =
+        stream(&s.url("/v1/chat/completions"), chat("x", json!({"stream": true, "min_p": 3}))).await;
+    assert_eq!((status, kind.as_str()), (400, "application/json"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_batch_together_leave_when_cancelled_and_reuse_prefixes() {
+    let Some(gguf) = smollm2() else { return };
+    let s = TestServer::start(config(&gguf)).await;
+    let url = s.url("/v1/completions");
+    let model = s.service.model("smollm2").unwrap();
+    let scheduler = model.language().unwrap().scheduler();
+
+    // Four long streams at once run in shared steps.
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let body = json!({"prompt": format!("Story {i}:"), "max_tokens": 300, "ignore_eos": true, "stream": true});
+        let req =
+            Request::builder().method(Method::POST).uri(&url).body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        streams.push(client().request(req).await.unwrap().into_body());
+    }
+    for body in &mut streams {
+        body.frame().await.unwrap().unwrap(); // each has its first token
+    }
+    assert_eq!(scheduler.running(), 4);
+    let shared_steps = metric(&s, "wedge_llm_step_sequences_bucket{le=\"4.0\"").await
+        - metric(&s, "wedge_llm_step_sequences_bucket{le=\"2.0\"").await;
+    assert!(shared_steps >= 1.0, "no step ran three or four sequences together");
+
+    // Clients that leave have their sequences dropped within a step or so.
+    streams.truncate(1);
+    let t0 = std::time::Instant::now();
+    while scheduler.running() > 1 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "cancelled sequences still run");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&s, "wedge_llm_cancelled_requests_total").await, 3.0);
+    drop(streams);
+    while scheduler.running() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the last cancelled sequence still runs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A repeated prompt reuses its cached prefix, and answers as it did without it.
+    let system = "You are a careful assistant who answers in one short sentence. ".repeat(3);
+    let ask = |q: &str| {
+        json!({"model": "smollm2", "temperature": 0, "max_tokens": 12,
+               "messages": [{"role": "system", "content": system}, {"role": "user", "content": q}]})
+    };
+    let first = post(&s.url("/v1/chat/completions"), ask("What is 2 + 2?")).await.json();
+    let second = post(&s.url("/v1/chat/completions"), ask("What is 2 + 2?")).await.json();
+    let other = post(&s.url("/v1/chat/completions"), ask("Where is Rome?")).await.json();
+    let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached(&other) > 30, "the shared system prompt is reused: {}", other["usage"]);
+    assert_eq!(cached(&second), second["usage"]["prompt_tokens"].as_u64().unwrap() - 1);
+    assert_eq!(first["choices"][0]["message"], second["choices"][0]["message"]);
+    let (_, uncached) = {
+        let path = gguf.clone();
+        tokio::task::spawn_blocking(move || {
+            let lm = LanguageModel::open(&path, &wedge::Device::cpu(), LmOptions::default()).unwrap();
+            let v = lm.vocab();
+            let msgs = [ChatMessage::new("system", &system), ChatMessage::new("user", "Where is Rome?")];
+            let prompt = v.encode(&v.render_chat(&msgs, true).unwrap(), true).unwrap();
+            let params = GenerateParams { max_tokens: 12, ..Default::default() };
+            ((), lm.generate(&prompt, params).unwrap().map(|t| t.unwrap().text).collect::<String>())
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(other["choices"][0]["message"]["content"], uncached.as_str(), "a reused prefix changes nothing");
+    assert!(metric(&s, "wedge_llm_prefix_cache_hits_total").await >= 2.0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_sheds_with_503() {
+    let Some(gguf) = smollm2() else { return };
+    let mut c = config(&gguf);
+    c.generation.max_sequences = 1;
+    c.generation.max_batch_tokens = 8;
+    c.generation.max_waiting = 1;
+    let s = TestServer::start(c).await;
+    let url = s.url("/v1/completions");
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let url = url.clone();
+            let body = json!({"prompt": format!("Count {i}:"), "max_tokens": 40, "ignore_eos": true});
+            tokio::spawn(async move { post(&url, body).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == 503 {
+            assert_eq!(r.error_type(), "overloaded_error");
+            assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+        } else {
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.json()["usage"]["completion_tokens"], 40);
+        }
+        statuses.push(r.status.as_u16());
+    }
+    let shed = statuses.iter().filter(|&&s| s == 503).count();
+    assert!((1..6).contains(&shed), "{statuses:?}: one runs, at most one waits, the rest are shed");
+    s.stop().await;
+}
+
+/// OpenAI's JavaScript client (`openai` from npm, in web/'s packages) parses every answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_client_library_parses_every_answer() {
+    let Some(gguf) = smollm2() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let node = std::process::Command::new("node").arg("--version").output();
+    if node.is_err() || !root.join("web/node_modules/openai/package.json").is_file() {
+        wedge_testkit::unavailable(
+            "WEDGE_REQUIRE_NODE",
+            "the OpenAI JavaScript client against wedge serve",
+            "needs Node.js and web/'s npm packages (npm ci in web/)",
+        );
+        return;
+    }
+    let (_, greedy) = library_chat(&gguf, "What is the capital of France?", 16);
+    let s = TestServer::start(config(&gguf)).await;
+    let script = root.join("web/test/openai-client.mjs");
+    let base = s.url("/v1");
+    let out = tokio::process::Command::new("node").arg(&script).arg(&base).arg("smollm2").output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["chat"]["content"], greedy.as_str());
+    assert_eq!(v["chat"]["object"], "chat.completion");
+    assert_eq!(v["chat_stream"]["content"], greedy.as_str());
+    assert_eq!(v["chat_stream"]["roles"], json!(["assistant"]));
+    assert_eq!(v["chat_stream"]["finish_reason"], v["chat"]["finish_reason"]);
+    assert_eq!(v["chat_stream"]["usage"]["completion_tokens"], v["chat"]["usage"]["completion_tokens"]);
+    assert_eq!(v["completion"]["text"], v["completion_stream"]["text"]);
+    assert!(!v["completion"]["text"].as_str().unwrap().is_empty());
+    assert_eq!(v["bad_temperature"]["status"], 400);
+    assert!(v["bad_temperature"]["message"].as_str().unwrap().contains("temperature"));
+    assert_eq!(v["models"], json!(["smollm2", "minilm"]));
+    s.stop().await;
+}
