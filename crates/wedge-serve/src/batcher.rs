@@ -2,8 +2,7 @@
 //! worker thread takes up to `max_batch_size` of them, waiting at most `max_queue_delay` after
 //! the oldest arrived, runs them as one batch and hands each result back to its waiter.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -12,6 +11,7 @@ use wedge::Tokens;
 use crate::ServeError;
 use crate::config::BatchingConfig;
 use crate::metrics::{Metrics, ModelLabel};
+use crate::worker::{WorkQueue, WorkerThread};
 
 /// One embedding.
 pub type Vector = Arc<[f32]>;
@@ -25,15 +25,8 @@ struct Item {
     queued_at: Instant,
 }
 
-#[derive(Default)]
-struct Queue {
-    items: VecDeque<Item>,
-    closed: bool,
-}
-
 struct Shared {
-    queue: Mutex<Queue>,
-    wake: Condvar,
+    queue: WorkQueue<Item>,
     settings: BatchingConfig,
     model: String,
     metrics: Arc<Metrics>,
@@ -42,11 +35,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // A poisoned lock only means a panic elsewhere while holding it; the queue stays usable.
-        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn label(&self) -> ModelLabel {
         ModelLabel { model: self.model.clone() }
     }
@@ -55,7 +43,7 @@ impl Shared {
 /// The batcher of one model.
 pub struct Batcher {
     shared: Arc<Shared>,
-    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    worker: Option<WorkerThread>,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -68,26 +56,23 @@ impl Batcher {
     /// Starts the worker thread of `model`.
     pub fn start(model: &str, settings: BatchingConfig, metrics: Arc<Metrics>, run: RunBatch) -> Batcher {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
+            queue: WorkQueue::new(),
             settings,
             model: model.to_string(),
             metrics,
             per_input_s: std::sync::atomic::AtomicU64::new(0.01f64.to_bits()),
         });
         let s = shared.clone();
-        let worker = std::thread::Builder::new()
-            .name(format!("wedge-batch-{model}"))
-            .spawn(move || work(&s, &run))
+        let worker = WorkerThread::spawn("batch", model, move || work(&s, &run))
             .map_err(|e| tracing::error!("cannot start the batch thread: {e}"))
             .ok();
-        Batcher { shared, worker: Mutex::new(worker) }
+        Batcher { shared, worker }
     }
 
     /// Queues one input; the receiver gets its embedding. Refused when the queue is full.
     pub fn submit(&self, tokens: Tokens) -> Result<oneshot::Receiver<Result<Vector, ServeError>>, ServeError> {
         let (tx, rx) = oneshot::channel();
-        let mut q = self.shared.lock();
+        let mut q = self.shared.queue.lock();
         if q.closed {
             return Err(ServeError::ShuttingDown);
         }
@@ -102,24 +87,20 @@ impl Batcher {
         q.items.push_back(Item { tokens, reply: tx, queued_at: Instant::now() });
         self.shared.metrics.queue_depth.get_or_create(&self.shared.label()).set(q.items.len() as i64);
         drop(q);
-        self.shared.wake.notify_one();
+        self.shared.queue.notify();
         Ok(rx)
     }
 
     /// Inputs waiting now.
     pub fn queued(&self) -> usize {
-        self.shared.lock().items.len()
+        self.shared.queue.lock().items.len()
     }
 
     /// Refuses new inputs, runs the queued ones, and waits for the worker to finish.
     pub fn shutdown(&self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_all();
-        let handle = self.worker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(h) = handle
-            && h.join().is_err()
-        {
-            tracing::error!(model = %self.shared.model, "the batch thread panicked");
+        self.shared.queue.close();
+        if let Some(w) = &self.worker {
+            w.join();
         }
     }
 }
@@ -134,9 +115,9 @@ fn work(s: &Shared, run: &RunBatch) {
     let max = s.settings.max_batch_size.max(1);
     let delay = Duration::from_micros(s.settings.max_queue_delay_us);
     loop {
-        let mut q = s.lock();
+        let mut q = s.queue.lock();
         while q.items.is_empty() && !q.closed {
-            q = s.wake.wait(q).unwrap_or_else(std::sync::PoisonError::into_inner);
+            q = s.queue.wait(q);
         }
         let Some(first) = q.items.front() else {
             return; // closed and drained
@@ -148,7 +129,7 @@ fn work(s: &Shared, run: &RunBatch) {
             if now >= deadline {
                 break;
             }
-            q = s.wake.wait_timeout(q, deadline - now).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+            q = s.queue.wait_timeout(q, deadline - now);
         }
         let n = q.items.len().min(max);
         let batch: Vec<Item> = q.items.drain(..n).collect();
@@ -195,6 +176,7 @@ fn work(s: &Shared, run: &RunBatch) {
 mod tests {
     use super::*;
     use prometheus_client::registry::Registry;
+    use std::sync::Mutex;
 
     fn tokens(i: u32) -> Tokens {
         Tokens { ids: vec![i], type_ids: vec![0] }

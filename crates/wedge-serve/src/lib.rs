@@ -39,6 +39,7 @@ pub mod config;
 mod error;
 pub mod metrics;
 pub mod scheduler;
+mod worker;
 
 pub use auth::{ApiKeys, Caller, RateLimits};
 pub use batcher::{Batcher, Vector};

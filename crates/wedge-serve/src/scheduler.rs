@@ -6,9 +6,8 @@
 //! longest prompt prefix any free rows hold. A request whose receiver is gone (the client
 //! disconnected, the request timed out) is dropped before the next step.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -16,6 +15,7 @@ use wedge::{Continuation, DecodeState, FinishReason, GenerateParams, LanguageMod
 
 use crate::ServeError;
 use crate::metrics::{Metrics, ModelLabel};
+use crate::worker::{WorkQueue, WorkerThread};
 
 /// Token counts of a finished request, as OpenAI's `usage` reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,12 +53,6 @@ struct Request {
     events: mpsc::UnboundedSender<GenEvent>,
 }
 
-#[derive(Default)]
-struct Queue {
-    waiting: VecDeque<Request>,
-    closed: bool,
-}
-
 /// Sizes of a scheduler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchedulerLimits {
@@ -73,8 +67,7 @@ pub struct SchedulerLimits {
 }
 
 struct Shared {
-    queue: Mutex<Queue>,
-    wake: Condvar,
+    queue: WorkQueue<Request>,
     model: String,
     limits: SchedulerLimits,
     metrics: Arc<Metrics>,
@@ -84,10 +77,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn label(&self) -> ModelLabel {
         ModelLabel { model: self.model.clone() }
     }
@@ -96,7 +85,7 @@ impl Shared {
 /// The scheduler of one language model.
 pub struct Scheduler {
     shared: Arc<Shared>,
-    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    worker: WorkerThread,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -117,8 +106,7 @@ impl Scheduler {
             .new_state(limits.max_sequences, limits.ctx)
             .map_err(|e| ServeError::Config(format!("model `{model}`: key/value cache: {e}")))?;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
+            queue: WorkQueue::new(),
             model: model.to_string(),
             limits,
             metrics,
@@ -126,11 +114,10 @@ impl Scheduler {
             request_secs: AtomicU64::new(1f64.to_bits()),
         });
         let s = shared.clone();
-        let worker = std::thread::Builder::new()
-            .name(format!("wedge-llm-{model}"))
-            .spawn(move || Worker { s: &s, lm: &lm, state, running: Vec::new() }.run())
-            .map_err(|e| ServeError::Config(format!("cannot start the scheduler thread of `{model}`: {e}")))?;
-        Ok(Scheduler { shared, worker: Mutex::new(Some(worker)) })
+        let worker =
+            WorkerThread::spawn("llm", model, move || Worker { s: &s, lm: &lm, state, running: Vec::new() }.run())
+                .map_err(|e| ServeError::Config(format!("cannot start the scheduler thread of `{model}`: {e}")))?;
+        Ok(Scheduler { shared, worker })
     }
 
     /// The sizes it runs with.
@@ -154,11 +141,11 @@ impl Scheduler {
         }
         params.sampling.validate().map_err(ServeError::BadInput)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut q = self.shared.lock();
+        let mut q = self.shared.queue.lock();
         if q.closed {
             return Err(ServeError::ShuttingDown);
         }
-        let queued = q.waiting.len();
+        let queued = q.items.len();
         if queued >= self.shared.limits.max_waiting {
             drop(q);
             self.shared.metrics.shed.get_or_create(&self.shared.label()).inc();
@@ -167,16 +154,16 @@ impl Scheduler {
             let retry_after_s = ((waves * per).ceil() as u64).clamp(1, 60);
             return Err(ServeError::Overloaded { model: self.shared.model.clone(), queued, retry_after_s });
         }
-        q.waiting.push_back(Request { prompt, params, events: tx });
-        self.shared.metrics.llm_waiting.get_or_create(&self.shared.label()).set(q.waiting.len() as i64);
+        q.items.push_back(Request { prompt, params, events: tx });
+        self.shared.metrics.llm_waiting.get_or_create(&self.shared.label()).set(q.items.len() as i64);
         drop(q);
-        self.shared.wake.notify_one();
+        self.shared.queue.notify();
         Ok(rx)
     }
 
     /// Requests waiting for a sequence.
     pub fn waiting(&self) -> usize {
-        self.shared.lock().waiting.len()
+        self.shared.queue.lock().items.len()
     }
 
     /// Sequences running now.
@@ -186,14 +173,8 @@ impl Scheduler {
 
     /// Refuses new requests, finishes the queued and running ones, and waits for the thread.
     pub fn shutdown(&self) {
-        self.shared.lock().closed = true;
-        self.shared.wake.notify_all();
-        let handle = self.worker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(h) = handle
-            && h.join().is_err()
-        {
-            tracing::error!(model = %self.shared.model, "the scheduler thread panicked");
-        }
+        self.shared.queue.close();
+        self.worker.join();
     }
 }
 
@@ -232,24 +213,24 @@ impl Worker<'_> {
     fn run(mut self) {
         loop {
             let admitted = {
-                let mut q = self.s.lock();
-                while q.waiting.is_empty() && self.running.is_empty() && !q.closed {
-                    q = self.s.wake.wait(q).unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut q = self.s.queue.lock();
+                while q.items.is_empty() && self.running.is_empty() && !q.closed {
+                    q = self.s.queue.wait(q);
                 }
-                if q.waiting.is_empty() && self.running.is_empty() {
+                if q.items.is_empty() && self.running.is_empty() {
                     return; // closed and drained
                 }
                 let mut admitted = Vec::new();
                 let free = self.state.capacity() - self.state.active();
                 while admitted.len() < free {
-                    let Some(r) = q.waiting.pop_front() else { break };
+                    let Some(r) = q.items.pop_front() else { break };
                     if r.events.is_closed() {
                         self.cancelled();
                     } else {
                         admitted.push(r);
                     }
                 }
-                self.s.metrics.llm_waiting.get_or_create(&self.s.label()).set(q.waiting.len() as i64);
+                self.s.metrics.llm_waiting.get_or_create(&self.s.label()).set(q.items.len() as i64);
                 admitted
             };
             for r in admitted {
