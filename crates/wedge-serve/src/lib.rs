@@ -1,7 +1,8 @@
-//! wedge-serve: serving logic without HTTP. A [`Service`] holds the served models, one dynamic
-//! [`batcher`] per model, the two-tier prediction [`cache`], API keys and rate limits
-//! ([`auth`]), and Prometheus [`metrics`]. The HTTP front (`wedge-server`) and applications that
-//! embed wedge both drive it through [`Service::embed`].
+//! wedge-serve: serving logic without HTTP. A [`Service`] holds the served models (an embedding
+//! model with its dynamic [`batcher`], or a language model with its continuous-batching
+//! [`scheduler`]), the two-tier prediction [`cache`], API keys and rate limits ([`auth`]), and
+//! Prometheus [`metrics`]. The HTTP front (`wedge-server`) and applications that embed wedge
+//! both drive it through [`Service::embed`] and [`Service::generate`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wedge_serve::ServeError> {
