@@ -316,18 +316,11 @@ impl Service {
         };
         let lm = Arc::new(lm);
         let limits = scheduler_limits(g, &lm).map_err(bad)?;
-        tracing::info!(
-            model = %mc.name,
-            sequences = limits.max_sequences,
-            ctx = limits.ctx,
-            kv_mib = lm.kv_bytes(limits.ctx * limits.max_sequences) as f64 / (1 << 20) as f64,
-            "key/value cache"
-        );
+        let kv_bytes = lm.kv_bytes(limits.ctx * limits.max_sequences);
+        let kv_mib = kv_bytes as f64 / (1 << 20) as f64;
+        tracing::info!(model = %mc.name, sequences = limits.max_sequences, ctx = limits.ctx, kv_mib, "key/value cache");
         let label = ModelLabel { model: mc.name.clone() };
-        self.metrics
-            .llm_kv_bytes_capacity
-            .get_or_create(&label)
-            .set(lm.kv_bytes(limits.ctx * limits.max_sequences) as i64);
+        self.metrics.llm_kv_bytes_capacity.get_or_create(&label).set(kv_bytes as i64);
         let scheduler = Scheduler::start(&mc.name, lm.clone(), limits, self.metrics.clone())?;
         // Warm up: compile the step's kernels before the first client waits for them.
         let mut prompt = lm.vocab().encode("wedge warm-up", false).unwrap_or_default();

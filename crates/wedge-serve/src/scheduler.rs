@@ -128,17 +128,7 @@ impl Scheduler {
     /// Queues a request: `prompt` (checked to fit the context) continued by `params`. Refused
     /// with 503 when `max_waiting` requests already wait.
     pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Result<GenReceiver, ServeError> {
-        let ctx = self.shared.limits.ctx;
-        if prompt.is_empty() {
-            return Err(ServeError::BadInput("the prompt has no tokens".into()));
-        }
-        if prompt.len() >= ctx {
-            return Err(ServeError::BadInput(format!(
-                "the prompt has {} tokens; model `{}` holds {ctx} positions per sequence (prompt and completion)",
-                prompt.len(),
-                self.shared.model
-            )));
-        }
+        self.check_prompt(prompt.len())?;
         params.sampling.validate().map_err(ServeError::BadInput)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut q = self.shared.queue.lock();
@@ -159,6 +149,21 @@ impl Scheduler {
         drop(q);
         self.shared.queue.notify();
         Ok(rx)
+    }
+
+    /// Checks that a prompt of `len` tokens leaves room in a sequence (400 with both numbers).
+    pub fn check_prompt(&self, len: usize) -> Result<(), ServeError> {
+        let ctx = self.shared.limits.ctx;
+        if len == 0 {
+            return Err(ServeError::BadInput("the prompt has no tokens".into()));
+        }
+        if len >= ctx {
+            return Err(ServeError::BadInput(format!(
+                "the prompt has {len} tokens; model `{}` holds {ctx} positions per sequence (prompt and completion)",
+                self.shared.model
+            )));
+        }
+        Ok(())
     }
 
     /// Requests waiting for a sequence.

@@ -246,14 +246,8 @@ impl GenRequest {
                 completion_prompt(f.get("prompt"), vocab)?
             }
         };
+        served.scheduler().check_prompt(prompt.len())?;
         let ctx = served.scheduler().limits().ctx;
-        if prompt.len() >= ctx {
-            return Err(bad(format!(
-                "the prompt has {} tokens; model `{}` holds {ctx} per sequence (prompt and completion)",
-                prompt.len(),
-                model.name
-            )));
-        }
         let max = f.integer("max_completion_tokens", 1, i64::MAX)?.or(f.integer("max_tokens", 1, i64::MAX)?);
         let max_tokens = max.map_or(served.default_max_tokens(), |m| m as usize).min(ctx - prompt.len());
         let temperature = f.number("temperature", 0.0, 2.0)?.unwrap_or(1.0);
@@ -302,7 +296,6 @@ impl GenRequest {
             top_logprobs,
             ..GenerateParams::default()
         };
-        params.sampling.validate().map_err(bad)?;
         Ok(GenRequest {
             endpoint,
             model,
@@ -493,7 +486,6 @@ impl EventStream {
     /// released text, a last chunk per choice with its `finish_reason`, the usage chunk when
     /// asked, then `[DONE]`. A failure becomes an error event and ends the stream.
     pub(crate) fn frames(self, req: &GenRequest, id: &str) -> BoxStream<'static, Bytes> {
-        let Ok(served) = req.model.language() else { return futures_util::stream::empty().boxed() };
         let chunk = ChunkWriter {
             endpoint: req.endpoint,
             id: match req.endpoint {
@@ -505,7 +497,6 @@ impl EventStream {
             include_usage: req.include_usage,
             logprobs: req.logprobs,
         };
-        let _ = served;
         let model = req.model.clone();
         let n = req.n;
         let head: Vec<Bytes> = match req.endpoint {

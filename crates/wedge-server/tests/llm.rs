@@ -49,11 +49,11 @@ fn config(gguf: &Path) -> Config {
     c
 }
 
-/// The prompt ids the server makes of one user message, and the library's greedy text after them.
-fn library_chat(gguf: &Path, user: &str, max_tokens: usize) -> (usize, String) {
+/// The prompt ids the server makes of `messages`, and the library's greedy text after them.
+fn library_chat(gguf: &Path, messages: &[ChatMessage], max_tokens: usize) -> (usize, String) {
     let lm = LanguageModel::open(gguf, &wedge::Device::cpu(), LmOptions::default()).unwrap();
     let vocab = lm.vocab();
-    let prompt = vocab.encode(&vocab.render_chat(&[ChatMessage::new("user", user)], true).unwrap(), true).unwrap();
+    let prompt = vocab.encode(&vocab.render_chat(messages, true).unwrap(), true).unwrap();
     let params = GenerateParams { max_tokens, ..Default::default() };
     let text: String = lm.generate(&prompt, params).unwrap().map(|t| t.unwrap().text).collect();
     (prompt.len(), text)
@@ -87,7 +87,7 @@ async fn stream(url: &str, body: Value) -> (u16, String, Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_routes_answer_as_the_library_generates() {
     let Some(gguf) = smollm2() else { return };
-    let (prompt_len, greedy) = library_chat(&gguf, "What is the capital of France?", 24);
+    let (prompt_len, greedy) = library_chat(&gguf, &[ChatMessage::new("user", "What is the capital of France?")], 24);
     let s = TestServer::start(config(&gguf)).await;
 
     let models = get(&s.url("/v1/models")).await.json();
@@ -297,19 +297,8 @@ async fn sequences_batch_together_leave_when_cancelled_and_reuse_prefixes() {
     assert!(cached(&other) > 30, "the shared system prompt is reused: {}", other["usage"]);
     assert_eq!(cached(&second), second["usage"]["prompt_tokens"].as_u64().unwrap() - 1);
     assert_eq!(first["choices"][0]["message"], second["choices"][0]["message"]);
-    let (_, uncached) = {
-        let path = gguf.clone();
-        tokio::task::spawn_blocking(move || {
-            let lm = LanguageModel::open(&path, &wedge::Device::cpu(), LmOptions::default()).unwrap();
-            let v = lm.vocab();
-            let msgs = [ChatMessage::new("system", &system), ChatMessage::new("user", "Where is Rome?")];
-            let prompt = v.encode(&v.render_chat(&msgs, true).unwrap(), true).unwrap();
-            let params = GenerateParams { max_tokens: 12, ..Default::default() };
-            ((), lm.generate(&prompt, params).unwrap().map(|t| t.unwrap().text).collect::<String>())
-        })
-        .await
-        .unwrap()
-    };
+    let msgs = [ChatMessage::new("system", &system), ChatMessage::new("user", "Where is Rome?")];
+    let (_, uncached) = tokio::task::spawn_blocking(move || library_chat(&gguf, &msgs, 12)).await.unwrap();
     assert_eq!(other["choices"][0]["message"]["content"], uncached.as_str(), "a reused prefix changes nothing");
     assert!(metric(&s, "wedge_llm_prefix_cache_hits_total").await >= 2.0);
     s.stop().await;
@@ -362,7 +351,7 @@ async fn the_openai_client_library_parses_every_answer() {
         );
         return;
     }
-    let (_, greedy) = library_chat(&gguf, "What is the capital of France?", 16);
+    let (_, greedy) = library_chat(&gguf, &[ChatMessage::new("user", "What is the capital of France?")], 16);
     let s = TestServer::start(config(&gguf)).await;
     let script = root.join("web/test/openai-client.mjs");
     let base = s.url("/v1");

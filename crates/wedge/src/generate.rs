@@ -372,11 +372,9 @@ mod driver {
         }
     }
 
-    /// Checks that a prompt of at least one token leaves room in a context of `ctx` positions.
+    /// Checks that a prompt leaves room in a context of `ctx` positions (an empty one is
+    /// refused by [`Continuation::new`]).
     fn check(prompt: &[u32], ctx: usize) -> Result<()> {
-        if prompt.is_empty() {
-            return Err(input_err("the prompt has no tokens".into()));
-        }
         if prompt.len() >= ctx {
             return Err(input_err(format!("the prompt has {} tokens, the context holds {ctx}", prompt.len())));
         }
