@@ -25,7 +25,8 @@ def one(i, n):
                        "messages": [{"role": "user", "content": questions[(i + n) % len(questions)]}]})
     c = http.client.HTTPConnection(hostname, int(port), timeout=120)
     t0 = time.monotonic()
-    c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    # no-cache: measure generation, not wedge's completion cache (other servers ignore it)
+    c.request("POST", "/v1/chat/completions", body, {"content-type": "application/json", "cache-control": "no-cache"})
     r = c.getresponse()
     if r.status != 200:
         r.read()

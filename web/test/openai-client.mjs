@@ -23,27 +23,34 @@ out.chat = {
   object: chat.object,
 };
 
-const stream = await client.chat.completions.create({
-  model, messages, max_tokens: 16, temperature: 0, stream: true, stream_options: { include_usage: true },
-});
-const streamed = { content: '', chunks: 0, roles: [], finish_reason: null, usage: null };
-for await (const chunk of stream) {
-  streamed.chunks += 1;
-  if (chunk.usage) streamed.usage = chunk.usage;
-  for (const c of chunk.choices) {
-    if (c.delta.role) streamed.roles.push(c.delta.role);
-    streamed.content += c.delta.content ?? '';
-    if (c.finish_reason) streamed.finish_reason = c.finish_reason;
+// Streamed: computed afresh (the completion cache bypassed), then replayed from the cache.
+async function chatStream(options) {
+  const { data: stream, response } = await client.chat.completions.create({
+    model, messages, max_tokens: 16, temperature: 0, stream: true, stream_options: { include_usage: true },
+  }, options).withResponse();
+  const streamed = { content: '', chunks: 0, roles: [], finish_reason: null, usage: null };
+  for await (const chunk of stream) {
+    streamed.chunks += 1;
+    if (chunk.usage) streamed.usage = chunk.usage;
+    for (const c of chunk.choices) {
+      if (c.delta.role) streamed.roles.push(c.delta.role);
+      streamed.content += c.delta.content ?? '';
+      if (c.finish_reason) streamed.finish_reason = c.finish_reason;
+    }
   }
+  streamed.cache = response.headers.get('x-wedge-cache');
+  return streamed;
 }
-out.chat_stream = streamed;
+out.chat_stream = await chatStream({ headers: { 'Cache-Control': 'no-cache' } });
+out.chat_stream_cached = await chatStream({});
 
 const prompt = 'Once upon a time, in a small village,';
 const completion = await client.completions.create({ model, prompt, max_tokens: 16, temperature: 0 });
 out.completion = { text: completion.choices[0].text, finish_reason: completion.choices[0].finish_reason };
 
 let text = '';
-for await (const chunk of await client.completions.create({ model, prompt, max_tokens: 16, temperature: 0, stream: true })) {
+const uncached = { headers: { 'Cache-Control': 'no-cache' } };
+for await (const chunk of await client.completions.create({ model, prompt, max_tokens: 16, temperature: 0, stream: true }, uncached)) {
   text += chunk.choices[0]?.text ?? '';
 }
 out.completion_stream = { text };

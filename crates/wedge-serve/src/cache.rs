@@ -1,6 +1,6 @@
-//! The two-tier prediction cache.
+//! The two-tier prediction cache, of embeddings and of generated completions.
 //!
-//! Tier 1 is in memory (`moka`, bounded by the bytes of the stored vectors, with a TTL). Tier 2
+//! Tier 1 is in memory (`moka`, bounded by the bytes of the stored values, with a TTL). Tier 2
 //! is a `redb` file that survives restarts: bounded by value bytes (oldest entries go first),
 //! TTL checked on every read, every value checksummed (CRC-32) so a damaged one is dropped, not
 //! served, and written in redb transactions, so a crash mid-write leaves the previous state.
@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ServeError;
 use crate::batcher::Vector;
+use crate::completions::Completion;
 use crate::metrics::Metrics;
 
 /// A cache key: SHA-256 of the model digest, the options that change the output and the
@@ -40,14 +41,34 @@ pub fn key(model_digest: &str, options: &str, canonical: &[u32]) -> Key {
     h.finalize().into()
 }
 
-/// Tier 1.
-pub type MemoryCache = moka::future::Cache<Key, Vector>;
+/// A cached value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cached {
+    /// An embedding.
+    Vector(Vector),
+    /// A generated completion.
+    Completion(Arc<Completion>),
+}
 
-/// A memory tier bounded by `bytes` of vectors, entries living `ttl`.
+impl Cached {
+    /// Bytes it holds in memory, roughly.
+    fn weight(&self) -> u32 {
+        let bytes = match self {
+            Cached::Vector(v) => v.len() * 4,
+            Cached::Completion(c) => c.heap_bytes(),
+        };
+        u32::try_from(bytes + 64).unwrap_or(u32::MAX)
+    }
+}
+
+/// Tier 1.
+pub type MemoryCache = moka::future::Cache<Key, Cached>;
+
+/// A memory tier bounded by `bytes` of values, entries living `ttl`.
 pub fn memory(bytes: u64, ttl: Duration) -> MemoryCache {
     moka::future::Cache::builder()
         .max_capacity(bytes)
-        .weigher(|_k: &Key, v: &Vector| u32::try_from(v.len() * 4 + 64).unwrap_or(u32::MAX))
+        .weigher(|_k: &Key, v: &Cached| v.weight())
         .time_to_live(ttl)
         .build()
 }
@@ -57,7 +78,10 @@ const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const ORDER: TableDefinition<u64, &[u8]> = TableDefinition::new("order");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-const MAGIC: u32 = 0x5745_4331; // "WEC1"
+/// A record holding an embedding: `count` little-endian f32s.
+const MAGIC_VECTOR: u32 = 0x5745_4331; // "WEC1"
+/// A record holding a completion: `count` bytes of JSON.
+const MAGIC_COMPLETION: u32 = 0x5745_4332; // "WEC2"
 /// magic, seq, expires (unix ms), count, crc
 const RECORD_HEADER: usize = 4 + 8 + 8 + 4 + 4;
 
@@ -65,16 +89,25 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn encode(seq: u64, expires: u64, v: &[f32]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(v.len() * 4);
-    for x in v {
-        payload.extend_from_slice(&x.to_le_bytes());
-    }
+fn encode(seq: u64, expires: u64, value: &Cached) -> Vec<u8> {
+    let (magic, count, payload) = match value {
+        Cached::Vector(v) => {
+            let mut payload = Vec::with_capacity(v.len() * 4);
+            for x in v.iter() {
+                payload.extend_from_slice(&x.to_le_bytes());
+            }
+            (MAGIC_VECTOR, v.len(), payload)
+        }
+        Cached::Completion(c) => {
+            let payload = c.to_bytes();
+            (MAGIC_COMPLETION, payload.len(), payload)
+        }
+    };
     let mut out = Vec::with_capacity(RECORD_HEADER + payload.len());
-    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&magic.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&expires.to_le_bytes());
-    out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(count as u32).to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&out);
     crc.update(&payload);
@@ -83,23 +116,26 @@ fn encode(seq: u64, expires: u64, v: &[f32]) -> Vec<u8> {
     out
 }
 
-/// A decoded record: its sequence number, expiry and vector.
+/// A decoded record: its sequence number, expiry and value.
 struct Record {
     seq: u64,
     expires: u64,
-    vector: Vec<f32>,
+    value: Cached,
 }
 
 fn decode(bytes: &[u8]) -> Option<Record> {
     let word = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
     let long = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?)) };
-    if word(0)? != MAGIC {
-        return None;
-    }
+    let magic = word(0)?;
+    let width = match magic {
+        MAGIC_VECTOR => 4,
+        MAGIC_COMPLETION => 1,
+        _ => return None,
+    };
     let (seq, expires, n) = (long(4)?, long(12)?, word(20)? as usize);
     let stored = word(24)?;
     let payload = bytes.get(RECORD_HEADER..)?;
-    if payload.len() != n.checked_mul(4)? {
+    if payload.len() != n.checked_mul(width)? {
         return None;
     }
     let mut crc = crc32fast::Hasher::new();
@@ -108,12 +144,17 @@ fn decode(bytes: &[u8]) -> Option<Record> {
     if crc.finalize() != stored {
         return None;
     }
-    let vector = payload.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    Some(Record { seq, expires, vector })
+    let value = if magic == MAGIC_VECTOR {
+        let v: Vec<f32> = payload.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Cached::Vector(v.into())
+    } else {
+        Cached::Completion(Arc::new(Completion::from_bytes(payload)?))
+    };
+    Some(Record { seq, expires, value })
 }
 
 enum Write {
-    Put(Key, Vector),
+    Put(Key, Cached),
     Remove(Key),
     Flush(mpsc::Sender<()>),
 }
@@ -198,7 +239,7 @@ impl DiskCache {
     }
 
     /// A live, intact value, or `None`. A damaged value is counted, dropped and reported as a miss.
-    pub fn get(&self, key: &Key) -> Option<Vector> {
+    pub fn get(&self, key: &Key) -> Option<Cached> {
         let read = || -> Result<Option<Vec<u8>>, redb::Error> {
             let txn = self.db.begin_read()?;
             let table = txn.open_table(ENTRIES)?;
@@ -213,7 +254,7 @@ impl DiskCache {
             }
         };
         match decode(&bytes) {
-            Some(r) if r.expires > now_ms() => Some(r.vector.into()),
+            Some(r) if r.expires > now_ms() => Some(r.value),
             Some(_) => None, // expired; the writer reclaims it when space is needed
             None => {
                 self.metrics.cache_corrupt.inc();
@@ -225,7 +266,7 @@ impl DiskCache {
     }
 
     /// Stores a value in the background.
-    pub fn put(&self, key: Key, v: Vector) {
+    pub fn put(&self, key: Key, v: Cached) {
         self.send(Write::Put(key, v));
     }
 
@@ -370,8 +411,8 @@ mod tests {
         Arc::new(Metrics::new(&mut Registry::default()))
     }
 
-    fn vector(x: f32, n: usize) -> Vector {
-        (0..n).map(|i| x + i as f32).collect::<Vec<_>>().into()
+    fn vector(x: f32, n: usize) -> Cached {
+        Cached::Vector((0..n).map(|i| x + i as f32).collect::<Vec<_>>().into())
     }
 
     #[test]
@@ -386,19 +427,21 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_reject_damage() {
-        let v = [1.5f32, -2.0, 0.25];
-        let rec = encode(7, 99, &v);
-        let r = decode(&rec).unwrap();
-        assert_eq!((r.seq, r.expires, r.vector.as_slice()), (7, 99, &v[..]));
-        for i in 0..rec.len() {
-            for bit in [0x01u8, 0x80] {
-                let mut bad = rec.clone();
-                bad[i] ^= bit;
-                assert!(decode(&bad).is_none(), "flip at {i} accepted");
+        let completion = Completion::example();
+        for v in [Cached::Vector(vec![1.5f32, -2.0, 0.25].into()), Cached::Completion(Arc::new(completion))] {
+            let rec = encode(7, 99, &v);
+            let r = decode(&rec).unwrap();
+            assert_eq!((r.seq, r.expires, &r.value), (7, 99, &v));
+            for i in 0..rec.len() {
+                for bit in [0x01u8, 0x80] {
+                    let mut bad = rec.clone();
+                    bad[i] ^= bit;
+                    assert!(decode(&bad).is_none(), "flip at {i} accepted");
+                }
             }
-        }
-        for cut in 0..rec.len() {
-            assert!(decode(&rec[..cut]).is_none());
+            for cut in 0..rec.len() {
+                assert!(decode(&rec[..cut]).is_none());
+            }
         }
     }
 
@@ -427,7 +470,7 @@ mod tests {
             txn.commit().unwrap();
         }
         let c = DiskCache::open(&path, 1 << 20, Duration::from_secs(60), m.clone()).unwrap();
-        assert_eq!(c.get(&[1; 32]).as_deref(), Some(&vector(1.0, 4)[..]));
+        assert_eq!(c.get(&[1; 32]), Some(vector(1.0, 4)));
         assert_eq!(c.get(&[2; 32]), None);
         assert_eq!(m.cache_corrupt.get(), 1);
         c.flush();
@@ -485,7 +528,7 @@ mod tests {
                 let (k, v) = row.unwrap();
                 let r = decode(v.value()).expect("a stored value failed its checksum");
                 let i = u32::from_le_bytes(k.value()[..4].try_into().unwrap());
-                assert_eq!(r.vector, vector(i as f32, 384)[..]);
+                assert_eq!(r.value, vector(i as f32, 384));
                 n += 1;
             }
             assert!(n > 0, "round {round}: nothing was committed before the kill");
@@ -544,7 +587,7 @@ mod tests {
         c.put([4; 32], vector(9.0, 16));
         c.flush();
         assert_eq!(c.len(), 3);
-        assert_eq!(c.get(&[4; 32]).unwrap()[0], 9.0);
+        assert_eq!(c.get(&[4; 32]), Some(vector(9.0, 16)));
 
         let c = DiskCache::open(&dir.path().join("t.redb"), 1 << 20, Duration::ZERO, metrics()).unwrap();
         c.put([1; 32], vector(1.0, 4));

@@ -156,7 +156,7 @@ impl Default for GenerationConfig {
 pub struct CacheConfig {
     /// Whether to cache at all.
     pub enabled: bool,
-    /// Tier 1 bound, in bytes of stored embeddings.
+    /// Tier 1 bound, in bytes of stored embeddings and completions.
     pub memory_bytes: u64,
     /// Entry lifetime in seconds, both tiers.
     pub ttl_secs: u64,

@@ -1,8 +1,9 @@
 //! wedge-serve: serving logic without HTTP. A [`Service`] holds the served models (an embedding
 //! model with its dynamic [`batcher`], or a language model with its continuous-batching
-//! [`scheduler`]), the two-tier prediction [`cache`], API keys and rate limits ([`auth`]), and
-//! Prometheus [`metrics`]. The HTTP front (`wedge-server`) and applications that embed wedge
-//! both drive it through [`Service::embed`] and [`Service::generate`].
+//! [`scheduler`]), the two-tier prediction [`cache`] (embeddings, and completions of reproducible
+//! requests), API keys and rate limits ([`auth`]), and Prometheus [`metrics`]. The HTTP front
+//! (`wedge-server`) and applications that embed wedge both drive it through [`Service::embed`]
+//! and [`Service::generate`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wedge_serve::ServeError> {
@@ -36,6 +37,7 @@ use wedge::{Device, Embedder, GenerateParams, KvType, LanguageModel, LmOptions, 
 pub mod auth;
 pub mod batcher;
 pub mod cache;
+mod completions;
 pub mod config;
 mod error;
 pub mod metrics;
@@ -44,12 +46,13 @@ mod worker;
 
 pub use auth::{ApiKeys, Caller, RateLimits};
 pub use batcher::{Batcher, Vector};
+pub use completions::{Completion, Generation};
 pub use config::{BatchingConfig, CacheConfig, Config, GenerationConfig, LimitsConfig, ModelConfig};
 pub use error::ServeError;
 pub use metrics::Metrics;
 pub use scheduler::{GenEvent, GenReceiver, Scheduler, SchedulerLimits, Usage};
 
-use cache::{DiskCache, MemoryCache};
+use cache::{Cached, DiskCache, Key, MemoryCache};
 use metrics::{CacheLabel, DeviceLabel, ModelLabel};
 
 /// One served model.
@@ -455,9 +458,9 @@ impl Service {
         if policy == CachePolicy::Bypass {
             tier.store(COMPUTED, Ordering::Relaxed);
             let v = run(model.embedding()?, tokens).await?;
-            memory.insert(key, v.clone()).await;
+            memory.insert(key, Cached::Vector(v.clone())).await;
             if let Some(d) = &self.disk {
-                d.put(key, v.clone());
+                d.put(key, Cached::Vector(v.clone()));
             }
             return Ok(v);
         }
@@ -468,7 +471,7 @@ impl Service {
                 if let Some(d) = &self.disk {
                     let d = d.clone();
                     let found = tokio::task::spawn_blocking(move || d.get(&key)).await.ok().flatten();
-                    if let Some(v) = found {
+                    if let Some(v @ Cached::Vector(_)) = found {
                         count("disk", "hit");
                         tier.store(FROM_DISK, Ordering::Relaxed);
                         return Ok(v);
@@ -476,7 +479,7 @@ impl Service {
                     count("disk", "miss");
                 }
                 tier.store(COMPUTED, Ordering::Relaxed);
-                let v = run(model.embedding()?, tokens).await?;
+                let v = Cached::Vector(run(model.embedding()?, tokens).await?);
                 if let Some(d) = &self.disk {
                     d.put(key, v.clone());
                 }
@@ -485,19 +488,67 @@ impl Service {
             .await
             .map_err(|e| (*e).clone())?;
         count("memory", if entry.is_fresh() { "miss" } else { "hit" });
-        Ok(entry.into_value())
+        match entry.into_value() {
+            Cached::Vector(v) => Ok(v),
+            // (keys of embeddings and completions differ in their options, so this is a bug)
+            Cached::Completion(_) => {
+                Err(ServeError::Inference("the cache holds a completion under an embedding's key".into()))
+            }
+        }
     }
 
     /// Starts generating `prompt` (token ids, BOS included when the model wants one) with the
     /// language model `model`: the receiver gets each token as it is sampled, then the end.
-    /// Dropping the receiver cancels the request.
-    pub fn generate(
+    /// Dropping the receiver cancels the request. A reproducible request (greedy, or seeded)
+    /// that repeats is replayed from the completion cache unless `policy` bypasses it; a
+    /// computed one is stored when it is done.
+    pub async fn generate(
         &self,
         model: &ServedModel,
         prompt: Vec<u32>,
         params: GenerateParams,
-    ) -> Result<GenReceiver, ServeError> {
-        model.language()?.scheduler.submit(prompt, params)
+        policy: CachePolicy,
+    ) -> Result<Generation, ServeError> {
+        let scheduler = &model.language()?.scheduler;
+        let options = completions::cache_options(&params, &self.config.generation);
+        let (Some(memory), Some(options)) = (&self.memory, options) else {
+            return Ok(Generation::live(scheduler.submit(prompt, params)?, None));
+        };
+        let key = cache::key(&model.digest, &options, &prompt);
+        if policy == CachePolicy::Use
+            && let Some(c) = self.cached_completion(memory, &key).await
+        {
+            self.metrics.llm_cache_hits.get_or_create(&ModelLabel { model: model.name.clone() }).inc();
+            return Ok(Generation::replay(&c));
+        }
+        let rx = scheduler.submit(prompt, params)?;
+        Ok(Generation::live(rx, Some((key, memory.clone(), self.disk.clone()))))
+    }
+
+    /// A stored completion from the memory tier, else from the disk tier (and then kept in
+    /// memory too).
+    async fn cached_completion(&self, memory: &MemoryCache, key: &Key) -> Option<Arc<Completion>> {
+        let count = |tier: &'static str, result: &'static str| {
+            self.metrics.cache.get_or_create(&CacheLabel { tier, result }).inc();
+        };
+        if let Some(Cached::Completion(c)) = memory.get(key).await {
+            count("memory", "hit");
+            return Some(c);
+        }
+        count("memory", "miss");
+        let d = self.disk.clone()?;
+        let k = *key;
+        match tokio::task::spawn_blocking(move || d.get(&k)).await.ok().flatten() {
+            Some(Cached::Completion(c)) => {
+                count("disk", "hit");
+                memory.insert(*key, Cached::Completion(c.clone())).await;
+                Some(c)
+            }
+            _ => {
+                count("disk", "miss");
+                None
+            }
+        }
     }
 
     /// Finishes queued inputs, stops the batchers and commits the disk cache.

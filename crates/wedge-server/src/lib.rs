@@ -31,7 +31,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::Instrument;
-use wedge_serve::{CachePolicy, ServeError, Service};
+use wedge_serve::{CachePolicy, Generation, ServeError, Service};
 
 mod api;
 mod llm;
@@ -353,9 +353,11 @@ async fn route_request(
             expect(&method, Method::POST, "POST")?;
             admit(service, req.headers(), peer)?;
             let endpoint = if segments[1] == "chat" { llm::Endpoint::Chat } else { llm::Endpoint::Completions };
+            let policy = cache_policy(req.headers());
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
             let r = llm::GenRequest::parse(service, endpoint, &body, service.config().generation.max_sequences)?;
-            let receivers = r.submit(service)?;
+            let receivers = r.submit(service, policy).await?;
+            let hit = receivers.iter().all(Generation::cache_hit);
             if r.stream {
                 let events = llm::EventStream::start(receivers).await?;
                 let frames = futures_util::StreamExt::map(events.frames(&r, id), |b| {
@@ -366,9 +368,9 @@ async fn route_request(
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-                Ok(resp)
+                Ok(with_cache(resp, hit))
             } else {
-                Ok(json(StatusCode::OK, llm::complete(&r, receivers, id).await?))
+                Ok(with_cache(json(StatusCode::OK, llm::complete(&r, receivers, id).await?), hit))
             }
         }
         ["tokenize"] | ["detokenize"] => {

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde_json::{Map, Value, json};
 use wedge::{ChatMessage, FinishReason, GenerateParams, SamplingParams, TokenEvent, Vocab};
-use wedge_serve::{GenEvent, GenReceiver, ServeError, ServedModel, Service, Usage};
+use wedge_serve::{CachePolicy, GenEvent, Generation, ServeError, ServedModel, Service, Usage};
 
 /// Which endpoint a request came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,15 +308,16 @@ impl GenRequest {
         })
     }
 
-    /// Submits the request's `n` choices (choice `i` seeded with `seed + i`).
-    pub(crate) fn submit(&self, service: &Service) -> Result<Vec<GenReceiver>, ServeError> {
-        (0..self.n)
-            .map(|i| {
-                let mut params = self.params.clone();
-                params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(i as u64));
-                service.generate(&self.model, self.prompt.clone(), params)
-            })
-            .collect()
+    /// Submits the request's `n` choices (choice `i` seeded with `seed + i`), each answered
+    /// from the completion cache when it can be.
+    pub(crate) async fn submit(&self, service: &Service, policy: CachePolicy) -> Result<Vec<Generation>, ServeError> {
+        let mut choices = Vec::with_capacity(self.n);
+        for i in 0..self.n {
+            let mut params = self.params.clone();
+            params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(i as u64));
+            choices.push(service.generate(&self.model, self.prompt.clone(), params, policy).await?);
+        }
+        Ok(choices)
     }
 }
 
@@ -402,8 +403,8 @@ struct Collected {
 }
 
 /// Waits for every choice and answers with one JSON body.
-pub(crate) async fn complete(req: &GenRequest, receivers: Vec<GenReceiver>, id: &str) -> Result<Vec<u8>, ServeError> {
-    let collect = |mut rx: GenReceiver| async move {
+pub(crate) async fn complete(req: &GenRequest, receivers: Vec<Generation>, id: &str) -> Result<Vec<u8>, ServeError> {
+    let collect = |mut rx: Generation| async move {
         let mut c = Collected::default();
         while let Some(e) = rx.recv().await {
             match e {
@@ -457,7 +458,7 @@ pub(crate) async fn complete(req: &GenRequest, receivers: Vec<GenReceiver>, id: 
 }
 
 /// The events of every choice, tagged with the choice's index, as they come.
-fn merged(receivers: Vec<GenReceiver>) -> BoxStream<'static, (usize, GenEvent)> {
+fn merged(receivers: Vec<Generation>) -> BoxStream<'static, (usize, GenEvent)> {
     let streams = receivers.into_iter().enumerate().map(|(i, rx)| {
         futures_util::stream::unfold(rx, move |mut rx| async move { rx.recv().await.map(|e| ((i, e), rx)) }).boxed()
     });
@@ -473,7 +474,7 @@ pub(crate) struct EventStream {
 
 impl EventStream {
     /// Waits for the first event; an error there is the request's error.
-    pub(crate) async fn start(receivers: Vec<GenReceiver>) -> Result<EventStream, ServeError> {
+    pub(crate) async fn start(receivers: Vec<Generation>) -> Result<EventStream, ServeError> {
         let mut rest = merged(receivers);
         match rest.next().await {
             Some((_, GenEvent::Failed(e))) => Err(e),

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,23 +66,38 @@ fn chat(content: &str, extra: Value) -> Value {
     v
 }
 
-/// A streamed request: the status, content type and every `data:` payload, read to the end.
+/// A streamed request that bypasses the completion cache: the status, content type and every
+/// `data:` payload, read to the end.
 async fn stream(url: &str, body: Value) -> (u16, String, Vec<String>) {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = client().request(req).await.unwrap();
+    let (status, kind, events, cache) = stream_with(url, body, &[("cache-control", "no-cache")]).await;
+    assert_eq!(cache, if status == 200 { "miss" } else { "" });
+    (status, kind, events)
+}
+
+/// A streamed request with `headers`: as [`stream`], with the `x-wedge-cache` header.
+async fn stream_with(url: &str, body: Value, headers: &[(&str, &str)]) -> (u16, String, Vec<String>, String) {
+    let mut req = Request::builder().method(Method::POST).uri(url).header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await.unwrap();
     let status = resp.status().as_u16();
-    let kind = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let header = |name: &str| resp.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let (kind, cache) = (header("content-type"), header("x-wedge-cache"));
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     if kind != "text/event-stream" {
-        return (status, kind, vec![text]);
+        return (status, kind, vec![text], cache);
     }
     let events = text.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").unwrap().to_string());
-    (status, kind, events.collect())
+    (status, kind, events.collect(), cache)
+}
+
+/// A request that bypasses the completion cache.
+async fn post_fresh(url: &str, body: Value) -> common::Reply {
+    let headers = [("content-type", "application/json"), ("cache-control", "no-cache")];
+    let r = common::call(Method::POST, url, &headers, body.to_string()).await;
+    assert_eq!(r.header("x-wedge-cache"), if r.status == 200 { "miss" } else { "" });
+    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +162,7 @@ async fn openai_routes_answer_as_the_library_generates() {
     .await
     .json();
     assert_eq!(v["choices"].as_array().unwrap().len(), 2);
-    let again = post(
+    let again = post_fresh(
         &s.url("/v1/chat/completions"),
         chat("Tell me a joke.", json!({"max_tokens": 8, "n": 2, "temperature": 1.0, "seed": 3})),
     )
@@ -232,8 +248,9 @@ async fn streams_are_server_sent_events_as_openai_sends_them() {
         json!({"prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0, "stream": true}),
     )
     .await;
-    let whole =
-        post(&s.url("/v1/completions"), json!({"prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0})).await.json();
+    let whole = post_fresh(&s.url("/v1/completions"), json!({"prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0}))
+        .await
+        .json();
     let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
     assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
@@ -291,7 +308,7 @@ async fn sequences_batch_together_leave_when_cancelled_and_reuse_prefixes() {
                "messages": [{"role": "system", "content": system}, {"role": "user", "content": q}]})
     };
     let first = post(&s.url("/v1/chat/completions"), ask("What is 2 + 2?")).await.json();
-    let second = post(&s.url("/v1/chat/completions"), ask("What is 2 + 2?")).await.json();
+    let second = post_fresh(&s.url("/v1/chat/completions"), ask("What is 2 + 2?")).await.json();
     let other = post(&s.url("/v1/chat/completions"), ask("Where is Rome?")).await.json();
     let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
     assert!(cached(&other) > 30, "the shared system prompt is reused: {}", other["usage"]);
@@ -337,6 +354,82 @@ async fn a_full_queue_sheds_with_503() {
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reproducible_requests_repeat_from_the_completion_cache() {
+    let Some(gguf) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let with_disk = |model: &Path| {
+        let mut c = config(model);
+        c.cache.disk_path = Some(dir.path().join("cache.redb"));
+        c
+    };
+    let s = TestServer::start(with_disk(&gguf)).await;
+    let url = s.url("/v1/chat/completions");
+    let generated = || metric(&s, "wedge_llm_generated_tokens_total");
+    let body = chat("Name a fruit.", json!({"max_tokens": 12, "logprobs": true, "top_logprobs": 2}));
+    let first = post(&url, body.clone()).await;
+    assert_eq!((first.status.as_u16(), first.header("x-wedge-cache")), (200, "miss"));
+    let before = generated().await;
+    let again = post(&url, body.clone()).await;
+    assert_eq!(again.header("x-wedge-cache"), "hit");
+    let (first, again) = (first.json(), again.json());
+    assert_eq!(again["choices"], first["choices"], "the same tokens, text and log-probabilities");
+    for n in ["prompt_tokens", "completion_tokens"] {
+        assert_eq!(again["usage"][n], first["usage"][n]);
+    }
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], again["usage"]["prompt_tokens"]);
+    assert_eq!(generated().await, before, "a hit runs nothing");
+    assert_eq!(metric(&s, "wedge_llm_completion_cache_hits_total").await, 1.0);
+
+    // A streamed hit replays as the computed stream did, chunk by chunk.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (_, _, computed) = stream(&url, streamed.clone()).await;
+    let (status, kind, replayed, cache) = stream_with(&url, streamed, &[]).await;
+    assert_eq!((status, kind.as_str(), cache.as_str()), (200, "text/event-stream", "hit"));
+    assert_eq!(replayed.len(), computed.len());
+    assert_eq!(replayed.last().unwrap(), "[DONE]");
+    let parse = |e: &String| serde_json::from_str::<Value>(e).unwrap();
+    for (r, c) in replayed.iter().zip(&computed).take(computed.len() - 2) {
+        assert_eq!(parse(r)["choices"], parse(c)["choices"]);
+    }
+    let usage = |events: &[String]| parse(&events[events.len() - 2])["usage"]["completion_tokens"].clone();
+    assert_eq!(usage(&replayed), usage(&computed));
+
+    // `Cache-Control: no-cache` computes afresh; sampling without a seed is never cached; a
+    // seeded one is.
+    let before = generated().await;
+    let fresh = post_fresh(&url, body.clone()).await.json(); // (and replaces the stored answer)
+    assert!(generated().await > before, "a bypass runs the model");
+    let sampled = chat("Name a fruit.", json!({"max_tokens": 6, "temperature": 1.0}));
+    for _ in 0..2 {
+        assert_eq!(post(&url, sampled.clone()).await.header("x-wedge-cache"), "miss");
+    }
+    let seeded = chat("Name a fruit.", json!({"max_tokens": 6, "temperature": 1.0, "seed": 11}));
+    assert_eq!(post(&url, seeded.clone()).await.header("x-wedge-cache"), "miss");
+    assert_eq!(post(&url, seeded.clone()).await.header("x-wedge-cache"), "hit");
+    s.stop().await;
+
+    // The disk tier answers after a restart ...
+    let s = TestServer::start(with_disk(&gguf)).await;
+    let r = post(&s.url("/v1/chat/completions"), body.clone()).await;
+    assert_eq!(r.header("x-wedge-cache"), "hit");
+    assert_eq!(r.json()["choices"], fresh["choices"]);
+    assert_eq!(metric(&s, "wedge_cache_lookups_total{tier=\"disk\",result=\"hit\"}").await, 1.0);
+    s.stop().await;
+
+    // ... until the model file changes: a new digest reaches none of the old entries.
+    let changed = dir.path().join("changed.gguf");
+    std::fs::copy(&gguf, &changed).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&changed).unwrap().write_all(&[0; 32]).unwrap();
+    let s = TestServer::start(with_disk(&changed)).await;
+    let r = post(&s.url("/v1/chat/completions"), body).await;
+    assert_eq!(r.header("x-wedge-cache"), "miss");
+    assert_eq!(r.json()["choices"][0]["message"], first["choices"][0]["message"], "the same weights answer the same");
+    s.stop().await;
+}
+
 /// OpenAI's JavaScript client (`openai` from npm, in web/'s packages) parses every answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_library_parses_every_answer() {
@@ -364,6 +457,13 @@ async fn the_openai_client_library_parses_every_answer() {
     assert_eq!(v["chat_stream"]["roles"], json!(["assistant"]));
     assert_eq!(v["chat_stream"]["finish_reason"], v["chat"]["finish_reason"]);
     assert_eq!(v["chat_stream"]["usage"]["completion_tokens"], v["chat"]["usage"]["completion_tokens"]);
+    assert_eq!(v["chat_stream"]["cache"], "miss");
+    let cached = &v["chat_stream_cached"];
+    assert_eq!(
+        (&cached["cache"], &cached["content"], &cached["roles"]),
+        (&json!("hit"), &v["chat"]["content"], &json!(["assistant"]))
+    );
+    assert_eq!(cached["usage"]["prompt_tokens_details"]["cached_tokens"], cached["usage"]["prompt_tokens"]);
     assert_eq!(v["completion"]["text"], v["completion_stream"]["text"]);
     assert!(!v["completion"]["text"].as_str().unwrap().is_empty());
     assert_eq!(v["bad_temperature"]["status"], 400);
