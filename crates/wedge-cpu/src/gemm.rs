@@ -354,12 +354,11 @@ pub(crate) fn matmul_with(
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(p) = packed {
-        return if p.0.grouped_layout() {
-            int16::matmul_q4(x, &p.0, bias, act, m, out)
-        } else if w.format == Format::Q8A8 {
-            int16::matmul_a8(x, &p.0, bias, act, m, out)
-        } else {
-            int16::matmul(x, &p.0, bias, act, m, out)
+        return match &p.0 {
+            Kernel::Groups(g, token, simd) => crate::vnni_groups::matmul(*token, *simd, g, x, bias, act, m, out),
+            Kernel::Int16(p) if p.grouped_layout() => int16::matmul_q4(x, p, bias, act, m, out),
+            Kernel::Int16(p) if w.format == Format::Q8A8 => int16::matmul_a8(x, p, bias, act, m, out),
+            Kernel::Int16(p) => int16::matmul(x, p, bias, act, m, out),
         };
     }
     if w.format == Format::Q8A8 {
@@ -381,18 +380,36 @@ pub fn integer_kernels() -> &'static str {
 
 /// A weight laid out for a faster kernel than the f32 panels, where the CPU has one.
 #[derive(Debug)]
-pub struct Packed(#[cfg(target_arch = "x86_64")] int16::Packed);
+pub struct Packed(#[cfg(target_arch = "x86_64")] Kernel);
+
+/// Which integer kernel a weight is laid out for.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug)]
+enum Kernel {
+    /// Activations rounded to 16 bits (module `int16`; `q8a8` to 8-bit blocks).
+    Int16(int16::Packed),
+    /// Grouped weights against 8-bit activation blocks on AVX-512 VNNI.
+    Groups(crate::vnni_groups::Groups, crate::vnni::Vnni, pulp::x86::V4),
+}
 
 impl Packed {
-    /// The layout of `w` for this CPU, if it has a kernel for `w`'s format (today: `q8`,
-    /// `q8a8`, `q4` and `q4_1` with AVX2).
+    /// The layout of `w` for this CPU, if it has a kernel for `w`'s format: with AVX-512
+    /// VNNI, `q4`, `q4_1`, `q4_k` and `q8_0` in groups of 32 values (`crate::vnni_groups`);
+    /// otherwise `q8`, `q8a8`, `q4`, `q4_1` and `q4_k` with AVX2.
     pub fn new(w: &Weight) -> Option<Packed> {
         #[cfg(target_arch = "x86_64")]
-        if matches!(w.format, Format::Q8 | Format::Q8A8 | Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K)
-            && w.shape.len() == 2
-            && w.shape[1] > 0
         {
-            return int16::Packed::new(w).map(Packed);
+            if let (Some(token), Some(simd)) = (int16::vnni_token(), int16::v4())
+                && let Some(g) = crate::vnni_groups::Groups::new(w)
+            {
+                return Some(Packed(Kernel::Groups(g, token, simd)));
+            }
+            if matches!(w.format, Format::Q8 | Format::Q8A8 | Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K)
+                && w.shape.len() == 2
+                && w.shape[1] > 0
+            {
+                return int16::Packed::new(w).map(|p| Packed(Kernel::Int16(p)));
+            }
         }
         let _ = w;
         None
@@ -685,7 +702,7 @@ mod int16 {
 
     /// AVX-512 where the CPU has it, unless `WEDGE_CPU_AVX512=0` (for comparisons); looked up
     /// once per process, not once per weight.
-    fn v4() -> Option<V4> {
+    pub(super) fn v4() -> Option<V4> {
         static V4_ON: std::sync::OnceLock<Option<V4>> = std::sync::OnceLock::new();
         *V4_ON.get_or_init(|| {
             if std::env::var("WEDGE_CPU_AVX512").as_deref() == Ok("0") {
@@ -1176,6 +1193,7 @@ mod int16 {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
+    use wedge_core::quant::A8_BLOCK;
 
     #[cfg(target_arch = "x86_64")]
     fn int16_qmax(k: usize) -> f32 {
@@ -1278,14 +1296,22 @@ mod tests {
             }
             // (VNNI where the CPU has it, so that `q8a8` compares its tiles, not AVX2's twice)
             assert_eq!(wide.vnni_layout(), int16::vnni_token().is_some() && format == Format::Q8A8, "{format}");
-            let narrow = Packed(int16::Packed::avx2_only(&w).unwrap());
+            let narrow = Packed(Kernel::Int16(int16::Packed::avx2_only(&w).unwrap()));
             let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
-            matmul_with(&x, &w, Some(&Packed(wide)), None, Activation::GeluErf, m, k, n, &mut a);
+            matmul_with(&x, &w, Some(&Packed(Kernel::Int16(wide))), None, Activation::GeluErf, m, k, n, &mut a);
             matmul_with(&x, &w, Some(&narrow), None, Activation::GeluErf, m, k, n, &mut b);
             let (a, b): (Vec<u32>, Vec<u32>) =
                 (a.iter().map(|v| v.to_bits()).collect(), b.iter().map(|v| v.to_bits()).collect());
             assert_eq!(a, b, "{format} m={m} n={n} k={k}");
         }
+    }
+
+    /// Whether `w` runs on the grouped VNNI tiles (8-bit activation blocks) here.
+    fn on_vnni_groups(w: &Weight) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return matches!(Packed::new(w), Some(Packed(Kernel::Groups(..))));
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// The fast kernel against the plain reference over ragged shapes and every format.
@@ -1336,7 +1362,21 @@ mod tests {
                     Format::Q4 { .. } | Format::Q4_1 { .. } | Format::Q4K => Some(32767.0),
                     _ => None,
                 };
-                if let Some(qmax) = qmax.filter(|_| cfg!(target_arch = "x86_64")) {
+                if on_vnni_groups(&w) {
+                    // two 8-bit roundings a block: half a step of the second scale (at most
+                    // the block's `max|x| / (127 · 254)`) per product
+                    let (row, col) = (i / n, i % n);
+                    let xr = &x[row * k..(row + 1) * k];
+                    let wr = &wd[col * k..(col + 1) * k];
+                    tol += xr
+                        .chunks(A8_BLOCK)
+                        .zip(wr.chunks(A8_BLOCK))
+                        .map(|(xb, wb)| {
+                            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                            1.2 * amax / (2.0 * 127.0 * 254.0) * wb.iter().map(|v| v.abs()).sum::<f32>()
+                        })
+                        .sum::<f32>();
+                } else if let Some(qmax) = qmax.filter(|_| cfg!(target_arch = "x86_64")) {
                     let (row, col) = (i / n, i % n);
                     let amax = x[row * k..(row + 1) * k].iter().fold(0f32, |a, v| a.max(v.abs()));
                     let wsum: f32 = wd[col * k..(col + 1) * k].iter().map(|v| v.abs()).sum();

@@ -15,6 +15,8 @@ mod gemv;
 mod kernels;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
+#[cfg(target_arch = "x86_64")]
+mod vnni_groups;
 
 use thiserror::Error;
 use wedge_core::graph::{Activation, Graph, Op, op_weights};

@@ -10,9 +10,9 @@
 //! `32 · 255 · 127` in magnitude) and equal the plain twin's block sums.
 //!
 //! Stable Rust has the VNNI intrinsics, but the SIMD crate the rest of this backend is written
-//! over (`pulp`) wraps none of them. This module holds the crate's one `unsafe`: the call of a
-//! `#[target_feature]` function, made only through a token that exists only where the CPU has
-//! the features.
+//! over (`pulp`) wraps none of them. This module and [`crate::vnni_groups`] hold the crate's
+//! two `unsafe` blocks: each the call of a `#[target_feature]` function, made only through a
+//! token ([`Vnni`]) that exists only where the CPU has the features.
 
 use core::arch::x86_64::*;
 

@@ -77,8 +77,23 @@ fn model_bytes() -> Option<&'static [u8]> {
     BYTES.get_or_init(|| model_path().map(|p| std::fs::read(p).unwrap())).as_deref()
 }
 
+/// How teacher-forced logits compare with the float64 ones.
+struct Forced {
+    /// Max |Δlogit| over the float64 top 10 of every generated position.
+    worst: f64,
+    /// The median of those.
+    median: f64,
+    /// Positions whose top token is llama.cpp's greedy one.
+    agree: usize,
+}
+
 /// Max |Δlogit| over the float64 top 10 of every generated position, teacher-forced.
 fn teacher_forced_error(lm: &LanguageModel, r: &Reference, chunk: usize) -> f64 {
+    teacher_forced(lm, r, chunk).worst
+}
+
+/// Teacher-forced on llama.cpp's greedy tokens, the prompt in chunks of `chunk`.
+fn teacher_forced(lm: &LanguageModel, r: &Reference, chunk: usize) -> Forced {
     let positions = r.forced.len();
     let mut state = lm.new_state(1, 160).unwrap();
     let seq = state.add().unwrap();
@@ -90,16 +105,21 @@ fn teacher_forced_error(lm: &LanguageModel, r: &Reference, chunk: usize) -> f64 
     rows.extend(lm.score(&mut state, seq, &r.forced[..positions - 1]).unwrap());
     assert_eq!(rows.len(), positions);
     let mut worst = 0f64;
+    let mut all = Vec::new();
+    let mut agree = 0;
     for (p, (row, top)) in rows.iter().zip(&r.top10).enumerate() {
+        agree += usize::from(wedge::argmax(row) == r.forced[p]);
         for &(id, want) in top {
             let d = (f64::from(row[id as usize]) - want).abs();
+            all.push(d);
             if d > worst {
                 worst = d;
                 eprintln!("{} position {p} token {id}: {} vs {want} (|Δ| {d:.2e})", r.name, row[id as usize]);
             }
         }
     }
-    worst
+    all.sort_by(f64::total_cmp);
+    Forced { worst, median: all[all.len() / 2], agree }
 }
 
 #[test]
@@ -165,17 +185,22 @@ fn gpu_logits_and_greedy_tokens_match_float64() {
     }
 }
 
-/// `LmOptions::fast_cpu` (activations rounded to 16 bits for the integer kernels): logits
-/// within 0.1 of float64 teacher-forced (measured: 1.3e-2 and 4.6e-2).
+/// `LmOptions::fast_cpu`, the integer kernels: logits within 0.05 of float64 teacher-forced,
+/// and the top tokens llama.cpp's greedy ones but for at most two. On AVX-512 VNNI the
+/// activations are rounded twice to 8 bits per block of 32 (measured: median 5.6e-4 and
+/// 8.6e-4, max 5.8e-3 and 1.1e-2, 63/64 and 64/64); on AVX2 once to 16 bits a row (measured:
+/// median 2.7e-3 and 4.9e-3, max 1.7e-2 and 3.7e-2, 63/64 and 64/64).
 #[test]
 fn cpu_fast_mode_stays_close() {
     let Some(bytes) = model_bytes() else { return };
     let lm =
         LanguageModel::from_gguf(bytes, &Device::cpu(), LmOptions { fast_cpu: true, ..Default::default() }).unwrap();
     for r in references() {
-        let worst = teacher_forced_error(&lm, &r, 64);
-        eprintln!("{}: --fast max |Δlogit| {worst:.2e}", r.name);
-        assert!(worst <= 0.1, "{}: fast max |Δlogit| {worst:.2e} > 0.1", r.name);
+        let f = teacher_forced(&lm, &r, 64);
+        let (name, worst, median, agree) = (&r.name, f.worst, f.median, f.agree);
+        eprintln!("{name}: --fast |Δlogit| median {median:.2e} max {worst:.2e}, top-1 {agree}/{}", r.forced.len());
+        assert!(worst <= 0.05, "{name}: fast max |Δlogit| {worst:.2e} > 0.05");
+        assert!(agree + 2 >= r.forced.len(), "{name}: {agree} top tokens agree with llama.cpp's");
     }
 }
 
