@@ -3,7 +3,8 @@
 # llama.cpp's OpenAI server (llama_cpp.server from llama-cpp-python, built from PyPI by pip into
 # $WEDGE_BENCH_DIR/venv) first, then `wedge serve` on the CPU backend, each on the same threads
 # and loopback port, at concurrency 1, 8 and 32 (benches/llm/chat_load.py: aggregate generated
-# tok/s, TTFT and inter-token p50/p99, errors, 503s). Only ratios from one run count.
+# tok/s, TTFT and inter-token p50/p99, errors, 503s), once with the f32 kernels and once with
+# --fast (the integer kernels). Only ratios from one run count.
 # llama_cpp.server runs with --interrupt_requests False: by default a new request ends the
 # running stream at once (with no tokens), which would count as served.
 # THREADS (default 2), SECONDS_EACH (default 20), MAX_TOKENS (default 64), PEER=0 skips llama.cpp.
@@ -44,28 +45,32 @@ if [ "${PEER:-1}" = 1 ]; then
   kill $peer; wait $peer 2>/dev/null || true
 fi
 cargo build --release -q -p wedge-cli
-echo "== wedge serve, $threads threads"
-RAYON_NUM_THREADS=$threads target/release/wedge serve --model "smollm2=$model" --device cpu --addr "127.0.0.1:$port" \
-  >"$work/wedge.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-wait_ready /v2/health/ready
-load smollm2 wedge
-kill $server; wait $server 2>/dev/null || true
+for mode in "" "--fast"; do
+  echo "== wedge serve $mode, $threads threads"
+  RAYON_NUM_THREADS=$threads target/release/wedge serve --model "smollm2=$model" --device cpu \
+    --addr "127.0.0.1:$port" $mode >"$work/wedge$mode.log" 2>&1 &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  wait_ready /v2/health/ready
+  load smollm2 "wedge$mode"
+  kill $server; wait $server 2>/dev/null || true
+done
 python3 - "$work" <<'PY'
 import json, sys, pathlib
 w = pathlib.Path(sys.argv[1])
 rows = lambda n: [json.loads(l) for l in (w / n).read_text().splitlines()] if (w / n).exists() else []
 print(f"\n{'server':<22} {'conc':>4} {'tok/s':>7} {'ttft p50':>9} {'ttft p99':>9} {'itl p50':>8} {'itl p99':>8} {'reqs':>5} {'err':>4} {'503':>4} {'empty':>5}")
-for name, label in [("peer.jsonl", "llama_cpp.server"), ("wedge.jsonl", "wedge serve")]:
+servers = [("peer.jsonl", "llama_cpp.server"), ("wedge.jsonl", "wedge serve"), ("wedge--fast.jsonl", "wedge serve --fast")]
+for name, label in servers:
     for r in rows(name):
         print(f"{label:<22} {r['concurrency']:>4} {r['tok_s']:7.1f} {r['ttft_p50_ms']!s:>9} {r['ttft_p99_ms']!s:>9} "
               f"{r['itl_p50_ms']!s:>8} {r['itl_p99_ms']!s:>8} {r['requests']:>5} {r['errors']:>4} {r['shed_503']:>4} {r['empty']:>5}")
-wedge = {r["concurrency"]: r for r in rows("wedge.jsonl")}
 peer = {r["concurrency"]: r for r in rows("peer.jsonl")}
-if 1 in wedge and 8 in wedge:
-    print(f"\nwedge at 8 / wedge at 1: {wedge[8]['tok_s'] / wedge[1]['tok_s']:.2f}x tok/s, "
-          f"p99 inter-token {wedge[8]['itl_p99_ms'] / wedge[1]['itl_p99_ms']:.2f}x")
-if 8 in wedge and 8 in peer:
-    print(f"wedge / llama_cpp.server at 8: {wedge[8]['tok_s'] / peer[8]['tok_s']:.2f}x tok/s")
+for name, label in servers[1:]:
+    wedge = {r["concurrency"]: r for r in rows(name)}
+    if 1 in wedge and 8 in wedge:
+        print(f"\n{label}: at 8 / at 1 {wedge[8]['tok_s'] / wedge[1]['tok_s']:.2f}x tok/s, "
+              f"p99 inter-token {wedge[8]['itl_p99_ms'] / wedge[1]['itl_p99_ms']:.2f}x")
+    if 8 in wedge and 8 in peer:
+        print(f"{label} / llama_cpp.server at 8: {wedge[8]['tok_s'] / peer[8]['tok_s']:.2f}x tok/s")
 PY

@@ -43,6 +43,9 @@ pub(crate) struct ServeArgs {
     /// Turn the prediction cache off.
     #[arg(long)]
     no_cache: bool,
+    /// Language models on the CPU: the integer kernels (`[generation] fast_cpu`).
+    #[arg(long)]
+    fast: bool,
     /// Log format: human or json.
     #[arg(long)]
     log_format: Option<String>,
@@ -86,6 +89,9 @@ fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<
     }
     if args.no_cache {
         c.cache.enabled = false;
+    }
+    if args.fast {
+        c.generation.fast_cpu = true;
     }
     if let Some(f) = args.log_format {
         c.log_format = f;

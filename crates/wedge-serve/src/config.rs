@@ -131,7 +131,8 @@ pub struct GenerationConfig {
     pub max_waiting: usize,
     /// `max_tokens` when a request gives none (at most to the end of the context).
     pub default_max_tokens: usize,
-    /// On the CPU backend, 16-bit activations for the integer kernels (faster, less exact).
+    /// On the CPU backend, the integer matmul kernels (faster, less exact; see
+    /// `wedge::LmOptions::fast_cpu`).
     pub fast_cpu: bool,
 }
 
