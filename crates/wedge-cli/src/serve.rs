@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wedge_serve::{Config, ModelConfig, Service};
+use wedge_serve::{Config, ModelConfig, ModelFile, Service};
 
 /// Flags of `wedge serve`.
 #[derive(clap::Args, Debug)]
@@ -60,7 +60,8 @@ fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<
         c.models = args.models.iter().map(|m| model_flag(m)).collect::<Result<_>>()?;
     }
     // A node serving only language models serves the bundled embedding model beside them.
-    if c.models.iter().all(|m| is_language_model(&m.path)) {
+    // (a file that cannot be read counts as not one; loading it reports why)
+    if c.models.iter().all(|m| ModelFile::probe(&m.path).is_ok_and(ModelFile::is_language)) {
         c.models.push(ModelConfig {
             name: "all-MiniLM-L6-v2".into(),
             path: bundled()?,
@@ -98,22 +99,6 @@ fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<
     }
     c.validate()?;
     Ok(c)
-}
-
-/// Whether a model file holds a language model (a GGUF file, or a decoder package). A file
-/// that cannot be read counts as not one; loading it reports why.
-fn is_language_model(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let Ok(mut f) = std::fs::File::open(path) else { return false };
-    if f.read_exact(&mut magic).is_err() {
-        return false;
-    }
-    if &magic == b"GGUF" {
-        return true;
-    }
-    let Ok(bytes) = std::fs::read(path) else { return false };
-    wedge::read_header(&bytes, &wedge::PackageLimits::default()).is_ok_and(|h| h.header.architecture == wedge::DECODER)
 }
 
 fn model_flag(m: &str) -> Result<ModelConfig> {

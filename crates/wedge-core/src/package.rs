@@ -158,6 +158,14 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Reads and validates the prefix and header of a package without touching tensor data.
 pub fn read_header(bytes: &[u8], limits: &PackageLimits) -> Result<ParsedHeader> {
+    read_header_of(bytes, bytes.len() as u64, limits)
+}
+
+/// [`read_header`] of a package file without reading its data: `head` is the file's start
+/// (at least the prefix and the header), `file_len` its whole length. [`header_len`] says how
+/// much of the file `head` needs.
+pub fn read_header_of(head: &[u8], file_len: u64, limits: &PackageLimits) -> Result<ParsedHeader> {
+    let bytes = head;
     if bytes.len() < PREFIX_LEN {
         return Err(bad(format!("truncated: {} bytes, the fixed prefix alone is {PREFIX_LEN}", bytes.len())));
     }
@@ -181,7 +189,8 @@ pub fn read_header(bytes: &[u8], limits: &PackageLimits) -> Result<ParsedHeader>
     }
     let available = (bytes.len() - PREFIX_LEN) as u64;
     if header_len > available {
-        return Err(bad(format!("truncated: header length {header_len}, only {available} bytes follow")));
+        let what = if file_len > bytes.len() as u64 { "read" } else { "follow" };
+        return Err(bad(format!("truncated: header length {header_len}, only {available} bytes {what}")));
     }
     let header_len = header_len as usize;
     let header_bytes = &bytes[PREFIX_LEN..PREFIX_LEN + header_len];
@@ -191,9 +200,19 @@ pub fn read_header(bytes: &[u8], limits: &PackageLimits) -> Result<ParsedHeader>
     }
     let header: Header = serde_json::from_slice(header_bytes).map_err(|e| bad(format!("header is not valid: {e}")))?;
     let data_offset = PREFIX_LEN + header_len;
-    let data_len = (bytes.len() - data_offset) as u64;
+    let data_len = file_len.saturating_sub(data_offset as u64);
     validate_header(&header, data_len, limits)?;
     Ok(ParsedHeader { header, digest: hex(&digest), data_offset, header_len })
+}
+
+/// The bytes of a package's start that hold its prefix and header, from the prefix alone
+/// (`None` if `prefix` is not a package's, or its header is over `limits`).
+pub fn header_len(prefix: &[u8], limits: &PackageLimits) -> Option<usize> {
+    if prefix.len() < PREFIX_LEN || prefix[..8] != MAGIC {
+        return None;
+    }
+    let len = u64::from_le_bytes(prefix[16..24].try_into().ok()?);
+    (len <= limits.max_header_bytes).then(|| PREFIX_LEN + len as usize)
 }
 
 fn check_section(what: &str, offset: u64, stored: u64, raw: u64, data_len: u64, limits: &PackageLimits) -> Result<()> {
@@ -413,6 +432,20 @@ mod tests {
         assert_eq!(p, q);
         assert_eq!(digest, d2);
         assert_eq!(digest.len(), 64);
+    }
+
+    #[test]
+    fn a_header_reads_from_the_file_start_alone() {
+        let (bytes, digest) = sample().to_bytes(3).unwrap();
+        let limits = PackageLimits::default();
+        let len = header_len(&bytes[..PREFIX_LEN], &limits).unwrap();
+        let head = read_header_of(&bytes[..len], bytes.len() as u64, &limits).unwrap();
+        assert_eq!((head.header.architecture.as_str(), head.digest.as_str()), ("test", digest.as_str()));
+        assert_eq!(head.header, read_header(&bytes, &limits).unwrap().header);
+        // a file shorter than its header says is still refused, by the length given
+        assert!(read_header_of(&bytes[..len], len as u64 + 1, &limits).is_err());
+        assert!(read_header_of(&bytes[..len - 1], bytes.len() as u64, &limits).is_err());
+        assert_eq!(header_len(b"GGUF and more bytes than a prefix holds, or even more", &limits), None);
     }
 
     #[test]

@@ -287,29 +287,25 @@ impl Service {
         Ok(())
     }
 
-    /// Loads one model file: a GGUF file or a decoder package is a language model, any other
-    /// package an embedding model. Returns it with its digest.
+    /// Loads one model file: a GGUF file or a decoder package is a language model
+    /// ([`ModelFile::probe`]), any other package an embedding model. Returns it with its
+    /// digest.
     fn load_model(&self, mc: &ModelConfig) -> Result<(ModelKind, String), ServeError> {
         let bad = |what: String| ServeError::Config(format!("model `{}` ({}): {what}", mc.name, mc.path.display()));
-        let mut magic = [0u8; 4];
-        {
-            use std::io::Read;
-            let mut f = std::fs::File::open(&mc.path).map_err(|e| bad(e.to_string()))?;
-            f.read_exact(&mut magic).map_err(|e| bad(format!("reading its first bytes: {e}")))?;
-        }
+        let file = ModelFile::probe(&mc.path).map_err(|e| bad(e.to_string()))?;
         let g = &self.config.generation;
         let lm_options = || -> Result<LmOptions, ServeError> {
             let kv = KvType::parse(&g.kv).ok_or_else(|| bad(format!("kv `{}`", g.kv)))?;
             Ok(LmOptions { kv, fast_cpu: g.fast_cpu })
         };
-        let (lm, digest) = if &magic == b"GGUF" {
+        let (lm, digest) = if file == ModelFile::Gguf {
             let lm = LanguageModel::open(&mc.path, &self.device, lm_options()?).map_err(|e| bad(e.to_string()))?;
             (lm, file_digest(&mc.path).map_err(|e| bad(e.to_string()))?)
         } else {
             let bytes = std::fs::read(&mc.path).map_err(|e| bad(e.to_string()))?;
             let header =
                 wedge::read_header(&bytes, &wedge::PackageLimits::default()).map_err(|e| bad(e.to_string()))?;
-            if header.header.architecture != wedge::DECODER {
+            if file == ModelFile::Other {
                 let embedder = Arc::new(Embedder::from_bytes(&bytes, &self.device).map_err(|e| bad(e.to_string()))?);
                 drop(bytes);
                 return self.serve_embedder(mc, embedder).map(|k| (k, header.digest));
@@ -605,6 +601,46 @@ fn scheduler_limits(g: &GenerationConfig, lm: &LanguageModel) -> Result<Schedule
     })
 }
 
+/// What a model file holds, as far as serving it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFile {
+    /// A GGUF file: a language model.
+    Gguf,
+    /// A package of the decoder architecture: a language model.
+    Decoder,
+    /// Anything else: served as an embedding model, whose loading reports what is wrong with
+    /// a file that is not one.
+    Other,
+}
+
+impl ModelFile {
+    /// Reads the file's magic (and a package's prefix and header, not its data).
+    pub fn probe(path: &std::path::Path) -> std::io::Result<ModelFile> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let file_len = f.metadata()?.len();
+        let mut head = Vec::with_capacity(wedge::PREFIX_LEN);
+        f.by_ref().take(wedge::PREFIX_LEN as u64).read_to_end(&mut head)?;
+        if head.starts_with(b"GGUF") {
+            return Ok(ModelFile::Gguf);
+        }
+        let limits = wedge::PackageLimits::default();
+        let Some(len) = wedge::header_len(&head, &limits) else { return Ok(ModelFile::Other) };
+        f.take((len - head.len()) as u64).read_to_end(&mut head)?;
+        let header = wedge::read_header_of(&head, file_len, &limits);
+        Ok(if header.is_ok_and(|h| h.header.architecture == wedge::DECODER) {
+            ModelFile::Decoder
+        } else {
+            ModelFile::Other
+        })
+    }
+
+    /// Whether it is a language model.
+    pub fn is_language(self) -> bool {
+        self != ModelFile::Other
+    }
+}
+
 /// Hex SHA-256 of a file, read in pieces.
 fn file_digest(path: &std::path::Path) -> std::io::Result<String> {
     use sha2::Digest;
@@ -639,4 +675,32 @@ async fn tokenize(model: &Arc<ServedModel>, inputs: &[String]) -> Result<Vec<Tok
     tokio::task::spawn_blocking(move || owned.iter().map(|t| one(&e, t)).collect())
         .await
         .map_err(|e| ServeError::Inference(format!("tokenizer thread: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_files_are_told_apart_by_their_first_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge");
+        assert_eq!(ModelFile::probe(&bundled).unwrap(), ModelFile::Other);
+        let gguf = dir.path().join("m.gguf");
+        std::fs::write(&gguf, b"GGUF\x03\0\0\0").unwrap();
+        assert!(ModelFile::probe(&gguf).unwrap().is_language());
+        // a decoder package: the bundled package's header says `decoder` (re-signed)
+        let bytes = std::fs::read(&bundled).unwrap();
+        let mut p = wedge::Package::from_bytes(&bytes).unwrap().0;
+        p.architecture = wedge::DECODER.into();
+        let decoder = dir.path().join("d.wedge");
+        std::fs::write(&decoder, p.to_bytes(1).unwrap().0).unwrap();
+        assert_eq!(ModelFile::probe(&decoder).unwrap(), ModelFile::Decoder);
+        for junk in [&b""[..], b"GG", b"WEDGE\0\0\0 but nothing more"] {
+            let f = dir.path().join("junk");
+            std::fs::write(&f, junk).unwrap();
+            assert_eq!(ModelFile::probe(&f).unwrap(), ModelFile::Other);
+        }
+        assert!(ModelFile::probe(&dir.path().join("missing")).is_err());
+    }
 }

@@ -39,7 +39,9 @@ pub use wedge_core::gguf::{GgmlType, Gguf};
 pub use wedge_core::graph::StateElem;
 pub use wedge_core::graph::{Activation, Dim, Elem, Graph, Op, RopeMode, RopeScaling, ValueId, WeightId};
 pub use wedge_core::models::{DECODER, DecoderConfig, ENCODER, EncoderConfig, ModelGraph, Pooling};
-pub use wedge_core::package::{Package, PackageLimits, ParsedHeader, read_header};
+pub use wedge_core::package::{
+    PREFIX_LEN, Package, PackageLimits, ParsedHeader, header_len, read_header, read_header_of,
+};
 pub use wedge_core::plan::{HostTensor, Plan, WeightInfo};
 pub use wedge_core::quant::{Format, Weight};
 pub use wedge_gpu::{AdapterChoice, AdapterSummary};
