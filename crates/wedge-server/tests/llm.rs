@@ -430,6 +430,56 @@ async fn reproducible_requests_repeat_from_the_completion_cache() {
     s.stop().await;
 }
 
+/// The same server on a GPU adapter (lavapipe in CI): two requests batched in the GPU's steps
+/// answer as the CPU library does (SmolLM2's GPU logits are within 1e-4 of float64, so greedy
+/// tokens agree).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_serves_batched_requests_as_the_cpu_generates() {
+    let Some(gguf) = smollm2() else { return };
+    let device = match wedge::Device::gpu() {
+        Ok(d) => d,
+        Err(e) => {
+            wedge_testkit::unavailable("WEDGE_REQUIRE_GPU", "serving SmolLM2 on the GPU", &e.to_string());
+            return;
+        }
+    };
+    let questions = ["What is 2 + 2?", "Name a color."];
+    let want: Vec<String> =
+        questions.iter().map(|q| library_chat(&gguf, &[ChatMessage::new("user", q)], 4).1).collect();
+    let mut c = config(&gguf);
+    c.models.truncate(1);
+    c.generation.ctx = 64;
+    let s = TestServer::start_on(c, device).await;
+    assert!(
+        s.service.model("smollm2").unwrap().device.starts_with("gpu"),
+        "{}",
+        s.service.model("smollm2").unwrap().device
+    );
+    let url = s.url("/v1/chat/completions");
+    let asks = questions.map(|q| {
+        let url = url.clone();
+        tokio::spawn(async move { post(&url, chat(q, json!({"max_tokens": 4}))).await })
+    });
+    for (ask, want) in asks.into_iter().zip(&want) {
+        let r = ask.await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["choices"][0]["message"]["content"], want.as_str());
+    }
+    let (_, _, events) = stream(&url, chat(questions[1], json!({"max_tokens": 4, "stream": true}))).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .filter_map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().map(String::from)
+        })
+        .collect();
+    assert_eq!(text, want[1]);
+    let two = metric(&s, "wedge_llm_step_sequences_bucket{le=\"2.0\"").await
+        - metric(&s, "wedge_llm_step_sequences_bucket{le=\"1.0\"").await;
+    assert!(two >= 1.0, "no GPU step ran both requests together");
+    s.stop().await;
+}
+
 /// OpenAI's JavaScript client (`openai` from npm, in web/'s packages) parses every answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_library_parses_every_answer() {

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use wedge_serve::{Config, Service};
 
-/// A server on a loopback port, on the CPU backend.
+/// A server on a loopback port (on the CPU backend unless started on another device).
 pub(crate) struct TestServer {
     pub(crate) addr: std::net::SocketAddr,
     pub(crate) service: Arc<Service>,
@@ -24,8 +24,13 @@ pub(crate) struct TestServer {
 
 impl TestServer {
     pub(crate) async fn start(config: Config) -> TestServer {
+        TestServer::start_on(config, wedge::Device::cpu()).await
+    }
+
+    /// A server on `device`.
+    pub(crate) async fn start_on(config: Config, device: wedge::Device) -> TestServer {
         let mut registry = prometheus_client::registry::Registry::default();
-        let service = Arc::new(Service::new(config, wedge::Device::cpu(), &mut registry).unwrap());
+        let service = Arc::new(Service::new(config, device, &mut registry).unwrap());
         let loader = service.clone();
         tokio::task::spawn_blocking(move || loader.load_models()).await.unwrap().unwrap();
         let server = wedge_server::Server::bind(service.clone(), registry, "127.0.0.1:0").await.unwrap();
