@@ -9,6 +9,10 @@
 
 use wedge::{Device, Embedder};
 
+pub mod lm;
+
+pub use lm::WebLanguageModel;
+
 /// Texts embedded per model run; bigger requests run in chunks so memory stays bounded.
 pub const CHUNK: usize = 32;
 

@@ -269,6 +269,8 @@ pub use driver::Generation;
 /// The generator: a blocking iterator (native) and an async stream (every target) over the
 /// same steps.
 mod driver {
+    use std::rc::Rc;
+
     use super::*;
     use crate::lm::{DecodeState, LanguageModel, SeqId};
 
@@ -297,7 +299,7 @@ mod driver {
     /// and on every target [`Generation::next_async`] or [`Generation::into_stream`] (a
     /// `futures` `Stream`) for async callers.
     pub struct Generation<'m> {
-        lm: &'m LanguageModel,
+        lm: Model<'m>,
         state: Slot<'m>,
         /// Prompt tokens already in the cache (a conversation's earlier turns).
         skip: usize,
@@ -328,7 +330,7 @@ mod driver {
             check(prompt, ctx)?;
             let mut state = self.new_state(1, ctx)?;
             let seq = state.add().ok_or_else(|| input_err("no free sequence".into()))?;
-            self.start(Slot::Owned(state), seq, 0, prompt, params)
+            Model::Borrowed(self).start(Slot::Owned(state), seq, 0, prompt, params)
         }
 
         /// Starts generating after `prompt` in sequence `seq` of a state the caller keeps:
@@ -341,29 +343,68 @@ mod driver {
             prompt: &[u32],
             params: GenerateParams,
         ) -> Result<Generation<'a>> {
-            check(prompt, state.ctx())?;
-            if state.len(seq).is_none() {
-                return Err(input_err(format!("sequence {} is not in the state", seq.0)));
-            }
-            let skip = state.reuse_prefix(seq, prompt);
-            self.start(Slot::Borrowed(state), seq, skip, prompt, params)
+            let skip = reuse(state, seq, prompt)?;
+            Model::Borrowed(self).start(Slot::Borrowed(state), seq, skip, prompt, params)
         }
 
-        fn start<'a>(
-            &'a self,
-            state: Slot<'a>,
+        /// [`LanguageModel::generate_in`] for a caller that cannot keep borrows (a JS binding,
+        /// on one thread): the generation holds the model and the state, and
+        /// [`Generation::into_state`] gives the state back for the conversation's next turn.
+        pub fn generate_owned(
+            self: &Rc<Self>,
+            mut state: DecodeState,
+            seq: SeqId,
+            prompt: &[u32],
+            params: GenerateParams,
+        ) -> Result<Generation<'static>> {
+            let skip = reuse(&mut state, seq, prompt)?;
+            Model::Shared(self.clone()).start(Slot::Owned(state), seq, skip, prompt, params)
+        }
+    }
+
+    /// Checks `prompt` against `seq` of `state` and reuses the prefix the sequence holds.
+    fn reuse(state: &mut DecodeState, seq: SeqId, prompt: &[u32]) -> Result<usize> {
+        check(prompt, state.ctx())?;
+        if state.len(seq).is_none() {
+            return Err(input_err(format!("sequence {} is not in the state", seq.0)));
+        }
+        Ok(state.reuse_prefix(seq, prompt))
+    }
+
+    /// A generation's model: borrowed, or shared with the caller.
+    enum Model<'m> {
+        Borrowed(&'m LanguageModel),
+        Shared(Rc<LanguageModel>),
+    }
+
+    impl std::ops::Deref for Model<'_> {
+        type Target = LanguageModel;
+
+        fn deref(&self) -> &LanguageModel {
+            match self {
+                Model::Borrowed(m) => m,
+                Model::Shared(m) => m,
+            }
+        }
+    }
+
+    impl<'m> Model<'m> {
+        fn start(
+            self,
+            state: Slot<'m>,
             seq: SeqId,
             skip: usize,
             prompt: &[u32],
             params: GenerateParams,
-        ) -> Result<Generation<'a>> {
+        ) -> Result<Generation<'m>> {
+            let next = Continuation::new(self.vocab(), prompt, params.clone())?;
             Ok(Generation {
                 lm: self,
                 state,
                 skip,
                 seq,
                 prefill_chunk: params.prefill_chunk.max(1),
-                next: Continuation::new(self.vocab(), prompt, params)?,
+                next,
                 logits: None,
                 failed: false,
                 stats: GenerationStats { prompt_tokens: prompt.len(), cached_tokens: skip, ..Default::default() },
@@ -410,6 +451,16 @@ mod driver {
         /// The tokens generated so far.
         pub fn tokens(&self) -> &[u32] {
             self.next.tokens()
+        }
+
+        /// The cache it ran in, when it holds it ([`LanguageModel::generate`] and
+        /// [`LanguageModel::generate_owned`]): the prompt and the tokens generated are in it,
+        /// so the next turn of a conversation reuses them.
+        pub fn into_state(self) -> Option<DecodeState> {
+            match self.state {
+                Slot::Owned(s) => Some(s),
+                Slot::Borrowed(_) => None,
+            }
         }
 
         /// The next token, or `None` once the generation has finished; an error ends it.
