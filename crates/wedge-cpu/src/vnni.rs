@@ -156,37 +156,47 @@ pub(crate) fn matmul(
     let (xq, sx) = quantize_rows(simd, &x[..m * w.k], w.k);
     let (xlen, blocks) = (w.blocks * QUADS, w.blocks);
     run_tasks(m, w.n, out, (bias, act), |res| {
-        let (m0, mb, n0, nb) = (res.m0, res.mb, res.n0, res.nb);
-        let vectors = nb.div_ceil(LANES);
-        let tiles = mb.div_ceil(ROWS);
-        let mut i0 = 0;
-        for t in 0..tiles {
-            let r = (mb - i0).div_ceil(tiles - t);
+        let (m0, n0) = (res.m0, res.n0);
+        tiles(res.mb, res.nb, ROWS, |i0, r, v, s| {
             let rows = m0 + i0..m0 + i0 + r;
             let (xq, sx) = (&xq[rows.start * xlen..rows.end * xlen], &sx[rows.start * blocks..rows.end * blocks]);
-            let mut v = 0;
-            while v < vectors {
-                let s = if vectors - v >= 2 { 2 } else { 1 };
-                let at = Tile { w, xq, sx, v: n0 / LANES + v, i0, c0: v * LANES };
-                match (r, s) {
-                    (6, 2) => run::<6, 2>(token, at, res),
-                    (5, 2) => run::<5, 2>(token, at, res),
-                    (4, 2) => run::<4, 2>(token, at, res),
-                    (3, 2) => run::<3, 2>(token, at, res),
-                    (2, 2) => run::<2, 2>(token, at, res),
-                    (_, 2) => run::<1, 2>(token, at, res),
-                    (6, _) => run::<6, 1>(token, at, res),
-                    (5, _) => run::<5, 1>(token, at, res),
-                    (4, _) => run::<4, 1>(token, at, res),
-                    (3, _) => run::<3, 1>(token, at, res),
-                    (2, _) => run::<2, 1>(token, at, res),
-                    (_, _) => run::<1, 1>(token, at, res),
-                }
-                v += s;
+            let at = Tile { w, xq, sx, v: n0 / LANES + v, i0, c0: v * LANES };
+            match (r, s) {
+                (6, 2) => run::<6, 2>(token, at, res),
+                (5, 2) => run::<5, 2>(token, at, res),
+                (4, 2) => run::<4, 2>(token, at, res),
+                (3, 2) => run::<3, 2>(token, at, res),
+                (2, 2) => run::<2, 2>(token, at, res),
+                (_, 2) => run::<1, 2>(token, at, res),
+                (6, _) => run::<6, 1>(token, at, res),
+                (5, _) => run::<5, 1>(token, at, res),
+                (4, _) => run::<4, 1>(token, at, res),
+                (3, _) => run::<3, 1>(token, at, res),
+                (2, _) => run::<2, 1>(token, at, res),
+                (_, _) => run::<1, 1>(token, at, res),
             }
-            i0 += r;
-        }
+        });
     });
+}
+
+/// The tiles of a task's block of `mb` rows × `nb` columns: the rows in as few tiles of at
+/// most `max_rows` as cover them, shared out evenly (14 rows as 5 + 5 + 4, not 6 + 6 + 2),
+/// each across pairs of 16-column vectors (one at an odd end). Calls `tile(i0, rows, v, s)`
+/// for the tile's first row and rows, first vector and vectors.
+pub(crate) fn tiles(mb: usize, nb: usize, max_rows: usize, mut tile: impl FnMut(usize, usize, usize, usize)) {
+    let vectors = nb.div_ceil(LANES);
+    let count = mb.div_ceil(max_rows);
+    let mut i0 = 0;
+    for t in 0..count {
+        let r = (mb - i0).div_ceil(count - t);
+        let mut v = 0;
+        while v < vectors {
+            let s = if vectors - v >= 2 { 2 } else { 1 };
+            tile(i0, r, v, s);
+            v += s;
+        }
+        i0 += r;
+    }
 }
 
 /// One tile of a task: its rows' activations (`xq`, `sx`: those rows only), the first vector

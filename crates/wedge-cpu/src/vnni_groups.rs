@@ -28,7 +28,7 @@ use wedge_core::graph::Activation;
 use wedge_core::quant::{A8_BLOCK, Format, Weight};
 
 use crate::gemm::{Block, run_tasks};
-use crate::vnni::Vnni;
+use crate::vnni::{Vnni, tiles};
 
 /// Columns per vector: one 32-bit lane each.
 const LANES: usize = 16;
@@ -193,37 +193,27 @@ pub(crate) fn matmul(
     let xs = rows(simd, &x[..m * w.k], w.k, w.nibbles);
     let blocks = w.blocks;
     run_tasks(m, w.n, out, (bias, act), |res| {
-        let (m0, mb, n0, nb) = (res.m0, res.mb, res.n0, res.nb);
-        let vectors = nb.div_ceil(LANES);
-        let tiles = mb.div_ceil(ROWS);
-        let mut i0 = 0;
-        for t in 0..tiles {
-            let r = (mb - i0).div_ceil(tiles - t);
+        let (m0, n0) = (res.m0, res.n0);
+        tiles(res.mb, res.nb, ROWS, |i0, r, v, s| {
             let rows = (m0 + i0) * blocks..(m0 + i0 + r) * blocks;
             let sums = if w.nibbles { &xs.sums[rows.clone()] } else { &[][..] };
             let (quads, scales) = (&xs.quads[rows.clone()], &xs.scales[rows]);
-            let mut v = 0;
-            while v < vectors {
-                let s = if vectors - v >= 2 { 2 } else { 1 };
-                let at = Tile { w, quads, scales, sums, v: n0 / LANES + v, i0, c0: v * LANES };
-                match (w.nibbles, r, s) {
-                    (true, 3, 2) => run::<3, 2, true, NIBBLE_VECTORS>(token, at, res),
-                    (true, 2, 2) => run::<2, 2, true, NIBBLE_VECTORS>(token, at, res),
-                    (true, _, 2) => run::<1, 2, true, NIBBLE_VECTORS>(token, at, res),
-                    (true, 3, _) => run::<3, 1, true, NIBBLE_VECTORS>(token, at, res),
-                    (true, 2, _) => run::<2, 1, true, NIBBLE_VECTORS>(token, at, res),
-                    (true, _, _) => run::<1, 1, true, NIBBLE_VECTORS>(token, at, res),
-                    (false, 3, 2) => run::<3, 2, false, QUADS>(token, at, res),
-                    (false, 2, 2) => run::<2, 2, false, QUADS>(token, at, res),
-                    (false, _, 2) => run::<1, 2, false, QUADS>(token, at, res),
-                    (false, 3, _) => run::<3, 1, false, QUADS>(token, at, res),
-                    (false, 2, _) => run::<2, 1, false, QUADS>(token, at, res),
-                    (false, _, _) => run::<1, 1, false, QUADS>(token, at, res),
-                }
-                v += s;
+            let at = Tile { w, quads, scales, sums, v: n0 / LANES + v, i0, c0: v * LANES };
+            match (w.nibbles, r, s) {
+                (true, 3, 2) => run::<3, 2, true, NIBBLE_VECTORS>(token, at, res),
+                (true, 2, 2) => run::<2, 2, true, NIBBLE_VECTORS>(token, at, res),
+                (true, _, 2) => run::<1, 2, true, NIBBLE_VECTORS>(token, at, res),
+                (true, 3, _) => run::<3, 1, true, NIBBLE_VECTORS>(token, at, res),
+                (true, 2, _) => run::<2, 1, true, NIBBLE_VECTORS>(token, at, res),
+                (true, _, _) => run::<1, 1, true, NIBBLE_VECTORS>(token, at, res),
+                (false, 3, 2) => run::<3, 2, false, QUADS>(token, at, res),
+                (false, 2, 2) => run::<2, 2, false, QUADS>(token, at, res),
+                (false, _, 2) => run::<1, 2, false, QUADS>(token, at, res),
+                (false, 3, _) => run::<3, 1, false, QUADS>(token, at, res),
+                (false, 2, _) => run::<2, 1, false, QUADS>(token, at, res),
+                (false, _, _) => run::<1, 1, false, QUADS>(token, at, res),
             }
-            i0 += r;
-        }
+        });
     });
 }
 

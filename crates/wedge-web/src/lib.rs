@@ -39,6 +39,30 @@ impl DeviceRequest {
     }
 }
 
+impl DeviceRequest {
+    /// Opens the device asked for.
+    pub async fn open(self) -> Result<Device, String> {
+        Ok(match self {
+            DeviceRequest::Cpu => Device::cpu(),
+            DeviceRequest::WebGpu => Device::gpu_async().await.map_err(|e| format!("WebGPU: {e}"))?,
+            DeviceRequest::Auto => Device::auto_async().await,
+        })
+    }
+}
+
+/// `webgpu` or `cpu`.
+pub fn device_name(device: &Device) -> &'static str {
+    if device.is_gpu() { "webgpu" } else { "cpu" }
+}
+
+/// The adapter's description on WebGPU; on the CPU, why `auto` did not pick a GPU, if it did not.
+pub fn device_info(device: &Device) -> String {
+    match device.adapter() {
+        Some(a) => a.to_string(),
+        None => device.fallback_reason().unwrap_or("cpu").to_string(),
+    }
+}
+
 /// A sentence-embedding model loaded for the browser.
 #[derive(Debug)]
 pub struct WebEmbedder {
@@ -49,26 +73,19 @@ pub struct WebEmbedder {
 impl WebEmbedder {
     /// Opens the device and loads the package.
     pub async fn load(bytes: &[u8], request: DeviceRequest) -> Result<WebEmbedder, String> {
-        let device = match request {
-            DeviceRequest::Cpu => Device::cpu(),
-            DeviceRequest::WebGpu => Device::gpu_async().await.map_err(|e| format!("WebGPU: {e}"))?,
-            DeviceRequest::Auto => Device::auto_async().await,
-        };
+        let device = request.open().await?;
         let embedder = Embedder::from_bytes(bytes, &device).map_err(|e| e.to_string())?;
         Ok(WebEmbedder { embedder, device })
     }
 
     /// `webgpu` or `cpu`.
     pub fn device(&self) -> &'static str {
-        if self.device.is_gpu() { "webgpu" } else { "cpu" }
+        device_name(&self.device)
     }
 
     /// The adapter's description on WebGPU; on the CPU, why `auto` did not pick a GPU, if it did not.
     pub fn device_info(&self) -> String {
-        match self.device.adapter() {
-            Some(a) => a.to_string(),
-            None => self.device.fallback_reason().unwrap_or("cpu").to_string(),
-        }
+        device_info(&self.device)
     }
 
     /// Embedding size.

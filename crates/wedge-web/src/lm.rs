@@ -42,11 +42,7 @@ impl WebLanguageModel {
     /// Opens the device, loads the model and makes a cache of `ctx` positions (0: the model's
     /// context, at most [`DEFAULT_CTX`]).
     pub async fn load(bytes: &[u8], request: DeviceRequest, ctx: usize) -> Result<WebLanguageModel, String> {
-        let device = match request {
-            DeviceRequest::Cpu => Device::cpu(),
-            DeviceRequest::WebGpu => Device::gpu_async().await.map_err(|e| format!("WebGPU: {e}"))?,
-            DeviceRequest::Auto => Device::auto_async().await,
-        };
+        let device = request.open().await?;
         let options = LmOptions::default();
         let lm = if bytes.starts_with(b"GGUF") {
             LanguageModel::from_gguf(bytes, &device, options)
@@ -66,15 +62,12 @@ impl WebLanguageModel {
 
     /// `webgpu` or `cpu`.
     pub fn device(&self) -> &'static str {
-        if self.device.is_gpu() { "webgpu" } else { "cpu" }
+        crate::device_name(&self.device)
     }
 
     /// The adapter's description on WebGPU; on the CPU, why `auto` did not pick a GPU, if it did not.
     pub fn device_info(&self) -> String {
-        match self.device.adapter() {
-            Some(a) => a.to_string(),
-            None => self.device.fallback_reason().unwrap_or("cpu").to_string(),
-        }
+        crate::device_info(&self.device)
     }
 
     /// What the model is, as JSON: architecture, sizes, context and weight bytes.
