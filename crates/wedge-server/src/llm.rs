@@ -9,26 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use serde_json::{Map, Value, json};
-use wedge::{ChatMessage, FinishReason, GenerateParams, SamplingParams, TokenEvent, Vocab};
+use serde_json::{Value, json};
+pub(crate) use wedge::openai::Endpoint;
+use wedge::openai::{Fields, Logprobs, Request, TokenLogprobs, messages, object, token_ids};
+use wedge::{FinishReason, GenerateParams, TokenEvent};
 use wedge_serve::{CachePolicy, GenEvent, Generation, ServeError, ServedModel, Service, Usage};
-
-/// Which endpoint a request came to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Endpoint {
-    Chat,
-    Completions,
-}
-
-/// How log-probabilities are reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Logprobs {
-    Off,
-    /// Chat: `logprobs: true` with `top_logprobs` alternatives.
-    Chat(usize),
-    /// Completions: `logprobs: N` (the legacy shape).
-    Legacy(usize),
-}
 
 /// A parsed generation request.
 pub(crate) struct GenRequest {
@@ -46,176 +31,14 @@ fn bad(msg: String) -> ServeError {
     ServeError::BadInput(msg)
 }
 
-/// Reads typed fields of a JSON object, naming the field in every error.
-struct Fields<'a>(&'a Map<String, Value>);
-
-impl Fields<'_> {
-    /// A field's value; JSON `null` counts as absent.
-    fn get(&self, name: &str) -> Option<&Value> {
-        self.0.get(name).filter(|v| !v.is_null())
-    }
-
-    fn number(&self, name: &str, lo: f64, hi: f64) -> Result<Option<f32>, ServeError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => match v.as_f64() {
-                Some(x) if (lo..=hi).contains(&x) => Ok(Some(x as f32)),
-                Some(x) => Err(bad(format!("`{name}` is {x}; it must be between {lo} and {hi}"))),
-                None => Err(bad(format!("`{name}` must be a number, got {v}"))),
-            },
-        }
-    }
-
-    fn integer(&self, name: &str, lo: i64, hi: i64) -> Result<Option<i64>, ServeError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => match v.as_i64() {
-                Some(x) if (lo..=hi).contains(&x) => Ok(Some(x)),
-                Some(x) => Err(bad(format!("`{name}` is {x}; it must be between {lo} and {hi}"))),
-                None => Err(bad(format!("`{name}` must be an integer, got {v}"))),
-            },
-        }
-    }
-
-    fn boolean(&self, name: &str) -> Result<Option<bool>, ServeError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(bad(format!("`{name}` must be true or false, got {v}"))),
-        }
-    }
-
-    fn string(&self, name: &str) -> Result<Option<&str>, ServeError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(bad(format!("`{name}` must be a string, got {v}"))),
-        }
-    }
-}
-
-fn object(body: &[u8]) -> Result<Map<String, Value>, ServeError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(bad("the body must be a JSON object".into())),
-        Err(e) => Err(bad(format!("invalid JSON body: {e}"))),
-    }
-}
-
 /// The model a request names, or the first language model when it names none.
 fn language_model(service: &Service, f: &Fields<'_>) -> Result<Arc<ServedModel>, ServeError> {
-    match f.string("model")? {
+    match f.string("model").map_err(bad)? {
         Some(name) => service.model(name),
         None => service.models().iter().find(|m| m.language().is_ok()).cloned().ok_or_else(|| {
             if service.ready() { bad("no language model is served here".into()) } else { ServeError::NotReady }
         }),
     }
-}
-
-/// The text of a chat message's `content`: a string, or an array of `{"type": "text"}` parts.
-fn content_text(v: Option<&Value>, at: &str) -> Result<String, ServeError> {
-    match v {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for (j, p) in parts.iter().enumerate() {
-                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(t)) => text.push_str(t),
-                    (kind, _) => {
-                        return Err(bad(format!(
-                            "`{at}.content[{j}]` is a `{}` part; this model takes text parts only",
-                            kind.unwrap_or("?")
-                        )));
-                    }
-                }
-            }
-            Ok(text)
-        }
-        Some(v) => Err(bad(format!("`{at}.content` must be a string or an array of parts, got {v}"))),
-    }
-}
-
-fn messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ServeError> {
-    let Some(Value::Array(items)) = v else {
-        return Err(bad("`messages` must be a non-empty array of {role, content}".into()));
-    };
-    if items.is_empty() {
-        return Err(bad("`messages` is empty".into()));
-    }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let at = format!("messages[{i}]");
-            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| bad(format!("`{at}.role` is missing")))?;
-            Ok(ChatMessage::new(role, &content_text(m.get("content"), &at)?))
-        })
-        .collect()
-}
-
-fn token_ids(v: &[Value], vocab: &Vocab, name: &str) -> Result<Vec<u32>, ServeError> {
-    v.iter()
-        .enumerate()
-        .map(|(i, x)| match x.as_u64() {
-            Some(id) if (id as usize) < vocab.len() => Ok(id as u32),
-            _ => Err(bad(format!("`{name}[{i}]` is {x}: token ids go from 0 to {}", vocab.len().saturating_sub(1)))),
-        })
-        .collect()
-}
-
-/// A completions `prompt`: a string, or token ids (also as a one-element array of either).
-fn completion_prompt(v: Option<&Value>, vocab: &Vocab) -> Result<Vec<u32>, ServeError> {
-    let enc = |s: &str| vocab.encode(s, false).map_err(|e| bad(format!("`prompt`: {e}")));
-    match v {
-        Some(Value::String(s)) => enc(s),
-        Some(Value::Array(a)) if a.len() == 1 && (a[0].is_string() || a[0].is_array()) => match &a[0] {
-            Value::String(s) => enc(s),
-            Value::Array(ids) => token_ids(ids, vocab, "prompt[0]"),
-            _ => unreachable!("checked above"),
-        },
-        Some(Value::Array(a)) if a.iter().all(Value::is_number) && !a.is_empty() => token_ids(a, vocab, "prompt"),
-        Some(Value::Array(_)) => {
-            Err(bad("`prompt`: one prompt per request (a string or an array of token ids)".into()))
-        }
-        _ => Err(bad("`prompt` must be a string or an array of token ids".into())),
-    }
-}
-
-fn stop_strings(v: Option<&Value>) -> Result<Vec<String>, ServeError> {
-    let list = match v {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|s| {
-                s.as_str().map(str::to_string).ok_or_else(|| bad(format!("`stop` entries must be strings, got {s}")))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(v) => return Err(bad(format!("`stop` must be a string or an array of strings, got {v}"))),
-    };
-    if list.len() > 16 || list.iter().any(|s| s.len() > 256) {
-        return Err(bad("`stop`: at most 16 strings of at most 256 bytes".into()));
-    }
-    Ok(list)
-}
-
-fn logit_bias(v: Option<&Value>, vocab: &Vocab) -> Result<Vec<(u32, f32)>, ServeError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(Vec::new()) };
-    let Value::Object(m) = v else {
-        return Err(bad(format!("`logit_bias` must be an object of token id → bias, got {v}")));
-    };
-    m.iter()
-        .map(|(k, b)| {
-            let id: u32 = k.parse().ok().filter(|&id: &u32| (id as usize) < vocab.len()).ok_or_else(|| {
-                bad(format!("`logit_bias`: `{k}` is not a token id (0 to {})", vocab.len().saturating_sub(1)))
-            })?;
-            match b.as_f64() {
-                Some(x) if (-100.0..=100.0).contains(&x) => Ok((id, x as f32)),
-                _ => Err(bad(format!("`logit_bias[{k}]` must be a number from -100 to 100, got {b}"))),
-            }
-        })
-        .collect()
 }
 
 impl GenRequest {
@@ -226,85 +49,23 @@ impl GenRequest {
         body: &[u8],
         max_choices: usize,
     ) -> Result<GenRequest, ServeError> {
-        let map = object(body)?;
+        let map = object(body).map_err(bad)?;
         let f = Fields(&map);
         let model = language_model(service, &f)?;
         let served = model.language()?;
-        let vocab = served.model().vocab();
-        let prompt = match endpoint {
-            Endpoint::Chat => {
-                let msgs = messages(f.get("messages"))?;
-                let text = vocab.render_chat(&msgs, true).map_err(|e| bad(format!("`messages`: {e}")))?;
-                vocab.encode(&text, true).map_err(|e| bad(format!("`messages`: {e}")))?
-            }
-            Endpoint::Completions => {
-                for unsupported in ["suffix", "echo"] {
-                    if f.get(unsupported).is_some_and(|v| *v != Value::Bool(false) && v.as_str() != Some("")) {
-                        return Err(bad(format!("`{unsupported}` is not supported")));
-                    }
-                }
-                completion_prompt(f.get("prompt"), vocab)?
-            }
-        };
-        served.scheduler().check_prompt(prompt.len())?;
+        let r = Request::parse(&map, endpoint, served.model().vocab(), max_choices).map_err(bad)?;
+        served.scheduler().check_prompt(r.prompt.len())?;
         let ctx = served.scheduler().limits().ctx;
-        let max = f.integer("max_completion_tokens", 1, i64::MAX)?.or(f.integer("max_tokens", 1, i64::MAX)?);
-        let max_tokens = max.map_or(served.default_max_tokens(), |m| m as usize).min(ctx - prompt.len());
-        let temperature = f.number("temperature", 0.0, 2.0)?.unwrap_or(1.0);
-        let top_k = f.integer("top_k", -1, i64::from(u32::MAX))?.unwrap_or(0).max(0) as usize;
-        let sampling = SamplingParams {
-            temperature,
-            top_k,
-            top_p: f.number("top_p", f64::MIN_POSITIVE, 1.0)?.unwrap_or(1.0),
-            min_p: f.number("min_p", 0.0, 1.0)?.unwrap_or(0.0),
-            repetition_penalty: f.number("repetition_penalty", f64::MIN_POSITIVE, 100.0)?.unwrap_or(1.0),
-            presence_penalty: f.number("presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
-            frequency_penalty: f.number("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
-            logit_bias: logit_bias(f.get("logit_bias"), vocab)?,
-            seed: f.integer("seed", i64::MIN, i64::MAX)?.map(|s| s as u64),
-        };
-        let logprobs = match endpoint {
-            Endpoint::Chat => match (f.boolean("logprobs")?, f.integer("top_logprobs", 0, 20)?) {
-                (Some(true), top) => Logprobs::Chat(top.unwrap_or(0) as usize),
-                (_, Some(t)) if t > 0 => return Err(bad("`top_logprobs` needs `logprobs: true`".into())),
-                _ => Logprobs::Off,
-            },
-            Endpoint::Completions => match f.integer("logprobs", 0, 20)? {
-                Some(n) => Logprobs::Legacy(n as usize),
-                None => Logprobs::Off,
-            },
-        };
-        let top_logprobs = match logprobs {
-            Logprobs::Off => 0,
-            Logprobs::Chat(n) | Logprobs::Legacy(n) => n,
-        };
-        let n = f.integer("n", 1, max_choices as i64)?.unwrap_or(1) as usize;
-        if f.integer("best_of", 1, 1).is_err() {
-            return Err(bad("`best_of` above 1 is not supported".into()));
-        }
-        f.string("user")?;
-        let include_usage = match f.get("stream_options") {
-            None => false,
-            Some(Value::Object(o)) => Fields(o).boolean("include_usage")?.unwrap_or(false),
-            Some(v) => return Err(bad(format!("`stream_options` must be an object, got {v}"))),
-        };
-        let params = GenerateParams {
-            max_tokens,
-            sampling,
-            stop: stop_strings(f.get("stop"))?,
-            stop_at_eos: !f.boolean("ignore_eos")?.unwrap_or(false),
-            top_logprobs,
-            ..GenerateParams::default()
-        };
+        let max_tokens = r.max_tokens.unwrap_or(served.default_max_tokens()).min(ctx - r.prompt.len());
         Ok(GenRequest {
             endpoint,
             model,
-            prompt,
-            params,
-            n,
-            stream: f.boolean("stream")?.unwrap_or(false),
-            include_usage,
-            logprobs,
+            prompt: r.prompt,
+            params: GenerateParams { max_tokens, ..r.params },
+            n: r.n,
+            stream: r.stream,
+            include_usage: r.include_usage,
+            logprobs: r.logprobs,
         })
     }
 
@@ -340,56 +101,6 @@ fn total_usage(all: &[Usage]) -> Usage {
         prompt_tokens: all.first().map_or(0, |u| u.prompt_tokens),
         cached_tokens: all.first().map_or(0, |u| u.cached_tokens),
         completion_tokens: all.iter().map(|u| u.completion_tokens).sum(),
-    }
-}
-
-/// What one response (or one chunk) says about some tokens' log-probabilities.
-struct TokenLogprobs<'a> {
-    vocab: &'a Vocab,
-    mode: Logprobs,
-}
-
-impl TokenLogprobs<'_> {
-    fn text(&self, id: u32) -> String {
-        self.vocab.decode(&[id]).unwrap_or_default()
-    }
-
-    /// `logprobs` of a choice for `tokens`, or `null` when not asked for.
-    fn json(&self, tokens: &[&TokenEvent], offset0: usize) -> Value {
-        match self.mode {
-            Logprobs::Off => Value::Null,
-            Logprobs::Chat(_) => {
-                let entry = |id: u32, lp: f32| {
-                    let t = self.text(id);
-                    json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
-                };
-                let content: Vec<Value> = tokens
-                    .iter()
-                    .map(|e| {
-                        let mut v = entry(e.id, e.logprob);
-                        v["top_logprobs"] = e.top_logprobs.iter().map(|&(id, lp)| entry(id, lp)).collect();
-                        v
-                    })
-                    .collect();
-                json!({ "content": content })
-            }
-            Logprobs::Legacy(_) => {
-                let mut offset = offset0;
-                let mut offsets = Vec::new();
-                for e in tokens {
-                    offsets.push(offset);
-                    offset += e.text.len();
-                }
-                json!({
-                    "tokens": tokens.iter().map(|e| self.text(e.id)).collect::<Vec<_>>(),
-                    "token_logprobs": tokens.iter().map(|e| e.logprob).collect::<Vec<_>>(),
-                    "top_logprobs": tokens.iter().map(|e| {
-                        e.top_logprobs.iter().map(|&(id, lp)| (self.text(id), json!(lp))).collect::<Map<_, _>>()
-                    }).collect::<Vec<_>>(),
-                    "text_offset": offsets,
-                })
-            }
-        }
     }
 }
 
@@ -628,19 +339,19 @@ impl ChunkWriter {
 /// `POST /tokenize`: `{"model", "prompt"}` (or llama.cpp's `"content"`), or `{"model",
 /// "messages"}` rendered with the chat template; `add_special_tokens` (default true) adds BOS.
 pub(crate) fn tokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, ServeError> {
-    let map = object(body)?;
+    let map = object(body).map_err(bad)?;
     let f = Fields(&map);
     let model = language_model(service, &f)?;
     let served = model.language()?;
     let vocab = served.model().vocab();
-    let special = f.boolean("add_special_tokens")?.unwrap_or(true);
+    let special = f.boolean("add_special_tokens").map_err(bad)?.unwrap_or(true);
     let mut ids = if f.get("messages").is_some() {
-        let msgs = messages(f.get("messages"))?;
-        let add = f.boolean("add_generation_prompt")?.unwrap_or(true);
+        let msgs = messages(f.get("messages")).map_err(bad)?;
+        let add = f.boolean("add_generation_prompt").map_err(bad)?.unwrap_or(true);
         let text = vocab.render_chat(&msgs, add).map_err(|e| bad(format!("`messages`: {e}")))?;
         vocab.encode(&text, true).map_err(|e| bad(e.to_string()))?
     } else {
-        let text = match (f.string("prompt")?, f.string("content")?) {
+        let text = match (f.string("prompt").map_err(bad)?, f.string("content").map_err(bad)?) {
             (Some(t), _) | (None, Some(t)) => t,
             (None, None) => return Err(bad("give `prompt` (text) or `messages`".into())),
         };
@@ -655,13 +366,13 @@ pub(crate) fn tokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, ServeE
 
 /// `POST /detokenize`: `{"model", "tokens": [ids]}` → `{"prompt": text}` (also as `content`).
 pub(crate) fn detokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, ServeError> {
-    let map = object(body)?;
+    let map = object(body).map_err(bad)?;
     let f = Fields(&map);
     let model = language_model(service, &f)?;
     let vocab = model.language()?.model().vocab();
     let Some(Value::Array(ids)) = f.get("tokens") else {
         return Err(bad("`tokens` must be an array of token ids".into()));
     };
-    let text = vocab.decode(&token_ids(ids, vocab, "tokens")?).map_err(|e| bad(e.to_string()))?;
+    let text = vocab.decode(&token_ids(ids, vocab, "tokens").map_err(bad)?).map_err(|e| bad(e.to_string()))?;
     serde_json::to_vec(&json!({"prompt": text, "content": text})).map_err(|e| ServeError::Inference(e.to_string()))
 }

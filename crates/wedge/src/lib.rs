@@ -25,6 +25,7 @@ use thiserror::Error;
 mod embed;
 mod generate;
 mod lm;
+pub mod openai;
 mod sample;
 mod vocab;
 pub use embed::{DEFAULT_MAX_BATCH, Embedder, Tokens, length_batches};

@@ -69,6 +69,7 @@ pub struct LanguageModel {
     options: LmOptions,
     weight_bytes: u64,
     architecture: String,
+    formats: Vec<(String, usize)>,
 }
 
 impl std::fmt::Debug for LanguageModel {
@@ -141,9 +142,14 @@ impl LanguageModel {
         let mg = config.build_cached(options.kv.elem())?;
         let weights = mg.take_weights(weights)?;
         let weight_bytes = weights.iter().map(|w| w.packed_bytes() as u64).sum();
+        let mut formats = std::collections::BTreeMap::<String, usize>::new();
+        for w in &weights {
+            *formats.entry(w.format.to_string()).or_default() += 1;
+        }
+        let formats = formats.into_iter().collect();
         let session_options = SessionOptions { cpu_integer_kernels: options.fast_cpu };
         let session = Session::with_options(device, mg.graph, weights, session_options)?;
-        Ok(LanguageModel { session, config, vocab, options, weight_bytes, architecture })
+        Ok(LanguageModel { session, config, vocab, options, weight_bytes, architecture, formats })
     }
 
     /// Loads a GGUF file or a `.wedge` decoder package from disk. A GGUF file is read a tensor
@@ -158,7 +164,8 @@ impl LanguageModel {
         let mut magic = [0u8; 4];
         let got = file.by_ref().take(4).read(&mut magic).map_err(io)?;
         if got == 4 && &magic == b"GGUF" {
-            return LanguageModel::open_gguf(path, file, device, options).map_err(|e| match e {
+            let len = file.metadata().map_err(io)?.len();
+            return LanguageModel::from_gguf_reader(file, len, device, options).map_err(|e| match e {
                 Error::Io(e) => io(e),
                 e => e,
             });
@@ -175,22 +182,22 @@ impl LanguageModel {
         )))
     }
 
-    /// [`LanguageModel::open`] of a GGUF file: the header read in growing pieces until it
-    /// parses (a vocabulary can take megabytes), then the tensors one by one.
-    #[cfg(not(target_arch = "wasm32"))]
-    fn open_gguf(
-        path: &std::path::Path,
-        mut file: std::fs::File,
+    /// Loads a GGUF file of `len` bytes from a reader that can seek (a file, or the bytes a
+    /// browser downloaded, outside the wasm heap): the header read in growing pieces until it
+    /// parses (a vocabulary can take megabytes), then the tensors one by one, each repacked
+    /// before the next is read, so the load never holds the file and the weights at once.
+    pub fn from_gguf_reader<R: std::io::Read + std::io::Seek>(
+        mut reader: R,
+        len: u64,
         device: &Device,
         options: LmOptions,
     ) -> Result<LanguageModel> {
-        use std::io::{Read, Seek, SeekFrom};
-        let len = file.metadata()?.len();
+        use std::io::{Read, SeekFrom};
         let mut head = Vec::new();
         let mut want = 1u64 << 16;
         loop {
-            file.seek(SeekFrom::Start(head.len() as u64))?;
-            file.by_ref().take(want.min(len) - head.len() as u64).read_to_end(&mut head)?;
+            reader.seek(SeekFrom::Start(head.len() as u64))?;
+            reader.by_ref().take(want.min(len) - head.len() as u64).read_to_end(&mut head)?;
             match Gguf::parse_head(&head, len) {
                 Ok(_) => break,
                 // (a header longer than what was read fails the same way as a truncated one)
@@ -205,11 +212,15 @@ impl LanguageModel {
         let mut weights = Vec::new();
         let mut buf = Vec::new();
         for (t, name) in llama::used_tensors(&g) {
-            file.seek(SeekFrom::Start(g.file_offset(t)))?;
+            reader.seek(SeekFrom::Start(g.file_offset(t)))?;
             buf.clear();
-            file.by_ref().take(t.size).read_to_end(&mut buf)?;
+            reader.by_ref().take(t.size).read_to_end(&mut buf)?;
             if (buf.len() as u64) < t.size {
-                return Err(config_err(format!("{}: truncated in tensor `{}`", path.display(), t.name)));
+                return Err(config_err(format!(
+                    "the GGUF file is truncated: tensor `{}` ends at byte {}, past its end ({len} bytes)",
+                    t.name,
+                    g.file_offset(t) + t.size
+                )));
             }
             weights.push(wedge_core::Weight { name, ..Gguf::weight_from(t, &buf)? });
         }
@@ -235,6 +246,12 @@ impl LanguageModel {
     /// Bytes of weights on the device.
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// The weights' storage formats (as `wedge inspect` names them), each with its number of
+    /// tensors.
+    pub fn formats(&self) -> &[(String, usize)] {
+        &self.formats
     }
 
     /// The options it was loaded with.
