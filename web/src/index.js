@@ -1,21 +1,32 @@
-// wedge in the browser: load a .wedge sentence-embedding package and embed texts on WebGPU,
-// or on the wasm CPU backend when there is no (hardware) WebGPU adapter.
+// wedge in the browser: load a .wedge sentence-embedding package and embed texts, or a GGUF
+// language model and chat with it, on WebGPU, or on the wasm CPU backend when there is no
+// (hardware) WebGPU adapter.
 //
 //   import { load } from './dist/index.js';
 //   const model = await load('/models/minilm.wedge', { onProgress: (loaded, total) => {} });
 //   const [a, b] = await model.embed(['hello world', 'edge inference']);   // Float32Array each
+//   const llm = await load('/models/SmolLM2-135M-Instruct.Q4_1.gguf');
+//   for await (const c of await llm.chat.completions.create({ messages, stream: true })) { ... }
 //   model.dispose();
 //
 // Works on the main thread and in Web Workers (it uses fetch, Cache Storage and navigator.gpu,
 // never the DOM).
-import init, { loadModel, packageDigest } from './pkg/wedge_web.js';
+import init, { isLanguageModel, loadLanguageModel as loadWasmLanguageModel, loadModel } from './pkg/wedge_web.js';
+import { isGguf, modelBytes } from './fetch.js';
+import { LanguageModel } from './llm.js';
+import { loadInWorker } from './proxy.js';
 
-const CACHE = 'wedge-models-v1';
+export { LanguageModel };
+
 let ready = null;
+let wasmMemory = null;
 
 function initOnce() {
   if (!ready) {
-    ready = init({ module_or_path: new URL('./pkg/wedge_web_bg.wasm', import.meta.url) }).catch((e) => {
+    ready = init({ module_or_path: new URL('./pkg/wedge_web_bg.wasm', import.meta.url) }).then((exports) => {
+      wasmMemory = exports.memory;
+      return exports;
+    }, (e) => {
       ready = null; // let a later load() try again (a network error is not forever)
       throw new Error(`loading the wedge wasm module: ${e?.message ?? e}`);
     });
@@ -30,6 +41,8 @@ export class Model {
   constructor(inner) {
     this.#inner = inner;
   }
+  /** 'embedding' (a `LanguageModel` says 'language'). */
+  get kind() { return 'embedding'; }
   /** 'webgpu' or 'cpu' */
   get device() { return this.#alive().device; }
   /** The WebGPU adapter, or why the CPU was chosen. */
@@ -67,114 +80,55 @@ export class Model {
   }
 }
 
-async function download(url, onProgress, signal) {
-  const resp = await fetch(url, { signal });
-  if (!resp.ok) throw new Error(`fetching ${url}: HTTP ${resp.status}`);
-  const total = Number(resp.headers.get('content-length')) || 0;
-  if (!resp.body) {
-    const buf = new Uint8Array(await resp.arrayBuffer());
-    onProgress?.(buf.length, total || buf.length);
-    return buf;
-  }
-  const reader = resp.body.getReader();
-  const chunks = [];
-  let loaded = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    loaded += value.length;
-    onProgress?.(loaded, total);
-  }
-  const out = new Uint8Array(loaded);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
-}
-
-function cacheStorage() {
-  try {
-    return globalThis.caches ?? null;
-  } catch {
-    return null; // opaque origins throw
-  }
-}
-
-// Cache Storage holds the package under its digest, plus the digest last seen for each URL, so a
-// second load of the same URL reads no network at all. Pass { cache: false } to skip it, or
-// { digest } to pin the package expected at the URL.
-async function fromCache(url, digest) {
-  const storage = cacheStorage();
-  if (!storage) return null;
-  const cache = await storage.open(CACHE);
-  if (!digest) {
-    const pointer = await cache.match(`/wedge-url/${encodeURIComponent(url)}`);
-    if (!pointer) return null;
-    digest = (await pointer.text()).trim();
-  }
-  const hit = await cache.match(`/wedge-digest/${digest}`);
-  if (!hit) return null;
-  const bytes = new Uint8Array(await hit.arrayBuffer());
-  let actual = '';
-  try {
-    actual = packageDigest(bytes);
-  } catch {
-    actual = '';
-  }
-  if (actual !== digest) {
-    await cache.delete(`/wedge-digest/${digest}`); // damaged: fetch again
-    return null;
-  }
-  return bytes;
-}
-
-async function toCache(url, bytes, digest) {
-  const storage = cacheStorage();
-  if (!storage) return;
-  try {
-    const cache = await storage.open(CACHE);
-    await cache.put(`/wedge-digest/${digest}`, new Response(bytes));
-    if (url) await cache.put(`/wedge-url/${encodeURIComponent(url)}`, new Response(digest));
-  } catch (e) {
-    console.warn(`wedge: could not keep the model in Cache Storage: ${e}`);
-  }
-}
-
 /**
- * Loads a .wedge package from a URL or from bytes.
+ * Loads a model from a URL or from bytes: a .wedge sentence-embedding package gives a `Model`,
+ * a GGUF file or a decoder .wedge package a `LanguageModel`. With `{ worker: true }` the model
+ * lives in a Web Worker and the page gets a proxy with the same API.
  * @param {string | URL | ArrayBuffer | Uint8Array} source
  * @param {{ device?: 'auto' | 'webgpu' | 'cpu', onProgress?: (loaded: number, total: number) => void,
- *           cache?: boolean, digest?: string, signal?: AbortSignal }} [options]
+ *           cache?: boolean, digest?: string, signal?: AbortSignal, ctx?: number, worker?: boolean | Worker }} [options]
  */
 export async function load(source, options = {}) {
+  if (options.worker) return loadInWorker(source, options);
   await initOnce();
   const device = options.device ?? 'auto';
-  let bytes;
-  if (source instanceof ArrayBuffer) {
-    bytes = new Uint8Array(source);
-  } else if (ArrayBuffer.isView(source)) {
-    bytes = new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
-  } else if (typeof source === 'string' || source instanceof URL) {
-    const url = new URL(source, globalThis.location?.href).href;
-    const useCache = options.cache !== false;
-    bytes = useCache ? await fromCache(url, options.digest) : null;
-    if (bytes) {
-      options.onProgress?.(bytes.length, bytes.length);
-    } else {
-      bytes = await download(url, options.onProgress, options.signal);
-      const digest = packageDigest(bytes); // throws a clear error for a file that is not a package
-      if (options.digest && options.digest !== digest) {
-        throw new Error(`${url}: package digest ${digest}, expected ${options.digest}`);
-      }
-      if (useCache) await toCache(url, bytes, digest);
-    }
+  const file = await modelBytes(source, options);
+  let model;
+  if (isGguf(file.bytes) || isLanguageModel(file.bytes)) {
+    const ctx = options.ctx ?? 0;
+    if (!Number.isInteger(ctx) || ctx < 0) throw new TypeError('`ctx` must be a whole number of positions');
+    model = new LanguageModel(await loadWasmLanguageModel(file.bytes, device, ctx), file.digest, file.name);
   } else {
-    throw new TypeError('load() takes a URL or an ArrayBuffer');
+    model = new Model(await loadModel(file.bytes, device));
   }
-  return new Model(await loadModel(bytes, device));
+  await file.keep();
+  return model;
+}
+
+async function loadKind(source, options, kind) {
+  const model = await load(source, options);
+  if (model.kind !== kind) {
+    model.dispose();
+    const what = { embedding: 'a sentence-embedding package', language: 'a language model (GGUF or decoder package)' };
+    throw new Error(`the file holds ${what[model.kind]}, not ${what[kind]}`);
+  }
+  return model;
+}
+
+/** load() of a sentence-embedding package (an error for any other model). */
+export function loadEmbedder(source, options = {}) {
+  return loadKind(source, options, 'embedding');
+}
+
+/** load() of a language model: a GGUF file or a decoder package (an error for any other). */
+export function loadLanguageModel(source, options = {}) {
+  return loadKind(source, options, 'language');
+}
+
+/** Bytes of the wasm heap (it grows and never shrinks: its high-water mark), 0 before the
+ *  first load() in this thread. */
+export function wasmHeapBytes() {
+  return wasmMemory?.buffer.byteLength ?? 0;
 }
 
 /** Whether load() may find a hardware WebGPU adapter here. */

@@ -184,6 +184,18 @@ test('a Web Worker embeds too', { timeout: 300_000 }, async () => {
   assert.equal(out.error, undefined, out.error);
   assert.equal(out.device, 'cpu');
   for (let i = 0; i < texts.length; i++) assert.ok(cosine(out.vectors[i], reference[i].embedding) > 0.99);
+  // the package's own worker and page-side proxy: the same API, the same vectors
+  const proxied = await page.evaluate(async ({ url, texts }) => {
+    const m = await window.wedge.load(url, { device: 'cpu', worker: true, cache: false });
+    const vectors = (await m.embed(texts)).map((v) => Array.from(v));
+    const r = { kind: m.kind, dim: m.dim, vectors, counts: await m.countTokens(texts) };
+    m.dispose();
+    return r;
+  }, { url: MODEL, texts });
+  assert.equal(proxied.kind, 'embedding');
+  assert.equal(proxied.dim, 384);
+  assert.deepEqual(proxied.vectors, out.vectors);
+  assert.equal(proxied.counts.length, texts.length);
 });
 
 test('a second load comes from Cache Storage, not the network', { timeout: 300_000 }, async () => {

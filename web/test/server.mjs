@@ -1,5 +1,6 @@
 // A static server on 127.0.0.1 for the browser tests: /web/, /models/ and /tests/data/ from the
-// repository, plus damaged packages under /bad/. Counts requests per path.
+// repository, the SmolLM2 GGUF file (when its path is given) at /models/<its name>, plus damaged
+// packages and GGUF files under /bad/. Counts requests per path.
 import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { extname, join, normalize, resolve } from 'node:path';
@@ -7,14 +8,25 @@ import { extname, join, normalize, resolve } from 'node:path';
 const TYPES = {
   '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript',
   '.wasm': 'application/wasm', '.json': 'application/json', '.jsonl': 'application/json',
-  '.wedge': 'application/octet-stream', '.css': 'text/css', '.png': 'image/png', '.txt': 'text/plain',
+  '.wedge': 'application/octet-stream', '.gguf': 'application/octet-stream', '.css': 'text/css', '.png': 'image/png', '.txt': 'text/plain',
 };
 const ROOTS = ['/web/', '/models/', '/tests/data/'];
 
-export async function startServer(root, port = 0) {
+/** The path under /models/ where the server puts a GGUF file given to it. */
+export const GGUF_URL = '/models/SmolLM2-135M-Instruct.Q4_1.gguf';
+
+export async function startServer(root, port = 0, { gguf = null } = {}) {
   const counts = new Map();
   const model = await readFile(join(root, 'models', 'all-MiniLM-L6-v2.wedge'));
+  const lm = gguf ? await readFile(gguf) : null;
+  const badGguf = lm ? {
+    '/bad/truncated.gguf': lm.subarray(0, Math.floor(lm.length * 0.6)),
+    // the tensor count (bytes 8..16) says 2^40: no header of that size fits the file
+    '/bad/bad-header.gguf': (() => { const b = Buffer.from(lm.subarray(0, 1 << 20)); b.writeBigUInt64LE(1n << 40n, 8); return b; })(),
+    '/bad/not-a-model.gguf': Buffer.from('<!doctype html><html><body>not a model, an error page</body></html>'),
+  } : {};
   const bad = {
+    ...badGguf,
     // a flipped byte in the tensor data: the section checksum must catch it
     '/bad/flipped.wedge': (() => { const b = Buffer.from(model); b[b.length - 1000] ^= 0x40; return b; })(),
     '/bad/truncated.wedge': model.subarray(0, model.length >> 1),
@@ -35,6 +47,11 @@ export async function startServer(root, port = 0) {
     if (bad[path]) {
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bad[path].length });
       res.end(bad[path]);
+      return;
+    }
+    if (lm && path === GGUF_URL) {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': lm.length, 'cache-control': 'no-store' });
+      res.end(lm);
       return;
     }
     const file = normalize(join(root, path));

@@ -148,6 +148,13 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
             if report.needs("browser tests", setup, &[Need::Chromium]) {
                 let mut npm = Command::new("npm");
                 npm.args(["--prefix", "web", "test"]).env(wedge_testkit::SKIP_LOG, &skip_log);
+                // the browser's language-model tests: SmolLM2, and the native `wedge generate` to compare with
+                if let Some(file) = setup.model(Need::SmolLm2) {
+                    npm.env("WEDGE_SMOLLM2_GGUF", file);
+                }
+                if opts.strict {
+                    npm.env("WEDGE_REQUIRE_MODEL", "1");
+                }
                 run::node_tests(report, "browser tests", npm);
             }
         } else {

@@ -124,7 +124,7 @@ pub mod bindings {
     use super::{DeviceRequest, WebEmbedder};
 
     /// The one place where errors become JS `Error`s.
-    fn js_error(message: String) -> JsError {
+    pub(crate) fn js_error(message: String) -> JsError {
         JsError::new(&message)
     }
 
