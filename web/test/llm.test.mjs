@@ -34,11 +34,13 @@ const QUESTION = [{ role: 'user', content: 'What is the capital of France?' }];
 let server;
 const browsers = [];
 
-// Greedy token ids of the native CPU backend for `prompt`, from `wedge generate --json`.
+// Greedy token ids of the native CPU backend for `prompt`, from `wedge generate --json`: the
+// binary at WEDGE_BIN (`cargo xtask test` gives the one its Rust tests built), else cargo's.
 function nativeGreedy(prompt, tokens) {
-  const out = execFileSync('cargo', ['run', '-q', '-p', 'wedge-cli', '--', 'generate', '--model', gguf, '--device', 'cpu',
-    '--temperature', '0', '--max-tokens', String(tokens), '--ignore-eos', '--prompt', prompt, '--json'],
-  { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  const args = ['generate', '--model', gguf, '--device', 'cpu', '--temperature', '0', '--max-tokens', String(tokens),
+    '--ignore-eos', '--prompt', prompt, '--json'];
+  const [cmd, full] = process.env.WEDGE_BIN ? [process.env.WEDGE_BIN, args] : ['cargo', ['run', '-q', '-p', 'wedge-cli', '--', ...args]];
+  const out = execFileSync(cmd, full, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   return out.trim().split('\n').map((l) => JSON.parse(l)).filter((t) => 'id' in t).map((t) => t.id);
 }
 

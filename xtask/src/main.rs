@@ -140,6 +140,14 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
         None => report.not_run("rust tests", "the test build failed"),
     }
 
+    if report.needs("wasm kernel tests", setup, &[Need::Wasi]) {
+        // the CPU backend's unit tests built for wasm (simd128, as the browser runs them)
+        let runner = std::env::current_dir().unwrap_or_default().join("xtask/wasi/run.mjs");
+        let mut wasm = cargo(&["test", "--locked", "--target", "wasm32-wasip1", "-p", "wedge-cpu"]);
+        wasm.env("CARGO_TARGET_WASM32_WASIP1_RUNNER", format!("node --no-warnings {}", runner.display()));
+        report.step("wasm kernel tests", &mut wasm);
+    }
+
     let web = [Need::Wasm32, Need::WasmBindgen, Need::NpmPackages];
     if report.needs("build web", setup, &web) {
         let mut npm = Command::new("npm");
@@ -148,9 +156,15 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
             if report.needs("browser tests", setup, &[Need::Chromium]) {
                 let mut npm = Command::new("npm");
                 npm.args(["--prefix", "web", "test"]).env(wedge_testkit::SKIP_LOG, &skip_log);
-                // the browser's language-model tests: SmolLM2, and the native `wedge generate` to compare with
+                // the browser's language-model tests: SmolLM2, and the native `wedge generate` to
+                // compare with (the binary the Rust tests built: `cargo run -p wedge-cli` alone
+                // would unify features differently and rebuild half the workspace)
                 if let Some(file) = setup.model(Need::SmolLm2) {
                     npm.env("WEDGE_SMOLLM2_GGUF", file);
+                }
+                let wedge = target.join("debug").join(format!("wedge{}", std::env::consts::EXE_SUFFIX));
+                if wedge.is_file() {
+                    npm.env("WEDGE_BIN", wedge);
                 }
                 if opts.strict {
                     npm.env("WEDGE_REQUIRE_MODEL", "1");

@@ -17,6 +17,8 @@ pub(crate) enum Need {
     Chromium,
     /// rustup's wasm32-unknown-unknown target: the web build and its lints.
     Wasm32,
+    /// rustup's wasm32-wasip1 target: the CPU kernels' tests as wasm (run by Node).
+    Wasi,
     Rustfmt,
     Clippy,
     /// wasm-bindgen-cli at the wasm-bindgen crate's version in Cargo.lock.
@@ -74,6 +76,7 @@ pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
 
     let t = Instant::now();
     found(Need::Wasm32, rustup("target", "wasm32-unknown-unknown", opts), report);
+    found(Need::Wasi, rustup("target", "wasm32-wasip1", opts), report);
     if !opts.quick {
         found(Need::Rustfmt, rustup("component", "rustfmt", opts), report);
         found(Need::Clippy, rustup("component", "clippy", opts), report);

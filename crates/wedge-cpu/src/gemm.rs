@@ -345,10 +345,14 @@ pub(crate) fn matmul_with(
     if m == 0 || n == 0 {
         return;
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if let Some(p) = packed {
+        return crate::simd128::matmul(x, &p.0, bias, act, m, out);
+    }
+    #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
     let _ = packed; // never made there
     // a decoder's few rows: straight from the stored words, in f32
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128")))]
     if packed.is_none() && crate::gemv::takes(w, m, k) {
         return crate::gemv::matmul(x, w, bias, act, m, k, n, out);
     }
@@ -374,13 +378,18 @@ pub(crate) fn matmul_with(
 pub fn integer_kernels() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     return int16::isa();
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return "wasm simd128 (q8)";
+    #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
     "none"
 }
 
 /// A weight laid out for a faster kernel than the f32 panels, where the CPU has one.
 #[derive(Debug)]
-pub struct Packed(#[cfg(target_arch = "x86_64")] Kernel);
+pub struct Packed(
+    #[cfg(target_arch = "x86_64")] Kernel,
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))] crate::simd128::Packed,
+);
 
 /// Which integer kernel a weight is laid out for.
 #[cfg(target_arch = "x86_64")]
@@ -411,8 +420,14 @@ impl Packed {
                 return int16::Packed::new(w).map(|p| Packed(Kernel::Int16(p)));
             }
         }
-        let _ = w;
-        None
+        // wasm: `q8` on the simd128 tiles
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return crate::simd128::Packed::new(w).map(Packed);
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+        {
+            let _ = w;
+            None
+        }
     }
 }
 
@@ -1199,9 +1214,10 @@ mod tests {
     fn int16_qmax(k: usize) -> f32 {
         int16::qmax(k)
     }
+    /// The activations' rounding of the wasm tiles (q8 only), as x86's.
     #[cfg(not(target_arch = "x86_64"))]
-    fn int16_qmax(_: usize) -> f32 {
-        unreachable!()
+    fn int16_qmax(k: usize) -> f32 {
+        (i32::MAX as usize / (k.max(1) * 128)).min(32767) as f32
     }
 
     /// The float-only rounding of the int16 kernels against `round_ties_even` at every
@@ -1311,7 +1327,10 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         return matches!(Packed::new(w), Some(Packed(Kernel::Groups(..))));
         #[cfg(not(target_arch = "x86_64"))]
-        false
+        {
+            let _ = w;
+            false
+        }
     }
 
     /// The fast kernel against the plain reference over ragged shapes and every format.
@@ -1376,7 +1395,7 @@ mod tests {
                             1.2 * amax / (2.0 * 127.0 * 254.0) * wb.iter().map(|v| v.abs()).sum::<f32>()
                         })
                         .sum::<f32>();
-                } else if let Some(qmax) = qmax.filter(|_| cfg!(target_arch = "x86_64")) {
+                } else if let Some(qmax) = qmax.filter(|_| Packed::new(&w).is_some()) {
                     let (row, col) = (i / n, i % n);
                     let amax = x[row * k..(row + 1) * k].iter().fold(0f32, |a, v| a.max(v.abs()));
                     let wsum: f32 = wd[col * k..(col + 1) * k].iter().map(|v| v.abs()).sum();

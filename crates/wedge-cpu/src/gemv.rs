@@ -16,11 +16,17 @@
 //! Every product is an f32 product of the exact dequantized value, summed in f32 (in another
 //! order than the panels), so the results agree with the panels to rounding.
 //!
-//! Written over AVX2 (8 lanes) and AVX-512 (16 lanes) through `pulp`'s safe intrinsics; the
-//! kernel is one generic body over [`Lanes`].
+//! Written over AVX2 (8 lanes) and AVX-512 (16 lanes) through `pulp`'s safe intrinsics, and
+//! wasm simd128 (4 lanes; the browser's decode steps) through `core::arch::wasm32`; the kernel
+//! is one generic body over [`Lanes`]. (simd128 has no fused multiply-add: a product and a sum
+//! there, and so the same result in every engine.)
 
+use pulp::NullaryFnOnce;
+#[cfg(target_arch = "x86_64")]
+use pulp::f32x8;
+#[cfg(target_arch = "x86_64")]
 use pulp::x86::{V3, V4};
-use pulp::{NullaryFnOnce, f32x8};
+#[cfg(not(target_arch = "wasm32"))]
 use rayon::prelude::*;
 use wedge_core::graph::Activation;
 use wedge_core::quant::{Format, Weight};
@@ -33,8 +39,8 @@ pub(crate) const MAX_ROWS: usize = 8;
 const CHUNK: usize = 32;
 
 /// Whether [`matmul`] takes a matmul of `m` rows of `x` by `w` (`n × k`): `m` at most
-/// [`MAX_ROWS`], `q4`/`q4_1`/`q8`/`q8_0` stored words, `k` whole chunks, AVX2 at least, and
-/// `WEDGE_CPU_GEMV` not `0`.
+/// [`MAX_ROWS`], `q4`/`q4_1`/`q8`/`q8_0` stored words, `k` whole chunks, AVX2 at least (or
+/// wasm simd128), and `WEDGE_CPU_GEMV` not `0`.
 pub(crate) fn takes(w: &Weight, m: usize, k: usize) -> bool {
     m <= MAX_ROWS
         && k > 0
@@ -49,10 +55,21 @@ pub(crate) fn takes(w: &Weight, m: usize, k: usize) -> bool {
 /// The vector units, as found once per process.
 #[derive(Clone, Copy)]
 enum Isa {
+    #[cfg(target_arch = "x86_64")]
     Avx2(V3),
+    #[cfg(target_arch = "x86_64")]
     Avx512(V4),
+    /// (compiled in, so present: a browser without SIMD refuses the whole module)
+    #[cfg(target_arch = "wasm32")]
+    Simd128,
 }
 
+#[cfg(target_arch = "wasm32")]
+fn isa() -> Option<Isa> {
+    Some(Isa::Simd128)
+}
+
+#[cfg(target_arch = "x86_64")]
 fn isa() -> Option<Isa> {
     static ON: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
@@ -82,13 +99,21 @@ pub(crate) fn matmul(
     // columns per task: enough tasks to share out, few enough that each is worth a task
     let per = (n / (8 * crate::threads())).clamp(16, 256);
     let mut tmp = vec![0f32; n * m];
-    tmp.par_chunks_mut(per * m).enumerate().for_each(|(t, dst)| {
+    let task = |(t, dst): (usize, &mut [f32])| {
         let job = Job { w, xs: &xs, n0: t * per, dst };
         match isa {
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx2(s) => s.vectorize(Run { lanes: Avx2(s), job }),
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512(s) => s.vectorize(Run { lanes: Avx512(s), job }),
+            #[cfg(target_arch = "wasm32")]
+            Isa::Simd128 => Run { lanes: Simd128, job }.call(),
         }
-    });
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    tmp.par_chunks_mut(per * m).enumerate().for_each(task);
+    #[cfg(target_arch = "wasm32")]
+    tmp.chunks_mut(per * m).enumerate().for_each(task);
     let out = &mut out[..m * n];
     for (j, col) in tmp.chunks_exact(m).enumerate() {
         for (r, v) in col.iter().enumerate() {
@@ -359,9 +384,11 @@ fn chunk_q8<L: Lanes, const R: usize>(l: L, w: &[u8], xs: &[&[[f32; CHUNK]]; R],
     t
 }
 
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Avx2(V3);
 
+#[cfg(target_arch = "x86_64")]
 impl Lanes for Avx2 {
     type F = f32x8;
     const W: usize = 8;
@@ -411,9 +438,11 @@ impl Lanes for Avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Avx512(V4);
 
+#[cfg(target_arch = "x86_64")]
 impl Lanes for Avx512 {
     type F = core::arch::x86_64::__m512;
     const W: usize = 16;
@@ -457,6 +486,59 @@ impl Lanes for Avx512 {
     #[inline(always)]
     fn sum(self, a: Self::F) -> f32 {
         self.0.avx512f._mm512_reduce_add_ps(a)
+    }
+}
+
+/// wasm simd128: four lanes, built with the crate (`+simd128`, as every WebGPU browser runs).
+#[cfg(target_arch = "wasm32")]
+#[derive(Clone, Copy)]
+struct Simd128;
+
+#[cfg(target_arch = "wasm32")]
+impl Lanes for Simd128 {
+    type F = core::arch::wasm32::v128;
+    const W: usize = 4;
+
+    #[inline(always)]
+    fn zero(self) -> Self::F {
+        core::arch::wasm32::f32x4_splat(0.0)
+    }
+    #[inline(always)]
+    fn splat(self, v: f32) -> Self::F {
+        core::arch::wasm32::f32x4_splat(v)
+    }
+    #[inline(always)]
+    fn load(self, x: &[f32]) -> Self::F {
+        let a: [f32; 4] = x[..4].try_into().unwrap_or([0.0; 4]);
+        core::arch::wasm32::f32x4(a[0], a[1], a[2], a[3])
+    }
+    #[inline(always)]
+    fn nibbles(self, b: &[u8]) -> (Self::F, Self::F) {
+        use core::arch::wasm32::*;
+        let word = u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4]));
+        let v = u32x4_extend_low_u16x8(u16x8_extend_low_u8x16(u32x4(word, 0, 0, 0)));
+        let lo = v128_and(v, u32x4_splat(0xf));
+        let hi = u32x4_shr(v, 4);
+        (f32x4_convert_i32x4(lo), f32x4_convert_i32x4(hi))
+    }
+    #[inline(always)]
+    fn bytes(self, b: &[u8]) -> Self::F {
+        use core::arch::wasm32::*;
+        let word = u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4]));
+        f32x4_convert_i32x4(i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(u32x4(word, 0, 0, 0))))
+    }
+    #[inline(always)]
+    fn fma(self, a: Self::F, b: Self::F, c: Self::F) -> Self::F {
+        core::arch::wasm32::f32x4_add(core::arch::wasm32::f32x4_mul(a, b), c)
+    }
+    #[inline(always)]
+    fn add(self, a: Self::F, b: Self::F) -> Self::F {
+        core::arch::wasm32::f32x4_add(a, b)
+    }
+    #[inline(always)]
+    fn sum(self, a: Self::F) -> f32 {
+        use core::arch::wasm32::f32x4_extract_lane as lane;
+        (lane::<0>(a) + lane::<2>(a)) + (lane::<1>(a) + lane::<3>(a))
     }
 }
 
