@@ -37,7 +37,11 @@ if (have !== want) {
 }
 
 const targetDir = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGET_DIR) : join(root, 'target');
-run('cargo', ['build', '--release', '--target', 'wasm32-unknown-unknown', '-p', 'wedge-web'], {
+// Size over speed for everything but the kernels: the CPU backend (and pulp, which it runs on)
+// stays at opt-level 3, the rest (tokenizers, the chat template, wgpu's glue) is built for size.
+const sizeFlags = ['--config', 'profile.release.opt-level="z"', '--config', 'profile.release.package.wedge-cpu.opt-level=3',
+  '--config', 'profile.release.package.pulp.opt-level=3', '--config', 'profile.release.package.wedge-core.opt-level=3'];
+run('cargo', ['build', '--release', '--target', 'wasm32-unknown-unknown', '-p', 'wedge-web', ...sizeFlags], {
   env: { ...process.env, CARGO_PROFILE_RELEASE_DEBUG: 'false' },
 });
 const wasm = join(targetDir, 'wasm32-unknown-unknown', 'release', 'wedge_web.wasm');
