@@ -80,6 +80,9 @@ def build(model_dir):
     outs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", H])]
     graph = helper.make_graph(nodes, "bert", ins, outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 8 (opset 17's own) rather than the newest the onnx package writes, so that every
+    # onnxruntime loads it: onnxruntime-web 1.31 reads IR 13 at most
+    model.ir_version = 8
     onnx.checker.check_model(model)
     return model
 

@@ -61,8 +61,8 @@ async function wedgeEngine(device) {
 }
 
 async function wllamaEngine() {
-  const { Wllama } = await import('../node_modules/@wllama/wllama/esm/index.js');
-  const wllama = new Wllama({ default: new URL('../node_modules/@wllama/wllama/esm/wasm/wllama.wasm', import.meta.url).href },
+  const { Wllama } = await import('./peers/node_modules/@wllama/wllama/esm/index.js');
+  const wllama = new Wllama({ default: new URL('./peers/node_modules/@wllama/wllama/esm/wasm/wllama.wasm', import.meta.url).href },
     { suppressNativeLog: true, allowOffline: false });
   const t0 = performance.now();
   await wllama.loadModelFromUrl(MODEL, { n_threads: 1, n_gpu_layers: 0, n_ctx: 1024, n_batch: 512 });

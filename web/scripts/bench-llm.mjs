@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { launchChromium } from '../test/chromium.mjs';
 import { GGUF_URL, startServer } from '../test/server.mjs';
+import { ensurePeers } from './peers.mjs';
 
 const { values: opts } = parseArgs({
   options: {
@@ -22,6 +23,7 @@ const { values: opts } = parseArgs({
   },
 });
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+if (opts.engines.includes('wllama')) ensurePeers();
 const gguf = process.env.WEDGE_SMOLLM2_GGUF
   ?? execFileSync('bash', [resolve(root, 'models', 'fetch.sh'), 'smollm2'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
 const server = await startServer(root, 0, { gguf });

@@ -8,14 +8,16 @@ import { extname, join, normalize, resolve } from 'node:path';
 const TYPES = {
   '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript',
   '.wasm': 'application/wasm', '.json': 'application/json', '.jsonl': 'application/json',
-  '.wedge': 'application/octet-stream', '.gguf': 'application/octet-stream', '.css': 'text/css', '.png': 'image/png', '.txt': 'text/plain',
+  '.wedge': 'application/octet-stream', '.gguf': 'application/octet-stream', '.onnx': 'application/octet-stream', '.css': 'text/css', '.png': 'image/png', '.txt': 'text/plain',
 };
 const ROOTS = ['/web/', '/models/', '/tests/data/'];
 
 /** The path under /models/ where the server puts a GGUF file given to it. */
 export const GGUF_URL = '/models/SmolLM2-135M-Instruct.Q4_1.gguf';
 
-export async function startServer(root, port = 0, { gguf = null } = {}) {
+// `mounts`: more folders to serve, as { '/url-prefix/': '/absolute/folder' } (the benchmarks'
+// generated files).
+export async function startServer(root, port = 0, { gguf = null, mounts = {} } = {}) {
   const counts = new Map();
   const model = await readFile(join(root, 'models', 'all-MiniLM-L6-v2.wedge'));
   const lm = gguf ? await readFile(gguf) : null;
@@ -54,8 +56,10 @@ export async function startServer(root, port = 0, { gguf = null } = {}) {
       res.end(lm);
       return;
     }
-    const file = normalize(join(root, path));
-    if (!ROOTS.some((r) => path.startsWith(r)) || !file.startsWith(resolve(root))) {
+    const mount = Object.keys(mounts).find((m) => path.startsWith(m));
+    const [base, rest] = mount ? [mounts[mount], path.slice(mount.length)] : [root, path];
+    const file = normalize(join(base, rest));
+    if ((!mount && !ROOTS.some((r) => path.startsWith(r))) || !file.startsWith(resolve(base))) {
       res.writeHead(404).end('not found');
       return;
     }
