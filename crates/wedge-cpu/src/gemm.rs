@@ -379,7 +379,7 @@ pub fn integer_kernels() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     return int16::isa();
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    return "wasm simd128 (q8)";
+    return "wasm simd128";
     #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
     "none"
 }
