@@ -9,7 +9,7 @@ import { writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { launchChromium } from '../test/chromium.mjs';
+import { pageResult } from '../test/chromium.mjs';
 import { GGUF_URL, startServer } from '../test/server.mjs';
 import { ensurePeers } from './peers.mjs';
 
@@ -27,17 +27,11 @@ if (opts.engines.includes('wllama')) ensurePeers();
 const gguf = process.env.WEDGE_SMOLLM2_GGUF
   ?? execFileSync('bash', [resolve(root, 'models', 'fetch.sh'), 'smollm2'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
 const server = await startServer(root, 0, { gguf });
+const q = new URLSearchParams({ engines: opts.engines, tokens: opts.tokens, prompt_tokens: opts['prompt-tokens'], runs: opts.runs, model: GGUF_URL });
 let out;
-const browser = await launchChromium({ webgpu: opts.engines.includes('webgpu') });
 try {
-  const page = await browser.newPage();
-  page.on('pageerror', (e) => console.error('page error:', e.message));
-  const q = new URLSearchParams({ engines: opts.engines, tokens: opts.tokens, prompt_tokens: opts['prompt-tokens'], runs: opts.runs, model: GGUF_URL });
-  await page.goto(`${server.origin}/web/bench/llm.html?${q}`);
-  await page.waitForFunction(() => window.llmBench !== undefined, null, { timeout: 0, polling: 500 });
-  out = await page.evaluate(() => window.llmBench);
+  out = await pageResult(`${server.origin}/web/bench/llm.html?${q}`, 'llmBench', { webgpu: opts.engines.includes('webgpu') });
 } finally {
-  await browser.close();
   await server.close();
 }
 if (out.error) throw new Error(out.error);

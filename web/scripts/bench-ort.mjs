@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { launchChromium } from '../test/chromium.mjs';
+import { pageResult } from '../test/chromium.mjs';
 import { startServer } from '../test/server.mjs';
 import { ensurePeers } from './peers.mjs';
 
@@ -38,17 +38,11 @@ run('python3', ['benches/ort/browser_inputs.py', src, 'tests/data/public.jsonl',
 ensurePeers();
 
 const server = await startServer(root, 0, { mounts: { '/bench-data/': work } });
+const q = new URLSearchParams({ threads: opts.threads, seconds: opts.seconds, engines: opts.engines });
 let out;
-const browser = await launchChromium({ webgpu: false });
 try {
-  const page = await browser.newPage();
-  page.on('pageerror', (e) => console.error('page error:', e.message));
-  const q = new URLSearchParams({ threads: opts.threads, seconds: opts.seconds, engines: opts.engines });
-  await page.goto(`${server.origin}/web/bench/ort.html?${q}`);
-  await page.waitForFunction(() => window.ortBench !== undefined, null, { timeout: 0, polling: 500 });
-  out = await page.evaluate(() => window.ortBench);
+  out = await pageResult(`${server.origin}/web/bench/ort.html?${q}`, 'ortBench');
 } finally {
-  await browser.close();
   await server.close();
 }
 if (out.error) throw new Error(out.error);

@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { launchChromium } from '../test/chromium.mjs';
+import { pageResult } from '../test/chromium.mjs';
 import { startServer } from '../test/server.mjs';
 
 const { values: opts } = parseArgs({
@@ -24,24 +24,15 @@ const server = await startServer(root);
 const results = [];
 try {
   for (const device of opts.devices.split(',')) {
-    const browser = await launchChromium({ webgpu: device !== 'cpu' });
-    try {
-      const page = await browser.newPage();
-      page.on('pageerror', (e) => console.error('page error:', e.message));
-      const q = new URLSearchParams({ device, batches: opts.batches, seconds: opts.seconds, calls: opts.calls });
-      await page.goto(`${server.origin}/web/bench/?${q}`);
-      await page.waitForFunction(() => window.bench !== undefined, null, { timeout: 0, polling: 500 });
-      const out = await page.evaluate(() => window.bench);
-      if (out.error) throw new Error(`${device}: ${out.error}`);
-      console.log(`${out.device} (${out.deviceInfo}): model loaded in ${out.loadSeconds.toFixed(2)} s`);
-      for (const r of out.rows) {
-        console.log(`  batch ${String(r.batch).padStart(2)}: ${r.embPerSecond.toFixed(1).padStart(8)} emb/s` +
-          `  p50 ${r.p50Ms.toFixed(1)} ms  min ${r.minMs.toFixed(1)} ms  (${r.calls} calls, ${r.tokensPerText.toFixed(1)} tokens/text)`);
-      }
-      results.push(out);
-    } finally {
-      await browser.close();
+    const q = new URLSearchParams({ device, batches: opts.batches, seconds: opts.seconds, calls: opts.calls });
+    const out = await pageResult(`${server.origin}/web/bench/?${q}`, 'bench', { webgpu: device !== 'cpu' });
+    if (out.error) throw new Error(`${device}: ${out.error}`);
+    console.log(`${out.device} (${out.deviceInfo}): model loaded in ${out.loadSeconds.toFixed(2)} s`);
+    for (const r of out.rows) {
+      console.log(`  batch ${String(r.batch).padStart(2)}: ${r.embPerSecond.toFixed(1).padStart(8)} emb/s` +
+        `  p50 ${r.p50Ms.toFixed(1)} ms  min ${r.minMs.toFixed(1)} ms  (${r.calls} calls, ${r.tokensPerText.toFixed(1)} tokens/text)`);
     }
+    results.push(out);
   }
 } finally {
   await server.close();

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launchChromium } from './chromium.mjs';
+import { openTestPage } from './chromium.mjs';
 import { startServer } from './server.mjs';
 import { skip } from './skip.mjs';
 
@@ -23,15 +23,7 @@ const reference = readFileSync(join(root, 'tests', 'data', 'public.jsonl'), 'utf
 let server;
 const browsers = [];
 
-async function openPage(webgpu) {
-  const browser = await launchChromium({ webgpu });
-  browsers.push(browser);
-  const page = await browser.newPage();
-  page.on('pageerror', (e) => console.error('page error:', e.message));
-  await page.goto(`${server.origin}/web/test/pages/embed.html`);
-  await page.waitForFunction(() => window.wedgeReady === true);
-  return page;
-}
+const openPage = (webgpu) => openTestPage(browsers, server.origin, webgpu);
 
 function cosine(a, b) {
   let dot = 0, na = 0, nb = 0;

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launchChromium } from './chromium.mjs';
+import { openTestPage } from './chromium.mjs';
 import { GGUF_URL, startServer } from './server.mjs';
 import { skip } from './skip.mjs';
 
@@ -44,15 +44,7 @@ function nativeGreedy(prompt, tokens) {
   return out.trim().split('\n').map((l) => JSON.parse(l)).filter((t) => 'id' in t).map((t) => t.id);
 }
 
-async function openPage(webgpu) {
-  const browser = await launchChromium({ webgpu });
-  browsers.push(browser);
-  const page = await browser.newPage();
-  page.on('pageerror', (e) => console.error('page error:', e.message));
-  await page.goto(`${server.origin}/web/test/pages/embed.html`);
-  await page.waitForFunction(() => window.wedgeReady === true);
-  return page;
-}
+const openPage = (webgpu) => openTestPage(browsers, server.origin, webgpu);
 
 // Greedy ids for each prompt in the page, through generate() with onToken.
 function browserGreedy(page, device, prompts, tokens) {
