@@ -68,6 +68,17 @@ pub fn import_hf_decoder(dir: &Path, quant: DecoderQuant) -> Result<Package> {
             .collect();
         files.sort();
         files.dedup();
+        // a shard is a file of the folder: an index naming `../x` or `/etc/x` reads nothing
+        // outside it
+        if let Some(bad) = files.iter().find(|f| {
+            let mut parts = Path::new(f.as_str()).components();
+            !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None))
+        }) {
+            return Err(ImportError::Json {
+                path: index.display().to_string(),
+                msg: format!("`weight_map` names `{bad}`: shards must be files in the model folder"),
+            });
+        }
         files
     } else {
         vec!["model.safetensors".to_string()]
@@ -163,4 +174,33 @@ fn finish(
     metadata.insert("weights".to_string(), note);
     let config = serde_json::to_value(&config).map_err(|e| ImportError::Unsupported(e.to_string()))?;
     Ok(Package { architecture: DECODER.to_string(), config, metadata, tensors, assets })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_cannot_name_shards_outside_the_folder() {
+        let dir = std::env::temp_dir().join(format!("wedge-import-shards-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::write(dir.join(f), "{}").unwrap();
+        }
+        for (shard, outside) in [
+            ("../secret.safetensors", true),
+            ("/etc/passwd", true),
+            ("a/../../b", true),
+            ("model-1.safetensors", false),
+        ] {
+            let index = serde_json::json!({"weight_map": {"w": shard}});
+            std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+            let err = import_hf_decoder(&dir, DecoderQuant::Keep).unwrap_err().to_string();
+            assert_eq!(err.contains("shards must be files in the model folder"), outside, "{shard}: {err}");
+            if !outside {
+                assert!(err.contains("model-1.safetensors"), "{err}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
