@@ -34,12 +34,12 @@ async function timed(stream, prompt, maxTokens) {
   return { ttftMs: first - t0, decodeTokS: n > 1 ? (n - 1) / ((last - first) / 1000) : 0, tokens: n };
 }
 
-async function wedgeEngine(device) {
+async function wedgeEngine(device, fast) {
   const t0 = performance.now();
-  const llm = await load(MODEL, { device, ctx: 1024 });
+  const llm = await load(MODEL, { device, ctx: 1024, fast });
   const loadS = (performance.now() - t0) / 1000;
   return {
-    name: `wedge ${llm.device}`, loadS,
+    name: `wedge ${llm.device}${fast ? ' (fast)' : ''}`, loadS,
     async prefill(prompt) {
       await llm.resetChat();
       const t0 = performance.now();
@@ -104,7 +104,7 @@ async function main() {
   const rows = [];
   for (const e of engines) {
     $('status').textContent = `running ${e}…`;
-    const engine = e === 'wllama-cpu' ? await wllamaEngine() : await wedgeEngine(e.replace(/^wedge-/, ''));
+    const engine = e === 'wllama-cpu' ? await wllamaEngine() : await wedgeEngine(e.replace(/^wedge-|-fast$/g, ''), e.endsWith('-fast'));
     const m = await measure(engine);
     await engine.dispose();
     const row = { engine: engine.name, loadS: engine.loadS, ...m };

@@ -1,7 +1,7 @@
 // The chat demo: load SmolLM2's GGUF file in a Web Worker (the page never blocks), then stream
 // each answer as OpenAI chunks, with time to first token and tokens per second. The query string
-// picks `device` (auto, cpu, webgpu), `model` (a GGUF URL), `max_tokens` and `worker=0` (run on
-// the page's own thread).
+// picks `device` (auto, cpu, webgpu), `model` (a GGUF URL), `max_tokens`, `fast=1` (the CPU's
+// integer kernels) and `worker=0` (run on the page's own thread).
 import { load } from '../dist/index.js';
 
 const $ = (id) => document.getElementById(id);
@@ -25,10 +25,11 @@ async function main() {
   const llm = await load(MODEL, {
     device,
     worker: params.get('worker') !== '0',
+    fast: params.get('fast') === '1',
     onProgress: (loaded, total) => { if (total) $('progress').value = loaded / total; },
   });
   $('load').textContent = `${((performance.now() - t0) / 1000).toFixed(2)} s`;
-  $('device').textContent = `${llm.device} (${llm.info.architecture}, ${Object.keys(llm.info.formats).join(' + ')})`;
+  $('device').textContent = `${llm.device}${llm.info.fast ? ' (fast)' : ''} (${llm.info.architecture}, ${Object.keys(llm.info.formats).join(' + ')})`;
   $('info').textContent = llm.deviceInfo;
   $('progress').value = 1;
   let messages = [SYSTEM];

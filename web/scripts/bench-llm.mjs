@@ -2,7 +2,7 @@
 // the wasm CPU backend (and on WebGPU with --webgpu) beside wllama (llama.cpp in wasm, one
 // thread) on the same GGUF file, and prints prompt tok/s, decode tok/s and time to first token
 // with the wedge/wllama ratios. Speed figures only: nothing here is asserted.
-//   npm --prefix web run bench:llm [-- --engines wedge-cpu,wllama-cpu --tokens 64 --runs 2 --json out.json]
+//   npm --prefix web run bench:llm [-- --engines wedge-cpu,wedge-cpu-fast,wllama-cpu --tokens 64 --runs 2 --json out.json]
 // The GGUF file: WEDGE_SMOLLM2_GGUF, else models/fetch.sh smollm2.
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -15,7 +15,7 @@ import { ensurePeers } from './peers.mjs';
 
 const { values: opts } = parseArgs({
   options: {
-    engines: { type: 'string', default: 'wedge-cpu,wllama-cpu' },
+    engines: { type: 'string', default: 'wedge-cpu,wedge-cpu-fast,wllama-cpu' },
     tokens: { type: 'string', default: '64' },
     'prompt-tokens': { type: 'string', default: '128' },
     runs: { type: 'string', default: '2' },

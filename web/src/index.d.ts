@@ -16,6 +16,10 @@ export interface LoadOptions {
   /** Language models: positions of the conversation's key/value cache (default: the model's
    *  context, at most 2048). */
   ctx?: number;
+  /** Language models on the wasm CPU backend: the integer kernels (activations rounded to 16
+   *  bits a row; about twice the decode speed, logits within about 0.05 of exact, so greedy
+   *  tokens can differ from the exact path's). Default false. */
+  fast?: boolean;
   /** Load the model in a module Web Worker (`true`: one running `dist/worker.js`, or a Worker
    *  you started on it) and return a proxy with the same API; the page never blocks on it. */
   worker?: boolean | Worker;
@@ -167,6 +171,8 @@ export interface LanguageModelInfo {
   weightBytes: number;
   /** Weight formats (`q4_1/g32`, `f32`, ...) and their tensor counts. */
   formats: Record<string, number>;
+  /** Whether it runs the CPU's integer kernels (`fast` at load). */
+  fast: boolean;
 }
 
 /** A language model and its conversation. One generation runs at a time; later calls wait. */

@@ -86,7 +86,8 @@ export class Model {
  * lives in a Web Worker and the page gets a proxy with the same API.
  * @param {string | URL | ArrayBuffer | Uint8Array} source
  * @param {{ device?: 'auto' | 'webgpu' | 'cpu', onProgress?: (loaded: number, total: number) => void,
- *           cache?: boolean, digest?: string, signal?: AbortSignal, ctx?: number, worker?: boolean | Worker }} [options]
+ *           cache?: boolean, digest?: string, signal?: AbortSignal, ctx?: number, fast?: boolean,
+ *           worker?: boolean | Worker }} [options]
  */
 export async function load(source, options = {}) {
   if (options.worker) return loadInWorker(source, options);
@@ -97,7 +98,7 @@ export async function load(source, options = {}) {
   if (isGguf(file.bytes) || isLanguageModel(file.bytes)) {
     const ctx = options.ctx ?? 0;
     if (!Number.isInteger(ctx) || ctx < 0) throw new TypeError('`ctx` must be a whole number of positions');
-    model = new LanguageModel(await loadWasmLanguageModel(file.bytes, device, ctx), file.digest, file.name);
+    model = new LanguageModel(await loadWasmLanguageModel(file.bytes, device, ctx, options.fast === true), file.digest, file.name);
   } else {
     model = new Model(await loadModel(file.bytes, device));
   }

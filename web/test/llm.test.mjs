@@ -141,6 +141,22 @@ maybe('chat streams OpenAI chunks in order, as the whole answer, with usage and 
   for (const e of out.errors) assert.match(e, /^Error/);
 });
 
+// The integer kernels (16-bit activations): not the exact path's numbers, so no token-for-token
+// check here (the kernels are checked bit for bit against their scalar twin in the wasm unit
+// tests); the answer must still be right.
+maybe('fast mode (the CPU integer kernels) answers too', { timeout: 600_000 }, async () => {
+  const page = await openPage(false);
+  const out = await page.evaluate(async ({ url, messages }) => {
+    const llm = await window.wedge.load(url, { device: 'cpu', cache: false, fast: true });
+    const r = await llm.chat.completions.create({ messages, max_tokens: 12, temperature: 0 });
+    const info = llm.info;
+    llm.dispose();
+    return { fast: info.fast, text: r.choices[0].message.content };
+  }, { url: GGUF_URL, messages: QUESTION });
+  assert.equal(out.fast, true);
+  assert.match(out.text, /Paris/);
+});
+
 maybe('interrupt() stops within one step, and the model answers afterwards', { timeout: 600_000 }, async () => {
   const page = await openPage(false);
   const out = await page.evaluate(async ({ url, messages }) => {

@@ -47,11 +47,16 @@ pub fn is_language_model(bytes: &[u8]) -> bool {
 }
 
 impl WebLanguageModel {
-    /// Opens the device, loads the model (a GGUF file or a decoder package) and makes a cache
-    /// of `ctx` positions (0: the model's context, at most [`DEFAULT_CTX`]).
-    pub async fn load(bytes: &[u8], request: DeviceRequest, ctx: usize) -> Result<WebLanguageModel, String> {
+    /// Opens the device, loads the model (a GGUF file or a decoder package) with `options`
+    /// (`fast_cpu`: the integer kernels on the CPU) and makes a cache of `ctx` positions (0: the
+    /// model's context, at most [`DEFAULT_CTX`]).
+    pub async fn load(
+        bytes: &[u8],
+        request: DeviceRequest,
+        ctx: usize,
+        options: LmOptions,
+    ) -> Result<WebLanguageModel, String> {
         let device = request.open().await?;
-        let options = LmOptions::default();
         let lm = if bytes.starts_with(b"GGUF") {
             LanguageModel::from_gguf(bytes, &device, options)
         } else {
@@ -69,9 +74,10 @@ impl WebLanguageModel {
         len: u64,
         request: DeviceRequest,
         ctx: usize,
+        options: LmOptions,
     ) -> Result<WebLanguageModel, String> {
         let device = request.open().await?;
-        let lm = LanguageModel::from_gguf_reader(reader, len, &device, LmOptions::default());
+        let lm = LanguageModel::from_gguf_reader(reader, len, &device, options);
         WebLanguageModel::with(lm.map_err(|e| e.to_string())?, device, ctx)
     }
 
@@ -118,6 +124,7 @@ impl WebLanguageModel {
             "contextLength": c.context_length,
             "ctx": ctx,
             "weightBytes": self.lm.weight_bytes(),
+            "fast": self.lm.options().fast_cpu,
             "formats": self.lm.formats().iter().map(|(f, n)| (f.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
         .to_string()
@@ -307,14 +314,16 @@ pub mod bindings {
 
     /// Loads a GGUF file (read a tensor at a time from the page's bytes) or a decoder `.wedge`
     /// package onto `device`, with a conversation cache of `ctx` positions (0: the model's
-    /// context, at most 2048).
+    /// context, at most 2048); `fast`: the CPU's integer kernels.
     #[wasm_bindgen(js_name = loadLanguageModel)]
     pub async fn load_language_model(
         bytes: js_sys::Uint8Array,
         device: String,
         ctx: usize,
+        fast: bool,
     ) -> Result<LanguageModel, JsError> {
         let request = DeviceRequest::parse(&device).map_err(js_error)?;
+        let options = wedge::LmOptions { fast_cpu: fast, ..wedge::LmOptions::default() };
         let mut magic = [0u8; 4];
         if bytes.length() >= 4 {
             bytes.subarray(0, 4).copy_to(&mut magic);
@@ -322,9 +331,9 @@ pub mod bindings {
         let inner = if &magic == b"GGUF" {
             let reader = JsBytes::new(bytes);
             let len = reader.len;
-            WebLanguageModel::load_gguf(reader, len, request, ctx).await
+            WebLanguageModel::load_gguf(reader, len, request, ctx, options).await
         } else {
-            WebLanguageModel::load(&bytes.to_vec(), request, ctx).await
+            WebLanguageModel::load(&bytes.to_vec(), request, ctx, options).await
         };
         Ok(LanguageModel { inner: inner.map_err(js_error)? })
     }
@@ -441,7 +450,8 @@ mod tests {
     fn a_conversation_streams_tokens_as_the_library_generates_and_keeps_its_cache() {
         let Some(bytes) = smollm2() else { return };
         assert!(is_language_model(&bytes) && !is_language_model(b"WEDGE"));
-        let mut m = pollster::block_on(WebLanguageModel::load(&bytes, DeviceRequest::Cpu, 256)).unwrap();
+        let mut m =
+            pollster::block_on(WebLanguageModel::load(&bytes, DeviceRequest::Cpu, 256, LmOptions::default())).unwrap();
         assert_eq!(m.device(), "cpu");
         let info: Value = serde_json::from_str(&m.info()).unwrap();
         assert_eq!((info["architecture"].as_str(), info["ctx"].as_u64()), (Some("llama"), Some(256)));
@@ -497,10 +507,18 @@ mod tests {
         assert!(m.start(&long, Endpoint::Completions).unwrap_err().contains("300 tokens"));
         m.start(&chat(question, r#", "max_tokens": 1"#), Endpoint::Chat).unwrap();
         assert_eq!(run(&mut m).1["completion_tokens"], 1);
-        assert!(pollster::block_on(WebLanguageModel::load(b"GGUF\x03\0\0\0", DeviceRequest::Cpu, 0)).is_err());
+        assert!(
+            pollster::block_on(WebLanguageModel::load(b"GGUF\x03\0\0\0", DeviceRequest::Cpu, 0, LmOptions::default()))
+                .is_err()
+        );
         let reader = std::io::Cursor::new(&bytes[..bytes.len() / 2]);
-        let half =
-            pollster::block_on(WebLanguageModel::load_gguf(reader, bytes.len() as u64 / 2, DeviceRequest::Cpu, 0));
+        let half = pollster::block_on(WebLanguageModel::load_gguf(
+            reader,
+            bytes.len() as u64 / 2,
+            DeviceRequest::Cpu,
+            0,
+            LmOptions::default(),
+        ));
         assert!(half.unwrap_err().contains("truncated"));
     }
 }

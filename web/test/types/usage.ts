@@ -13,7 +13,7 @@ export async function embeddings(): Promise<number> {
 }
 
 export async function chat(out: { textContent: string | null }): Promise<string> {
-  const llm: LanguageModel = await load('/models/SmolLM2-135M-Instruct.Q4_1.gguf', { device: 'auto', ctx: 1024 });
+  const llm: LanguageModel = await load('/models/SmolLM2-135M-Instruct.Q4_1.gguf', { device: 'auto', ctx: 1024, fast: false });
   const messages = [{ role: 'user' as const, content: 'Hello!' }];
   const stream = await llm.chat.completions.create({ messages, stream: true, max_tokens: 64, stream_options: { include_usage: true } });
   for await (const chunk of stream) {
@@ -32,7 +32,7 @@ export async function chat(out: { textContent: string | null }): Promise<string>
   await llm.embed(['x']);
   await llm.resetChat();
   const worker = await loadLanguageModel(new Uint8Array(4), { worker: true, signal: new AbortController().signal });
-  const arch: string = worker.info.architecture + worker.kind + llm.device + Object.keys(llm.info.formats).join();
+  const arch: string = worker.info.architecture + worker.kind + llm.device + Object.keys(llm.info.formats).join() + String(llm.info.fast);
   worker.dispose();
   llm.dispose();
   return whole.choices[0].message.content + reason + text + n + arch;
