@@ -16,7 +16,7 @@ function tooBig(what, bytes) {
 }
 
 /** Whether the bytes start like a GGUF file. */
-export function isGguf(bytes) {
+function isGguf(bytes) {
   return bytes.length >= 4 && bytes[0] === 0x47 && bytes[1] === 0x47 && bytes[2] === 0x55 && bytes[3] === 0x46;
 }
 

@@ -12,7 +12,7 @@
 // Works on the main thread and in Web Workers (it uses fetch, Cache Storage and navigator.gpu,
 // never the DOM).
 import init, { isLanguageModel, loadLanguageModel as loadWasmLanguageModel, loadModel } from './pkg/wedge_web.js';
-import { isGguf, modelBytes } from './fetch.js';
+import { modelBytes } from './fetch.js';
 import { LanguageModel } from './llm.js';
 import { loadInWorker } from './proxy.js';
 
@@ -80,22 +80,32 @@ export class Model {
   }
 }
 
-/**
- * Loads a model from a URL or from bytes: a .wedge sentence-embedding package gives a `Model`,
- * a GGUF file or a decoder .wedge package a `LanguageModel`. With `{ worker: true }` the model
- * lives in a Web Worker and the page gets a proxy with the same API.
- * @param {string | URL | ArrayBuffer | Uint8Array} source
- * @param {{ device?: 'auto' | 'webgpu' | 'cpu', onProgress?: (loaded: number, total: number) => void,
- *           cache?: boolean, digest?: string, signal?: AbortSignal, ctx?: number, fast?: boolean,
- *           worker?: boolean | Worker }} [options]
- */
-export async function load(source, options = {}) {
-  if (options.worker) return loadInWorker(source, options);
+const KINDS = { embedding: 'a sentence-embedding package', language: 'a language model (GGUF or decoder package)' };
+
+function checkKind(kind, expect) {
+  if (expect && kind !== expect) throw new Error(`the file holds ${KINDS[kind]}, not ${KINDS[expect]}`);
+}
+
+// load(), and with `expect` the kind the caller wants, checked from the file's header before
+// anything is loaded (in a worker, once the worker has it).
+async function loadAs(source, options, expect) {
+  if (options.worker) {
+    const model = await loadInWorker(source, options);
+    try {
+      checkKind(model.kind, expect);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+    return model;
+  }
   await initOnce();
   const device = options.device ?? 'auto';
   const file = await modelBytes(source, options);
+  const language = isLanguageModel(file.bytes);
+  checkKind(language ? 'language' : 'embedding', expect);
   let model;
-  if (isGguf(file.bytes) || isLanguageModel(file.bytes)) {
+  if (language) {
     const ctx = options.ctx ?? 0;
     if (!Number.isInteger(ctx) || ctx < 0) throw new TypeError('`ctx` must be a whole number of positions');
     model = new LanguageModel(await loadWasmLanguageModel(file.bytes, device, ctx, options.fast === true), file.digest, file.name);
@@ -106,24 +116,27 @@ export async function load(source, options = {}) {
   return model;
 }
 
-async function loadKind(source, options, kind) {
-  const model = await load(source, options);
-  if (model.kind !== kind) {
-    model.dispose();
-    const what = { embedding: 'a sentence-embedding package', language: 'a language model (GGUF or decoder package)' };
-    throw new Error(`the file holds ${what[model.kind]}, not ${what[kind]}`);
-  }
-  return model;
+/**
+ * Loads a model from a URL or from bytes: a .wedge sentence-embedding package gives a `Model`,
+ * a GGUF file or a decoder .wedge package a `LanguageModel`. With `{ worker: true }` the model
+ * lives in a Web Worker and the page gets a proxy with the same API.
+ * @param {string | URL | ArrayBuffer | Uint8Array} source
+ * @param {{ device?: 'auto' | 'webgpu' | 'cpu', onProgress?: (loaded: number, total: number) => void,
+ *           cache?: boolean, digest?: string, signal?: AbortSignal, ctx?: number, fast?: boolean,
+ *           worker?: boolean | Worker }} [options]
+ */
+export function load(source, options = {}) {
+  return loadAs(source, options, null);
 }
 
 /** load() of a sentence-embedding package (an error for any other model). */
 export function loadEmbedder(source, options = {}) {
-  return loadKind(source, options, 'embedding');
+  return loadAs(source, options, 'embedding');
 }
 
 /** load() of a language model: a GGUF file or a decoder package (an error for any other). */
 export function loadLanguageModel(source, options = {}) {
-  return loadKind(source, options, 'language');
+  return loadAs(source, options, 'language');
 }
 
 /** Bytes of the wasm heap (it grows and never shrinks: its high-water mark), 0 before the

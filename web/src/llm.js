@@ -185,15 +185,15 @@ export class LanguageModel {
     if (!run.started.stream) {
       let content = '';
       const logprobs = [];
+      let summary;
       try {
         for await (const t of run.tokens()) {
           content += t.text;
           if (t.logprobs) logprobs.push(...t.logprobs.content);
         }
       } finally {
-        run.end();
+        summary = run.end();
       }
-      const summary = run.end();
       return {
         id, object: 'chat.completion', created, model,
         choices: [{

@@ -54,8 +54,9 @@ class Connection {
   }
 }
 
-/** Streams the items of a call as an async iterator, once it has started. */
-async function streamed(conn, op, payload, onStop) {
+/** Streams the items of a call as an async iterator, once it has started; `onStop` (also on
+ *  `signal`'s abort) asks the worker to stop early. */
+async function streamed(conn, op, payload, onStop, signal) {
   const items = [];
   let wake = null;
   let finished = false;
@@ -66,8 +67,12 @@ async function streamed(conn, op, payload, onStop) {
     onStarted: () => started(),
     onItem: (item) => { items.push(item); wake?.(); },
   }).then(() => { finished = true; wake?.(); started(); }, (e) => { failure = e; finished = true; wake?.(); started(); });
+  signal?.addEventListener('abort', onStop);
   await begun;
-  if (failure && items.length === 0) throw failure;
+  if (failure && items.length === 0) {
+    signal?.removeEventListener('abort', onStop);
+    throw failure;
+  }
   return (async function* stream() {
     try {
       for (;;) {
@@ -82,6 +87,7 @@ async function streamed(conn, op, payload, onStop) {
         }
       }
     } finally {
+      signal?.removeEventListener('abort', onStop);
       if (!finished) {
         onStop();
         await done;
@@ -90,21 +96,33 @@ async function streamed(conn, op, payload, onStop) {
   })();
 }
 
+// Each proxy's connection to its worker, until dispose(): one place for both kinds of model.
+const connections = new WeakMap();
+
+function alive(proxy) {
+  const conn = connections.get(proxy);
+  if (!conn) throw new Error('the model was disposed');
+  return conn;
+}
+
+function release(proxy) {
+  connections.get(proxy)?.terminate();
+  connections.delete(proxy);
+}
+
 /** A language model in a Web Worker: the API of `LanguageModel`. */
 export class WorkerLanguageModel {
-  #conn;
   #props;
 
   constructor(conn, props) {
-    this.#conn = conn;
+    connections.set(this, conn);
     this.#props = props;
     this.chat = {
       completions: {
         create: (request) => {
           const { signal, ...rest } = request ?? {};
-          if (!rest.stream) return this.#withSignal(signal, this.#alive().call('chat', { request: rest }));
-          signal?.addEventListener('abort', () => this.interrupt());
-          return streamed(this.#alive(), 'chat', { request: rest }, () => this.interrupt());
+          if (!rest.stream) return this.#withSignal(signal, alive(this).call('chat', { request: rest }));
+          return streamed(alive(this), 'chat', { request: rest }, () => this.interrupt(), signal);
         },
       },
     };
@@ -117,21 +135,17 @@ export class WorkerLanguageModel {
   get digest() { return this.#props.digest; }
   get model() { return this.#props.model; }
 
-  countTokens(input) { return this.#alive().call('countTokens', { input }); }
+  countTokens(input) { return alive(this).call('countTokens', { input }); }
 
   generate(prompt, options = {}) {
     const { onToken, signal, ...rest } = options;
     const hooks = { onItem: (t) => onToken?.(t.text, { id: t.id, logprob: t.logprob }) };
-    return this.#withSignal(signal, this.#alive().call('generate', { prompt, options: rest }, hooks));
+    return this.#withSignal(signal, alive(this).call('generate', { prompt, options: rest }, hooks));
   }
 
-  interrupt() { this.#conn?.post('interrupt'); }
-  resetChat() { return this.#alive().call('resetChat'); }
-
-  dispose() {
-    this.#conn?.terminate();
-    this.#conn = null;
-  }
+  interrupt() { connections.get(this)?.post('interrupt'); }
+  resetChat() { return alive(this).call('resetChat'); }
+  dispose() { release(this); }
 
   #withSignal(signal, promise) {
     if (!signal) return promise;
@@ -139,21 +153,15 @@ export class WorkerLanguageModel {
     signal.addEventListener('abort', stop);
     return promise.finally(() => signal.removeEventListener('abort', stop));
   }
-
-  #alive() {
-    if (!this.#conn) throw new Error('the model was disposed');
-    return this.#conn;
-  }
 }
 
 /** A sentence-embedding model in a Web Worker: the API of `Model` (`countTokens` answers with
  *  a promise there). */
 export class WorkerModel {
-  #conn;
   #props;
 
   constructor(conn, props) {
-    this.#conn = conn;
+    connections.set(this, conn);
     this.#props = props;
   }
 
@@ -162,18 +170,9 @@ export class WorkerModel {
   get deviceInfo() { return this.#props.deviceInfo; }
   get dim() { return this.#props.dim; }
   get digest() { return this.#props.digest; }
-  embed(texts) { return this.#alive().call('embed', { texts: typeof texts === 'string' ? [texts] : texts }); }
-  countTokens(texts) { return this.#alive().call('countTokens', { input: typeof texts === 'string' ? [texts] : texts }); }
-
-  dispose() {
-    this.#conn?.terminate();
-    this.#conn = null;
-  }
-
-  #alive() {
-    if (!this.#conn) throw new Error('the model was disposed');
-    return this.#conn;
-  }
+  embed(texts) { return alive(this).call('embed', { texts: typeof texts === 'string' ? [texts] : texts }); }
+  countTokens(texts) { return alive(this).call('countTokens', { input: typeof texts === 'string' ? [texts] : texts }); }
+  dispose() { release(this); }
 }
 
 /** load() with `{ worker }`: `true` starts a module worker running worker.js; a `Worker` given

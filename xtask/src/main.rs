@@ -142,7 +142,7 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
 
     if report.needs("wasm kernel tests", setup, &[Need::Wasi]) {
         // the CPU backend's unit tests built for wasm (simd128, as the browser runs them)
-        let runner = std::env::current_dir().unwrap_or_default().join("xtask/wasi/run.mjs");
+        let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("wasi").join("run.mjs");
         let mut wasm = cargo(&["test", "--locked", "--target", "wasm32-wasip1", "-p", "wedge-cpu"]);
         wasm.env("CARGO_TARGET_WASM32_WASIP1_RUNNER", format!("node --no-warnings {}", runner.display()));
         report.step("wasm kernel tests", &mut wasm);

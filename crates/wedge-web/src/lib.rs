@@ -111,9 +111,15 @@ impl WebEmbedder {
     }
 }
 
-/// The digest of a package's header, read without loading its tensors (keys the browser cache).
-pub fn package_digest(bytes: &[u8]) -> Result<String, String> {
-    wedge::read_header(bytes, &wedge::PackageLimits::default()).map(|h| h.digest).map_err(|e| e.to_string())
+/// The digest of a package's header, read without loading its tensors (keys the browser cache):
+/// `head` is the file's start (at least its prefix and header), `file_len` its length.
+pub fn package_digest(head: &[u8], file_len: u64) -> Result<String, String> {
+    package_header(head, file_len).map(|h| h.digest)
+}
+
+/// A package's prefix and header, checked, from the file's start (`head`) and length.
+pub fn package_header(head: &[u8], file_len: u64) -> Result<wedge::ParsedHeader, String> {
+    wedge::read_header_of(head, file_len, &wedge::PackageLimits::default()).map_err(|e| e.to_string())
 }
 
 /// The JS API (wasm32 only).
@@ -148,10 +154,25 @@ pub mod bindings {
         Ok(Model { inner })
     }
 
+    /// The start of the page's bytes that holds a package's prefix and header (only the
+    /// prefix's bytes when they do not start like a package, which is all the checks then
+    /// read), copied into the heap, and the file's length: the checks that read only the header
+    /// copy no more.
+    pub(crate) fn head(bytes: &js_sys::Uint8Array) -> (Vec<u8>, u64) {
+        let len = bytes.length();
+        let mut prefix = vec![0u8; wedge::PREFIX_LEN.min(len as usize)];
+        bytes.subarray(0, prefix.len() as u32).copy_to(&mut prefix);
+        match wedge::header_len(&prefix, &wedge::PackageLimits::default()) {
+            Some(n) => (bytes.subarray(0, u32::try_from(n).unwrap_or(u32::MAX).min(len)).to_vec(), u64::from(len)),
+            None => (prefix, u64::from(len)),
+        }
+    }
+
     /// The digest of a package's header (hex SHA-256), without loading it.
     #[wasm_bindgen(js_name = packageDigest)]
-    pub fn package_digest(bytes: &[u8]) -> Result<String, JsError> {
-        super::package_digest(bytes).map_err(js_error)
+    pub fn package_digest(bytes: &js_sys::Uint8Array) -> Result<String, JsError> {
+        let (head, len) = head(bytes);
+        super::package_digest(&head, len).map_err(js_error)
     }
 
     #[wasm_bindgen]
@@ -212,7 +233,7 @@ mod tests {
         let bytes = std::fs::read(path).unwrap();
         let m = pollster::block_on(WebEmbedder::load(&bytes, DeviceRequest::Cpu)).unwrap();
         assert_eq!((m.device(), m.dim()), ("cpu", 384));
-        assert_eq!(package_digest(&bytes).unwrap(), m.digest());
+        assert_eq!(package_digest(&bytes, bytes.len() as u64).unwrap(), m.digest());
         let texts: Vec<String> = (0..CHUNK + 3).map(|i| format!("text number {i}")).collect();
         let got = pollster::block_on(m.embed(&texts)).unwrap();
         assert_eq!(got.len(), texts.len());
@@ -222,7 +243,7 @@ mod tests {
         assert!(diff < 1e-4, "{diff}");
         let counts = m.count_tokens(&["hello world".to_string(), "x ".repeat(1000)]).unwrap();
         assert_eq!(counts, vec![4, 256]);
-        assert!(package_digest(&bytes[..100]).is_err());
+        assert!(package_digest(&bytes[..100], 100).is_err());
         assert!(pollster::block_on(WebEmbedder::load(b"not a model", DeviceRequest::Cpu)).is_err());
     }
 }

@@ -38,12 +38,12 @@ impl std::fmt::Debug for WebLanguageModel {
     }
 }
 
-/// Whether `bytes` start like a language model: a GGUF file, or a package of the decoder
-/// architecture.
-pub fn is_language_model(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"GGUF")
-        || wedge::read_header(bytes, &wedge::PackageLimits::default())
-            .is_ok_and(|h| h.header.architecture == wedge::DECODER)
+/// Whether a file holds a language model: a GGUF file, or a package of the decoder
+/// architecture. `head` is the file's start (for a package, at least its prefix and header),
+/// `file_len` its length.
+pub fn is_language_model(head: &[u8], file_len: u64) -> bool {
+    head.starts_with(b"GGUF")
+        || crate::package_header(head, file_len).is_ok_and(|h| h.header.architecture == wedge::DECODER)
 }
 
 impl WebLanguageModel {
@@ -338,10 +338,12 @@ pub mod bindings {
         Ok(LanguageModel { inner: inner.map_err(js_error)? })
     }
 
-    /// Whether the bytes hold a language model (a GGUF file, or a decoder package).
+    /// Whether the bytes hold a language model (a GGUF file, or a decoder package), from
+    /// their start.
     #[wasm_bindgen(js_name = isLanguageModel)]
-    pub fn is_language_model(bytes: &[u8]) -> bool {
-        super::is_language_model(bytes)
+    pub fn is_language_model(bytes: &js_sys::Uint8Array) -> bool {
+        let (head, len) = crate::bindings::head(bytes);
+        super::is_language_model(&head, len)
     }
 
     /// The hex SHA-256 of a whole GGUF file.
@@ -449,7 +451,7 @@ mod tests {
     #[test]
     fn a_conversation_streams_tokens_as_the_library_generates_and_keeps_its_cache() {
         let Some(bytes) = smollm2() else { return };
-        assert!(is_language_model(&bytes) && !is_language_model(b"WEDGE"));
+        assert!(is_language_model(&bytes, bytes.len() as u64) && !is_language_model(b"WEDGE", 5));
         let mut m =
             pollster::block_on(WebLanguageModel::load(&bytes, DeviceRequest::Cpu, 256, LmOptions::default())).unwrap();
         assert_eq!(m.device(), "cpu");
