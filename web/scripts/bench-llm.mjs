@@ -3,6 +3,7 @@
 // thread) on the same GGUF file, and prints prompt tok/s, decode tok/s and time to first token
 // with the wedge/wllama ratios. Speed figures only: nothing here is asserted.
 //   npm --prefix web run bench:llm [-- --engines wedge-cpu,wedge-cpu-fast,wllama-cpu --tokens 64 --runs 2 --json out.json]
+// `--profile N` prints the N functions with the most self time (names: build with `-- --names`).
 // The GGUF file: WEDGE_SMOLLM2_GGUF, else models/fetch.sh smollm2.
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -20,6 +21,7 @@ const { values: opts } = parseArgs({
     'prompt-tokens': { type: 'string', default: '128' },
     runs: { type: 'string', default: '2' },
     json: { type: 'string' },
+    profile: { type: 'string' },
   },
 });
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -30,7 +32,7 @@ const server = await startServer(root, 0, { gguf });
 const q = new URLSearchParams({ engines: opts.engines, tokens: opts.tokens, prompt_tokens: opts['prompt-tokens'], runs: opts.runs, model: GGUF_URL });
 let out;
 try {
-  out = await pageResult(`${server.origin}/web/bench/llm.html?${q}`, 'llmBench', { webgpu: opts.engines.includes('webgpu') });
+  out = await pageResult(`${server.origin}/web/bench/llm.html?${q}`, 'llmBench', { webgpu: opts.engines.includes('webgpu'), profile: Number(opts.profile ?? 0) });
 } finally {
   await server.close();
 }

@@ -4,6 +4,8 @@
 // safetensors with benches/ort/export_onnx.py (Python with onnx and onnxruntime from PyPI, as
 // benches/side-by-side.sh), and the token ids with benches/ort/browser_inputs.py.
 //   npm --prefix web run bench:ort [-- --threads 1 --seconds 2 --json out.json]
+// `--profile N` prints the N functions with the most self time over the whole page (run it with
+// `--engines wedge` after `npm --prefix web run build -- --names` to see wedge's own).
 // Speed figures only: nothing here is asserted.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -21,6 +23,7 @@ const { values: opts } = parseArgs({
     seconds: { type: 'string', default: '2' },
     engines: { type: 'string', default: 'wedge,ort_fp32,ort_int8' },
     json: { type: 'string' },
+    profile: { type: 'string' },
   },
 });
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -41,7 +44,7 @@ const server = await startServer(root, 0, { mounts: { '/bench-data/': work } });
 const q = new URLSearchParams({ threads: opts.threads, seconds: opts.seconds, engines: opts.engines });
 let out;
 try {
-  out = await pageResult(`${server.origin}/web/bench/ort.html?${q}`, 'ortBench');
+  out = await pageResult(`${server.origin}/web/bench/ort.html?${q}`, 'ortBench', { profile: Number(opts.profile ?? 0) });
 } finally {
   await server.close();
 }

@@ -4,7 +4,8 @@
 //      the JS glue for `--target web`;
 //   3. wasm-opt -Oz from the npm `binaryen` package shrinks the module (Debian's is broken here);
 //   4. src/ (the loader and its TypeScript declarations) is copied next to it.
-// Prints the wasm size, raw and gzipped.
+// Prints the wasm size, raw and gzipped. `--names` keeps the functions' names in the module (a
+// larger download) so that a CPU profile names them: the bench scripts' `--profile`.
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -56,7 +57,8 @@ if (!existsSync(wasmOpt)) {
   console.error('wasm-opt is missing: run `npm --prefix web install` first');
   process.exit(1);
 }
-run(wasmOpt, ['-Oz', '--enable-bulk-memory', '--enable-nontrapping-float-to-int', '--enable-sign-ext',
+const names = process.argv.includes('--names') ? ['--debuginfo'] : [];
+run(wasmOpt, ['-Oz', ...names, '--enable-bulk-memory', '--enable-nontrapping-float-to-int', '--enable-sign-ext',
   '--enable-mutable-globals', '--enable-simd', out, '-o', out]);
 cpSync(join(web, 'src'), dist, { recursive: true });
 

@@ -142,7 +142,7 @@ impl pulp::WithSimd for HeadTask<'_> {
         for j in 0..keys {
             scores.push(crate::kernels::dot(qh, head_row(k, elem, at(j), &mut buf)) * scale);
         }
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| crate::kernels::max_of(m, s));
         let mut total = 0f32;
         for s in &mut scores {
             *s = (*s - max).exp();

@@ -1255,6 +1255,9 @@ mod tests {
         }
         assert_eq!(crate::kernels::exp_approx(f32::NEG_INFINITY), 0.0);
         assert!(crate::kernels::exp_approx(200.0).is_finite());
+        assert!(crate::kernels::exp_approx(f32::NAN).is_nan());
+        assert_eq!(crate::kernels::max_of(f32::NEG_INFINITY, f32::NAN), f32::NEG_INFINITY);
+        assert_eq!(crate::kernels::max_of(-1.0, 2.0), 2.0);
     }
 
     /// The integer kernel at the edge of its range: every activation at `±max|x|` and every

@@ -44,16 +44,26 @@ pub(crate) fn round_even(v: f32) -> (f32, i32) {
     (shifted - MAGIC, shifted.to_bits().wrapping_sub(MAGIC.to_bits()) as i32)
 }
 
+/// The larger of `a` and `b` by one comparison (`a` when `b` is NaN), so that loops over it
+/// vectorize on wasm too: `f32::max` is IEEE `maxNum`, which wasm lacks and LLVM calls libm's
+/// `fmaxf` for, one lane at a time. The same value as `a.max(b)` whenever `a` is not NaN, as
+/// in a running maximum that starts from a number.
+#[inline(always)]
+pub(crate) fn max_of(a: f32, b: f32) -> f32 {
+    if b > a { b } else { a }
+}
+
 /// `e^x` from arithmetic and bit operations only, so loops over it vectorize: `x = n·ln2 + r`
 /// with `|r| ≤ ln2/2`, a degree-6 polynomial for `e^r` (relative error about 2e-7), and
-/// `2^n` built in the exponent bits. Exactly 0 below -87 (so masked scores vanish), and
-/// saturates at `e^88` above the range.
+/// `2^n` built in the exponent bits. Exactly 0 below -87 (so masked scores vanish), saturates
+/// at `e^88` above the range, and NaN for NaN. (Comparisons rather than `f32::min`, which
+/// wasm runs as a libm call per lane.)
 #[inline(always)]
 pub(crate) fn exp_approx(x: f32) -> f32 {
     if x < -87.0 {
         return 0.0;
     }
-    let x = x.min(88.0);
+    let x = if x > 88.0 { 88.0 } else { x };
     let (n, ni) = round_even(x * std::f32::consts::LOG2_E);
     // Cody-Waite: ln2 = C1 + C2 with C1 short enough that n·C1 is exact without FMA
     // (plain multiply-adds throughout: wasm32 without SIMD has no fast fused multiply-add)
@@ -317,7 +327,7 @@ pub(crate) fn rmsnorm(x: &[f32], g: &[f32], eps: f32, cols: usize, out: &mut [f3
 
 pub(crate) fn softmax(x: &[f32], cols: usize, out: &mut [f32]) {
     for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
-        let m = xr.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
+        let m = xr.iter().fold(f32::NEG_INFINITY, |a, v| max_of(a, *v));
         let mut sum = 0.0;
         for (o, v) in or.iter_mut().zip(xr) {
             *o = (v - m).exp();
@@ -536,10 +546,10 @@ pub fn attention(dims: &AttentionDims, q: &[f32], k: &[f32], v: &[f32], mask: Op
                     let mut lanes = [f32::NEG_INFINITY; 8];
                     for c in sc.chunks(8) {
                         for (l, &x) in lanes.iter_mut().zip(c) {
-                            *l = l.max(x);
+                            *l = max_of(*l, x);
                         }
                     }
-                    let mx = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mx = lanes.iter().copied().fold(f32::NEG_INFINITY, max_of);
                     if mx == f32::NEG_INFINITY {
                         continue;
                     }

@@ -23,8 +23,9 @@
 //! operations are safe with `+simd128` enabled for the whole crate).
 
 use core::arch::wasm32::{
-    f32x4, f32x4_add, f32x4_convert_i32x4, f32x4_extract_lane, f32x4_mul, f32x4_splat, i16x8_extend_high_i8x16,
-    i16x8_extend_low_i8x16, i32x4_add, i32x4_dot_i16x8, i32x4_splat, u8x16, v128,
+    f32x4, f32x4_add, f32x4_convert_i32x4, f32x4_extract_lane, f32x4_mul, f32x4_nearest, f32x4_pmax, f32x4_pmin,
+    f32x4_splat, i16x8_extend_high_i8x16, i16x8_extend_low_i8x16, i16x8_narrow_i32x4, i32x4_add, i32x4_dot_i16x8,
+    i32x4_splat, i32x4_trunc_sat_f32x4, u8x16, v128,
 };
 use wedge_core::graph::Activation;
 use wedge_core::quant::{Format, Weight};
@@ -130,8 +131,22 @@ fn quantize_rows(x: &[f32], k: usize, qmax: f32) -> (Vec<u32>, Vec<f32>) {
             // (a row so small that `qmax / amax` overflows counts as zeros, as an all-zero row)
             Some(amax) if (qmax / amax).is_finite() => {
                 let inv = qmax / amax;
+                // eight values at a time: scaled, clamped, rounded half to even, narrowed to
+                // `i16` (little endian: value 2j in the low half of word j)
+                let (vinv, lo, hi) = (f32x4_splat(inv), f32x4_splat(-qmax), f32x4_splat(qmax));
+                let ints = |v: &[f32]| {
+                    let v = f32x4_mul(f32x4(v[0], v[1], v[2], v[3]), vinv);
+                    i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_pmin(hi, f32x4_pmax(lo, v))))
+                };
+                let mut words = dst.chunks_exact_mut(4);
+                let mut eights = src.chunks_exact(8);
+                for (d, e) in (&mut words).zip(&mut eights) {
+                    let packed: [u32; 4] = bytemuck::cast(i16x8_narrow_i32x4(ints(&e[..4]), ints(&e[4..])));
+                    d.copy_from_slice(&packed);
+                }
                 let round = |v: &f32| crate::kernels::round_even((v * inv).clamp(-qmax, qmax)).1 as i16 as u16;
-                for (d, two) in dst.iter_mut().zip(src.chunks(2)) {
+                let done = src.len() - eights.remainder().len();
+                for (d, two) in dst[done / 2..].iter_mut().zip(src[done..].chunks(2)) {
                     let lo = round(&two[0]);
                     let hi = two.get(1).map_or(0, round);
                     *d = u32::from(lo) | (u32::from(hi) << 16);
@@ -278,7 +293,13 @@ fn tile<const R: usize>(x: Rows, w: &Packed, wg: &[[u8; 16]], r: usize, g: usize
             vals[4 * h + 2] = f32x4_extract_lane::<2>(*v);
             vals[4 * h + 3] = f32x4_extract_lane::<3>(*v);
         }
-        out[row * n + c0..row * n + c0 + cols].copy_from_slice(&vals[..cols]);
+        // a whole group's columns in one fixed-size copy (two vector stores): a copy of a
+        // variable length is a `memory.copy`, which engines run as a call
+        if cols == COLS {
+            out[row * n + c0..][..COLS].copy_from_slice(&vals);
+        } else {
+            out[row * n + c0..][..cols].copy_from_slice(&vals[..cols]);
+        }
     }
     R
 }
