@@ -16,8 +16,9 @@ use crate::worker::{WorkQueue, WorkerThread};
 /// One embedding.
 pub type Vector = Arc<[f32]>;
 
-/// Runs one batch: a vector per input, in order.
-pub type RunBatch = Box<dyn Fn(&[Tokens]) -> Result<Vec<Vec<f32>>, String> + Send>;
+/// Runs one batch: a vector per input, in order. A [`ServeError::BadInput`] says an input is
+/// at fault: the batch's inputs are then run one by one, so that only the faulty one fails.
+pub type RunBatch = Box<dyn Fn(&[Tokens]) -> Result<Vec<Vec<f32>>, ServeError> + Send>;
 
 struct Item {
     tokens: Tokens,
@@ -142,34 +143,51 @@ fn work(s: &Shared, run: &RunBatch) {
         }
         let tokens: Vec<Tokens> = batch.iter().map(|i| i.tokens.clone()).collect();
         let t0 = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&tokens)))
-            .unwrap_or_else(|_| Err("the model panicked".to_string()));
+        let result = run_caught(run, &tokens);
         let secs = t0.elapsed().as_secs_f64();
         let label = s.label();
         s.metrics.batch_size.get_or_create(&label).observe(batch.len() as f64);
         s.metrics.batch_seconds.get_or_create(&label).observe(secs);
         s.per_input_s.store((secs / batch.len() as f64).to_bits(), std::sync::atomic::Ordering::Relaxed);
         match result {
-            Ok(vectors) if vectors.len() == batch.len() => {
+            Ok(vectors) => {
                 s.metrics.inferences.get_or_create(&label).inc_by(batch.len() as u64);
                 for (item, v) in batch.into_iter().zip(vectors) {
                     let _ = item.reply.send(Ok(v.into())); // the waiter may have gone
                 }
             }
-            Ok(vectors) => {
-                let msg = format!("the model returned {} vectors for {} inputs", vectors.len(), batch.len());
-                for item in batch {
-                    let _ = item.reply.send(Err(ServeError::Inference(msg.clone())));
+            // one input at fault fails its own request, not its batch's neighbours'
+            Err(ServeError::BadInput(_)) if batch.len() > 1 => {
+                for (item, t) in batch.into_iter().zip(&tokens) {
+                    let one = run_caught(run, std::slice::from_ref(t));
+                    if one.is_ok() {
+                        s.metrics.inferences.get_or_create(&label).inc();
+                    }
+                    let _ = item.reply.send(one.map(|mut v| v.remove(0).into()));
                 }
             }
-            Err(msg) => {
-                tracing::error!(model = %s.model, "batch failed: {msg}");
+            Err(e) => {
+                tracing::error!(model = %s.model, "batch failed: {e}");
                 for item in batch {
-                    let _ = item.reply.send(Err(ServeError::Inference(msg.clone())));
+                    let _ = item.reply.send(Err(e.clone()));
                 }
             }
         }
     }
+}
+
+/// Runs a batch; a panic, or a vector count other than the input count, is a failed run.
+fn run_caught(run: &RunBatch, tokens: &[Tokens]) -> Result<Vec<Vec<f32>>, ServeError> {
+    let vectors = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(tokens)))
+        .unwrap_or_else(|_| Err(ServeError::Inference("the model panicked".into())))?;
+    if vectors.len() != tokens.len() {
+        return Err(ServeError::Inference(format!(
+            "the model returned {} vectors for {} inputs",
+            vectors.len(),
+            tokens.len()
+        )));
+    }
+    Ok(vectors)
 }
 
 #[cfg(test)]
@@ -237,7 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn model_errors_reach_every_waiter() {
-        let run: RunBatch = Box::new(|_| Err("boom".into()));
+        let run: RunBatch = Box::new(|_| Err(ServeError::Inference("boom".into())));
         let b = Batcher::start("m", BatchingConfig::default(), metrics(), run);
         let rx = b.submit(tokens(1)).unwrap();
         assert!(matches!(rx.await.unwrap(), Err(ServeError::Inference(m)) if m == "boom"));
@@ -245,5 +263,24 @@ mod tests {
         let b = Batcher::start("m", BatchingConfig::default(), metrics(), run);
         let rx = b.submit(tokens(1)).unwrap();
         assert!(matches!(rx.await.unwrap(), Err(ServeError::Inference(_))));
+    }
+
+    /// An input the model refuses fails its own request as a client error; the other inputs
+    /// of its batch are answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_input_fails_alone_as_a_client_error() {
+        let run: RunBatch = Box::new(|batch: &[Tokens]| {
+            if batch.iter().any(|t| t.ids[0] == 13) {
+                return Err(ServeError::BadInput("13 is unlucky".into()));
+            }
+            Ok(batch.iter().map(|t| vec![t.ids[0] as f32]).collect())
+        });
+        let settings = BatchingConfig { max_batch_size: 8, max_queue_delay_us: 50_000, max_queue: 100 };
+        let b = Batcher::start("m", settings, metrics(), run);
+        let rxs: Vec<_> = [12, 13, 14].into_iter().map(|i| b.submit(tokens(i)).unwrap()).collect();
+        let got: Vec<_> = futures_util::future::join_all(rxs).await.into_iter().map(Result::unwrap).collect();
+        assert_eq!(&*got[0].clone().unwrap(), &[12.0]);
+        assert!(matches!(&got[1], Err(ServeError::BadInput(m)) if m == "13 is unlucky"));
+        assert_eq!(&*got[2].clone().unwrap(), &[14.0]);
     }
 }

@@ -47,3 +47,11 @@ pub enum ServeError {
     #[error("inference failed: {0}")]
     Inference(String),
 }
+
+impl From<wedge::Error> for ServeError {
+    /// The caller's input at fault is a 400 ([`wedge::Error::is_input`]), anything else a
+    /// failed run.
+    fn from(e: wedge::Error) -> ServeError {
+        if e.is_input() { ServeError::BadInput(e.to_string()) } else { ServeError::Inference(e.to_string()) }
+    }
+}

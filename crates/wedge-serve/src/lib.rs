@@ -342,7 +342,7 @@ impl Service {
         let settings = self.config.batching.with(mc.batching);
         let e = embedder.clone();
         let run: batcher::RunBatch =
-            Box::new(move |b: &[Tokens]| e.embed_batched(b, b.len()).map_err(|e| e.to_string()));
+            Box::new(move |b: &[Tokens]| e.embed_batched(b, b.len()).map_err(ServeError::from));
         Ok(ModelKind::Embedding(EmbeddingModel {
             dim: embedder.dim(),
             max_seq_length: embedder.max_seq_length(),

@@ -77,6 +77,20 @@ pub enum Error {
     ChatTemplate(String),
 }
 
+impl Error {
+    /// Whether the caller's input is at fault (inputs that do not fit the model, text the
+    /// tokenizer refuses), as opposed to the model, its file or the device: a server answers
+    /// the first with a client error.
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            Error::Core(wedge_core::Error::Input(_))
+                | Error::Cpu(wedge_cpu::CpuError::Core(wedge_core::Error::Input(_)))
+                | Error::Tokenizer(_)
+        )
+    }
+}
+
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
