@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use wedge::{FinishReason, GenerateParams, TokenEvent};
 
-use crate::cache::{Cached, DiskCache, Key, MemoryCache};
+use crate::cache::{Cache, Cached, Key};
 use crate::config::GenerationConfig;
 use crate::scheduler::{GenEvent, GenReceiver, Usage};
 
@@ -150,8 +150,7 @@ pub(crate) fn cache_options(params: &GenerateParams, g: &GenerationConfig) -> Op
 struct Recording {
     key: Key,
     tokens: Vec<StoredToken>,
-    memory: MemoryCache,
-    disk: Option<Arc<DiskCache>>,
+    cache: Arc<Cache>,
 }
 
 enum Source {
@@ -175,8 +174,8 @@ impl std::fmt::Debug for Generation {
 
 impl Generation {
     /// A request the scheduler runs; stored under `store`'s key when it is done.
-    pub(crate) fn live(rx: GenReceiver, store: Option<(Key, MemoryCache, Option<Arc<DiskCache>>)>) -> Generation {
-        let recording = store.map(|(key, memory, disk)| Recording { key, tokens: Vec::new(), memory, disk });
+    pub(crate) fn live(rx: GenReceiver, store: Option<(Key, Arc<Cache>)>) -> Generation {
+        let recording = store.map(|(key, cache)| Recording { key, tokens: Vec::new(), cache });
         Generation { source: Source::Live(rx), recording, hit: false }
     }
 
@@ -210,10 +209,7 @@ impl Generation {
                         prompt_tokens: usage.prompt_tokens,
                         completion_tokens: usage.completion_tokens,
                     });
-                    r.memory.insert(r.key, Cached::Completion(c.clone())).await;
-                    if let Some(d) = &r.disk {
-                        d.put(r.key, Cached::Completion(c));
-                    }
+                    r.cache.put(r.key, Cached::Completion(c)).await;
                 }
             }
             GenEvent::Failed(_) => self.recording = None,

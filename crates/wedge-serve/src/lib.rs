@@ -27,9 +27,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus_client::registry::Registry;
 use wedge::{Device, Embedder, GenerateParams, KvType, LanguageModel, LmOptions, Tokens};
@@ -52,8 +51,8 @@ pub use error::ServeError;
 pub use metrics::Metrics;
 pub use scheduler::{GenEvent, GenReceiver, Scheduler, SchedulerLimits, Usage};
 
-use cache::{Cached, DiskCache, Key, MemoryCache};
-use metrics::{CacheLabel, DeviceLabel, ModelLabel};
+use cache::{Cache, Cached, Origin};
+use metrics::{DeviceLabel, ModelLabel};
 
 /// One served model.
 #[derive(Debug)]
@@ -202,8 +201,7 @@ pub struct Service {
     config: Config,
     device: Device,
     loaded: OnceLock<Loaded>,
-    memory: Option<MemoryCache>,
-    disk: Option<Arc<DiskCache>>,
+    cache: Option<Arc<Cache>>,
     keys: ApiKeys,
     rates: RateLimits,
     metrics: Arc<Metrics>,
@@ -215,11 +213,6 @@ impl std::fmt::Debug for Service {
     }
 }
 
-/// How a cached value was found.
-const FROM_MEMORY: u8 = 0;
-const FROM_DISK: u8 = 1;
-const COMPUTED: u8 = 2;
-
 impl Service {
     /// Checks the configuration, opens the cache and registers metrics; models load in
     /// [`Service::load_models`], so a server can answer liveness probes meanwhile.
@@ -229,24 +222,14 @@ impl Service {
             return Err(ServeError::Config("no models to serve".into()));
         }
         let metrics = Arc::new(Metrics::new(registry));
-        let ttl = Duration::from_secs(config.cache.ttl_secs);
-        let (memory, disk) = if config.cache.enabled {
-            let disk = match &config.cache.disk_path {
-                Some(p) => Some(Arc::new(DiskCache::open(p, config.cache.disk_bytes, ttl, metrics.clone())?)),
-                None => None,
-            };
-            (Some(cache::memory(config.cache.memory_bytes, ttl)), disk)
-        } else {
-            (None, None)
-        };
+        let cache = Cache::open(&config.cache, metrics.clone())?.map(Arc::new);
         Ok(Service {
             keys: ApiKeys::new(&config.auth)?,
             rates: RateLimits::new(&config.limits),
             config,
             device,
             loaded: OnceLock::new(),
-            memory,
-            disk,
+            cache,
             metrics,
         })
     }
@@ -423,69 +406,41 @@ impl Service {
         }
         let tokens = tokenize(&model, inputs).await?;
         let prompt_tokens = tokens.iter().map(|t| t.ids.len()).sum();
-        let tiers: Vec<AtomicU8> = (0..tokens.len()).map(|_| AtomicU8::new(FROM_MEMORY)).collect();
-        let jobs = tokens.into_iter().zip(&tiers).map(|(t, tier)| self.embed_one(&model, t, policy, tier));
-        let vectors = futures_util::future::try_join_all(jobs).await?;
-        let cache_hit = self.memory.is_some()
-            && policy == CachePolicy::Use
-            && tiers.iter().all(|t| t.load(Ordering::Relaxed) != COMPUTED);
+        let jobs = tokens.into_iter().map(|t| self.embed_one(&model, t, policy));
+        let found = futures_util::future::try_join_all(jobs).await?;
+        let cache_hit = self.cache.is_some() && found.iter().all(|(_, origin)| origin.is_hit());
+        let vectors = found.into_iter().map(|(v, _)| v).collect();
         Ok(Embeddings { model, vectors, prompt_tokens, cache_hit })
     }
 
+    /// One input's embedding, through the cache (keyed by the model's digest, the output
+    /// options, none of which change an embedding yet, and the token ids), with where it came
+    /// from.
     async fn embed_one(
         &self,
         model: &ServedModel,
         tokens: Tokens,
         policy: CachePolicy,
-        tier: &AtomicU8,
-    ) -> Result<Vector, ServeError> {
-        let Some(memory) = &self.memory else {
-            tier.store(COMPUTED, Ordering::Relaxed);
-            return run(model.embedding()?, tokens).await;
+    ) -> Result<(Vector, Origin), ServeError> {
+        let Some(cache) = &self.cache else {
+            return Ok((run(model.embedding()?, tokens).await?, Origin::Computed));
         };
-        // The key: model digest, output options (none change an embedding yet), token ids.
         let mut canonical = tokens.ids.clone();
         canonical.push(u32::MAX); // separates ids from type ids
         canonical.extend(&tokens.type_ids);
         let key = cache::key(&model.digest, "embedding", &canonical);
-        let count = |tier: &'static str, result: &'static str| {
-            self.metrics.cache.get_or_create(&CacheLabel { tier, result }).inc();
-        };
-        if policy == CachePolicy::Bypass {
-            tier.store(COMPUTED, Ordering::Relaxed);
-            let v = run(model.embedding()?, tokens).await?;
-            memory.insert(key, Cached::Vector(v.clone())).await;
-            if let Some(d) = &self.disk {
-                d.put(key, Cached::Vector(v.clone()));
-            }
-            return Ok(v);
-        }
-        // Single flight: concurrent misses of one key wait for the first one's result.
-        let entry = memory
-            .entry(key)
-            .or_try_insert_with(async {
-                if let Some(d) = &self.disk {
-                    let d = d.clone();
-                    let found = tokio::task::spawn_blocking(move || d.get(&key)).await.ok().flatten();
-                    if let Some(v @ Cached::Vector(_)) = found {
-                        count("disk", "hit");
-                        tier.store(FROM_DISK, Ordering::Relaxed);
-                        return Ok(v);
-                    }
-                    count("disk", "miss");
-                }
-                tier.store(COMPUTED, Ordering::Relaxed);
+        let (value, origin) = match policy {
+            CachePolicy::Bypass => {
                 let v = Cached::Vector(run(model.embedding()?, tokens).await?);
-                if let Some(d) = &self.disk {
-                    d.put(key, v.clone());
-                }
-                Ok::<_, ServeError>(v)
-            })
-            .await
-            .map_err(|e| (*e).clone())?;
-        count("memory", if entry.is_fresh() { "miss" } else { "hit" });
-        match entry.into_value() {
-            Cached::Vector(v) => Ok(v),
+                cache.put(key, v.clone()).await;
+                (v, Origin::Computed)
+            }
+            CachePolicy::Use => {
+                cache.get_or_compute(key, async { Ok(Cached::Vector(run(model.embedding()?, tokens).await?)) }).await?
+            }
+        };
+        match value {
+            Cached::Vector(v) => Ok((v, origin)),
             // (keys of embeddings and completions differ in their options, so this is a bug)
             Cached::Completion(_) => {
                 Err(ServeError::Inference("the cache holds a completion under an embedding's key".into()))
@@ -507,44 +462,18 @@ impl Service {
     ) -> Result<Generation, ServeError> {
         let scheduler = &model.language()?.scheduler;
         let options = completions::cache_options(&params, &self.config.generation);
-        let (Some(memory), Some(options)) = (&self.memory, options) else {
+        let (Some(cache), Some(options)) = (&self.cache, options) else {
             return Ok(Generation::live(scheduler.submit(prompt, params)?, None));
         };
         let key = cache::key(&model.digest, &options, &prompt);
         if policy == CachePolicy::Use
-            && let Some(c) = self.cached_completion(memory, &key).await
+            && let Some((Cached::Completion(c), _)) = cache.get(&key).await
         {
             self.metrics.llm_cache_hits.get_or_create(&ModelLabel { model: model.name.clone() }).inc();
             return Ok(Generation::replay(&c));
         }
         let rx = scheduler.submit(prompt, params)?;
-        Ok(Generation::live(rx, Some((key, memory.clone(), self.disk.clone()))))
-    }
-
-    /// A stored completion from the memory tier, else from the disk tier (and then kept in
-    /// memory too).
-    async fn cached_completion(&self, memory: &MemoryCache, key: &Key) -> Option<Arc<Completion>> {
-        let count = |tier: &'static str, result: &'static str| {
-            self.metrics.cache.get_or_create(&CacheLabel { tier, result }).inc();
-        };
-        if let Some(Cached::Completion(c)) = memory.get(key).await {
-            count("memory", "hit");
-            return Some(c);
-        }
-        count("memory", "miss");
-        let d = self.disk.clone()?;
-        let k = *key;
-        match tokio::task::spawn_blocking(move || d.get(&k)).await.ok().flatten() {
-            Some(Cached::Completion(c)) => {
-                count("disk", "hit");
-                memory.insert(*key, Cached::Completion(c.clone())).await;
-                Some(c)
-            }
-            _ => {
-                count("disk", "miss");
-                None
-            }
-        }
+        Ok(Generation::live(rx, Some((key, cache.clone()))))
     }
 
     /// Finishes queued inputs, stops the batchers and commits the disk cache.
@@ -552,15 +481,15 @@ impl Service {
         for m in self.models() {
             m.shutdown();
         }
-        if let Some(d) = &self.disk {
-            d.close();
+        if let Some(c) = &self.cache {
+            c.close();
         }
     }
 
-    /// Waits until the disk cache has committed every write so far.
+    /// Waits until every cache tier has stored every write so far.
     pub fn flush_cache(&self) {
-        if let Some(d) = &self.disk {
-            d.flush();
+        if let Some(c) = &self.cache {
+            c.flush();
         }
     }
 }

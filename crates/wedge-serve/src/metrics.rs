@@ -19,10 +19,19 @@ pub struct ModelLabel {
 /// Cache lookups by tier and result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabel {
-    /// `memory` or `disk`.
+    /// The tier's name: `memory`, `disk`.
     pub tier: &'static str,
     /// `hit` or `miss`.
     pub result: &'static str,
+}
+
+/// Cache tier operations by tier and kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheOpLabel {
+    /// The tier's name.
+    pub tier: &'static str,
+    /// `get` or `put`.
+    pub op: &'static str,
 }
 
 /// The device a model runs on.
@@ -49,6 +58,8 @@ pub struct Metrics {
     pub shed: Family<ModelLabel, Counter>,
     /// Cache lookups.
     pub cache: Family<CacheLabel, Counter>,
+    /// Seconds per cache tier operation.
+    pub cache_seconds: Family<CacheOpLabel, Histogram>,
     /// Disk-tier values that failed their checksum and were dropped.
     pub cache_corrupt: Counter,
     /// Disk-tier writes dropped because the writer was behind.
@@ -97,6 +108,7 @@ impl Metrics {
             inferences: Family::default(),
             shed: Family::default(),
             cache: Family::default(),
+            cache_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_01, 4.0, 10))),
             cache_corrupt: Counter::default(),
             cache_write_dropped: Counter::default(),
             model_load_seconds: Family::default(),
@@ -126,6 +138,7 @@ impl Metrics {
             m.shed.clone(),
         );
         registry.register("wedge_cache_lookups", "Prediction cache lookups by tier and result", m.cache.clone());
+        registry.register("wedge_cache_tier_seconds", "Seconds per cache tier get or put", m.cache_seconds.clone());
         registry.register(
             "wedge_cache_corrupt",
             "Disk cache values dropped for a bad checksum",

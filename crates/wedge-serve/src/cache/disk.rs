@@ -1,77 +1,23 @@
-//! The two-tier prediction cache, of embeddings and of generated completions.
-//!
-//! Tier 1 is in memory (`moka`, bounded by the bytes of the stored values, with a TTL). Tier 2
-//! is a `redb` file that survives restarts: bounded by value bytes (oldest entries go first),
-//! TTL checked on every read, every value checksummed (CRC-32) so a damaged one is dropped, not
-//! served, and written in redb transactions, so a crash mid-write leaves the previous state.
-//! Disk writes go through one writer thread that commits whatever has accumulated in one
-//! transaction, so requests never wait for `fsync`; [`DiskCache::flush`] waits for them.
+//! The disk tier: a `redb` file that survives restarts, bounded by value bytes (oldest entries
+//! go first), TTL checked on every read, every value checksummed (CRC-32) so a damaged one is
+//! dropped, not served, and written in redb transactions, so a crash mid-write leaves the
+//! previous state. Writes go through one writer thread that commits whatever has accumulated
+//! in one transaction, so requests never wait for `fsync`; [`DiskCache::flush`] waits for them.
 
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageError, TableDefinition,
 };
-use sha2::{Digest, Sha256};
 
+use super::{Cached, Key, Tier};
 use crate::ServeError;
-use crate::batcher::Vector;
 use crate::completions::Completion;
 use crate::metrics::Metrics;
-
-/// A cache key: SHA-256 of the model digest, the options that change the output and the
-/// canonical input.
-pub type Key = [u8; 32];
-
-/// Builds the key of one embedding. `canonical` is the input as the model sees it (token ids),
-/// so texts that tokenize alike share an entry.
-pub fn key(model_digest: &str, options: &str, canonical: &[u32]) -> Key {
-    let mut h = Sha256::new();
-    h.update(b"wedge-cache-v1\0");
-    h.update((model_digest.len() as u64).to_le_bytes());
-    h.update(model_digest.as_bytes());
-    h.update((options.len() as u64).to_le_bytes());
-    h.update(options.as_bytes());
-    for id in canonical {
-        h.update(id.to_le_bytes());
-    }
-    h.finalize().into()
-}
-
-/// A cached value.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Cached {
-    /// An embedding.
-    Vector(Vector),
-    /// A generated completion.
-    Completion(Arc<Completion>),
-}
-
-impl Cached {
-    /// Bytes it holds in memory, roughly.
-    fn weight(&self) -> u32 {
-        let bytes = match self {
-            Cached::Vector(v) => v.len() * 4,
-            Cached::Completion(c) => c.heap_bytes(),
-        };
-        u32::try_from(bytes + 64).unwrap_or(u32::MAX)
-    }
-}
-
-/// Tier 1.
-pub type MemoryCache = moka::future::Cache<Key, Cached>;
-
-/// A memory tier bounded by `bytes` of values, entries living `ttl`.
-pub fn memory(bytes: u64, ttl: Duration) -> MemoryCache {
-    moka::future::Cache::builder()
-        .max_capacity(bytes)
-        .weigher(|_k: &Key, v: &Cached| v.weight())
-        .time_to_live(ttl)
-        .build()
-}
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 /// Insertion order: sequence number → key, for eviction of the oldest.
@@ -238,25 +184,17 @@ impl DiskCache {
         Ok(DiskCache { db, ttl_ms, writer: Mutex::new(Some((tx, handle))), metrics })
     }
 
-    /// A live, intact value, or `None`. A damaged value is counted, dropped and reported as a miss.
-    pub fn get(&self, key: &Key) -> Option<Cached> {
-        let read = || -> Result<Option<Vec<u8>>, redb::Error> {
-            let txn = self.db.begin_read()?;
-            let table = txn.open_table(ENTRIES)?;
-            Ok(table.get(key.as_slice())?.map(|g| g.value().to_vec()))
-        };
-        let bytes = match read() {
-            Ok(Some(b)) => b,
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!("disk cache read failed: {e}");
-                return None;
-            }
-        };
-        match decode(&bytes) {
-            Some(r) if r.expires > now_ms() => Some(r.value),
-            Some(_) => None, // expired; the writer reclaims it when space is needed
-            None => {
+    /// A live, intact value, or `None`, read on this thread. A damaged value is counted,
+    /// dropped and reported as a miss.
+    pub fn lookup(&self, key: &Key) -> Option<Cached> {
+        self.found(key, read(&self.db, key))
+    }
+
+    fn found(&self, key: &Key, r: Read) -> Option<Cached> {
+        match r {
+            Read::Value(r) if r.expires > now_ms() => Some(r.value),
+            Read::Value(_) | Read::Absent => None, // (an expired value is reclaimed when space is needed)
+            Read::Damaged => {
                 self.metrics.cache_corrupt.inc();
                 tracing::warn!("disk cache value failed its checksum; dropped");
                 self.send(Write::Remove(*key));
@@ -313,6 +251,58 @@ impl DiskCache {
     /// Whether nothing is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// What a read of one key found.
+enum Read {
+    Value(Record),
+    Absent,
+    Damaged,
+}
+
+fn read(db: &Database, key: &Key) -> Read {
+    let get = || -> Result<Option<Vec<u8>>, redb::Error> {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(ENTRIES)?;
+        Ok(table.get(key.as_slice())?.map(|g| g.value().to_vec()))
+    };
+    match get() {
+        Ok(Some(bytes)) => decode(&bytes).map_or(Read::Damaged, Read::Value),
+        Ok(None) => Read::Absent,
+        Err(e) => {
+            tracing::warn!("disk cache read failed: {e}");
+            Read::Absent
+        }
+    }
+}
+
+impl Tier for DiskCache {
+    fn name(&self) -> &'static str {
+        "disk"
+    }
+
+    /// Reads on a blocking thread (redb reads the file).
+    fn get<'a>(&'a self, key: &'a Key) -> BoxFuture<'a, Option<Cached>> {
+        let (db, k) = (self.db.clone(), *key);
+        Box::pin(async move {
+            let r = tokio::task::spawn_blocking(move || read(&db, &k)).await.unwrap_or(Read::Absent);
+            self.found(key, r)
+        })
+    }
+
+    /// Queues the write for the writer thread; never waits for the disk.
+    fn put(&self, key: Key, value: Cached) -> BoxFuture<'_, ()> {
+        DiskCache::put(self, key, value);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn flush(&self) {
+        DiskCache::flush(self);
+    }
+
+    fn close(&self) {
+        DiskCache::close(self);
     }
 }
 
@@ -416,16 +406,6 @@ mod tests {
     }
 
     #[test]
-    fn keys_separate_models_options_and_inputs() {
-        let k = key("d1", "", &[1, 2, 3]);
-        assert_eq!(k, key("d1", "", &[1, 2, 3]));
-        assert_ne!(k, key("d2", "", &[1, 2, 3]));
-        assert_ne!(k, key("d1", "x", &[1, 2, 3]));
-        assert_ne!(k, key("d1", "", &[1, 2]));
-        assert_ne!(key("ab", "c", &[]), key("a", "bc", &[]));
-    }
-
-    #[test]
     fn records_round_trip_and_reject_damage() {
         let completion = Completion::example();
         for v in [Cached::Vector(vec![1.5f32, -2.0, 0.25].into()), Cached::Completion(Arc::new(completion))] {
@@ -470,8 +450,8 @@ mod tests {
             txn.commit().unwrap();
         }
         let c = DiskCache::open(&path, 1 << 20, Duration::from_secs(60), m.clone()).unwrap();
-        assert_eq!(c.get(&[1; 32]), Some(vector(1.0, 4)));
-        assert_eq!(c.get(&[2; 32]), None);
+        assert_eq!(c.lookup(&[1; 32]), Some(vector(1.0, 4)));
+        assert_eq!(c.lookup(&[2; 32]), None);
         assert_eq!(m.cache_corrupt.get(), 1);
         c.flush();
         assert_eq!(c.len(), 1, "the damaged value is removed");
@@ -502,7 +482,7 @@ mod tests {
         let path = dir.path().join("crash.redb");
         for round in 0..3 {
             let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "cache::tests::crash_writer_child", "--ignored", "--nocapture"])
+                .args(["--exact", "cache::disk::tests::crash_writer_child", "--ignored", "--nocapture"])
                 .env("WEDGE_CRASH_DB", &path)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::null())
@@ -559,13 +539,13 @@ mod tests {
                 .unwrap_or_else(|e| panic!("case {i} ({} bytes): {e}", file.len()));
             // whatever survived is intact; a put after it works
             for k in 0..50u8 {
-                if let Some(v) = c.get(&[k; 32]) {
+                if let Some(v) = c.lookup(&[k; 32]) {
                     assert_eq!(v, vector(f32::from(k), 384));
                 }
             }
             c.put([99; 32], vector(1.0, 4));
             c.flush();
-            assert!(c.get(&[99; 32]).is_some(), "case {i}");
+            assert!(c.lookup(&[99; 32]).is_some(), "case {i}");
             c.close();
             let _ = std::fs::remove_file(dir.path().join("cut.redb.damaged"));
         }
@@ -581,17 +561,17 @@ mod tests {
             c.flush();
         }
         assert_eq!(c.len(), 3);
-        assert!(c.get(&[0; 32]).is_none() && c.get(&[1; 32]).is_none());
-        assert!(c.get(&[4; 32]).is_some());
+        assert!(c.lookup(&[0; 32]).is_none() && c.lookup(&[1; 32]).is_none());
+        assert!(c.lookup(&[4; 32]).is_some());
         // Re-putting a key replaces it without growing.
         c.put([4; 32], vector(9.0, 16));
         c.flush();
         assert_eq!(c.len(), 3);
-        assert_eq!(c.get(&[4; 32]), Some(vector(9.0, 16)));
+        assert_eq!(c.lookup(&[4; 32]), Some(vector(9.0, 16)));
 
         let c = DiskCache::open(&dir.path().join("t.redb"), 1 << 20, Duration::ZERO, metrics()).unwrap();
         c.put([1; 32], vector(1.0, 4));
         c.flush();
-        assert!(c.get(&[1; 32]).is_none(), "expired entries are not served");
+        assert!(c.lookup(&[1; 32]).is_none(), "expired entries are not served");
     }
 }
