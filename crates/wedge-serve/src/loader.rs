@@ -1,0 +1,162 @@
+//! Turns a model's configuration into a [`ServedModel`]: reads and checks the file, builds the
+//! embedder or language model on the device, starts its batcher or scheduler, and warms it up.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wedge::{Device, Embedder, GenerateParams, KvType, LanguageModel, LmOptions, Tokens};
+
+use crate::config::{BatchingConfig, GenerationConfig, ModelConfig};
+use crate::metrics::{DeviceLabel, Metrics, ModelLabel};
+use crate::model::{EmbeddingModel, LanguageServing, ModelFile, ModelKind, ServedModel, file_digest};
+use crate::{Batcher, GenEvent, Scheduler, SchedulerLimits, ServeError, batcher};
+
+/// What every model is loaded with: the device, the serving defaults and the metrics.
+#[derive(Debug)]
+pub struct Loader {
+    device: Device,
+    batching: BatchingConfig,
+    generation: GenerationConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Loader {
+    /// A loader for models on `device`, batched and generated as the configuration says.
+    pub fn new(
+        device: Device,
+        batching: BatchingConfig,
+        generation: GenerationConfig,
+        metrics: Arc<Metrics>,
+    ) -> Loader {
+        Loader { device, batching, generation, metrics }
+    }
+
+    /// The device models run on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Loads, starts and warms up one model (compiles its kernels, runs one input). Blocking:
+    /// call it off the async runtime.
+    pub fn load(&self, mc: &ModelConfig) -> Result<ServedModel, ServeError> {
+        let t0 = Instant::now();
+        let (kind, digest) = self.load_model(mc)?;
+        let load_seconds = t0.elapsed().as_secs_f64();
+        let device = self.device.describe();
+        let label = ModelLabel { model: mc.name.clone() };
+        self.metrics.model_load_seconds.get_or_create(&label).set(load_seconds);
+        self.metrics.device.get_or_create(&DeviceLabel { model: mc.name.clone(), device: device.clone() }).set(1);
+        let model = ServedModel {
+            name: mc.name.clone(),
+            aliases: mc.aliases.clone(),
+            version: mc.version.clone().unwrap_or_else(|| "1".into()),
+            path: mc.path.clone(),
+            digest,
+            device,
+            load_seconds,
+            kind,
+        };
+        tracing::info!(model = %mc.name, task = model.task(), device = %model.device, digest = %model.digest, load_seconds, "model ready");
+        Ok(model)
+    }
+
+    /// Loads one model file: a GGUF file or a decoder package is a language model
+    /// ([`ModelFile::probe`]), any other package an embedding model. Returns it with its
+    /// digest.
+    fn load_model(&self, mc: &ModelConfig) -> Result<(ModelKind, String), ServeError> {
+        let bad = |what: String| ServeError::Config(format!("model `{}` ({}): {what}", mc.name, mc.path.display()));
+        let file = ModelFile::probe(&mc.path).map_err(|e| bad(e.to_string()))?;
+        let g = &self.generation;
+        let lm_options = || -> Result<LmOptions, ServeError> {
+            let kv = KvType::parse(&g.kv).ok_or_else(|| bad(format!("kv `{}`", g.kv)))?;
+            Ok(LmOptions { kv, fast_cpu: g.fast_cpu })
+        };
+        let (lm, digest) = if file == ModelFile::Gguf {
+            let lm = LanguageModel::open(&mc.path, &self.device, lm_options()?).map_err(|e| bad(e.to_string()))?;
+            (lm, file_digest(&mc.path).map_err(|e| bad(e.to_string()))?)
+        } else {
+            let bytes = std::fs::read(&mc.path).map_err(|e| bad(e.to_string()))?;
+            let header =
+                wedge::read_header(&bytes, &wedge::PackageLimits::default()).map_err(|e| bad(e.to_string()))?;
+            if file == ModelFile::Other {
+                let embedder = Arc::new(Embedder::from_bytes(&bytes, &self.device).map_err(|e| bad(e.to_string()))?);
+                drop(bytes);
+                return self.serve_embedder(mc, embedder).map(|k| (k, header.digest));
+            }
+            let lm = LanguageModel::from_wedge(&bytes, &self.device, lm_options()?).map_err(|e| bad(e.to_string()))?;
+            (lm, header.digest)
+        };
+        let lm = Arc::new(lm);
+        let limits = scheduler_limits(g, &lm).map_err(bad)?;
+        let kv_bytes = lm.kv_bytes(limits.ctx * limits.max_sequences);
+        let kv_mib = kv_bytes as f64 / (1 << 20) as f64;
+        tracing::info!(model = %mc.name, sequences = limits.max_sequences, ctx = limits.ctx, kv_mib, "key/value cache");
+        let label = ModelLabel { model: mc.name.clone() };
+        self.metrics.llm_kv_bytes_capacity.get_or_create(&label).set(kv_bytes as i64);
+        let scheduler = Scheduler::start(&mc.name, lm.clone(), limits, self.metrics.clone())?;
+        // Warm up: compile the step's kernels before the first client waits for them.
+        let mut prompt = lm.vocab().encode("wedge warm-up", false).unwrap_or_default();
+        prompt.truncate(limits.ctx - 1);
+        if prompt.is_empty() {
+            prompt.push(0);
+        }
+        let mut warm = scheduler.submit(prompt, GenerateParams { max_tokens: 1, ..Default::default() })?;
+        while let Some(e) = warm.blocking_recv() {
+            if let GenEvent::Failed(e) = e {
+                return Err(bad(format!("warm-up run failed: {e}")));
+            }
+        }
+        Ok((ModelKind::Language(LanguageServing { lm, scheduler, default_max_tokens: g.default_max_tokens }), digest))
+    }
+
+    fn serve_embedder(&self, mc: &ModelConfig, embedder: Arc<Embedder>) -> Result<ModelKind, ServeError> {
+        let bad = |what: String| ServeError::Config(format!("model `{}` ({}): {what}", mc.name, mc.path.display()));
+        embedder.embed(&["wedge warm-up"]).map_err(|e| bad(format!("warm-up run failed: {e}")))?;
+        let settings = self.batching.with(mc.batching);
+        let e = embedder.clone();
+        let run: batcher::RunBatch =
+            Box::new(move |b: &[Tokens]| e.embed_batched(b, b.len()).map_err(ServeError::from));
+        Ok(ModelKind::Embedding(EmbeddingModel {
+            dim: embedder.dim(),
+            max_seq_length: embedder.max_seq_length(),
+            batcher: Batcher::start(&mc.name, settings, self.metrics.clone(), run),
+            embedder,
+        }))
+    }
+}
+
+/// The sizes of a language model's scheduler: `ctx` is the configured one (or the model's
+/// context), lowered to what the key/value budget holds for `max_sequences` sequences.
+fn scheduler_limits(g: &GenerationConfig, lm: &LanguageModel) -> Result<SchedulerLimits, String> {
+    let model_ctx = lm.config().context_length;
+    let per_position = lm.kv_bytes(g.max_sequences).max(1);
+    let fits = usize::try_from(g.kv_budget_bytes / per_position).unwrap_or(usize::MAX);
+    let want = match (g.ctx, model_ctx) {
+        (0, 0) => 4096,
+        (0, m) => m,
+        (c, 0) => c,
+        (c, m) => c.min(m),
+    };
+    if g.ctx > 0 && g.ctx > fits {
+        return Err(format!(
+            "ctx {} × {} sequences needs {} bytes of key/value cache; kv_budget_bytes is {}",
+            g.ctx,
+            g.max_sequences,
+            lm.kv_bytes(g.ctx * g.max_sequences),
+            g.kv_budget_bytes
+        ));
+    }
+    let ctx = want.min(fits);
+    if ctx < 16 {
+        return Err(format!(
+            "kv_budget_bytes {} holds only {ctx} positions for each of {} sequences",
+            g.kv_budget_bytes, g.max_sequences
+        ));
+    }
+    Ok(SchedulerLimits {
+        max_sequences: g.max_sequences,
+        ctx,
+        max_batch_tokens: g.max_batch_tokens,
+        max_waiting: g.max_waiting,
+    })
+}
