@@ -19,6 +19,11 @@ pub(crate) struct ServeArgs {
     /// configuration's models.
     #[arg(long = "model", value_name = "NAME=PATH")]
     models: Vec<String>,
+    /// A folder of models: every .wedge and .gguf file in it, named by its file stem (with an
+    /// optional <stem>.toml beside it), loaded on its first request and reloaded when the
+    /// file changes.
+    #[arg(long, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long)]
     addr: Option<String>,
@@ -59,15 +64,19 @@ fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<
     if !args.models.is_empty() {
         c.models = args.models.iter().map(|m| model_flag(m)).collect::<Result<_>>()?;
     }
+    if let Some(d) = args.models_dir {
+        c.registry.models_dir = Some(d);
+    }
     // A node serving only language models serves the bundled embedding model beside them.
     // (a file that cannot be read counts as not one; loading it reports why)
-    if c.models.iter().all(|m| ModelFile::probe(&m.path).is_ok_and(ModelFile::is_language)) {
+    if c.all_models()?.iter().all(|m| ModelFile::probe(&m.path).is_ok_and(ModelFile::is_language)) {
         c.models.push(ModelConfig {
             name: "all-MiniLM-L6-v2".into(),
             path: bundled()?,
             version: None,
             aliases: vec!["default".into()],
             batching: None,
+            preload: None,
         });
     }
     if let Some(a) = args.addr {
@@ -113,7 +122,7 @@ fn model_flag(m: &str) -> Result<ModelConfig> {
     if name.is_empty() {
         anyhow::bail!("--model `{m}`: give NAME=PATH");
     }
-    Ok(ModelConfig { name, path, version: None, aliases: vec![], batching: None })
+    Ok(ModelConfig { name, path, version: None, aliases: vec![], batching: None, preload: None })
 }
 
 fn init_logs(format: &str) {
@@ -150,7 +159,7 @@ async fn shutdown_signal() {
 pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<()> {
     let config = config(args, bundled)?;
     init_logs(&config.log_format);
-    for m in &config.models {
+    for m in &config.all_models()? {
         if !Path::new(&m.path).is_file() {
             anyhow::bail!("model `{}`: no file at {}", m.name, m.path.display());
         }
@@ -167,6 +176,8 @@ pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) 
             .with_context(|| format!("cannot listen on {addr}"))?;
         let scheme = if server.is_tls() { "https" } else { "http" };
         tracing::info!("listening on {scheme}://{}", server.local_addr()?);
+        // (kept until shutdown: dropping it stops the watching)
+        let watcher = if service.config().registry.watch { Some(service.watch_files()?) } else { None };
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
         let loader = service.clone();
         tokio::task::spawn_blocking(move || {
@@ -182,6 +193,7 @@ pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) 
             }
         };
         server.run(stop, Duration::from_secs(30)).await?;
+        drop(watcher);
         let s = service.clone();
         tokio::task::spawn_blocking(move || s.shutdown()).await.context("shutdown")?;
         tracing::info!("stopped");

@@ -16,8 +16,11 @@ pub struct Config {
     pub device: String,
     /// Log format: `human` or `json`.
     pub log_format: String,
-    /// The models to serve; with none, the caller supplies the bundled model.
+    /// The models to serve; with none (and no `registry.models_dir`), the caller supplies the
+    /// bundled model.
     pub models: Vec<ModelConfig>,
+    /// Where else models come from, how many stay loaded, and reloading.
+    pub registry: RegistryConfig,
     /// Dynamic batching defaults for every model.
     pub batching: BatchingConfig,
     /// Language models: continuous batching, the key/value cache, generation defaults.
@@ -39,6 +42,7 @@ impl Default for Config {
             device: "auto".into(),
             log_format: "human".into(),
             models: Vec::new(),
+            registry: RegistryConfig::default(),
             batching: BatchingConfig::default(),
             generation: GenerationConfig::default(),
             cache: CacheConfig::default(),
@@ -66,6 +70,47 @@ pub struct ModelConfig {
     /// Batching for this model, overriding `[batching]` field by field.
     #[serde(default)]
     pub batching: Option<BatchingOverride>,
+    /// Load at start (and count in readiness) rather than on the first request. Default: true
+    /// for models listed in `[[models]]`, false for those found in `registry.models_dir`.
+    #[serde(default)]
+    pub preload: Option<bool>,
+}
+
+/// The optional `<stem>.toml` beside a model in `registry.models_dir`: a `[[models]]` entry
+/// without the name and path, which the file gives.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirModelToml {
+    version: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    batching: Option<BatchingOverride>,
+    preload: Option<bool>,
+}
+
+/// The model registry: models found in a folder, the memory they may take, load waits and
+/// reloading.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// A folder of models: every `.wedge` and `.gguf` file in it, named by its file stem,
+    /// with an optional `<stem>.toml` beside it (version, aliases, batching, preload).
+    pub models_dir: Option<PathBuf>,
+    /// Bytes the loaded models may take together (weights, host and GPU, plus key/value
+    /// caches); past it the least recently used models with no request in flight are
+    /// unloaded. 0: no bound.
+    pub max_loaded_bytes: u64,
+    /// Seconds a request waits for its model to load before it gets 503 with `Retry-After`
+    /// (the load goes on).
+    pub load_timeout_secs: u64,
+    /// Reload a model when its file changes, and serve models that appear in `models_dir`.
+    pub watch: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> RegistryConfig {
+        RegistryConfig { models_dir: None, max_loaded_bytes: 0, load_timeout_secs: 30, watch: true }
+    }
 }
 
 /// Dynamic batching: concurrent requests to one model are merged into one run.
@@ -242,6 +287,9 @@ impl Config {
         for m in &mut c.models {
             rel(&mut m.path);
         }
+        if let Some(p) = &mut c.registry.models_dir {
+            rel(p);
+        }
         if let Some(p) = &mut c.cache.disk_path {
             rel(p);
         }
@@ -260,6 +308,16 @@ impl Config {
         Config::from_toml(&text, base).map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))
     }
 
+    /// The models of `[[models]]` and of `registry.models_dir`, in that order (the folder's
+    /// sorted by file name).
+    pub fn all_models(&self) -> Result<Vec<ModelConfig>, ServeError> {
+        let mut all = self.models.clone();
+        if let Some(dir) = &self.registry.models_dir {
+            all.extend(models_in(dir)?);
+        }
+        Ok(all)
+    }
+
     /// Checks values that TOML types alone do not.
     pub fn validate(&self) -> Result<(), ServeError> {
         let bad = |m: String| Err(ServeError::Config(m));
@@ -270,7 +328,7 @@ impl Config {
             return bad(format!("log_format `{}`: use human or json", self.log_format));
         }
         let mut names = std::collections::HashSet::new();
-        for m in &self.models {
+        for m in &self.all_models()? {
             for n in std::iter::once(&m.name).chain(&m.aliases) {
                 if n.is_empty() || n.contains('/') {
                     return bad(format!("model name `{n}` must be non-empty and contain no `/`"));
@@ -301,6 +359,9 @@ impl Config {
         if wedge::KvType::parse(&g.kv).is_none() {
             return bad(format!("generation: kv `{}`: use f32 or f16", g.kv));
         }
+        if self.registry.load_timeout_secs == 0 {
+            return bad("registry: load_timeout_secs must be at least 1".into());
+        }
         let l = &self.limits;
         if l.max_body_bytes == 0 || l.max_inputs == 0 || l.max_input_bytes == 0 || l.request_timeout_ms == 0 {
             return bad("limits: max_body_bytes, max_inputs, max_input_bytes and request_timeout_ms must be > 0".into());
@@ -318,6 +379,38 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The models in a folder: every `.wedge` and `.gguf` file, named by its stem, with the
+/// settings of a `<stem>.toml` beside it.
+pub fn models_in(dir: &Path) -> Result<Vec<ModelConfig>, ServeError> {
+    let err = |e: std::io::Error| ServeError::Config(format!("models_dir {}: {e}", dir.display()));
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(err)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(err)?;
+    files.retain(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("wedge" | "gguf")));
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+            return Err(ServeError::Config(format!("{}: the file name is not UTF-8", path.display())));
+        };
+        let toml_path = path.with_extension("toml");
+        let extra = match std::fs::read_to_string(&toml_path) {
+            Ok(text) => toml::from_str::<DirModelToml>(&text)
+                .map_err(|e| ServeError::Config(format!("{}: {e}", toml_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirModelToml::default(),
+            Err(e) => return Err(ServeError::Config(format!("{}: {e}", toml_path.display()))),
+        };
+        out.push(ModelConfig {
+            name,
+            path,
+            version: extra.version,
+            aliases: extra.aliases,
+            batching: extra.batching,
+            preload: Some(extra.preload.unwrap_or(false)),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -375,5 +468,23 @@ mod tests {
         )
         .unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn a_models_dir_names_models_by_file_stem() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["b.gguf", "a.wedge", "notes.txt", "a.toml"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        std::fs::write(dir.path().join("a.toml"), "version = \"7\"\naliases = [\"first\"]\npreload = true\n").unwrap();
+        let c = Config::from_toml("[registry]\nmodels_dir = \"m\"", Path::new("/x")).unwrap();
+        assert_eq!(c.registry.models_dir.as_deref(), Some(Path::new("/x/m")));
+        let ms = models_in(dir.path()).unwrap();
+        let names: Vec<_> = ms.iter().map(|m| (m.name.as_str(), m.version.as_deref(), m.preload)).collect();
+        assert_eq!(names, [("a", Some("7"), Some(true)), ("b", None, Some(false))]);
+        assert_eq!(ms[0].aliases, ["first"]);
+        std::fs::write(dir.path().join("b.toml"), "nmae = 1").unwrap();
+        assert!(models_in(dir.path()).unwrap_err().to_string().contains("b.toml"));
+        assert!(models_in(&dir.path().join("missing")).unwrap_err().to_string().contains("missing"));
     }
 }

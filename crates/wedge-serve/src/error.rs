@@ -34,6 +34,23 @@ pub enum ServeError {
     /// The models are still loading (503).
     #[error("the models are still loading")]
     NotReady,
+    /// The model did not finish loading within the load timeout; its load goes on (503).
+    #[error("model `{model}` is loading; retry in {retry_after_s} s")]
+    Loading {
+        /// The model.
+        model: String,
+        /// A hint for `Retry-After`.
+        retry_after_s: u64,
+    },
+    /// The model cannot be loaded now: its file is damaged, or the memory budget is held by
+    /// busy models (503).
+    #[error("model `{model}` is unavailable: {reason}")]
+    Unavailable {
+        /// The model.
+        model: String,
+        /// Why its last load failed.
+        reason: String,
+    },
     /// The server is shutting down (503).
     #[error("the server is shutting down")]
     ShuttingDown,

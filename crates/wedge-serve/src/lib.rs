@@ -15,6 +15,7 @@
 //!     version: None,
 //!     aliases: vec![],
 //!     batching: None,
+//!     preload: None,
 //! });
 //! let service = wedge_serve::Service::new(config, wedge::Device::cpu(), &mut registry)?;
 //! service.load_models()?;
@@ -42,6 +43,7 @@ pub mod metrics;
 mod model;
 pub mod registry;
 pub mod scheduler;
+pub mod watch;
 mod worker;
 
 pub use auth::{ApiKeys, Caller, RateLimits};
@@ -51,9 +53,10 @@ pub use config::{BatchingConfig, CacheConfig, Config, GenerationConfig, LimitsCo
 pub use error::ServeError;
 pub use loader::Loader;
 pub use metrics::Metrics;
-pub use model::{EmbeddingModel, LanguageServing, ModelFile, ModelKind, ServedModel};
+pub use model::{EmbeddingModel, FileStamp, LanguageServing, ModelFile, ModelKind, ServedModel};
 pub use registry::ModelRegistry;
 pub use scheduler::{GenEvent, GenReceiver, Scheduler, SchedulerLimits, Usage};
+pub use watch::ModelWatcher;
 
 use cache::{Cache, Cached, Origin};
 use metrics::ModelLabel;
@@ -84,9 +87,8 @@ pub struct Embeddings {
 /// [`ModelRegistry`]), the prediction [`Cache`], keys, limits, metrics.
 pub struct Service {
     config: Config,
-    loader: Loader,
-    models: ModelRegistry,
-    /// Whether every configured model is loaded.
+    models: Arc<ModelRegistry>,
+    /// Whether every model to preload is loaded.
     loaded: AtomicBool,
     cache: Option<Arc<Cache>>,
     keys: ApiKeys,
@@ -105,16 +107,17 @@ impl Service {
     /// [`Service::load_models`], so a server can answer liveness probes meanwhile.
     pub fn new(config: Config, device: Device, registry: &mut Registry) -> Result<Service, ServeError> {
         config.validate()?;
-        if config.models.is_empty() {
+        let models = config.all_models()?;
+        if models.is_empty() {
             return Err(ServeError::Config("no models to serve".into()));
         }
         let metrics = Arc::new(Metrics::new(registry));
         let cache = Cache::open(&config.cache, metrics.clone())?.map(Arc::new);
+        let loader = Loader::new(device, config.batching, config.generation.clone(), metrics.clone());
         Ok(Service {
             keys: ApiKeys::new(&config.auth)?,
             rates: RateLimits::new(&config.limits),
-            loader: Loader::new(device, config.batching, config.generation.clone(), metrics.clone()),
-            models: ModelRegistry::new(),
+            models: Arc::new(ModelRegistry::new(models, loader, &config.registry, metrics.clone())),
             loaded: AtomicBool::new(false),
             config,
             cache,
@@ -122,20 +125,23 @@ impl Service {
         })
     }
 
-    /// Loads every configured model, warms it up (compiles its kernels, runs one input) and
-    /// starts its batcher or scheduler; the service is ready afterwards. Blocking: call it off
-    /// the async runtime.
+    /// Loads every model to preload (all of `[[models]]` unless they say `preload = false`),
+    /// warms it up (compiles its kernels, runs one input) and starts its batcher or scheduler;
+    /// the service is ready afterwards. Other models load on their first request. Blocking:
+    /// call it off the async runtime.
     pub fn load_models(&self) -> Result<(), ServeError> {
         if self.ready() {
             return Ok(());
         }
-        for mc in &self.config.models {
-            if self.models.get(&mc.name).is_none() {
-                self.models.insert(Arc::new(self.loader.load(mc)?));
-            }
-        }
+        self.models.preload()?;
         self.loaded.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Reloads models whose files change, and adds model files that appear in
+    /// `registry.models_dir`, until the returned watcher is dropped.
+    pub fn watch_files(&self) -> Result<ModelWatcher, ServeError> {
+        ModelWatcher::start(self.models.clone(), self.config.registry.models_dir.clone())
     }
 
     /// Whether every model is loaded and warmed up.
@@ -153,21 +159,32 @@ impl Service {
         &self.metrics
     }
 
-    /// The served models (those loaded so far).
+    /// The models loaded now.
     pub fn models(&self) -> Vec<Arc<ServedModel>> {
-        self.models.all()
+        self.models.loaded()
     }
 
-    /// A model by name or alias.
-    pub fn model(&self, name: &str) -> Result<Arc<ServedModel>, ServeError> {
-        if let Some(m) = self.models.get(name) {
-            return Ok(m);
-        }
-        Err(if self.config.models.iter().any(|m| m.name == name || m.aliases.iter().any(|a| a == name)) {
-            ServeError::NotReady
-        } else {
-            ServeError::UnknownModel(name.to_string())
-        })
+    /// The model registry: every model, loaded or not, its state, reloads and unloads.
+    pub fn registry(&self) -> &Arc<ModelRegistry> {
+        &self.models
+    }
+
+    /// A model by name or alias, loaded first if it is not (see [`ModelRegistry::get`]).
+    pub async fn model(&self, name: &str) -> Result<Arc<ServedModel>, ServeError> {
+        self.models.get(name).await
+    }
+
+    /// The first model (in configuration order) of a task, for requests that name none:
+    /// `language` picks among language models, else among embedding models.
+    pub async fn default_model(&self, language: bool) -> Result<Arc<ServedModel>, ServeError> {
+        let slot = self.models.slots().into_iter().find(|s| s.file.is_language() == language).ok_or_else(|| {
+            ServeError::BadInput(if language {
+                "no language model is served here".into()
+            } else {
+                "no embedding model is served here".into()
+            })
+        })?;
+        self.models.get(&slot.config.name).await
     }
 
     /// Checks a request's API key (`None`: none given) and its caller's rate.
@@ -179,7 +196,7 @@ impl Service {
 
     /// Embeds `inputs` with the model named `model`, through the cache and its batcher.
     pub async fn embed(&self, model: &str, inputs: &[String], policy: CachePolicy) -> Result<Embeddings, ServeError> {
-        self.embed_with(self.model(model)?, inputs, policy).await
+        self.embed_with(self.model(model).await?, inputs, policy).await
     }
 
     /// [`Service::embed`] with a model already looked up by [`Service::model`].
@@ -282,9 +299,7 @@ impl Service {
 
     /// Finishes queued inputs, stops the batchers and commits the disk cache.
     pub fn shutdown(&self) {
-        for m in self.models() {
-            m.shutdown();
-        }
+        self.models.shutdown();
         if let Some(c) = &self.cache {
             c.close();
         }

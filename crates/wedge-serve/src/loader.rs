@@ -8,7 +8,7 @@ use wedge::{Device, Embedder, GenerateParams, KvType, LanguageModel, LmOptions, 
 
 use crate::config::{BatchingConfig, GenerationConfig, ModelConfig};
 use crate::metrics::{DeviceLabel, Metrics, ModelLabel};
-use crate::model::{EmbeddingModel, LanguageServing, ModelFile, ModelKind, ServedModel, file_digest};
+use crate::model::{EmbeddingModel, FileStamp, LanguageServing, ModelFile, ModelKind, ServedModel, file_digest};
 use crate::{Batcher, GenEvent, Scheduler, SchedulerLimits, ServeError, batcher};
 
 /// What every model is loaded with: the device, the serving defaults and the metrics.
@@ -40,8 +40,16 @@ impl Loader {
     /// call it off the async runtime.
     pub fn load(&self, mc: &ModelConfig) -> Result<ServedModel, ServeError> {
         let t0 = Instant::now();
+        let file_stamp = FileStamp::of(&mc.path).ok();
         let (kind, digest) = self.load_model(mc)?;
         let load_seconds = t0.elapsed().as_secs_f64();
+        let bytes = match &kind {
+            ModelKind::Embedding(e) => e.embedder.weight_bytes(),
+            ModelKind::Language(l) => {
+                let limits = l.scheduler.limits();
+                l.lm.weight_bytes() + l.lm.kv_bytes(limits.ctx * limits.max_sequences)
+            }
+        };
         let device = self.device.describe();
         let label = ModelLabel { model: mc.name.clone() };
         self.metrics.model_load_seconds.get_or_create(&label).set(load_seconds);
@@ -54,6 +62,8 @@ impl Loader {
             digest,
             device,
             load_seconds,
+            bytes,
+            file_stamp,
             kind,
         };
         tracing::info!(model = %mc.name, task = model.task(), device = %model.device, digest = %model.digest, load_seconds, "model ready");

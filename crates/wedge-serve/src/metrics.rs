@@ -64,6 +64,12 @@ pub struct Metrics {
     pub cache_corrupt: Counter,
     /// Disk-tier writes dropped because the writer was behind.
     pub cache_write_dropped: Counter,
+    /// Models replaced by a new load of their file.
+    pub model_reloads: Family<ModelLabel, Counter>,
+    /// Models unloaded (by request, or to make room).
+    pub model_unloads: Family<ModelLabel, Counter>,
+    /// Loads and reloads that failed (a reload that fails leaves the old model serving).
+    pub model_load_failures: Family<ModelLabel, Counter>,
     /// Seconds to load and warm up each model.
     pub model_load_seconds: Family<ModelLabel, Gauge<f64, AtomicU64>>,
     /// 1 for the device each model runs on.
@@ -107,6 +113,9 @@ impl Metrics {
             queue_depth: Family::default(),
             inferences: Family::default(),
             shed: Family::default(),
+            model_reloads: Family::default(),
+            model_unloads: Family::default(),
+            model_load_failures: Family::default(),
             cache: Family::default(),
             cache_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_01, 4.0, 10))),
             cache_corrupt: Counter::default(),
@@ -155,6 +164,17 @@ impl Metrics {
             m.model_load_seconds.clone(),
         );
         registry.register("wedge_device", "1 for the device a model runs on", m.device.clone());
+        registry.register(
+            "wedge_model_reloads",
+            "Models replaced by a new load of their file",
+            m.model_reloads.clone(),
+        );
+        registry.register("wedge_model_unloads", "Models unloaded by request or to make room", m.model_unloads.clone());
+        registry.register(
+            "wedge_model_load_failures",
+            "Model loads that failed (a failed reload leaves the old model serving)",
+            m.model_load_failures.clone(),
+        );
         let r = registry;
         r.register("wedge_llm_time_to_first_token_seconds", "Admission to first token", m.llm_ttft.clone());
         r.register("wedge_llm_inter_token_seconds", "Seconds between a sequence's tokens", m.llm_inter_token.clone());

@@ -26,6 +26,11 @@ pub struct ServedModel {
     pub device: String,
     /// Seconds it took to load and warm up.
     pub load_seconds: f64,
+    /// Bytes it holds while loaded: its weights (on the host or the GPU), and a language
+    /// model's key/value cache.
+    pub bytes: u64,
+    /// The file as it was when loading began: a different one on disk is a change to reload.
+    pub file_stamp: Option<FileStamp>,
     /// What it does and how it is run.
     pub kind: ModelKind,
 }
@@ -159,6 +164,30 @@ impl ModelFile {
     /// Whether it is a language model.
     pub fn is_language(self) -> bool {
         self != ModelFile::Other
+    }
+}
+
+/// What identifies a version of a file on disk without reading it: a damaged copy may keep
+/// a package's header, hence its digest, so the digest alone cannot tell that it changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Its length.
+    pub len: u64,
+    /// When it was last written.
+    pub modified: std::time::SystemTime,
+    /// The file itself (a file renamed over the old one is another inode).
+    pub inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path` now.
+    pub fn of(path: &std::path::Path) -> std::io::Result<FileStamp> {
+        let m = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Ok(FileStamp { len: m.len(), modified: m.modified()?, inode })
     }
 }
 

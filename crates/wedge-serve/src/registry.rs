@@ -1,121 +1,613 @@
-//! The served models by name and alias. Readers take a snapshot of the whole table without a
-//! lock (`arc-swap`); a change (a model added, replaced or removed) builds the next table and
-//! swaps it in, so a request holds the model it looked up until it is done, whatever changes
-//! meanwhile.
+//! The served models by name and alias, each in a [`Slot`] that is loaded at start
+//! (`preload`), on its first request, or again when its file changes.
+//!
+//! - The table of slots is swapped whole (`arc-swap`): lookups take no lock.
+//! - A slot's state (its model, whether a load runs, the last load error) sits behind a
+//!   short lock: requests clone the model out of it and hold it until they are done, and
+//!   waiters for a load are woken when it ends.
+//! - A reload builds the new model beside the old one, which serves until the new one is
+//!   installed; requests that hold the old one finish on it. A failed reload leaves the old
+//!   one serving and records the error.
+//! - With a memory budget, loading unloads the least recently used models that no request
+//!   holds (checked under the slot's lock, so no request loses its model).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
-use crate::model::ServedModel;
+use crate::ServeError;
+use crate::config::{ModelConfig, RegistryConfig};
+use crate::loader::Loader;
+use crate::metrics::{Metrics, ModelLabel};
+use crate::model::{FileStamp, ModelFile, ServedModel};
+
+/// What a slot holds now.
+#[derive(Clone, Debug, Default)]
+pub struct SlotState {
+    /// The model that serves requests, if loaded.
+    pub model: Option<Arc<ServedModel>>,
+    /// A load or reload is running.
+    pub loading: bool,
+    /// Why the last load failed (cleared when a load starts or succeeds).
+    pub error: Option<String>,
+    /// When the last load failed.
+    pub failed_at: Option<Instant>,
+}
+
+/// How long a failed load is reported before a request may try it again (so that a damaged
+/// file is not read again for every request).
+const RETRY_FAILED_LOAD: Duration = Duration::from_secs(5);
+
+/// One configured model.
+#[derive(Debug)]
+pub struct Slot {
+    /// Its configuration.
+    pub config: ModelConfig,
+    /// What its file holds (read at registration).
+    pub file: ModelFile,
+    state: StateCell,
+    /// Milliseconds since the registry started, at the last request.
+    last_used: AtomicU64,
+}
+
+impl Slot {
+    /// The loaded model, if any (a clone the caller may hold while the slot changes).
+    pub fn model(&self) -> Option<Arc<ServedModel>> {
+        self.state.lock().model.clone()
+    }
+
+    /// The slot's state now.
+    pub fn state(&self) -> SlotState {
+        self.state.lock().clone()
+    }
+
+    /// Whether it is loaded at start.
+    pub fn preload(&self) -> bool {
+        self.config.preload.unwrap_or(true)
+    }
+}
+
+/// One line of the repository index (KServe v2 repository extension).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IndexEntry {
+    /// The model's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// `READY`, `LOADING` or `UNAVAILABLE`.
+    pub state: &'static str,
+    /// Why it is not ready, or why its last reload failed ("" when all is well).
+    pub reason: String,
+    /// The loaded file's digest ("" when not loaded).
+    pub digest: String,
+    /// Bytes it takes while loaded (0 when not).
+    pub bytes: u64,
+}
 
 #[derive(Debug, Default)]
 struct Table {
-    models: Vec<Arc<ServedModel>>,
-    /// Names and aliases → index in `models`.
+    slots: Vec<Arc<Slot>>,
+    /// Names and aliases → index in `slots`.
     by_name: HashMap<String, usize>,
 }
 
 impl Table {
-    fn with(models: Vec<Arc<ServedModel>>) -> Table {
+    fn with(slots: Vec<Arc<Slot>>) -> Table {
         let mut by_name = HashMap::new();
-        for (i, m) in models.iter().enumerate() {
-            for n in std::iter::once(&m.name).chain(&m.aliases) {
+        for (i, s) in slots.iter().enumerate() {
+            for n in std::iter::once(&s.config.name).chain(&s.config.aliases) {
                 by_name.insert(n.clone(), i);
             }
         }
-        Table { models, by_name }
+        Table { slots, by_name }
     }
 }
 
 /// The served models.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ModelRegistry {
     table: ArcSwap<Table>,
+    loader: Loader,
+    metrics: Arc<Metrics>,
+    epoch: Instant,
+    max_loaded_bytes: u64,
+    load_timeout: Duration,
+    closed: AtomicBool,
 }
 
 impl ModelRegistry {
-    /// An empty registry.
-    pub fn new() -> ModelRegistry {
-        ModelRegistry::default()
+    /// A registry of `models` (none loaded yet), loaded by `loader`.
+    pub fn new(
+        models: Vec<ModelConfig>,
+        loader: Loader,
+        config: &RegistryConfig,
+        metrics: Arc<Metrics>,
+    ) -> ModelRegistry {
+        let slots = models.into_iter().map(new_slot).collect();
+        ModelRegistry {
+            table: ArcSwap::from_pointee(Table::with(slots)),
+            loader,
+            metrics,
+            epoch: Instant::now(),
+            max_loaded_bytes: config.max_loaded_bytes,
+            load_timeout: Duration::from_secs(config.load_timeout_secs),
+            closed: AtomicBool::new(false),
+        }
     }
 
-    /// The model with this name or alias.
-    pub fn get(&self, name: &str) -> Option<Arc<ServedModel>> {
+    /// The slot of the model with this name or alias.
+    pub fn slot(&self, name: &str) -> Option<Arc<Slot>> {
         let t = self.table.load();
-        t.by_name.get(name).map(|&i| t.models[i].clone())
+        t.by_name.get(name).map(|&i| t.slots[i].clone())
     }
 
-    /// Every model, in the order they were added.
-    pub fn all(&self) -> Vec<Arc<ServedModel>> {
-        self.table.load().models.clone()
+    /// Every slot, in order (configured models, then those found in the models folder).
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.table.load().slots.clone()
     }
 
-    /// Adds `model`, or replaces the one of the same name (keeping its place); returns the
-    /// replaced one. Requests that hold the old one finish on it.
-    pub fn insert(&self, model: Arc<ServedModel>) -> Option<Arc<ServedModel>> {
-        let mut old = None;
+    /// The loaded models, in slot order.
+    pub fn loaded(&self) -> Vec<Arc<ServedModel>> {
+        self.slots().iter().filter_map(|s| s.model()).collect()
+    }
+
+    /// Adds a slot for `config` (a file that appeared in the models folder); `false` if its
+    /// name or an alias is taken.
+    pub fn add(&self, config: ModelConfig) -> bool {
+        let mut added = false;
         self.table.rcu(|t| {
-            let mut models = t.models.clone();
-            old = match models.iter().position(|m| m.name == model.name) {
-                Some(i) => Some(std::mem::replace(&mut models[i], model.clone())),
-                None => {
-                    models.push(model.clone());
-                    None
+            let names = std::iter::once(&config.name).chain(&config.aliases);
+            if names.clone().any(|n| t.by_name.contains_key(n)) {
+                added = false;
+                return Table::with(t.slots.clone());
+            }
+            added = true;
+            let mut slots = t.slots.clone();
+            slots.push(new_slot(config.clone()));
+            Table::with(slots)
+        });
+        added
+    }
+
+    /// The model `name`, loading it first if it is not loaded: the request waits for the
+    /// load up to the load timeout, then gets [`ServeError::Loading`] while the load goes on.
+    pub async fn get(self: &Arc<Self>, name: &str) -> Result<Arc<ServedModel>, ServeError> {
+        let slot = self.slot(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+        self.touch(&slot);
+        let now = slot.state();
+        if let Some(m) = now.model {
+            return Ok(m);
+        }
+        if let (Some(reason), Some(at), false) = (now.error, now.failed_at, now.loading)
+            && at.elapsed() < RETRY_FAILED_LOAD
+        {
+            return Err(ServeError::Unavailable { model: slot.config.name.clone(), reason });
+        }
+        self.start_load(&slot);
+        let model = slot.config.name.clone();
+        let waited =
+            tokio::time::timeout(self.load_timeout, slot.state.wait_for(|s| s.model.is_some() || !s.loading)).await;
+        match waited {
+            Err(_) => {
+                let retry_after_s = self.load_timeout.as_secs().clamp(1, 60);
+                Err(ServeError::Loading { model, retry_after_s })
+            }
+            Ok(s) => s.model.clone().ok_or_else(|| ServeError::Unavailable {
+                model,
+                reason: s.error.clone().unwrap_or_else(|| "it was unloaded".into()),
+            }),
+        }
+    }
+
+    /// Loads every `preload` model that is not loaded, one after the other. Blocking.
+    pub fn preload(&self) -> Result<(), ServeError> {
+        for slot in self.slots().into_iter().filter(|s| s.preload() && s.model().is_none()) {
+            slot.state.modify(|s| {
+                s.loading = true;
+                true
+            });
+            self.load_into(&slot)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the model again from its file (or for the first time) and waits for it: the
+    /// old model serves until the new one is ready; if the new one fails, the old one stays
+    /// and the error is returned (and kept in the index).
+    pub async fn reload(self: &Arc<Self>, name: &str) -> Result<Arc<ServedModel>, ServeError> {
+        let slot = self.slot(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+        // a load already running may have read the file before it changed: wait it out
+        loop {
+            slot.state.wait_for(|s| !s.loading).await;
+            let started = slot.state.modify(|st| {
+                if st.loading {
+                    return false;
                 }
-            };
-            Table::with(models)
-        });
-        old
+                st.loading = true;
+                st.error = None;
+                true
+            });
+            if started {
+                break;
+            }
+        }
+        let me = self.clone();
+        let s = slot.clone();
+        tokio::task::spawn_blocking(move || me.load_into(&s))
+            .await
+            .map_err(|e| ServeError::Inference(format!("the load thread failed: {e}")))?
     }
 
-    /// Removes the model named `name`; returns it.
-    pub fn remove(&self, name: &str) -> Option<Arc<ServedModel>> {
-        let mut old = None;
-        self.table.rcu(|t| {
-            let mut models = t.models.clone();
-            old = models.iter().position(|m| m.name == name).map(|i| models.remove(i));
-            Table::with(models)
+    /// Reloads `name` when its file is not the one the loaded model was read from (a file
+    /// watcher sees several events per write, and events that change nothing). Blocking.
+    pub fn reload_if_changed(&self, name: &str) -> Result<bool, ServeError> {
+        let Some(slot) = self.slot(name) else { return Ok(false) };
+        let Some(current) = slot.model() else { return Ok(false) }; // loads on its next request
+        if current.file_stamp.is_some() && FileStamp::of(&slot.config.path).ok() == current.file_stamp {
+            return Ok(false);
+        }
+        let started = slot.state.modify(|s| {
+            if s.loading {
+                return false;
+            }
+            s.loading = true;
+            s.error = None;
+            true
         });
-        old
+        if !started {
+            return Ok(false);
+        }
+        self.load_into(&slot).map(|_| true)
     }
+
+    /// Unloads `name` (requests that hold it finish on it); it loads again on its next
+    /// request. Blocking: the model's threads are stopped here once its last request is done.
+    pub fn unload(&self, name: &str) -> Result<(), ServeError> {
+        let slot = self.slot(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+        let mut old = None;
+        slot.state.modify(|s| {
+            old = s.model.take();
+            s.error = None;
+            true
+        });
+        if let Some(m) = old {
+            tracing::info!(model = %m.name, "model unloaded");
+            self.metrics.model_unloads.get_or_create(&ModelLabel { model: m.name.clone() }).inc();
+            drop(m);
+        }
+        Ok(())
+    }
+
+    /// The repository index: every model's version and state.
+    pub fn index(&self) -> Vec<IndexEntry> {
+        self.slots()
+            .iter()
+            .map(|slot| {
+                let s = slot.state();
+                let state = match (&s.model, s.loading) {
+                    (Some(_), _) => "READY",
+                    (None, true) => "LOADING",
+                    (None, false) => "UNAVAILABLE",
+                };
+                let m = s.model.as_ref();
+                IndexEntry {
+                    name: slot.config.name.clone(),
+                    version: m.map_or_else(
+                        || slot.config.version.clone().unwrap_or_else(|| "1".into()),
+                        |m| m.version.clone(),
+                    ),
+                    state,
+                    reason: s.error.clone().unwrap_or_default(),
+                    digest: m.map(|m| m.digest.clone()).unwrap_or_default(),
+                    bytes: m.map_or(0, |m| m.bytes),
+                }
+            })
+            .collect()
+    }
+
+    /// Bytes the loaded models take.
+    pub fn loaded_bytes(&self) -> u64 {
+        self.loaded().iter().map(|m| m.bytes).sum()
+    }
+
+    /// Refuses loads from now on and stops every loaded model (after its queued work).
+    pub fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        for m in self.loaded() {
+            m.shutdown();
+        }
+    }
+
+    fn touch(&self, slot: &Slot) {
+        slot.last_used.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Starts loading `slot` on a blocking thread unless a load runs; `true` if it started.
+    fn start_load(self: &Arc<Self>, slot: &Arc<Slot>) -> bool {
+        let started = slot.state.modify(|s| {
+            if s.loading || s.model.is_some() {
+                return false;
+            }
+            s.loading = true;
+            s.error = None;
+            true
+        });
+        if started {
+            let (me, slot) = (self.clone(), slot.clone());
+            // (the result is dropped here, not kept in the task: a model no request holds
+            // must count as idle)
+            tokio::task::spawn_blocking(move || drop(me.load_into(&slot)));
+        }
+        started
+    }
+
+    /// Loads `slot`'s file (its `loading` flag already set) and installs the model, making
+    /// room in the memory budget first; on failure the slot keeps what it had and records
+    /// the error. Blocking.
+    fn load_into(&self, slot: &Slot) -> Result<Arc<ServedModel>, ServeError> {
+        let name = slot.config.name.clone();
+        let result = self.make_room(slot, file_len(&slot.config)).and_then(|()| self.loader.load(&slot.config));
+        let result = match result {
+            Ok(_) if self.closed.load(Ordering::Acquire) => Err(ServeError::ShuttingDown),
+            other => other,
+        };
+        match result {
+            Ok(model) => {
+                let model = Arc::new(model);
+                let mut old = None;
+                slot.state.modify(|s| {
+                    old = s.model.replace(model.clone());
+                    s.loading = false;
+                    s.error = None;
+                    true
+                });
+                if let Some(old) = old {
+                    tracing::info!(model = %name, old = %old.digest, new = %model.digest, "model reloaded");
+                    self.metrics.model_reloads.get_or_create(&ModelLabel { model: name }).inc();
+                }
+                // the real size may exceed the file's: hold the budget again
+                if let Err(e) = self.make_room(slot, 0) {
+                    tracing::warn!("{e}");
+                }
+                Ok(model)
+            }
+            Err(e) => {
+                // (a model that cannot be loaded is unavailable, whatever the reason)
+                let e = match e {
+                    ServeError::Unavailable { .. } | ServeError::ShuttingDown => e,
+                    other => ServeError::Unavailable { model: name.clone(), reason: other.to_string() },
+                };
+                let serving = slot.model().is_some();
+                tracing::error!(model = %name, error = %e, still_serving_the_old_version = serving, "model load failed");
+                self.metrics.model_load_failures.get_or_create(&ModelLabel { model: name.clone() }).inc();
+                let reason = match &e {
+                    ServeError::Unavailable { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                slot.state.modify(|s| {
+                    s.loading = false;
+                    s.error = Some(reason);
+                    s.failed_at = Some(Instant::now());
+                    true
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// Unloads least recently used idle models until `need` more bytes fit the budget.
+    fn make_room(&self, loading: &Slot, need: u64) -> Result<(), ServeError> {
+        let max = self.max_loaded_bytes;
+        if max == 0 {
+            return Ok(());
+        }
+        if need > max {
+            return Err(ServeError::Unavailable {
+                model: loading.config.name.clone(),
+                reason: format!("it needs {need} bytes; registry.max_loaded_bytes is {max}"),
+            });
+        }
+        loop {
+            let slots = self.slots();
+            let used: u64 = slots.iter().filter_map(|s| s.model()).map(|m| m.bytes).sum();
+            if used + need <= max {
+                return Ok(());
+            }
+            let mut idle: Vec<&Arc<Slot>> =
+                slots.iter().filter(|s| !std::ptr::eq(s.as_ref(), loading) && s.model().is_some()).collect();
+            idle.sort_by_key(|s| s.last_used.load(Ordering::Relaxed));
+            // the oldest one no request holds: checked and taken under the slot's lock, which
+            // requests take to clone the model out
+            let evicted = idle.iter().find_map(|s| {
+                let mut taken = None;
+                s.state.modify(|st| match &st.model {
+                    Some(m) if Arc::strong_count(m) == 1 => {
+                        taken = st.model.take();
+                        true
+                    }
+                    _ => false,
+                });
+                taken
+            });
+            let Some(m) = evicted else {
+                return Err(ServeError::Unavailable {
+                    model: loading.config.name.clone(),
+                    reason: format!(
+                        "registry.max_loaded_bytes ({max}) is held by models serving requests: {used} bytes loaded, \
+                         {need} more needed"
+                    ),
+                });
+            };
+            tracing::info!(model = %m.name, bytes = m.bytes, for_model = %loading.config.name, "model unloaded to make room");
+            self.metrics.model_unloads.get_or_create(&ModelLabel { model: m.name.clone() }).inc();
+            m.shutdown();
+        }
+    }
+}
+
+fn new_slot(config: ModelConfig) -> Arc<Slot> {
+    let file = ModelFile::probe(&config.path).unwrap_or(ModelFile::Other);
+    Arc::new(Slot { config, file, state: StateCell::default(), last_used: AtomicU64::new(0) })
+}
+
+/// A slot's state behind a lock held only to read or change it, and a way to wait for a
+/// change.
+#[derive(Debug, Default)]
+struct StateCell {
+    value: std::sync::Mutex<SlotState>,
+    changed: Notify,
+}
+
+impl StateCell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.value.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the state under the lock; if it says it changed something, wakes the
+    /// waiters. Returns what `f` said.
+    fn modify(&self, f: impl FnOnce(&mut SlotState) -> bool) -> bool {
+        let changed = f(&mut self.lock());
+        if changed {
+            self.changed.notify_waiters();
+        }
+        changed
+    }
+
+    /// The state once `done` holds for it.
+    async fn wait_for(&self, done: impl Fn(&SlotState) -> bool) -> SlotState {
+        loop {
+            let notified = self.changed.notified();
+            let mut notified = std::pin::pin!(notified);
+            // registered before looking, so a change between the look and the wait is seen
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                if done(&s) {
+                    return s.clone();
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+fn file_len(config: &ModelConfig) -> u64 {
+    std::fs::metadata(&config.path).map_or(0, |m| m.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BatchingConfig, GenerationConfig, ModelConfig};
-    use crate::{Loader, Metrics};
+    use crate::config::{BatchingConfig, GenerationConfig};
 
-    /// Lookups by name and alias; a replaced model keeps its place and stays usable by whoever
-    /// holds it; a removed model is gone for new lookups only.
-    #[test]
-    fn models_are_swapped_whole_under_their_readers() {
+    fn bundled() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge")
+    }
+
+    /// The bundled package with one more metadata entry: the same model under a new digest.
+    fn resigned(tag: &str) -> Vec<u8> {
+        let bytes = std::fs::read(bundled()).unwrap();
+        let mut p = wedge::Package::from_bytes(&bytes).unwrap().0;
+        p.config["wedge_test_tag"] = tag.into();
+        p.to_bytes(1).unwrap().0
+    }
+
+    fn registry(dir: &std::path::Path, names: &[&str], max_loaded_bytes: u64) -> Arc<ModelRegistry> {
         let metrics = Arc::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
-        let loader = Loader::new(wedge::Device::cpu(), BatchingConfig::default(), GenerationConfig::default(), metrics);
-        let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge");
-        let config = |name: &str, version: &str| ModelConfig {
-            name: name.into(),
-            path: bundled.clone(),
-            version: Some(version.into()),
-            aliases: vec![format!("{name}-alias")],
-            batching: None,
-        };
-        let models = ModelRegistry::new();
-        assert!(models.get("a").is_none() && models.all().is_empty());
-        assert!(models.insert(Arc::new(loader.load(&config("a", "1")).unwrap())).is_none());
-        assert!(models.insert(Arc::new(loader.load(&config("b", "1")).unwrap())).is_none());
-        let held = models.get("a-alias").unwrap();
-        assert_eq!(held.version, "1");
-        let old = models.insert(Arc::new(loader.load(&config("a", "2")).unwrap())).unwrap();
-        assert!(Arc::ptr_eq(&old, &held));
-        assert_eq!(models.get("a").unwrap().version, "2");
-        assert_eq!(models.all().iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        // the holder of the old version still runs it
+        let loader =
+            Loader::new(wedge::Device::cpu(), BatchingConfig::default(), GenerationConfig::default(), metrics.clone());
+        let models = names
+            .iter()
+            .map(|n| {
+                let path = dir.join(format!("{n}.wedge"));
+                std::fs::copy(bundled(), &path).unwrap();
+                ModelConfig {
+                    name: n.to_string(),
+                    path,
+                    version: None,
+                    aliases: vec![format!("{n}-alias")],
+                    batching: None,
+                    preload: Some(false),
+                }
+            })
+            .collect();
+        let config = RegistryConfig { max_loaded_bytes, load_timeout_secs: 60, ..RegistryConfig::default() };
+        Arc::new(ModelRegistry::new(models, loader, &config, metrics))
+    }
+
+    fn states(r: &ModelRegistry) -> Vec<(String, &'static str)> {
+        r.index().into_iter().map(|e| (e.name, e.state)).collect()
+    }
+
+    /// Models load on their first request (by name or alias); a reload swaps in a changed
+    /// file while holders of the old model finish on it; a damaged file leaves the old model
+    /// serving and says why; an unloaded model loads again on its next request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn models_load_on_demand_and_reload_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path(), &["a", "b"], 0);
+        assert_eq!(states(&r), [("a".into(), "UNAVAILABLE"), ("b".into(), "UNAVAILABLE")]);
+        assert!(r.loaded().is_empty());
+        let held = r.get("a-alias").await.unwrap();
+        assert_eq!(states(&r), [("a".into(), "READY"), ("b".into(), "UNAVAILABLE")]);
+        assert!(Arc::ptr_eq(&held, &r.get("a").await.unwrap()), "loaded once");
+        assert!(matches!(r.get("c").await, Err(ServeError::UnknownModel(_))));
+
+        // an unchanged file is not reloaded; a changed one is
+        assert!(!tokio::task::block_in_place(|| r.reload_if_changed("a")).unwrap());
+        std::fs::write(dir.path().join("a.wedge"), resigned("v2")).unwrap();
+        assert!(tokio::task::block_in_place(|| r.reload_if_changed("a")).unwrap());
+        let new = r.get("a").await.unwrap();
+        assert_ne!(new.digest, held.digest);
         let e = held.embedding().unwrap();
-        assert_eq!(e.embedder.embed(&["still here"]).unwrap()[0].len(), e.dim);
-        assert_eq!(models.remove("b").unwrap().name, "b");
-        assert!(models.get("b").is_none() && models.get("b-alias").is_none() && models.remove("b").is_none());
+        assert_eq!(e.embedder.embed(&["the old one still runs"]).unwrap()[0].len(), e.dim);
+
+        // a damaged file: the reload fails, the loaded model keeps serving
+        let mut bad = resigned("v3");
+        let at = bad.len() - 100;
+        bad[at] ^= 0x55;
+        std::fs::write(dir.path().join("a.wedge"), bad).unwrap();
+        let err = r.reload("a").await.unwrap_err().to_string();
+        assert!(Arc::ptr_eq(&r.get("a").await.unwrap(), &new), "the old version serves on");
+        let line = r.index().into_iter().find(|e| e.name == "a").unwrap();
+        assert_eq!((line.state, line.digest.as_str()), ("READY", new.digest.as_str()));
+        assert!(line.reason.contains("checksum") && err.ends_with(&line.reason), "{err} / {}", line.reason);
+
+        r.unload("a").unwrap();
+        assert_eq!(states(&r)[0].1, "UNAVAILABLE");
+        std::fs::write(dir.path().join("a.wedge"), resigned("v4")).unwrap();
+        assert_ne!(r.get("a").await.unwrap().digest, new.digest, "loads the current file on its next request");
+    }
+
+    /// With a budget for one model, loading another unloads the least recently used one that
+    /// no request holds; when every loaded model is held, the load is refused, naming the
+    /// budget, and nothing is unloaded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_memory_budget_unloads_the_least_recently_used_idle_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = registry(dir.path(), &["probe"], 0).get("probe").await.unwrap().bytes;
+        let r = registry(dir.path(), &["a", "b", "c"], one + one / 2);
+        drop(r.get("a").await.unwrap());
+        drop(r.get("b").await.unwrap());
+        assert_eq!(states(&r), [("a".into(), "UNAVAILABLE"), ("b".into(), "READY"), ("c".into(), "UNAVAILABLE")]);
+        let held = r.get("b").await.unwrap();
+        match r.get("c").await {
+            Err(ServeError::Unavailable { model, reason }) => {
+                assert_eq!(model, "c");
+                assert!(reason.contains("max_loaded_bytes"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(states(&r)[1].1, "READY", "a model with a request in flight stays");
+        drop(held);
+        // (the failed load is reported for a few seconds rather than retried per request)
+        assert!(matches!(r.get("c").await, Err(ServeError::Unavailable { .. })));
+        r.reload("c").await.unwrap();
+        assert_eq!(states(&r), [("a".into(), "UNAVAILABLE"), ("b".into(), "UNAVAILABLE"), ("c".into(), "READY")]);
+        assert!(r.loaded_bytes() <= one + one / 2);
     }
 }

@@ -176,18 +176,20 @@ fn error_response(e: &ServeError) -> Response<Body> {
         ServeError::UnknownModel(_) => (StatusCode::NOT_FOUND, "model_not_found"),
         ServeError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error"),
         ServeError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
-        ServeError::Overloaded { .. } | ServeError::NotReady | ServeError::ShuttingDown => {
-            (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error")
-        }
+        ServeError::Overloaded { .. }
+        | ServeError::NotReady
+        | ServeError::ShuttingDown
+        | ServeError::Loading { .. }
+        | ServeError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error"),
         ServeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout_error"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
     };
     let body = serde_json::json!({"error": {"message": e.to_string(), "type": kind}});
     let mut r = json(status, body.to_string().into_bytes());
     let retry = match e {
-        ServeError::RateLimited { retry_after_s } | ServeError::Overloaded { retry_after_s, .. } => {
-            Some(*retry_after_s)
-        }
+        ServeError::RateLimited { retry_after_s }
+        | ServeError::Overloaded { retry_after_s, .. }
+        | ServeError::Loading { retry_after_s, .. } => Some(*retry_after_s),
         ServeError::NotReady | ServeError::ShuttingDown => Some(1),
         _ => None,
     };
@@ -283,6 +285,9 @@ fn route_name(path: &str) -> &'static str {
         "/v2/health/live" => "/v2/health/live",
         "/v2/health/ready" => "/v2/health/ready",
         "/metrics" => "/metrics",
+        "/v2/repository/index" => "/v2/repository/index",
+        p if p.starts_with("/v2/repository/models/") && p.ends_with("/load") => "/v2/repository/models/{name}/load",
+        p if p.starts_with("/v2/repository/models/") && p.ends_with("/unload") => "/v2/repository/models/{name}/unload",
         p if p.starts_with("/v2/models/") && p.ends_with("/infer") => "/v2/models/{name}/infer",
         p if p.starts_with("/v2/models/") && p.ends_with("/ready") => "/v2/models/{name}/ready",
         p if p.starts_with("/v2/models/") => "/v2/models/{name}",
@@ -329,7 +334,7 @@ async fn route_request(
         }
         ["v2"] => {
             expect(&method, Method::GET, "GET")?;
-            let body = serde_json::json!({"name": "wedge", "version": env!("CARGO_PKG_VERSION"), "extensions": []});
+            let body = serde_json::json!({"name": "wedge", "version": env!("CARGO_PKG_VERSION"), "extensions": ["model_repository"]});
             Ok(json(StatusCode::OK, body.to_string().into_bytes()))
         }
         ["v1", "embeddings"] => {
@@ -339,11 +344,10 @@ async fn route_request(
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
             let r: api::OpenAiRequest = parse_json(&body)?;
             let encoding = r.encoding()?;
-            let name = match &r.model {
-                Some(m) => m.clone(),
-                None => service.models().first().map(|m| m.name.clone()).ok_or(ServeError::NotReady)?,
+            let model = match &r.model {
+                Some(name) => service.model(name).await?,
+                None => service.default_model(false).await?,
             };
-            let model = service.model(&name)?;
             r.check_dimensions(&model)?;
             let inputs = api::openai_inputs(r.input)?;
             let out = service.embed_with(model, &inputs, policy).await?;
@@ -355,7 +359,7 @@ async fn route_request(
             let endpoint = if segments[1] == "chat" { llm::Endpoint::Chat } else { llm::Endpoint::Completions };
             let policy = cache_policy(req.headers());
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
-            let r = llm::GenRequest::parse(service, endpoint, &body, service.config().generation.max_sequences)?;
+            let r = llm::GenRequest::parse(service, endpoint, &body, service.config().generation.max_sequences).await?;
             let receivers = r.submit(service, policy).await?;
             let hit = receivers.iter().all(Generation::cache_hit);
             if r.stream {
@@ -378,7 +382,8 @@ async fn route_request(
             admit(service, req.headers(), peer)?;
             let tokenize = segments[0] == "tokenize";
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
-            let out = if tokenize { llm::tokenize(service, &body)? } else { llm::detokenize(service, &body)? };
+            let out =
+                if tokenize { llm::tokenize(service, &body).await? } else { llm::detokenize(service, &body).await? };
             Ok(json(StatusCode::OK, out))
         }
         ["v1", "models"] => {
@@ -400,24 +405,61 @@ async fn route_request(
         ["v2", "models", name] | ["v2", "models", name, "versions", _] => {
             expect(&method, Method::GET, "GET")?;
             admit(service, req.headers(), peer)?;
-            let m = service.model(name)?;
+            let m = service.model(name).await?;
             Ok(json(StatusCode::OK, api::model_metadata(&m).to_string().into_bytes()))
         }
         ["v2", "models", name, "ready"] | ["v2", "models", name, "versions", _, "ready"] => {
             expect(&method, Method::GET, "GET")?;
             admit(service, req.headers(), peer)?;
-            let m = service.model(name)?;
-            Ok(json(StatusCode::OK, serde_json::json!({"name": m.name, "ready": true}).to_string().into_bytes()))
+            // (asks without loading: a model that is not loaded is not ready)
+            let slot = service.registry().slot(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+            let ready = slot.model().is_some();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            Ok(json(status, serde_json::json!({"name": slot.config.name, "ready": ready}).to_string().into_bytes()))
         }
         ["v2", "models", name, "infer"] | ["v2", "models", name, "versions", _, "infer"] => {
             expect(&method, Method::POST, "POST")?;
             admit(service, req.headers(), peer)?;
-            let model = service.model(name)?; // 404 before reading a body for a model that is not here
+            let model = service.model(name).await?; // 404 before reading a body for a model that is not here
             let policy = cache_policy(req.headers());
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
             let (id, texts) = parse_json::<api::InferRequest>(&body)?.texts()?;
             let out = service.embed_with(model, &texts, policy).await?;
             Ok(with_cache(json(StatusCode::OK, api::infer_response(&out, id)?), out.cache_hit))
+        }
+        // KServe v2 model repository extension: the index, and loading (or reloading) and
+        // unloading by name. The load answers once the model serves (or failed, leaving the
+        // loaded version serving).
+        ["v2", "repository", "index"] => {
+            expect(&method, Method::POST, "POST")?;
+            admit(service, req.headers(), peer)?;
+            let body = read_body(req, service.config().limits.max_body_bytes).await?;
+            let ready_only = if body.is_empty() {
+                false
+            } else {
+                parse_json::<serde_json::Value>(&body)?
+                    .get("ready")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false)
+            };
+            let index: Vec<_> =
+                service.registry().index().into_iter().filter(|e| !ready_only || e.state == "READY").collect();
+            Ok(json(StatusCode::OK, serde_json::to_vec(&index).map_err(|e| ServeError::Inference(e.to_string()))?))
+        }
+        ["v2", "repository", "models", name, "load"] => {
+            expect(&method, Method::POST, "POST")?;
+            admit(service, req.headers(), peer)?;
+            service.registry().reload(name).await?;
+            Ok(json(StatusCode::OK, b"{}".to_vec()))
+        }
+        ["v2", "repository", "models", name, "unload"] => {
+            expect(&method, Method::POST, "POST")?;
+            admit(service, req.headers(), peer)?;
+            let (registry, name) = (service.registry().clone(), name.to_string());
+            tokio::task::spawn_blocking(move || registry.unload(&name))
+                .await
+                .map_err(|e| ServeError::Inference(format!("unload: {e}")))??;
+            Ok(json(StatusCode::OK, b"{}".to_vec()))
         }
         _ => Err(Failure::NotFound(path)),
     }

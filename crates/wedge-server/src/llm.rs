@@ -31,19 +31,18 @@ fn bad(msg: String) -> ServeError {
     ServeError::BadInput(msg)
 }
 
-/// The model a request names, or the first language model when it names none.
-fn language_model(service: &Service, f: &Fields<'_>) -> Result<Arc<ServedModel>, ServeError> {
+/// The model a request names, or the first language model when it names none (loaded
+/// first if it is not).
+async fn language_model(service: &Service, f: &Fields<'_>) -> Result<Arc<ServedModel>, ServeError> {
     match f.string("model").map_err(bad)? {
-        Some(name) => service.model(name),
-        None => service.models().iter().find(|m| m.language().is_ok()).cloned().ok_or_else(|| {
-            if service.ready() { bad("no language model is served here".into()) } else { ServeError::NotReady }
-        }),
+        Some(name) => service.model(name).await,
+        None => service.default_model(true).await,
     }
 }
 
 impl GenRequest {
     /// Parses and checks a request body for `endpoint`.
-    pub(crate) fn parse(
+    pub(crate) async fn parse(
         service: &Service,
         endpoint: Endpoint,
         body: &[u8],
@@ -51,7 +50,7 @@ impl GenRequest {
     ) -> Result<GenRequest, ServeError> {
         let map = object(body).map_err(bad)?;
         let f = Fields(&map);
-        let model = language_model(service, &f)?;
+        let model = language_model(service, &f).await?;
         let served = model.language()?;
         let r = Request::parse(&map, endpoint, served.model().vocab(), max_choices).map_err(bad)?;
         served.scheduler().check_prompt(r.prompt.len())?;
@@ -338,10 +337,10 @@ impl ChunkWriter {
 
 /// `POST /tokenize`: `{"model", "prompt"}` (or llama.cpp's `"content"`), or `{"model",
 /// "messages"}` rendered with the chat template; `add_special_tokens` (default true) adds BOS.
-pub(crate) fn tokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, ServeError> {
+pub(crate) async fn tokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, ServeError> {
     let map = object(body).map_err(bad)?;
     let f = Fields(&map);
-    let model = language_model(service, &f)?;
+    let model = language_model(service, &f).await?;
     let served = model.language()?;
     let vocab = served.model().vocab();
     let special = f.boolean("add_special_tokens").map_err(bad)?.unwrap_or(true);
@@ -365,10 +364,10 @@ pub(crate) fn tokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, ServeE
 }
 
 /// `POST /detokenize`: `{"model", "tokens": [ids]}` → `{"prompt": text}` (also as `content`).
-pub(crate) fn detokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, ServeError> {
+pub(crate) async fn detokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, ServeError> {
     let map = object(body).map_err(bad)?;
     let f = Fields(&map);
-    let model = language_model(service, &f)?;
+    let model = language_model(service, &f).await?;
     let vocab = model.language()?.model().vocab();
     let Some(Value::Array(ids)) = f.get("tokens") else {
         return Err(bad("`tokens` must be an array of token ids".into()));

@@ -31,6 +31,7 @@ fn config(model: &Path) -> Config {
         version: None,
         aliases: vec!["default".into()],
         batching: None,
+        preload: None,
     });
     c
 }
@@ -401,7 +402,7 @@ async fn graceful_shutdown_loses_no_in_flight_response() {
         })
         .collect();
     // Stop once all six are queued, i.e. accepted and waiting for their batch.
-    let model = s.service.model("default").unwrap();
+    let model = s.service.model("default").await.unwrap();
     while model.queued() < 6 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -413,4 +414,123 @@ async fn graceful_shutdown_loses_no_in_flight_response() {
         assert_eq!(r.json()["data"][0]["embedding"].as_array().unwrap().len(), 384);
     }
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+}
+
+/// `path` replaced at once (written beside it, then renamed over it), as a deployment does.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls the repository index until `done` holds for model `name`'s line (30 s at most).
+async fn index_until(s: &TestServer, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut index = Value::Null;
+    for _ in 0..300 {
+        index = call(Method::POST, &s.url("/v2/repository/index"), &[], "").await.json();
+        if let Some(line) = index.as_array().unwrap().iter().find(|l| l["name"] == name)
+            && done(line)
+        {
+            return line.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the index never got there for {name}: {index}");
+}
+
+/// A models folder: models load on their first request; under steady traffic a changed file
+/// is reloaded and a damaged one refused, with no failed request; a file dropped in the folder
+/// is served; the KServe repository routes load, unload and list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_folder_loads_on_demand_and_reloads_under_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(bundled(), dir.path().join("a.wedge")).unwrap();
+    std::fs::write(dir.path().join("a.toml"), "version = \"3\"\naliases = [\"first\"]\n").unwrap();
+    let mut c = Config::default();
+    c.registry.models_dir = Some(dir.path().to_path_buf());
+    let s = TestServer::start(c).await;
+    let _watcher = s.service.watch_files().unwrap();
+    assert_eq!(get(&s.url("/v2/health/ready")).await.status, 200, "nothing to preload");
+    let line = index_until(&s, "a", |_| true).await;
+    assert_eq!((line["state"].as_str(), line["version"].as_str()), (Some("UNAVAILABLE"), Some("3")));
+    let ready = get(&s.url("/v2/models/a/ready")).await;
+    assert_eq!((ready.status, ready.json()["ready"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!(false)));
+
+    // the first request loads it
+    let r = post(&s.url("/v1/embeddings"), json!({"model": "first", "input": "edge"})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let loaded = index_until(&s, "a", |l| l["state"] == "READY").await;
+    let first_digest = loaded["digest"].as_str().unwrap().to_string();
+
+    // steady traffic while the file is replaced, then damaged
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, stop) = (s.url("/v1/embeddings"), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body = json!({"model": "a", "input": format!("request {i} {ok}")}).to_string();
+                    let r = call(Method::POST, &url, &[("content-type", "application/json")], body).await;
+                    if r.status == 200 { ok += 1 } else { failed.push(r.status) }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let changed = std::fs::read(changed_model(dir.path())).unwrap();
+    std::fs::remove_file(dir.path().join("changed.wedge")).unwrap();
+    replace(&dir.path().join("a.wedge"), &changed);
+    let reloaded = index_until(&s, "a", |l| l["digest"] != first_digest.as_str()).await;
+    assert_eq!(reloaded["state"], "READY");
+    let mut damaged = changed.clone();
+    let at = damaged.len() - 64;
+    damaged[at] ^= 0x21;
+    replace(&dir.path().join("a.wedge"), &damaged);
+    let refused = index_until(&s, "a", |l| !l["reason"].as_str().unwrap().is_empty()).await;
+    assert_eq!(
+        (&refused["state"], &refused["digest"]),
+        (&json!("READY"), &reloaded["digest"]),
+        "the old version serves on"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in traffic {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "reload under traffic: {ok} requests in {secs:.1} s ({:.0}/s), {} failed",
+        f64::from(ok) / secs,
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 0);
+    assert!(metric(&s, "wedge_model_reloads_total").await >= 1.0);
+    assert!(metric(&s, "wedge_model_load_failures_total").await >= 1.0);
+
+    // a file dropped in the folder is served; the repository routes load, unload and list
+    std::fs::copy(bundled(), dir.path().join("b.wedge")).unwrap();
+    assert_eq!(index_until(&s, "b", |_| true).await["state"], "UNAVAILABLE");
+    assert_eq!(call(Method::POST, &s.url("/v2/repository/models/b/load"), &[], "").await.status, 200);
+    assert_eq!(index_until(&s, "b", |_| true).await["state"], "READY");
+    let ready: Vec<Value> = serde_json::from_slice(
+        &call(Method::POST, &s.url("/v2/repository/index"), &[], r#"{"ready": true}"#).await.body,
+    )
+    .unwrap();
+    assert_eq!(ready.len(), 2);
+    assert_eq!(call(Method::POST, &s.url("/v2/repository/models/b/unload"), &[], "").await.status, 200);
+    assert_eq!(index_until(&s, "b", |_| true).await["state"], "UNAVAILABLE");
+    let missing = call(Method::POST, &s.url("/v2/repository/models/nope/load"), &[], "").await;
+    assert_eq!(missing.status, 404);
+    // a reload that fails is a 503 naming the problem, and the old version still answers
+    let failed_load = call(Method::POST, &s.url("/v2/repository/models/a/load"), &[], "").await;
+    assert_eq!(failed_load.status, 503, "{}", String::from_utf8_lossy(&failed_load.body));
+    assert_eq!(post(&s.url("/v1/embeddings"), json!({"model": "a", "input": "still"})).await.status, 200);
+    s.stop().await;
 }

@@ -42,6 +42,7 @@ fn config(gguf: &Path) -> Config {
         version: None,
         aliases: vec![],
         batching: None,
+        preload: None,
     };
     c.models.push(model("smollm2", gguf.to_path_buf()));
     c.models.push(model("minilm", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge")));
@@ -268,7 +269,7 @@ async fn sequences_batch_together_leave_when_cancelled_and_reuse_prefixes() {
     let Some(gguf) = smollm2() else { return };
     let s = TestServer::start(config(&gguf)).await;
     let url = s.url("/v1/completions");
-    let model = s.service.model("smollm2").unwrap();
+    let model = s.service.model("smollm2").await.unwrap();
     let scheduler = model.language().unwrap().scheduler();
 
     // Four long streams at once run in shared steps.
@@ -451,9 +452,9 @@ async fn a_gpu_serves_batched_requests_as_the_cpu_generates() {
     c.generation.ctx = 64;
     let s = TestServer::start_on(c, device).await;
     assert!(
-        s.service.model("smollm2").unwrap().device.starts_with("gpu"),
+        s.service.model("smollm2").await.unwrap().device.starts_with("gpu"),
         "{}",
-        s.service.model("smollm2").unwrap().device
+        s.service.model("smollm2").await.unwrap().device
     );
     let url = s.url("/v1/chat/completions");
     let asks = questions.map(|q| {

@@ -62,6 +62,7 @@ pub struct Embedder {
     max_seq_length: usize,
     dim: usize,
     digest: Option<String>,
+    weight_bytes: u64,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -98,6 +99,7 @@ impl Embedder {
             max_seq_length,
             dim,
             digest: model.digest().map(str::to_string),
+            weight_bytes: model.weights().iter().map(|w| w.packed_bytes() as u64).sum(),
         })
     }
 
@@ -113,6 +115,11 @@ impl Embedder {
             .or_else(|| config.get("max_position_embeddings").and_then(serde_json::Value::as_u64).map(|v| v as usize))
             .ok_or_else(|| config_err("the package config has no max_seq_length".into()))?;
         Embedder::new(&model, tok, max, device)
+    }
+
+    /// Bytes of packed weights (what the device holds, before any layout of its own).
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     /// Embedding size.
