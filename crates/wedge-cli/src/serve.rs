@@ -69,7 +69,8 @@ fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<
     }
     // A node serving only language models serves the bundled embedding model beside them.
     // (a file that cannot be read counts as not one; loading it reports why)
-    if c.all_models()?.iter().all(|m| ModelFile::probe(&m.path).is_ok_and(ModelFile::is_language)) {
+    let files: Vec<ModelConfig> = c.all_models()?.iter().flat_map(|m| m.loadables()).map(|(m, _)| m).collect();
+    if files.iter().all(|m| ModelFile::probe(&m.path).is_ok_and(ModelFile::is_language)) {
         c.models.push(ModelConfig {
             name: "all-MiniLM-L6-v2".into(),
             path: bundled()?,
@@ -77,6 +78,7 @@ fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<
             aliases: vec!["default".into()],
             batching: None,
             preload: None,
+            versions: Vec::new(),
         });
     }
     if let Some(a) = args.addr {
@@ -122,7 +124,7 @@ fn model_flag(m: &str) -> Result<ModelConfig> {
     if name.is_empty() {
         anyhow::bail!("--model `{m}`: give NAME=PATH");
     }
-    Ok(ModelConfig { name, path, version: None, aliases: vec![], batching: None, preload: None })
+    Ok(ModelConfig { name, path, version: None, aliases: vec![], batching: None, preload: None, versions: vec![] })
 }
 
 fn init_logs(format: &str) {
@@ -157,9 +159,13 @@ async fn shutdown_signal() {
 }
 
 pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<()> {
+    // The configuration file's [[models]] are taken again when it changes, unless --model
+    // flags replace them (or it lists none, and the bundled model stands in).
+    let config_file = args.config.clone().filter(|_| args.models.is_empty());
     let config = config(args, bundled)?;
+    let config_file = config_file.filter(|p| Config::load(p).is_ok_and(|c| !c.models.is_empty()));
     init_logs(&config.log_format);
-    for m in &config.all_models()? {
+    for (m, _) in config.all_models()?.iter().flat_map(ModelConfig::loadables) {
         if !Path::new(&m.path).is_file() {
             anyhow::bail!("model `{}`: no file at {}", m.name, m.path.display());
         }
@@ -177,7 +183,8 @@ pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) 
         let scheme = if server.is_tls() { "https" } else { "http" };
         tracing::info!("listening on {scheme}://{}", server.local_addr()?);
         // (kept until shutdown: dropping it stops the watching)
-        let watcher = if service.config().registry.watch { Some(service.watch_files()?) } else { None };
+        let watcher =
+            if service.config().registry.watch { Some(service.watch_files(config_file.as_deref())?) } else { None };
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
         let loader = service.clone();
         tokio::task::spawn_blocking(move || {

@@ -14,6 +14,13 @@ use crate::config::{AuthConfig, LimitsConfig};
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Caller(String);
 
+impl Caller {
+    /// Its id: a short digest of its API key, or its address when the server is open.
+    pub fn id(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The accepted keys.
 #[derive(Debug)]
 pub struct ApiKeys {

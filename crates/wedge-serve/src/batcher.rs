@@ -29,7 +29,7 @@ struct Item {
 struct Shared {
     queue: WorkQueue<Item>,
     settings: BatchingConfig,
-    model: String,
+    label: ModelLabel,
     metrics: Arc<Metrics>,
     /// Mean seconds per input of recent runs (f64 bits), for `Retry-After`.
     per_input_s: std::sync::atomic::AtomicU64,
@@ -37,7 +37,7 @@ struct Shared {
 
 impl Shared {
     fn label(&self) -> ModelLabel {
-        ModelLabel { model: self.model.clone() }
+        self.label.clone()
     }
 }
 
@@ -49,17 +49,18 @@ pub struct Batcher {
 
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").field("model", &self.shared.model).field("settings", &self.shared.settings).finish()
+        f.debug_struct("Batcher").field("model", &self.shared.label).field("settings", &self.shared.settings).finish()
     }
 }
 
 impl Batcher {
     /// Starts the worker thread of `model`.
-    pub fn start(model: &str, settings: BatchingConfig, metrics: Arc<Metrics>, run: RunBatch) -> Batcher {
+    pub fn start(label: &ModelLabel, settings: BatchingConfig, metrics: Arc<Metrics>, run: RunBatch) -> Batcher {
+        let model = label.model.as_str();
         let shared = Arc::new(Shared {
             queue: WorkQueue::new(),
             settings,
-            model: model.to_string(),
+            label: label.clone(),
             metrics,
             per_input_s: std::sync::atomic::AtomicU64::new(0.01f64.to_bits()),
         });
@@ -83,7 +84,7 @@ impl Batcher {
             self.shared.metrics.shed.get_or_create(&self.shared.label()).inc();
             let per = f64::from_bits(self.shared.per_input_s.load(std::sync::atomic::Ordering::Relaxed));
             let retry_after_s = ((queued as f64 * per).ceil() as u64).clamp(1, 60);
-            return Err(ServeError::Overloaded { model: self.shared.model.clone(), queued, retry_after_s });
+            return Err(ServeError::Overloaded { model: self.shared.label.model.clone(), queued, retry_after_s });
         }
         q.items.push_back(Item { tokens, reply: tx, queued_at: Instant::now() });
         self.shared.metrics.queue_depth.get_or_create(&self.shared.label()).set(q.items.len() as i64);
@@ -167,7 +168,7 @@ fn work(s: &Shared, run: &RunBatch) {
                 }
             }
             Err(e) => {
-                tracing::error!(model = %s.model, "batch failed: {e}");
+                tracing::error!(model = %s.label.model, version = %s.label.version, "batch failed: {e}");
                 for item in batch {
                     let _ = item.reply.send(Err(e.clone()));
                 }
@@ -217,7 +218,8 @@ mod tests {
     async fn concurrent_inputs_share_runs_and_come_back_in_order() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let settings = BatchingConfig { max_batch_size: 8, max_queue_delay_us: 50_000, max_queue: 100 };
-        let b = Batcher::start("m", settings, metrics(), recording(sizes.clone(), Duration::ZERO));
+        let b =
+            Batcher::start(&ModelLabel::new("m", "1"), settings, metrics(), recording(sizes.clone(), Duration::ZERO));
         let rxs: Vec<_> = (0..20).map(|i| b.submit(tokens(i)).unwrap()).collect();
         for (i, rx) in rxs.into_iter().enumerate() {
             assert_eq!(&*rx.await.unwrap().unwrap(), &[i as f32]);
@@ -232,7 +234,12 @@ mod tests {
     async fn a_full_queue_sheds_and_shutdown_drains() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let settings = BatchingConfig { max_batch_size: 1, max_queue_delay_us: 0, max_queue: 3 };
-        let b = Batcher::start("m", settings, metrics(), recording(sizes.clone(), Duration::from_millis(100)));
+        let b = Batcher::start(
+            &ModelLabel::new("m", "1"),
+            settings,
+            metrics(),
+            recording(sizes.clone(), Duration::from_millis(100)),
+        );
         let mut ok = Vec::new();
         let mut shed = 0;
         for i in 0..10 {
@@ -256,11 +263,11 @@ mod tests {
     #[tokio::test]
     async fn model_errors_reach_every_waiter() {
         let run: RunBatch = Box::new(|_| Err(ServeError::Inference("boom".into())));
-        let b = Batcher::start("m", BatchingConfig::default(), metrics(), run);
+        let b = Batcher::start(&ModelLabel::new("m", "1"), BatchingConfig::default(), metrics(), run);
         let rx = b.submit(tokens(1)).unwrap();
         assert!(matches!(rx.await.unwrap(), Err(ServeError::Inference(m)) if m == "boom"));
         let run: RunBatch = Box::new(|_| panic!("bad"));
-        let b = Batcher::start("m", BatchingConfig::default(), metrics(), run);
+        let b = Batcher::start(&ModelLabel::new("m", "1"), BatchingConfig::default(), metrics(), run);
         let rx = b.submit(tokens(1)).unwrap();
         assert!(matches!(rx.await.unwrap(), Err(ServeError::Inference(_))));
     }
@@ -276,7 +283,7 @@ mod tests {
             Ok(batch.iter().map(|t| vec![t.ids[0] as f32]).collect())
         });
         let settings = BatchingConfig { max_batch_size: 8, max_queue_delay_us: 50_000, max_queue: 100 };
-        let b = Batcher::start("m", settings, metrics(), run);
+        let b = Batcher::start(&ModelLabel::new("m", "1"), settings, metrics(), run);
         let rxs: Vec<_> = [12, 13, 14].into_iter().map(|i| b.submit(tokens(i)).unwrap()).collect();
         let got: Vec<_> = futures_util::future::join_all(rxs).await.into_iter().map(Result::unwrap).collect();
         assert_eq!(&*got[0].clone().unwrap(), &[12.0]);

@@ -59,11 +59,17 @@ impl Default for Config {
 pub struct ModelConfig {
     /// The name clients use (`model` in OpenAI requests, `{name}` in KServe paths).
     pub name: String,
-    /// The `.wedge` package.
+    /// The model file (`.wedge` or `.gguf`); not given when `versions` is.
+    #[serde(default)]
     pub path: PathBuf,
     /// A version string reported by `GET /v2/models/{name}` (default `1`).
     #[serde(default)]
     pub version: Option<String>,
+    /// Several versions served under the name, each with its own file and a routing weight:
+    /// a caller (API key, or the request's `user`) is routed to one version by the hash of
+    /// its id, so it keeps seeing the same one; `/v2/models/{name}/versions/{v}/...` pins one.
+    #[serde(default)]
+    pub versions: Vec<VersionConfig>,
     /// Other names for the same model.
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -74,6 +80,46 @@ pub struct ModelConfig {
     /// for models listed in `[[models]]`, false for those found in `registry.models_dir`.
     #[serde(default)]
     pub preload: Option<bool>,
+}
+
+/// One version of a model with several (see [`ModelConfig::versions`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionConfig {
+    /// Its name (`model_version` in KServe answers, `x-wedge-model-version` in every answer).
+    pub version: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// Its share of the callers that do not pin a version: `weight / Σ weights`. 0 serves only
+    /// requests that pin it.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl ModelConfig {
+    /// Each version as a model of one file (its `version` set), with its routing weight; a
+    /// model without `versions` is its own single version, of weight 1.
+    pub fn loadables(&self) -> Vec<(ModelConfig, u32)> {
+        if self.versions.is_empty() {
+            return vec![(self.clone(), 1)];
+        }
+        self.versions
+            .iter()
+            .map(|v| {
+                let one = ModelConfig {
+                    path: v.path.clone(),
+                    version: Some(v.version.clone()),
+                    versions: Vec::new(),
+                    ..self.clone()
+                };
+                (one, v.weight)
+            })
+            .collect()
+    }
 }
 
 /// The optional `<stem>.toml` beside a model in `registry.models_dir`: a `[[models]]` entry
@@ -285,7 +331,12 @@ impl Config {
             }
         };
         for m in &mut c.models {
-            rel(&mut m.path);
+            if !m.path.as_os_str().is_empty() {
+                rel(&mut m.path);
+            }
+            for v in &mut m.versions {
+                rel(&mut v.path);
+            }
         }
         if let Some(p) = &mut c.registry.models_dir {
             rel(p);
@@ -336,6 +387,27 @@ impl Config {
                 if !names.insert(n.clone()) {
                     return bad(format!("model name `{n}` is used twice"));
                 }
+            }
+            if m.versions.is_empty() == m.path.as_os_str().is_empty() {
+                return bad(format!("model `{}`: give either `path` or `versions`", m.name));
+            }
+            if !m.versions.is_empty() && m.version.is_some() {
+                return bad(format!(
+                    "model `{}`: `version` names the single file; with `versions` each has its own",
+                    m.name
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for v in &m.versions {
+                if v.version.is_empty() || v.version.contains('/') || !seen.insert(v.version.as_str()) {
+                    return bad(format!(
+                        "model `{}`: version `{}` must be non-empty, contain no `/` and be given once",
+                        m.name, v.version
+                    ));
+                }
+            }
+            if !m.versions.is_empty() && m.versions.iter().all(|v| v.weight == 0) {
+                return bad(format!("model `{}`: every version has weight 0; give one a share", m.name));
             }
             let b = self.batching.with(m.batching);
             if b.max_batch_size == 0 || b.max_queue == 0 {
@@ -405,6 +477,7 @@ pub fn models_in(dir: &Path) -> Result<Vec<ModelConfig>, ServeError> {
             name,
             path,
             version: extra.version,
+            versions: Vec::new(),
             aliases: extra.aliases,
             batching: extra.batching,
             preload: Some(extra.preload.unwrap_or(false)),
@@ -468,6 +541,32 @@ mod tests {
         )
         .unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn versions_have_files_and_weights() {
+        let c = Config::from_toml(
+            r#"
+            [[models]]
+            name = "m"
+            versions = [{ version = "2", path = "a.wedge", weight = 90 }, { version = "3", path = "b.wedge" }]
+            "#,
+            Path::new("/srv"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let l = c.models[0].loadables();
+        let got: Vec<_> = l.iter().map(|(m, w)| (m.version.as_deref(), m.path.to_str().unwrap(), *w)).collect();
+        assert_eq!(got, [(Some("2"), "/srv/a.wedge", 90), (Some("3"), "/srv/b.wedge", 1)]);
+        for bad in [
+            "[[models]]\nname='m'\npath='x'\nversions=[{version='1', path='y'}]",
+            "[[models]]\nname='m'",
+            "[[models]]\nname='m'\nversions=[{version='1', path='y'}, {version='1', path='z'}]",
+            "[[models]]\nname='m'\nversions=[{version='1', path='y', weight=0}]",
+        ] {
+            let c = Config::from_toml(bad, Path::new(".")).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!     aliases: vec![],
 //!     batching: None,
 //!     preload: None,
+//!     versions: vec![],
 //! });
 //! let service = wedge_serve::Service::new(config, wedge::Device::cpu(), &mut registry)?;
 //! service.load_models()?;
@@ -59,7 +60,6 @@ pub use scheduler::{GenEvent, GenReceiver, Scheduler, SchedulerLimits, Usage};
 pub use watch::ModelWatcher;
 
 use cache::{Cache, Cached, Origin};
-use metrics::ModelLabel;
 
 /// Whether a request may be answered from the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,10 +138,15 @@ impl Service {
         Ok(())
     }
 
-    /// Reloads models whose files change, and adds model files that appear in
-    /// `registry.models_dir`, until the returned watcher is dropped.
-    pub fn watch_files(&self) -> Result<ModelWatcher, ServeError> {
-        ModelWatcher::start(self.models.clone(), self.config.registry.models_dir.clone())
+    /// Reloads models whose files change, adds model files that appear in
+    /// `registry.models_dir`, and takes the `[[models]]` (versions, weights) of `config_file`
+    /// when it changes, until the returned watcher is dropped.
+    pub fn watch_files(&self, config_file: Option<&std::path::Path>) -> Result<ModelWatcher, ServeError> {
+        ModelWatcher::start(
+            self.models.clone(),
+            self.config.registry.models_dir.clone(),
+            config_file.map(std::path::Path::to_path_buf),
+        )
     }
 
     /// Whether every model is loaded and warmed up.
@@ -169,22 +174,39 @@ impl Service {
         &self.models
     }
 
-    /// A model by name or alias, loaded first if it is not (see [`ModelRegistry::get`]).
+    /// A model by name or alias, loaded first if it is not (see [`ModelRegistry::get`]); of
+    /// a model with several versions, a random one by their weights.
     pub async fn model(&self, name: &str) -> Result<Arc<ServedModel>, ServeError> {
         self.models.get(name).await
     }
 
+    /// A model by name or alias for a caller: `version` when pinned, else the version the
+    /// caller's id (`user`, API key or address) is routed to ([`registry::Entry::route`]).
+    pub async fn model_for(
+        &self,
+        name: &str,
+        caller: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Arc<ServedModel>, ServeError> {
+        self.models.get_routed(name, caller, version).await
+    }
+
     /// The first model (in configuration order) of a task, for requests that name none:
     /// `language` picks among language models, else among embedding models.
-    pub async fn default_model(&self, language: bool) -> Result<Arc<ServedModel>, ServeError> {
-        let slot = self.models.slots().into_iter().find(|s| s.file.is_language() == language).ok_or_else(|| {
-            ServeError::BadInput(if language {
-                "no language model is served here".into()
-            } else {
-                "no embedding model is served here".into()
-            })
-        })?;
-        self.models.get(&slot.config.name).await
+    pub async fn default_model(&self, language: bool, caller: Option<&str>) -> Result<Arc<ServedModel>, ServeError> {
+        let entry = self
+            .models
+            .entries()
+            .into_iter()
+            .find(|e| e.versions.first().is_some_and(|(s, _)| s.file.is_language() == language))
+            .ok_or_else(|| {
+                ServeError::BadInput(if language {
+                    "no language model is served here".into()
+                } else {
+                    "no embedding model is served here".into()
+                })
+            })?;
+        self.models.get_routed(&entry.name, caller, None).await
     }
 
     /// Checks a request's API key (`None`: none given) and its caller's rate.
@@ -290,7 +312,7 @@ impl Service {
         if policy == CachePolicy::Use
             && let Some((Cached::Completion(c), _)) = cache.get(&key).await
         {
-            self.metrics.llm_cache_hits.get_or_create(&ModelLabel { model: model.name.clone() }).inc();
+            self.metrics.llm_cache_hits.get_or_create(&model.label()).inc();
             return Ok(Generation::replay(&c));
         }
         let rx = scheduler.submit(prompt, params)?;

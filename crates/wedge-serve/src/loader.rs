@@ -51,9 +51,11 @@ impl Loader {
             }
         };
         let device = self.device.describe();
-        let label = ModelLabel { model: mc.name.clone() };
+        let label = label_of(mc);
         self.metrics.model_load_seconds.get_or_create(&label).set(load_seconds);
-        self.metrics.device.get_or_create(&DeviceLabel { model: mc.name.clone(), device: device.clone() }).set(1);
+        let device_label =
+            DeviceLabel { model: label.model.clone(), version: label.version.clone(), device: device.clone() };
+        self.metrics.device.get_or_create(&device_label).set(1);
         let model = ServedModel {
             name: mc.name.clone(),
             aliases: mc.aliases.clone(),
@@ -101,9 +103,9 @@ impl Loader {
         let kv_bytes = lm.kv_bytes(limits.ctx * limits.max_sequences);
         let kv_mib = kv_bytes as f64 / (1 << 20) as f64;
         tracing::info!(model = %mc.name, sequences = limits.max_sequences, ctx = limits.ctx, kv_mib, "key/value cache");
-        let label = ModelLabel { model: mc.name.clone() };
+        let label = label_of(mc);
         self.metrics.llm_kv_bytes_capacity.get_or_create(&label).set(kv_bytes as i64);
-        let scheduler = Scheduler::start(&mc.name, lm.clone(), limits, self.metrics.clone())?;
+        let scheduler = Scheduler::start(&label, lm.clone(), limits, self.metrics.clone())?;
         // Warm up: compile the step's kernels before the first client waits for them.
         let mut prompt = lm.vocab().encode("wedge warm-up", false).unwrap_or_default();
         prompt.truncate(limits.ctx - 1);
@@ -129,10 +131,15 @@ impl Loader {
         Ok(ModelKind::Embedding(EmbeddingModel {
             dim: embedder.dim(),
             max_seq_length: embedder.max_seq_length(),
-            batcher: Batcher::start(&mc.name, settings, self.metrics.clone(), run),
+            batcher: Batcher::start(&label_of(mc), settings, self.metrics.clone(), run),
             embedder,
         }))
     }
+}
+
+/// The metrics label of a model's version.
+pub(crate) fn label_of(mc: &ModelConfig) -> ModelLabel {
+    ModelLabel::new(&mc.name, mc.version.as_deref().unwrap_or("1"))
 }
 
 /// The sizes of a language model's scheduler: `ctx` is the configured one (or the model's

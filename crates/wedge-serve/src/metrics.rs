@@ -9,11 +9,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// A model label.
+/// A model label: its name and version.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabel {
     /// Model name.
     pub model: String,
+    /// Model version (`1` unless configured).
+    pub version: String,
+}
+
+impl ModelLabel {
+    /// The label of version `version` of `model`.
+    pub fn new(model: &str, version: &str) -> ModelLabel {
+        ModelLabel { model: model.to_string(), version: version.to_string() }
+    }
 }
 
 /// Cache lookups by tier and result.
@@ -39,6 +48,8 @@ pub struct CacheOpLabel {
 pub struct DeviceLabel {
     /// Model name.
     pub model: String,
+    /// Model version.
+    pub version: String,
     /// `cpu` or `gpu: <adapter>`.
     pub device: String,
 }

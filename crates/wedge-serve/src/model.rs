@@ -81,6 +81,11 @@ impl LanguageServing {
 }
 
 impl ServedModel {
+    /// Its metrics label (name and version).
+    pub fn label(&self) -> crate::metrics::ModelLabel {
+        crate::metrics::ModelLabel::new(&self.name, &self.version)
+    }
+
     /// `embedding` or `text-generation`.
     pub fn task(&self) -> &'static str {
         match self.kind {

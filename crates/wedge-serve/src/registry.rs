@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::ServeError;
 use crate::config::{ModelConfig, RegistryConfig};
 use crate::loader::Loader;
-use crate::metrics::{Metrics, ModelLabel};
+use crate::metrics::Metrics;
 use crate::model::{FileStamp, ModelFile, ServedModel};
 
 /// What a slot holds now.
@@ -69,6 +69,22 @@ impl Slot {
     pub fn preload(&self) -> bool {
         self.config.preload.unwrap_or(true)
     }
+
+    /// Its version (`1` when the configuration names none).
+    pub fn version(&self) -> &str {
+        self.config.version.as_deref().unwrap_or("1")
+    }
+
+    /// Unloads it: returns the model it held.
+    fn take_model(&self) -> Option<Arc<ServedModel>> {
+        let mut old = None;
+        self.state.modify(|s| {
+            old = s.model.take();
+            s.error = None;
+            true
+        });
+        old
+    }
 }
 
 /// One line of the repository index (KServe v2 repository extension).
@@ -88,23 +104,91 @@ pub struct IndexEntry {
     pub bytes: u64,
 }
 
+/// A served name: its versions (each a [`Slot`]) and their routing weights.
+#[derive(Debug)]
+pub struct Entry {
+    /// The name clients use.
+    pub name: String,
+    /// Other names.
+    pub aliases: Vec<String>,
+    /// The versions in configuration order, each with its weight.
+    pub versions: Vec<(Arc<Slot>, u32)>,
+}
+
+impl Entry {
+    /// The version a caller is routed to: `version` when pinned; else the same version for
+    /// the same `caller` (the SHA-256 of the name and the caller's id, taken as a point on
+    /// the weights' line), or a random one for a caller without an id. Versions of weight 0
+    /// are reached only by pinning.
+    pub fn route(&self, caller: Option<&str>, version: Option<&str>) -> Result<&Arc<Slot>, ServeError> {
+        if let Some(v) = version {
+            return self
+                .versions
+                .iter()
+                .map(|(s, _)| s)
+                .find(|s| s.version() == v)
+                .ok_or_else(|| ServeError::UnknownModel(format!("{} version {v}", self.name)));
+        }
+        if self.versions.len() == 1 {
+            return Ok(&self.versions[0].0);
+        }
+        let total: u64 = self.versions.iter().map(|(_, w)| u64::from(*w)).sum();
+        let point = match caller {
+            Some(id) => {
+                use sha2::Digest;
+                let h = sha2::Sha256::new().chain_update(self.name.as_bytes()).chain_update([0]).chain_update(id);
+                u64::from_le_bytes(h.finalize()[..8].try_into().unwrap_or([0; 8]))
+            }
+            None => std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), &self.name),
+        } % total.max(1);
+        let mut at = 0;
+        for (slot, w) in &self.versions {
+            at += u64::from(*w);
+            if point < at {
+                return Ok(slot);
+            }
+        }
+        Ok(&self.versions[0].0) // (unreachable: some weight is positive)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Table {
-    slots: Vec<Arc<Slot>>,
-    /// Names and aliases → index in `slots`.
+    entries: Vec<Arc<Entry>>,
+    /// Names and aliases → index in `entries`.
     by_name: HashMap<String, usize>,
 }
 
 impl Table {
-    fn with(slots: Vec<Arc<Slot>>) -> Table {
+    fn with(entries: Vec<Arc<Entry>>) -> Table {
         let mut by_name = HashMap::new();
-        for (i, s) in slots.iter().enumerate() {
-            for n in std::iter::once(&s.config.name).chain(&s.config.aliases) {
+        for (i, e) in entries.iter().enumerate() {
+            for n in std::iter::once(&e.name).chain(&e.aliases) {
                 by_name.insert(n.clone(), i);
             }
         }
-        Table { slots, by_name }
+        Table { entries, by_name }
     }
+
+    fn slots(&self) -> impl Iterator<Item = &Arc<Slot>> {
+        self.entries.iter().flat_map(|e| e.versions.iter().map(|(s, _)| s))
+    }
+}
+
+/// The entry of a model configuration: its versions' slots, reusing those of `old` whose
+/// version and file are unchanged (so a weight change keeps the loaded models).
+fn new_entry(config: &ModelConfig, old: Option<&Entry>) -> Arc<Entry> {
+    let versions = config
+        .loadables()
+        .into_iter()
+        .map(|(c, w)| {
+            let kept = old.and_then(|o| {
+                o.versions.iter().map(|(s, _)| s).find(|s| s.config.version == c.version && s.config.path == c.path)
+            });
+            (kept.cloned().unwrap_or_else(|| new_slot(c)), w)
+        })
+        .collect();
+    Arc::new(Entry { name: config.name.clone(), aliases: config.aliases.clone(), versions })
 }
 
 /// The served models.
@@ -127,9 +211,9 @@ impl ModelRegistry {
         config: &RegistryConfig,
         metrics: Arc<Metrics>,
     ) -> ModelRegistry {
-        let slots = models.into_iter().map(new_slot).collect();
+        let entries = models.iter().map(|m| new_entry(m, None)).collect();
         ModelRegistry {
-            table: ArcSwap::from_pointee(Table::with(slots)),
+            table: ArcSwap::from_pointee(Table::with(entries)),
             loader,
             metrics,
             epoch: Instant::now(),
@@ -139,15 +223,20 @@ impl ModelRegistry {
         }
     }
 
-    /// The slot of the model with this name or alias.
-    pub fn slot(&self, name: &str) -> Option<Arc<Slot>> {
+    /// The entry of the model with this name or alias.
+    pub fn entry(&self, name: &str) -> Option<Arc<Entry>> {
         let t = self.table.load();
-        t.by_name.get(name).map(|&i| t.slots[i].clone())
+        t.by_name.get(name).map(|&i| t.entries[i].clone())
     }
 
-    /// Every slot, in order (configured models, then those found in the models folder).
+    /// Every entry, in order (configured models, then those found in the models folder).
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        self.table.load().entries.clone()
+    }
+
+    /// Every version's slot, in order.
     pub fn slots(&self) -> Vec<Arc<Slot>> {
-        self.table.load().slots.clone()
+        self.table.load().slots().cloned().collect()
     }
 
     /// The loaded models, in slot order.
@@ -155,28 +244,68 @@ impl ModelRegistry {
         self.slots().iter().filter_map(|s| s.model()).collect()
     }
 
-    /// Adds a slot for `config` (a file that appeared in the models folder); `false` if its
-    /// name or an alias is taken.
+    /// Adds `config` (a file that appeared in the models folder); `false` if its name or an
+    /// alias is taken.
     pub fn add(&self, config: ModelConfig) -> bool {
         let mut added = false;
         self.table.rcu(|t| {
             let names = std::iter::once(&config.name).chain(&config.aliases);
-            if names.clone().any(|n| t.by_name.contains_key(n)) {
-                added = false;
-                return Table::with(t.slots.clone());
+            added = !names.clone().any(|n| t.by_name.contains_key(n));
+            let mut entries = t.entries.clone();
+            if added {
+                entries.push(new_entry(&config, None));
             }
-            added = true;
-            let mut slots = t.slots.clone();
-            slots.push(new_slot(config.clone()));
-            Table::with(slots)
+            Table::with(entries)
         });
         added
     }
 
-    /// The model `name`, loading it first if it is not loaded: the request waits for the
-    /// load up to the load timeout, then gets [`ServeError::Loading`] while the load goes on.
+    /// Takes the models of a changed configuration: new versions and weights route at once;
+    /// versions whose file is unchanged keep their loaded model; versions and models that
+    /// are gone are unloaded once their requests finish. Models found in the models folder
+    /// (`folder`) stay. Blocking.
+    pub fn update(&self, models: &[ModelConfig], folder: &[ModelConfig]) {
+        let mut dropped = Vec::new();
+        self.table.rcu(|t| {
+            dropped.clear();
+            let find = |name: &str| t.entries.iter().find(|e| e.name == name);
+            let mut entries: Vec<Arc<Entry>> =
+                models.iter().map(|m| new_entry(m, find(&m.name).map(|e| &**e))).collect();
+            for e in &t.entries {
+                if !entries.iter().any(|n| n.name == e.name) && folder.iter().any(|f| f.name == e.name) {
+                    entries.push(e.clone());
+                }
+            }
+            let kept: Vec<*const Slot> =
+                entries.iter().flat_map(|e| e.versions.iter().map(|(s, _)| Arc::as_ptr(s))).collect();
+            dropped.extend(t.slots().filter(|s| !kept.contains(&Arc::as_ptr(s))).cloned());
+            Table::with(entries)
+        });
+        for slot in dropped {
+            if let Some(m) = slot.take_model() {
+                tracing::info!(model = %m.name, version = %m.version, "version removed from the configuration");
+                m.shutdown();
+            }
+        }
+    }
+
+    /// The model `name` (the version `caller` is routed to, see [`Entry::route`]), loading it
+    /// first if it is not loaded.
     pub async fn get(self: &Arc<Self>, name: &str) -> Result<Arc<ServedModel>, ServeError> {
-        let slot = self.slot(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+        self.get_routed(name, None, None).await
+    }
+
+    /// The model `name` for `caller` (its id: API key or `user`), or its version `version`,
+    /// loading it first if it is not loaded: the request waits for the load up to the load
+    /// timeout, then gets [`ServeError::Loading`] while the load goes on.
+    pub async fn get_routed(
+        self: &Arc<Self>,
+        name: &str,
+        caller: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<Arc<ServedModel>, ServeError> {
+        let entry = self.entry(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+        let slot = entry.route(caller, version)?.clone();
         self.touch(&slot);
         let now = slot.state();
         if let Some(m) = now.model {
@@ -215,11 +344,21 @@ impl ModelRegistry {
         Ok(())
     }
 
-    /// Loads the model again from its file (or for the first time) and waits for it: the
-    /// old model serves until the new one is ready; if the new one fails, the old one stays
+    /// Loads every version of `name` again from its file (or for the first time) and waits:
+    /// an old model serves until its new one is ready; if a new one fails, the old one stays
     /// and the error is returned (and kept in the index).
-    pub async fn reload(self: &Arc<Self>, name: &str) -> Result<Arc<ServedModel>, ServeError> {
-        let slot = self.slot(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+    pub async fn reload(self: &Arc<Self>, name: &str) -> Result<(), ServeError> {
+        let entry = self.entry(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+        let mut first_error = None;
+        for (slot, _) in &entry.versions {
+            if let Err(e) = self.reload_slot(slot).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn reload_slot(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Arc<ServedModel>, ServeError> {
         // a load already running may have read the file before it changed: wait it out
         loop {
             slot.state.wait_for(|s| !s.loading).await;
@@ -242,10 +381,9 @@ impl ModelRegistry {
             .map_err(|e| ServeError::Inference(format!("the load thread failed: {e}")))?
     }
 
-    /// Reloads `name` when its file is not the one the loaded model was read from (a file
+    /// Reloads `slot` when its file is not the one its loaded model was read from (a file
     /// watcher sees several events per write, and events that change nothing). Blocking.
-    pub fn reload_if_changed(&self, name: &str) -> Result<bool, ServeError> {
-        let Some(slot) = self.slot(name) else { return Ok(false) };
+    pub fn reload_if_changed(&self, slot: &Slot) -> Result<bool, ServeError> {
         let Some(current) = slot.model() else { return Ok(false) }; // loads on its next request
         if current.file_stamp.is_some() && FileStamp::of(&slot.config.path).ok() == current.file_stamp {
             return Ok(false);
@@ -261,23 +399,20 @@ impl ModelRegistry {
         if !started {
             return Ok(false);
         }
-        self.load_into(&slot).map(|_| true)
+        self.load_into(slot).map(|_| true)
     }
 
-    /// Unloads `name` (requests that hold it finish on it); it loads again on its next
-    /// request. Blocking: the model's threads are stopped here once its last request is done.
+    /// Unloads every version of `name` (requests that hold one finish on it); each loads
+    /// again on its next request. Blocking: a model's threads are stopped here once its last
+    /// request is done.
     pub fn unload(&self, name: &str) -> Result<(), ServeError> {
-        let slot = self.slot(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
-        let mut old = None;
-        slot.state.modify(|s| {
-            old = s.model.take();
-            s.error = None;
-            true
-        });
-        if let Some(m) = old {
-            tracing::info!(model = %m.name, "model unloaded");
-            self.metrics.model_unloads.get_or_create(&ModelLabel { model: m.name.clone() }).inc();
-            drop(m);
+        let entry = self.entry(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+        for (slot, _) in &entry.versions {
+            if let Some(m) = slot.take_model() {
+                tracing::info!(model = %m.name, version = %m.version, "model unloaded");
+                self.metrics.model_unloads.get_or_create(&m.label()).inc();
+                drop(m);
+            }
         }
         Ok(())
     }
@@ -296,10 +431,7 @@ impl ModelRegistry {
                 let m = s.model.as_ref();
                 IndexEntry {
                     name: slot.config.name.clone(),
-                    version: m.map_or_else(
-                        || slot.config.version.clone().unwrap_or_else(|| "1".into()),
-                        |m| m.version.clone(),
-                    ),
+                    version: slot.version().to_string(),
                     state,
                     reason: s.error.clone().unwrap_or_default(),
                     digest: m.map(|m| m.digest.clone()).unwrap_or_default(),
@@ -367,7 +499,7 @@ impl ModelRegistry {
                 });
                 if let Some(old) = old {
                     tracing::info!(model = %name, old = %old.digest, new = %model.digest, "model reloaded");
-                    self.metrics.model_reloads.get_or_create(&ModelLabel { model: name }).inc();
+                    self.metrics.model_reloads.get_or_create(&model.label()).inc();
                 }
                 // the real size may exceed the file's: hold the budget again
                 if let Err(e) = self.make_room(slot, 0) {
@@ -383,7 +515,7 @@ impl ModelRegistry {
                 };
                 let serving = slot.model().is_some();
                 tracing::error!(model = %name, error = %e, still_serving_the_old_version = serving, "model load failed");
-                self.metrics.model_load_failures.get_or_create(&ModelLabel { model: name.clone() }).inc();
+                self.metrics.model_load_failures.get_or_create(&crate::loader::label_of(&slot.config)).inc();
                 let reason = match &e {
                     ServeError::Unavailable { reason, .. } => reason.clone(),
                     other => other.to_string(),
@@ -443,7 +575,7 @@ impl ModelRegistry {
                 });
             };
             tracing::info!(model = %m.name, bytes = m.bytes, for_model = %loading.config.name, "model unloaded to make room");
-            self.metrics.model_unloads.get_or_create(&ModelLabel { model: m.name.clone() }).inc();
+            self.metrics.model_unloads.get_or_create(&m.label()).inc();
             m.shutdown();
         }
     }
@@ -532,6 +664,7 @@ mod tests {
                     aliases: vec![format!("{n}-alias")],
                     batching: None,
                     preload: Some(false),
+                    versions: Vec::new(),
                 }
             })
             .collect();
@@ -558,9 +691,9 @@ mod tests {
         assert!(matches!(r.get("c").await, Err(ServeError::UnknownModel(_))));
 
         // an unchanged file is not reloaded; a changed one is
-        assert!(!tokio::task::block_in_place(|| r.reload_if_changed("a")).unwrap());
+        assert!(!tokio::task::block_in_place(|| r.reload_if_changed(&r.slots()[0])).unwrap());
         std::fs::write(dir.path().join("a.wedge"), resigned("v2")).unwrap();
-        assert!(tokio::task::block_in_place(|| r.reload_if_changed("a")).unwrap());
+        assert!(tokio::task::block_in_place(|| r.reload_if_changed(&r.slots()[0])).unwrap());
         let new = r.get("a").await.unwrap();
         assert_ne!(new.digest, held.digest);
         let e = held.embedding().unwrap();
@@ -609,5 +742,44 @@ mod tests {
         r.reload("c").await.unwrap();
         assert_eq!(states(&r), [("a".into(), "UNAVAILABLE"), ("b".into(), "UNAVAILABLE"), ("c".into(), "READY")]);
         assert!(r.loaded_bytes() <= one + one / 2);
+    }
+
+    /// 10,000 callers split by the weights within 2 points; each caller always lands on the
+    /// same version; pinning reaches any version, weight 0 included; a changed configuration
+    /// re-weighs without reloading the versions it keeps.
+    #[test]
+    fn callers_split_by_weight_and_stay_on_their_version() {
+        let versions = |weights: &[(&str, u32)]| ModelConfig {
+            name: "m".into(),
+            path: Default::default(),
+            version: None,
+            aliases: vec![],
+            batching: None,
+            preload: Some(false),
+            versions: weights
+                .iter()
+                .map(|(v, w)| crate::config::VersionConfig { version: v.to_string(), path: bundled(), weight: *w })
+                .collect(),
+        };
+        let entry = new_entry(&versions(&[("2", 90), ("3", 10), ("4", 0)]), None);
+        let mut counts = HashMap::new();
+        for caller in 0..10_000 {
+            let id = format!("user-{caller}");
+            let v = entry.route(Some(&id), None).unwrap().version().to_string();
+            assert_eq!(entry.route(Some(&id), None).unwrap().version(), v, "sticky");
+            *counts.entry(v).or_insert(0) += 1;
+        }
+        let share = |v: &str| f64::from(*counts.get(v).unwrap_or(&0)) / 100.0;
+        assert!((share("2") - 90.0).abs() <= 2.0 && (share("3") - 10.0).abs() <= 2.0, "{counts:?}");
+        assert_eq!(share("4"), 0.0);
+        assert_eq!(entry.route(Some("anyone"), Some("4")).unwrap().version(), "4");
+        assert!(matches!(entry.route(None, Some("9")), Err(ServeError::UnknownModel(m)) if m == "m version 9"));
+        for _ in 0..50 {
+            assert_ne!(entry.route(None, None).unwrap().version(), "4", "no caller id: still by weight");
+        }
+        // a new configuration keeps the slot of an unchanged version
+        let next = new_entry(&versions(&[("2", 10), ("3", 90)]), Some(&entry));
+        assert!(Arc::ptr_eq(&next.versions[0].0, &entry.versions[0].0));
+        assert_eq!(next.versions.iter().map(|(_, w)| *w).collect::<Vec<_>>(), [10, 90]);
     }
 }

@@ -68,7 +68,7 @@ pub struct SchedulerLimits {
 
 struct Shared {
     queue: WorkQueue<Request>,
-    model: String,
+    label: ModelLabel,
     limits: SchedulerLimits,
     metrics: Arc<Metrics>,
     running: AtomicUsize,
@@ -78,7 +78,7 @@ struct Shared {
 
 impl Shared {
     fn label(&self) -> ModelLabel {
-        ModelLabel { model: self.model.clone() }
+        self.label.clone()
     }
 }
 
@@ -90,24 +90,25 @@ pub struct Scheduler {
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scheduler").field("model", &self.shared.model).field("limits", &self.shared.limits).finish()
+        f.debug_struct("Scheduler").field("model", &self.shared.label).field("limits", &self.shared.limits).finish()
     }
 }
 
 impl Scheduler {
     /// Allocates the model's cache (`max_sequences` × `ctx` positions) and starts its thread.
     pub fn start(
-        model: &str,
+        label: &ModelLabel,
         lm: Arc<LanguageModel>,
         limits: SchedulerLimits,
         metrics: Arc<Metrics>,
     ) -> Result<Scheduler, ServeError> {
+        let model = label.model.as_str();
         let state = lm
             .new_state(limits.max_sequences, limits.ctx)
             .map_err(|e| ServeError::Config(format!("model `{model}`: key/value cache: {e}")))?;
         let shared = Arc::new(Shared {
             queue: WorkQueue::new(),
-            model: model.to_string(),
+            label: label.clone(),
             limits,
             metrics,
             running: AtomicUsize::new(0),
@@ -142,7 +143,7 @@ impl Scheduler {
             let per = f64::from_bits(self.shared.request_secs.load(Ordering::Relaxed));
             let waves = (queued + 1) as f64 / self.shared.limits.max_sequences as f64;
             let retry_after_s = ((waves * per).ceil() as u64).clamp(1, 60);
-            return Err(ServeError::Overloaded { model: self.shared.model.clone(), queued, retry_after_s });
+            return Err(ServeError::Overloaded { model: self.shared.label.model.clone(), queued, retry_after_s });
         }
         q.items.push_back(Request { prompt, params, events: tx });
         self.shared.metrics.llm_waiting.get_or_create(&self.shared.label()).set(q.items.len() as i64);
@@ -160,7 +161,7 @@ impl Scheduler {
         if len >= ctx {
             return Err(ServeError::BadInput(format!(
                 "the prompt has {len} tokens; model `{}` holds {ctx} positions per sequence (prompt and completion)",
-                self.shared.model
+                self.shared.label.model
             )));
         }
         Ok(())
@@ -337,7 +338,7 @@ impl Worker<'_> {
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "the model panicked".to_string(),
                 };
-                tracing::error!(model = %self.s.model, "step failed: {msg}");
+                tracing::error!(model = %self.s.label.model, version = %self.s.label.version, "step failed: {msg}");
                 self.fail(work.iter().map(|(i, _)| *i).collect(), &msg);
                 return;
             }

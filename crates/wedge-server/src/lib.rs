@@ -31,7 +31,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::Instrument;
-use wedge_serve::{CachePolicy, Generation, ServeError, Service};
+use wedge_serve::{CachePolicy, Caller, Generation, ServeError, Service};
 
 mod api;
 mod llm;
@@ -339,29 +339,34 @@ async fn route_request(
         }
         ["v1", "embeddings"] => {
             expect(&method, Method::POST, "POST")?;
-            admit(service, req.headers(), peer)?;
+            let caller = admit(service, req.headers(), peer)?;
             let policy = cache_policy(req.headers());
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
             let r: api::OpenAiRequest = parse_json(&body)?;
             let encoding = r.encoding()?;
+            // (a caller keeps one version of a model with several: by `user`, else its key)
+            let who = r.user.as_deref().unwrap_or(caller.id());
             let model = match &r.model {
-                Some(name) => service.model(name).await?,
-                None => service.default_model(false).await?,
+                Some(name) => service.model_for(name, Some(who), None).await?,
+                None => service.default_model(false, Some(who)).await?,
             };
             r.check_dimensions(&model)?;
             let inputs = api::openai_inputs(r.input)?;
             let out = service.embed_with(model, &inputs, policy).await?;
-            Ok(with_cache(json(StatusCode::OK, api::openai_response(&out, encoding)?), out.cache_hit))
+            let resp = with_cache(json(StatusCode::OK, api::openai_response(&out, encoding)?), out.cache_hit);
+            Ok(with_version(resp, &out.model.version))
         }
         ["v1", "chat", "completions"] | ["v1", "completions"] => {
             expect(&method, Method::POST, "POST")?;
-            admit(service, req.headers(), peer)?;
+            let caller = admit(service, req.headers(), peer)?;
             let endpoint = if segments[1] == "chat" { llm::Endpoint::Chat } else { llm::Endpoint::Completions };
             let policy = cache_policy(req.headers());
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
-            let r = llm::GenRequest::parse(service, endpoint, &body, service.config().generation.max_sequences).await?;
+            let max_choices = service.config().generation.max_sequences;
+            let r = llm::GenRequest::parse(service, endpoint, &body, max_choices, &caller).await?;
             let receivers = r.submit(service, policy).await?;
             let hit = receivers.iter().all(Generation::cache_hit);
+            let version = r.model.version.clone();
             if r.stream {
                 let events = llm::EventStream::start(receivers).await?;
                 let frames = futures_util::StreamExt::map(events.frames(&r, id), |b| {
@@ -372,18 +377,22 @@ async fn route_request(
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-                Ok(with_cache(resp, hit))
+                Ok(with_version(with_cache(resp, hit), &version))
             } else {
-                Ok(with_cache(json(StatusCode::OK, llm::complete(&r, receivers, id).await?), hit))
+                let resp = with_cache(json(StatusCode::OK, llm::complete(&r, receivers, id).await?), hit);
+                Ok(with_version(resp, &version))
             }
         }
         ["tokenize"] | ["detokenize"] => {
             expect(&method, Method::POST, "POST")?;
-            admit(service, req.headers(), peer)?;
+            let caller = admit(service, req.headers(), peer)?;
             let tokenize = segments[0] == "tokenize";
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
-            let out =
-                if tokenize { llm::tokenize(service, &body).await? } else { llm::detokenize(service, &body).await? };
+            let out = if tokenize {
+                llm::tokenize(service, &body, &caller).await?
+            } else {
+                llm::detokenize(service, &body, &caller).await?
+            };
             Ok(json(StatusCode::OK, out))
         }
         ["v1", "models"] => {
@@ -404,28 +413,32 @@ async fn route_request(
         }
         ["v2", "models", name] | ["v2", "models", name, "versions", _] => {
             expect(&method, Method::GET, "GET")?;
-            admit(service, req.headers(), peer)?;
-            let m = service.model(name).await?;
-            Ok(json(StatusCode::OK, api::model_metadata(&m).to_string().into_bytes()))
+            let caller = admit(service, req.headers(), peer)?;
+            let m = service.model_for(name, Some(caller.id()), pinned(&segments)).await?;
+            Ok(with_version(json(StatusCode::OK, api::model_metadata(&m).to_string().into_bytes()), &m.version))
         }
         ["v2", "models", name, "ready"] | ["v2", "models", name, "versions", _, "ready"] => {
             expect(&method, Method::GET, "GET")?;
-            admit(service, req.headers(), peer)?;
+            let caller = admit(service, req.headers(), peer)?;
             // (asks without loading: a model that is not loaded is not ready)
-            let slot = service.registry().slot(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+            let entry = service.registry().entry(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+            let slot = entry.route(Some(caller.id()), pinned(&segments))?;
             let ready = slot.model().is_some();
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            Ok(json(status, serde_json::json!({"name": slot.config.name, "ready": ready}).to_string().into_bytes()))
+            let body = serde_json::json!({"name": entry.name, "version": slot.version(), "ready": ready});
+            Ok(with_version(json(status, body.to_string().into_bytes()), slot.version()))
         }
         ["v2", "models", name, "infer"] | ["v2", "models", name, "versions", _, "infer"] => {
             expect(&method, Method::POST, "POST")?;
-            admit(service, req.headers(), peer)?;
-            let model = service.model(name).await?; // 404 before reading a body for a model that is not here
+            let caller = admit(service, req.headers(), peer)?;
+            // 404 before reading a body for a model that is not here
+            let model = service.model_for(name, Some(caller.id()), pinned(&segments)).await?;
             let policy = cache_policy(req.headers());
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
             let (id, texts) = parse_json::<api::InferRequest>(&body)?.texts()?;
             let out = service.embed_with(model, &texts, policy).await?;
-            Ok(with_cache(json(StatusCode::OK, api::infer_response(&out, id)?), out.cache_hit))
+            let resp = with_cache(json(StatusCode::OK, api::infer_response(&out, id)?), out.cache_hit);
+            Ok(with_version(resp, &out.model.version))
         }
         // KServe v2 model repository extension: the index, and loading (or reloading) and
         // unloading by name. The load answers once the model serves (or failed, leaving the
@@ -465,14 +478,31 @@ async fn route_request(
     }
 }
 
-fn admit(service: &Service, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ServeError> {
+/// Checks the request's API key and rate; returns who it is.
+fn admit(service: &Service, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller, ServeError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    service.admit(key, &peer.ip().to_string()).map(|_| ())
+    service.admit(key, &peer.ip().to_string())
+}
+
+/// Names the model version that answered.
+fn with_version(mut r: Response<Body>, version: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(version) {
+        r.headers_mut().insert("x-wedge-model-version", v);
+    }
+    r
+}
+
+/// The version a KServe path pins (`/v2/models/{name}/versions/{v}/...`).
+fn pinned<'a>(segments: &[&'a str]) -> Option<&'a str> {
+    match segments {
+        ["v2", "models", _, "versions", v, ..] => Some(v),
+        _ => None,
+    }
 }
 
 fn cache_policy(headers: &HeaderMap) -> CachePolicy {

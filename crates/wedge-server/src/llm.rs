@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 pub(crate) use wedge::openai::Endpoint;
 use wedge::openai::{Fields, Logprobs, Request, TokenLogprobs, messages, object, token_ids};
 use wedge::{FinishReason, GenerateParams, TokenEvent};
-use wedge_serve::{CachePolicy, GenEvent, Generation, ServeError, ServedModel, Service, Usage};
+use wedge_serve::{CachePolicy, Caller, GenEvent, Generation, ServeError, ServedModel, Service, Usage};
 
 /// A parsed generation request.
 pub(crate) struct GenRequest {
@@ -32,11 +32,13 @@ fn bad(msg: String) -> ServeError {
 }
 
 /// The model a request names, or the first language model when it names none (loaded
-/// first if it is not).
-async fn language_model(service: &Service, f: &Fields<'_>) -> Result<Arc<ServedModel>, ServeError> {
+/// first if it is not); of a model with several versions, the one the request's `user` (else
+/// the caller) is routed to.
+async fn language_model(service: &Service, f: &Fields<'_>, caller: &Caller) -> Result<Arc<ServedModel>, ServeError> {
+    let who = f.string("user").map_err(bad)?.unwrap_or(caller.id());
     match f.string("model").map_err(bad)? {
-        Some(name) => service.model(name).await,
-        None => service.default_model(true).await,
+        Some(name) => service.model_for(name, Some(who), None).await,
+        None => service.default_model(true, Some(who)).await,
     }
 }
 
@@ -47,10 +49,11 @@ impl GenRequest {
         endpoint: Endpoint,
         body: &[u8],
         max_choices: usize,
+        caller: &Caller,
     ) -> Result<GenRequest, ServeError> {
         let map = object(body).map_err(bad)?;
         let f = Fields(&map);
-        let model = language_model(service, &f).await?;
+        let model = language_model(service, &f, caller).await?;
         let served = model.language()?;
         let r = Request::parse(&map, endpoint, served.model().vocab(), max_choices).map_err(bad)?;
         served.scheduler().check_prompt(r.prompt.len())?;
@@ -337,10 +340,10 @@ impl ChunkWriter {
 
 /// `POST /tokenize`: `{"model", "prompt"}` (or llama.cpp's `"content"`), or `{"model",
 /// "messages"}` rendered with the chat template; `add_special_tokens` (default true) adds BOS.
-pub(crate) async fn tokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, ServeError> {
+pub(crate) async fn tokenize(service: &Service, body: &[u8], caller: &Caller) -> Result<Vec<u8>, ServeError> {
     let map = object(body).map_err(bad)?;
     let f = Fields(&map);
-    let model = language_model(service, &f).await?;
+    let model = language_model(service, &f, caller).await?;
     let served = model.language()?;
     let vocab = served.model().vocab();
     let special = f.boolean("add_special_tokens").map_err(bad)?.unwrap_or(true);
@@ -364,10 +367,10 @@ pub(crate) async fn tokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, 
 }
 
 /// `POST /detokenize`: `{"model", "tokens": [ids]}` → `{"prompt": text}` (also as `content`).
-pub(crate) async fn detokenize(service: &Service, body: &[u8]) -> Result<Vec<u8>, ServeError> {
+pub(crate) async fn detokenize(service: &Service, body: &[u8], caller: &Caller) -> Result<Vec<u8>, ServeError> {
     let map = object(body).map_err(bad)?;
     let f = Fields(&map);
-    let model = language_model(service, &f).await?;
+    let model = language_model(service, &f, caller).await?;
     let vocab = model.language()?.model().vocab();
     let Some(Value::Array(ids)) = f.get("tokens") else {
         return Err(bad("`tokens` must be an array of token ids".into()));

@@ -32,6 +32,7 @@ fn config(model: &Path) -> Config {
         aliases: vec!["default".into()],
         batching: None,
         preload: None,
+        versions: Vec::new(),
     });
     c
 }
@@ -176,8 +177,9 @@ async fn endpoints_answer_in_both_protocols() {
         "wedge_batch_size_bucket",
         "wedge_queue_depth",
         "wedge_cache_lookups_total{tier=\"memory\",result=\"hit\"}",
-        "wedge_model_load_seconds{model=\"all-MiniLM-L6-v2\"}",
-        "wedge_device{model=\"all-MiniLM-L6-v2\",device=\"cpu\"} 1",
+        "wedge_model_load_seconds{model=\"all-MiniLM-L6-v2\",version=\"1\"}",
+        "wedge_device{model=\"all-MiniLM-L6-v2\",version=\"1\",device=\"cpu\"} 1",
+        "wedge_inferences_total{model=\"all-MiniLM-L6-v2\",version=\"1\"}",
     ] {
         assert!(m.contains(needle), "/metrics lacks {needle}:\n{m}");
     }
@@ -449,7 +451,7 @@ async fn a_models_folder_loads_on_demand_and_reloads_under_traffic() {
     let mut c = Config::default();
     c.registry.models_dir = Some(dir.path().to_path_buf());
     let s = TestServer::start(c).await;
-    let _watcher = s.service.watch_files().unwrap();
+    let _watcher = s.service.watch_files(None).unwrap();
     assert_eq!(get(&s.url("/v2/health/ready")).await.status, 200, "nothing to preload");
     let line = index_until(&s, "a", |_| true).await;
     assert_eq!((line["state"].as_str(), line["version"].as_str()), (Some("UNAVAILABLE"), Some("3")));
@@ -532,5 +534,68 @@ async fn a_models_folder_loads_on_demand_and_reloads_under_traffic() {
     let failed_load = call(Method::POST, &s.url("/v2/repository/models/a/load"), &[], "").await;
     assert_eq!(failed_load.status, 503, "{}", String::from_utf8_lossy(&failed_load.body));
     assert_eq!(post(&s.url("/v1/embeddings"), json!({"model": "a", "input": "still"})).await.status, 200);
+    s.stop().await;
+}
+
+/// Two versions under one name: a caller (`user`, else its address) keeps one version;
+/// `/versions/{v}/` pins one; answers name the version (`x-wedge-model-version`, KServe's
+/// `model_version`); a changed configuration file moves the traffic with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_routed_by_weight_pinned_by_path_and_reweighed_live() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(bundled(), dir.path().join("v2.wedge")).unwrap();
+    let changed = changed_model(dir.path());
+    std::fs::rename(&changed, dir.path().join("v3.wedge")).unwrap();
+    let toml = |w2: u32, w3: u32| {
+        format!(
+            "[[models]]\nname = \"m\"\nversions = [{{ version = \"2\", path = \"v2.wedge\", weight = {w2} }}, \
+             {{ version = \"3\", path = \"v3.wedge\", weight = {w3} }}]\n"
+        )
+    };
+    let file = dir.path().join("wedge.toml");
+    std::fs::write(&file, toml(1, 0)).unwrap();
+    let s = TestServer::start(Config::load(&file).unwrap()).await;
+    let _watcher = s.service.watch_files(Some(&file)).unwrap();
+    let version_of = |user: String| {
+        let url = s.url("/v1/embeddings");
+        async move {
+            let r = post(&url, json!({"model": "m", "input": "edge", "user": user})).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.header("x-wedge-model-version").to_string()
+        }
+    };
+    for u in 0..20 {
+        assert_eq!(version_of(format!("u{u}")).await, "2", "weight 0 takes no one");
+    }
+    let pinned = post(
+        &s.url("/v2/models/m/versions/3/infer"),
+        json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["edge"]}]}),
+    )
+    .await;
+    assert_eq!((pinned.status, pinned.header("x-wedge-model-version")), (StatusCode::OK, "3"));
+    assert_eq!(pinned.json()["model_version"], "3");
+    assert_eq!(get(&s.url("/v2/models/m/versions/9")).await.status, 404);
+    let index = call(Method::POST, &s.url("/v2/repository/index"), &[], "").await.json();
+    let lines: Vec<_> = index.as_array().unwrap().iter().map(|l| (l["name"].clone(), l["version"].clone())).collect();
+    assert_eq!(lines, [(json!("m"), json!("2")), (json!("m"), json!("3"))]);
+
+    // re-weighed in the file: a half each, by caller, sticky
+    std::fs::write(&file, toml(1, 1)).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..100 {
+        seen.clear();
+        for u in 0..40 {
+            *seen.entry(version_of(format!("u{u}")).await).or_insert(0) += 1;
+        }
+        if seen.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.len(), 2, "both versions take callers: {seen:?}");
+    for u in 0..40 {
+        let first = version_of(format!("u{u}")).await;
+        assert_eq!(version_of(format!("u{u}")).await, first, "a caller stays on its version");
+    }
     s.stop().await;
 }

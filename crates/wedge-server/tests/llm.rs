@@ -43,6 +43,7 @@ fn config(gguf: &Path) -> Config {
         aliases: vec![],
         batching: None,
         preload: None,
+        versions: Vec::new(),
     };
     c.models.push(model("smollm2", gguf.to_path_buf()));
     c.models.push(model("minilm", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge")));
