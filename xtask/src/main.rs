@@ -134,6 +134,7 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
     }
     if opts.strict {
         tests.env("WEDGE_REQUIRE_GPU", "1").env("WEDGE_REQUIRE_MODEL", "1").env("WEDGE_REQUIRE_NODE", "1");
+        tests.env("WEDGE_REQUIRE_REDIS", "1");
     }
     match run::build_tests(report, "build tests", cargo(&["test", "--locked", "--workspace", "--no-run"])) {
         Some(suites) => run::cargo_tests(report, "rust tests", tests, &suites),

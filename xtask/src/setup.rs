@@ -15,6 +15,8 @@ pub(crate) enum Need {
     Vulkan,
     /// Debian's Chromium: the browser tests.
     Chromium,
+    /// Debian's redis-server: the shared cache tier's tests start their own.
+    Redis,
     /// rustup's wasm32-unknown-unknown target: the web build and its lints.
     Wasm32,
     /// rustup's wasm32-wasip1 target: the CPU kernels' tests as wasm (run by Node).
@@ -50,8 +52,12 @@ impl Setup {
 }
 
 /// Debian packages, and what each is for.
-const APT: [(&str, Need); 3] =
-    [("mesa-vulkan-drivers", Need::Vulkan), ("libvulkan1", Need::Vulkan), ("chromium", Need::Chromium)];
+const APT: [(&str, Need); 4] = [
+    ("mesa-vulkan-drivers", Need::Vulkan),
+    ("libvulkan1", Need::Vulkan),
+    ("chromium", Need::Chromium),
+    ("redis-server", Need::Redis),
+];
 
 /// Finds or installs every prerequisite, each as a timed set-up step of the report.
 pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {

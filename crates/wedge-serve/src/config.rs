@@ -242,7 +242,7 @@ impl Default for GenerationConfig {
     }
 }
 
-/// The two-tier prediction cache.
+/// The prediction cache: memory, disk and Redis tiers.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
@@ -256,6 +256,13 @@ pub struct CacheConfig {
     pub disk_path: Option<PathBuf>,
     /// Tier 2 bound, in bytes of stored values.
     pub disk_bytes: u64,
+    /// Tier 3, shared by the nodes of a region: `redis://host:port[/db]`; none without it.
+    pub redis_url: Option<String>,
+    /// Prefix of this cluster's keys in Redis.
+    pub redis_prefix: String,
+    /// Longest wait for Redis per call, in milliseconds; past it the call counts as failed
+    /// and the request goes on without Redis.
+    pub redis_timeout_ms: u64,
 }
 
 impl Default for CacheConfig {
@@ -266,6 +273,9 @@ impl Default for CacheConfig {
             ttl_secs: 24 * 3600,
             disk_path: None,
             disk_bytes: 1 << 30,
+            redis_url: None,
+            redis_prefix: "wedge:".into(),
+            redis_timeout_ms: 50,
         }
     }
 }

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub cache: Family<CacheLabel, Counter>,
     /// Seconds per cache tier operation.
     pub cache_seconds: Family<CacheOpLabel, Histogram>,
+    /// A shared tier's failed (`get`, `put`), skipped (breaker open) and damaged values.
+    pub cache_tier_errors: Family<CacheOpLabel, Counter>,
+    /// 1 while a shared tier's breaker is open.
+    pub cache_tier_open: Family<CacheOpLabel, Gauge>,
     /// Disk-tier values that failed their checksum and were dropped.
     pub cache_corrupt: Counter,
     /// Disk-tier writes dropped because the writer was behind.
@@ -128,6 +132,8 @@ impl Metrics {
             model_unloads: Family::default(),
             model_load_failures: Family::default(),
             cache: Family::default(),
+            cache_tier_errors: Family::default(),
+            cache_tier_open: Family::default(),
             cache_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_01, 4.0, 10))),
             cache_corrupt: Counter::default(),
             cache_write_dropped: Counter::default(),
@@ -159,6 +165,16 @@ impl Metrics {
         );
         registry.register("wedge_cache_lookups", "Prediction cache lookups by tier and result", m.cache.clone());
         registry.register("wedge_cache_tier_seconds", "Seconds per cache tier get or put", m.cache_seconds.clone());
+        registry.register(
+            "wedge_cache_tier_errors",
+            "Shared cache tier calls that failed or timed out, were skipped by its breaker, or held damaged values",
+            m.cache_tier_errors.clone(),
+        );
+        registry.register(
+            "wedge_cache_tier_open",
+            "1 while a shared cache tier's breaker is open",
+            m.cache_tier_open.clone(),
+        );
         registry.register(
             "wedge_cache_corrupt",
             "Disk cache values dropped for a bad checksum",

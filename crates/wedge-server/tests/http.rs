@@ -599,3 +599,126 @@ async fn versions_are_routed_by_weight_pinned_by_path_and_reweighed_live() {
     }
     s.stop().await;
 }
+
+/// A `redis-server` of Debian's package on a loopback port, killed when dropped.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one on `port` (a free one when `None`); `None` (reported) without the binary.
+    fn start(port: Option<u16>) -> Option<Redis> {
+        if std::process::Command::new("redis-server").arg("--version").output().is_err() {
+            wedge_testkit::unavailable("WEDGE_REQUIRE_REDIS", "the Redis cache tier", "no redis-server on PATH");
+            return None;
+        }
+        let port =
+            port.unwrap_or_else(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Redis { child, port };
+        for _ in 0..100 {
+            if r.dbsize().is_some() {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    /// Keys stored, asked in Redis's own protocol.
+    fn dbsize(&self) -> Option<u64> {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        tcp.write_all(b"*1\r\n$6\r\nDBSIZE\r\n").ok()?;
+        let mut buf = [0u8; 64];
+        let n = tcp.read(&mut buf).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.trim().strip_prefix(':')?.parse().ok()
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+/// Two nodes share a real Redis: a miss on one is a hit on the other. Redis killed mid-run
+/// fails no request; restarted, it is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_a_redis_tier_that_may_die() {
+    let Some(redis) = Redis::start(None) else { return };
+    let node = || {
+        let mut c = config(&bundled());
+        c.cache.redis_url = Some(redis.url());
+        c.cache.redis_prefix = "test:".into();
+        c.cache.redis_timeout_ms = 1000; // (a loaded CI machine; the breaker is what is tested)
+        TestServer::start(c)
+    };
+    let (a, b) = (node().await, node().await);
+    let embed = |s: &TestServer, text: String| {
+        let url = s.url("/v1/embeddings");
+        async move {
+            let r = post(&url, json!({"input": text})).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            (r.header("x-wedge-cache").to_string(), r.json()["data"][0]["embedding"].clone())
+        }
+    };
+    let shared_once = |tag: &str| {
+        let text = format!("shared between the nodes {tag}");
+        let (a, b, redis) = (&a, &b, &redis);
+        async move {
+            let (from_a, va) = embed(a, text.clone()).await;
+            assert_eq!(from_a, "miss");
+            for _ in 0..100 {
+                if redis.dbsize().unwrap_or(0) > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let (from_b, vb) = embed(b, text).await;
+            assert_eq!(from_b, "hit", "node b found node a's vector in Redis");
+            assert_eq!(va, vb);
+        }
+    };
+    shared_once("1").await;
+    assert!(metric(&b, "wedge_cache_lookups_total{tier=\"redis\",result=\"hit\"}").await >= 1.0);
+
+    // Redis dies: every request is still answered, from the local tiers or computed
+    let port = redis.port;
+    drop(redis);
+    for i in 0..12 {
+        for s in [&a, &b] {
+            embed(s, format!("while redis is down {i}")).await;
+        }
+    }
+    assert!(metric(&a, "wedge_cache_tier_errors_total").await >= 1.0);
+    assert_eq!(metric(&a, "wedge_cache_tier_open{tier=\"redis\",op=\"breaker\"}").await, 1.0);
+
+    // back on its port (empty): used again once the breaker's cool-down is over
+    let redis = Redis::start(Some(port)).unwrap();
+    let mut shared = false;
+    for round in 0..40 {
+        let text = format!("after the restart {round}");
+        let (_, va) = embed(&a, text.clone()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if redis.dbsize().unwrap_or(0) > 0 {
+            let (from_b, vb) = embed(&b, text).await;
+            assert_eq!((from_b.as_str(), &vb), ("hit", &va));
+            shared = true;
+            break;
+        }
+    }
+    assert!(shared, "the restarted Redis was never written again");
+    a.stop().await;
+    b.stop().await;
+}

@@ -31,11 +31,11 @@ const MAGIC_COMPLETION: u32 = 0x5745_4332; // "WEC2"
 /// magic, seq, expires (unix ms), count, crc
 const RECORD_HEADER: usize = 4 + 8 + 8 + 4 + 4;
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn encode(seq: u64, expires: u64, value: &Cached) -> Vec<u8> {
+pub(super) fn encode(seq: u64, expires: u64, value: &Cached) -> Vec<u8> {
     let (magic, count, payload) = match value {
         Cached::Vector(v) => {
             let mut payload = Vec::with_capacity(v.len() * 4);
@@ -63,13 +63,13 @@ fn encode(seq: u64, expires: u64, value: &Cached) -> Vec<u8> {
 }
 
 /// A decoded record: its sequence number, expiry and value.
-struct Record {
-    seq: u64,
-    expires: u64,
-    value: Cached,
+pub(super) struct Record {
+    pub(super) seq: u64,
+    pub(super) expires: u64,
+    pub(super) value: Cached,
 }
 
-fn decode(bytes: &[u8]) -> Option<Record> {
+pub(super) fn decode(bytes: &[u8]) -> Option<Record> {
     let word = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
     let long = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?)) };
     let magic = word(0)?;

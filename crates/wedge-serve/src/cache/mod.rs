@@ -1,11 +1,12 @@
 //! The prediction cache, of embeddings and of generated completions: ordered [`Tier`]s behind
-//! one [`Cache`]. A lookup goes down the tiers (memory, then disk) and fills the faster ones
+//! one [`Cache`]. A lookup goes down the tiers (memory, disk, Redis) and fills the faster ones
 //! with what a slower one had; a computed value goes into every tier. Concurrent misses of one
 //! key share one computation (single flight). Every tier's lookups are counted by tier and
 //! result, and timed.
 
 mod disk;
 mod memory;
+mod redis_tier;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use tokio::sync::OnceCell;
 
 pub use disk::DiskCache;
 pub use memory::MemoryCache;
+pub use redis_tier::RedisTier;
 
 use crate::ServeError;
 use crate::batcher::Vector;
@@ -112,8 +114,8 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// The tiers `config` asks for (memory, then disk when it has a path); `None` when the
-    /// cache is off.
+    /// The tiers `config` asks for (memory, then disk when it has a path, then Redis when it
+    /// has a URL); `None` when the cache is off.
     pub fn open(config: &CacheConfig, metrics: Arc<Metrics>) -> Result<Option<Cache>, ServeError> {
         if !config.enabled {
             return Ok(None);
@@ -122,6 +124,10 @@ impl Cache {
         let mut tiers: Vec<Arc<dyn Tier>> = vec![Arc::new(MemoryCache::new(config.memory_bytes, ttl))];
         if let Some(p) = &config.disk_path {
             tiers.push(Arc::new(DiskCache::open(p, config.disk_bytes, ttl, metrics.clone())?));
+        }
+        if let Some(url) = &config.redis_url {
+            let timeout = Duration::from_millis(config.redis_timeout_ms);
+            tiers.push(Arc::new(RedisTier::new(url, &config.redis_prefix, ttl, timeout, metrics.clone())?));
         }
         Ok(Some(Cache::new(tiers, metrics)))
     }
