@@ -297,7 +297,8 @@ impl ModelRegistry {
         for slot in dropped {
             if let Some(m) = slot.take_model() {
                 tracing::info!(model = %m.name, version = %m.version, "version removed from the configuration");
-                m.shutdown();
+                // (its requests in flight hold it: it stops when the last one is done)
+                drop(m);
             }
         }
     }
