@@ -476,8 +476,9 @@ impl ModelRegistry {
         };
         match result {
             Ok(model) => {
-                // the real size may exceed the file's: make room for it before it serves
-                if let Err(e) = self.make_room(slot, model.bytes.saturating_sub(file_len(&slot.config))) {
+                // the real size may exceed the file's: make room for all of it (it is not counted
+                // yet) before it serves
+                if let Err(e) = self.make_room(slot, model.bytes) {
                     tracing::warn!("{e}");
                 }
                 let (label, digest) = (model.label(), model.digest.clone());
