@@ -91,6 +91,7 @@ pub struct GpuContext {
     layouts: HashMap<Family, FamilyLayout>,
     pipelines: Mutex<HashMap<KernelKey, Arc<wgpu::ComputePipeline>>>,
     pub(crate) dummy: wgpu::Buffer,
+    pub(crate) health: Arc<crate::health::Health>,
     /// Use the tiled (workgroup-memory) GEMM for many rows; otherwise the barrier-free
     /// row-block kernel, which needs no workgroup memory.
     tiled_gemm: AtomicBool,
@@ -142,6 +143,7 @@ impl GpuContext {
         };
         let (device, queue) = adapter.request_device(&desc).await.map_err(|e| GpuError::Device(e.to_string()))?;
         let limits = device.limits();
+        let health = crate::health::Health::watch(&device);
         let summary = AdapterSummary {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend).to_lowercase(),
@@ -182,10 +184,25 @@ impl GpuContext {
             layouts,
             pipelines: Mutex::new(HashMap::new()),
             dummy,
+            health,
             tiled_gemm,
             subgroups,
             f16,
         })
+    }
+
+    /// Makes every run on this context fail or hang (`None` clears it; a hung run then goes
+    /// on). For tests of what serves on top; not in normal builds.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&self, fault: Option<crate::Fault>) {
+        self.health.inject(fault, 0);
+    }
+
+    /// [`GpuContext::inject_fault`] after `runs` more runs went well (a fault in the middle of
+    /// a generation, at a known step).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault_after(&self, runs: u64, fault: crate::Fault) {
+        self.health.inject(Some(fault), runs);
     }
 
     /// What adapter this is.

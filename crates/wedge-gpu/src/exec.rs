@@ -176,6 +176,7 @@ struct Dispatch {
 /// built once, so it can be run again and again (serving, benchmarks).
 pub struct ResidentRun {
     device: wgpu::Device,
+    health: Arc<crate::health::Health>,
     queue: wgpu::Queue,
     plan: Arc<Plan>,
     slots: Vec<wgpu::Buffer>,
@@ -565,6 +566,7 @@ impl ResidentRun {
         tables.push(scratch);
         Ok(ResidentRun {
             device: ctx.device.clone(),
+            health: ctx.health.clone(),
             queue: ctx.queue.clone(),
             plan,
             slots,
@@ -665,6 +667,9 @@ impl ResidentRun {
         rx.await
             .map_err(|_| GpuError::Readback("the device was lost before the results arrived".into()))?
             .map_err(|e| GpuError::Readback(e.to_string()))?;
+        // a lost device or an error while running fails the run, rather than hand on what
+        // the buffers happen to hold
+        self.health.check()?;
         let mut outs = Vec::with_capacity(infos.len());
         {
             let view = staging.slice(..).get_mapped_range().map_err(|e| GpuError::Readback(e.to_string()))?;

@@ -12,9 +12,12 @@
 
 mod context;
 mod exec;
+mod health;
 
 pub use context::{AdapterChoice, AdapterSummary, GpuContext};
 pub use exec::{GpuState, GpuWeights, ResidentRun, execute};
+#[cfg(feature = "fault-injection")]
+pub use health::Fault;
 
 use thiserror::Error;
 
@@ -52,6 +55,12 @@ pub enum GpuError {
     /// The adapter lacks something a kernel of this plan needs.
     #[error("{0}")]
     Unsupported(String),
+    /// The device was lost (driver reset, GPU removed, out of memory on some drivers).
+    #[error("the GPU device was lost: {0}")]
+    Lost(String),
+    /// The device reported an error while running.
+    #[error("GPU error: {0}")]
+    Fault(String),
     /// Reading results back failed.
     #[error("readback failed: {0}")]
     Readback(String),

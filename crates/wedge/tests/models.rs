@@ -425,3 +425,21 @@ fn generation_streams_asynchronously_as_it_iterates() {
     assert!(!iterated.is_empty());
     assert_eq!(iterated, streamed);
 }
+
+/// A GPU device that is lost (destroyed here, as a driver reset would) fails the runs on it
+/// with an error, not a panic or the stale contents of its buffers: the serving breaker then
+/// moves the model to the CPU.
+#[test]
+fn a_lost_device_fails_its_runs_with_an_error() {
+    let device = match Device::gpu() {
+        Ok(d) => d,
+        Err(e) => return wedge_testkit::unavailable("WEDGE_REQUIRE_GPU", "a lost GPU device", &e.to_string()),
+    };
+    let mg = encoder_config().build().unwrap();
+    let session = Session::new(&device, mg.graph.clone(), random_weights(&mg, Format::Q8, 7)).unwrap();
+    let inputs = encoder_inputs(&[5, 3], 4);
+    session.run(&inputs).unwrap();
+    device.gpu_context().unwrap().device_queue().0.destroy();
+    let e = session.run(&inputs).unwrap_err();
+    assert!(matches!(e, wedge::Error::Gpu(_)) && !e.is_input(), "{e:?}");
+}
