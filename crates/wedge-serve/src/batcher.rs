@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use wedge::Tokens;
 
 use crate::ServeError;
+use crate::breaker::DeviceKind;
 use crate::config::BatchingConfig;
 use crate::metrics::{Metrics, ModelLabel};
 use crate::worker::{WorkQueue, WorkerThread};
@@ -16,13 +17,17 @@ use crate::worker::{WorkQueue, WorkerThread};
 /// One embedding.
 pub type Vector = Arc<[f32]>;
 
-/// Runs one batch: a vector per input, in order. A [`ServeError::BadInput`] says an input is
-/// at fault: the batch's inputs are then run one by one, so that only the faulty one fails.
-pub type RunBatch = Box<dyn Fn(&[Tokens]) -> Result<Vec<Vec<f32>>, ServeError> + Send>;
+/// Runs one batch: a vector per input, in order, and the device that ran it. A
+/// [`ServeError::BadInput`] says an input is at fault: the batch's inputs are then run one by
+/// one, so that only the faulty one fails.
+pub type RunBatch = Box<dyn Fn(&[Tokens]) -> Result<(Vec<Vec<f32>>, DeviceKind), ServeError> + Send>;
+
+/// An input's embedding and the device that computed it.
+pub type Embedded = (Vector, DeviceKind);
 
 struct Item {
     tokens: Tokens,
-    reply: oneshot::Sender<Result<Vector, ServeError>>,
+    reply: oneshot::Sender<Result<Embedded, ServeError>>,
     queued_at: Instant,
 }
 
@@ -72,7 +77,7 @@ impl Batcher {
     }
 
     /// Queues one input; the receiver gets its embedding. Refused when the queue is full.
-    pub fn submit(&self, tokens: Tokens) -> Result<oneshot::Receiver<Result<Vector, ServeError>>, ServeError> {
+    pub fn submit(&self, tokens: Tokens) -> Result<oneshot::Receiver<Result<Embedded, ServeError>>, ServeError> {
         let (tx, rx) = oneshot::channel();
         let mut q = self.shared.queue.lock();
         if q.closed {
@@ -151,10 +156,10 @@ fn work(s: &Shared, run: &RunBatch) {
         s.metrics.batch_seconds.get_or_create(&label).observe(secs);
         s.per_input_s.store((secs / batch.len() as f64).to_bits(), std::sync::atomic::Ordering::Relaxed);
         match result {
-            Ok(vectors) => {
+            Ok((vectors, device)) => {
                 s.metrics.inferences.get_or_create(&label).inc_by(batch.len() as u64);
                 for (item, v) in batch.into_iter().zip(vectors) {
-                    let _ = item.reply.send(Ok(v.into())); // the waiter may have gone
+                    let _ = item.reply.send(Ok((v.into(), device))); // the waiter may have gone
                 }
             }
             // one input at fault fails its own request, not its batch's neighbours'
@@ -164,7 +169,7 @@ fn work(s: &Shared, run: &RunBatch) {
                     if one.is_ok() {
                         s.metrics.inferences.get_or_create(&label).inc();
                     }
-                    let _ = item.reply.send(one.map(|mut v| v.remove(0).into()));
+                    let _ = item.reply.send(one.map(|(mut v, device)| (v.remove(0).into(), device)));
                 }
             }
             Err(e) => {
@@ -178,8 +183,8 @@ fn work(s: &Shared, run: &RunBatch) {
 }
 
 /// Runs a batch; a panic, or a vector count other than the input count, is a failed run.
-fn run_caught(run: &RunBatch, tokens: &[Tokens]) -> Result<Vec<Vec<f32>>, ServeError> {
-    let vectors = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(tokens)))
+fn run_caught(run: &RunBatch, tokens: &[Tokens]) -> Result<(Vec<Vec<f32>>, DeviceKind), ServeError> {
+    let (vectors, device) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(tokens)))
         .unwrap_or_else(|_| Err(ServeError::Inference("the model panicked".into())))?;
     if vectors.len() != tokens.len() {
         return Err(ServeError::Inference(format!(
@@ -188,7 +193,7 @@ fn run_caught(run: &RunBatch, tokens: &[Tokens]) -> Result<Vec<Vec<f32>>, ServeE
             tokens.len()
         )));
     }
-    Ok(vectors)
+    Ok((vectors, device))
 }
 
 #[cfg(test)]
@@ -206,7 +211,7 @@ mod tests {
         Box::new(move |batch: &[Tokens]| {
             sizes.lock().unwrap().push(batch.len());
             std::thread::sleep(pause);
-            Ok(batch.iter().map(|t| vec![t.ids[0] as f32]).collect())
+            Ok((batch.iter().map(|t| vec![t.ids[0] as f32]).collect(), DeviceKind::Cpu))
         })
     }
 
@@ -222,7 +227,7 @@ mod tests {
             Batcher::start(&ModelLabel::new("m", "1"), settings, metrics(), recording(sizes.clone(), Duration::ZERO));
         let rxs: Vec<_> = (0..20).map(|i| b.submit(tokens(i)).unwrap()).collect();
         for (i, rx) in rxs.into_iter().enumerate() {
-            assert_eq!(&*rx.await.unwrap().unwrap(), &[i as f32]);
+            assert_eq!(&*rx.await.unwrap().unwrap().0, &[i as f32]);
         }
         let sizes = sizes.lock().unwrap().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 20);
@@ -280,14 +285,14 @@ mod tests {
             if batch.iter().any(|t| t.ids[0] == 13) {
                 return Err(ServeError::BadInput("13 is unlucky".into()));
             }
-            Ok(batch.iter().map(|t| vec![t.ids[0] as f32]).collect())
+            Ok((batch.iter().map(|t| vec![t.ids[0] as f32]).collect(), DeviceKind::Cpu))
         });
         let settings = BatchingConfig { max_batch_size: 8, max_queue_delay_us: 50_000, max_queue: 100 };
         let b = Batcher::start(&ModelLabel::new("m", "1"), settings, metrics(), run);
         let rxs: Vec<_> = [12, 13, 14].into_iter().map(|i| b.submit(tokens(i)).unwrap()).collect();
         let got: Vec<_> = futures_util::future::join_all(rxs).await.into_iter().map(Result::unwrap).collect();
-        assert_eq!(&*got[0].clone().unwrap(), &[12.0]);
+        assert_eq!(&*got[0].clone().unwrap().0, &[12.0]);
         assert!(matches!(&got[1], Err(ServeError::BadInput(m)) if m == "13 is unlucky"));
-        assert_eq!(&*got[2].clone().unwrap(), &[14.0]);
+        assert_eq!(&*got[2].clone().unwrap().0, &[14.0]);
     }
 }

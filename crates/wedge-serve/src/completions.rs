@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use wedge::{FinishReason, GenerateParams, TokenEvent};
 
+use crate::auth::{Caller, Quotas};
 use crate::cache::{Cache, Cached, Key};
 use crate::config::GenerationConfig;
 use crate::scheduler::{GenEvent, GenReceiver, Usage};
@@ -158,11 +159,35 @@ enum Source {
     Replay(VecDeque<GenEvent>),
 }
 
+/// The quota a generation's tokens count in: the usage once it is done, or, if it ends
+/// early, what it got (and its prompt, unless it failed).
+pub(crate) struct Account {
+    quotas: Arc<Quotas>,
+    caller: Caller,
+    prompt_tokens: usize,
+    seen: usize,
+    failed: bool,
+}
+
+impl Account {
+    pub(crate) fn new(quotas: Arc<Quotas>, caller: Caller, prompt_tokens: usize) -> Option<Account> {
+        Some(Account { quotas, caller, prompt_tokens, seen: 0, failed: false })
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let prompt = if self.failed { 0 } else { self.prompt_tokens };
+        self.quotas.charge(&self.caller, (prompt + self.seen) as u64);
+    }
+}
+
 /// The events of one generation request, from the scheduler or replayed from the cache, in
 /// the order [`GenEvent`] describes. Dropping it cancels a running request.
 pub struct Generation {
     source: Source,
     recording: Option<Recording>,
+    account: Option<Account>,
     hit: bool,
 }
 
@@ -174,14 +199,14 @@ impl std::fmt::Debug for Generation {
 
 impl Generation {
     /// A request the scheduler runs; stored under `store`'s key when it is done.
-    pub(crate) fn live(rx: GenReceiver, store: Option<(Key, Arc<Cache>)>) -> Generation {
+    pub(crate) fn live(rx: GenReceiver, store: Option<(Key, Arc<Cache>)>, account: Option<Account>) -> Generation {
         let recording = store.map(|(key, cache)| Recording { key, tokens: Vec::new(), cache });
-        Generation { source: Source::Live(rx), recording, hit: false }
+        Generation { source: Source::Live(rx), recording, account, hit: false }
     }
 
     /// A completion replayed from the cache.
-    pub(crate) fn replay(c: &Completion) -> Generation {
-        Generation { source: Source::Replay(c.events()), recording: None, hit: true }
+    pub(crate) fn replay(c: &Completion, account: Option<Account>) -> Generation {
+        Generation { source: Source::Replay(c.events()), recording: None, account, hit: true }
     }
 
     /// Whether it is answered from the cache.
@@ -200,8 +225,14 @@ impl Generation {
                 if let Some(r) = &mut self.recording {
                     r.tokens.push(StoredToken::new(t));
                 }
+                if let Some(a) = &mut self.account {
+                    a.seen += 1;
+                }
             }
             GenEvent::Done { finish, usage } => {
+                if let Some(a) = &mut self.account {
+                    (a.prompt_tokens, a.seen) = (usage.prompt_tokens, usage.completion_tokens);
+                }
                 if let Some(r) = self.recording.take() {
                     let c = Arc::new(Completion {
                         tokens: r.tokens,
@@ -212,7 +243,12 @@ impl Generation {
                     r.cache.put(r.key, Cached::Completion(c)).await;
                 }
             }
-            GenEvent::Failed(_) => self.recording = None,
+            GenEvent::Failed(_) => {
+                self.recording = None;
+                if let Some(a) = &mut self.account {
+                    a.failed = true;
+                }
+            }
         }
         Some(event)
     }

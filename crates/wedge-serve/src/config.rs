@@ -29,6 +29,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// The GPU→CPU circuit breaker of models served on a GPU.
+    pub breaker: BreakerConfig,
     /// API keys.
     pub auth: AuthConfig,
     /// TLS; plain HTTP without it.
@@ -47,6 +49,7 @@ impl Default for Config {
             generation: GenerationConfig::default(),
             cache: CacheConfig::default(),
             limits: LimitsConfig::default(),
+            breaker: BreakerConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
         }
@@ -311,7 +314,29 @@ impl Default for LimitsConfig {
     }
 }
 
-/// API keys. With none, the server is open.
+/// The circuit breaker between a model's GPU and the CPU: a GPU error, a lost device or a run
+/// past the watchdog moves the model's traffic to a CPU copy of the same file (made on first
+/// need) and reruns the run that faulted there; after `probe_after_ms` a probe run tries the
+/// GPU again, and traffic goes back when it succeeds.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Whether models on a GPU have a breaker (without it a GPU fault fails its requests).
+    pub enabled: bool,
+    /// Longest a GPU batch or step may take, in milliseconds; past it the GPU counts as hung.
+    pub watchdog_ms: u64,
+    /// Milliseconds the breaker stays open before a probe tries the GPU again.
+    pub probe_after_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> BreakerConfig {
+        BreakerConfig { enabled: true, watchdog_ms: 30_000, probe_after_ms: 5_000 }
+    }
+}
+
+/// Who may call: API keys and JWT bearer tokens, what each may use, and quotas. With neither
+/// keys nor JWT settings the server is open.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -319,6 +344,82 @@ pub struct AuthConfig {
     pub api_key_sha256: Vec<String>,
     /// Keys in the clear (hashed when loaded; prefer `api_key_sha256`).
     pub api_keys: Vec<String>,
+    /// Keys with settings of their own: the models they may use, `/metrics`, their quota.
+    pub keys: Vec<KeyConfig>,
+    /// JWT bearer tokens, as another way in.
+    pub jwt: Option<JwtConfig>,
+    /// Requests and tokens each caller may use per period (keys may set their own).
+    pub quota: QuotaConfig,
+    /// Serve `/metrics` without credentials even when they are required elsewhere.
+    pub metrics_public: bool,
+}
+
+/// One API key with settings of its own.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Hex SHA-256 digest of the key.
+    pub sha256: Option<String>,
+    /// The key in the clear (prefer `sha256`).
+    pub key: Option<String>,
+    /// The models (by name) it may use; all when not given.
+    pub models: Option<Vec<String>>,
+    /// Whether it may read `/metrics` (default true).
+    #[serde(default = "yes")]
+    pub metrics: bool,
+    /// Requests per quota period (overrides `[auth.quota] requests`; 0: no bound).
+    pub requests: Option<u64>,
+    /// Tokens per quota period (overrides `[auth.quota] tokens`; 0: no bound).
+    pub tokens: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// JWT bearer tokens: signed with a shared HS256 secret, or by a key of a JWKS file (RS256,
+/// ES256 and the other RSA, ECDSA and EdDSA algorithms, chosen by the token's `kid`). A token
+/// needs `sub` and `exp`; its `scope` (space-separated) or `scp` (a list) says what it may
+/// use: `model:NAME` a model, `model:*` every model, `metrics` the `/metrics` route.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The HS256 secret.
+    pub hs256_secret: Option<String>,
+    /// A file holding the HS256 secret (its bytes, a trailing newline dropped).
+    pub hs256_secret_file: Option<PathBuf>,
+    /// A JWKS file (`{"keys": [...]}`) of public keys.
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` tokens must carry, when given.
+    pub issuer: Option<String>,
+    /// The `aud` tokens must carry, when given.
+    pub audience: Option<String>,
+    /// Seconds of clock difference allowed on `exp` and `nbf` (default 60).
+    #[serde(default = "sixty")]
+    pub leeway_secs: u64,
+}
+
+fn sixty() -> u64 {
+    60
+}
+
+/// Quotas: what each caller (API key, token subject, or client address on an open server)
+/// may use per period, counted by this node. 0: no bound.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// The period, in seconds (a window that starts at a caller's first request).
+    pub period_secs: u64,
+    /// Requests per period.
+    pub requests: u64,
+    /// Tokens per period: prompt (or input) tokens plus generated ones.
+    pub tokens: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> QuotaConfig {
+        QuotaConfig { period_secs: 86_400, requests: 0, tokens: 0 }
+    }
 }
 
 /// TLS certificate chain and private key, PEM.
@@ -357,6 +458,11 @@ impl Config {
         if let Some(t) = &mut c.tls {
             rel(&mut t.cert);
             rel(&mut t.key);
+        }
+        if let Some(j) = &mut c.auth.jwt {
+            for p in [&mut j.hs256_secret_file, &mut j.jwks_file].into_iter().flatten() {
+                rel(p);
+            }
         }
         Ok(c)
     }
@@ -440,6 +546,12 @@ impl Config {
         }
         if wedge::KvType::parse(&g.kv).is_none() {
             return bad(format!("generation: kv `{}`: use f32 or f16", g.kv));
+        }
+        if self.breaker.enabled && (self.breaker.watchdog_ms == 0 || self.breaker.probe_after_ms == 0) {
+            return bad("breaker: watchdog_ms and probe_after_ms must be at least 1".into());
+        }
+        if self.auth.quota.period_secs == 0 {
+            return bad("auth.quota: period_secs must be at least 1".into());
         }
         if self.registry.load_timeout_secs == 0 {
             return bad("registry: load_timeout_secs must be at least 1".into());

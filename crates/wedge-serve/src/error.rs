@@ -15,6 +15,22 @@ pub enum ServeError {
     /// No or a wrong API key (401).
     #[error("a valid API key is required (Authorization: Bearer KEY)")]
     Unauthorized,
+    /// A bearer token that is not valid: expired, badly signed, for another audience (401).
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// The caller may not use this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller's quota for the period is used up (429).
+    #[error("quota exceeded: {limit} {what} per period; retry in {retry_after_s} s")]
+    QuotaExceeded {
+        /// `requests` or `tokens`.
+        what: &'static str,
+        /// The bound.
+        limit: u64,
+        /// Seconds until the period ends.
+        retry_after_s: u64,
+    },
     /// Over the per-key rate (429).
     #[error("rate limit exceeded; retry in {retry_after_s} s")]
     RateLimited {

@@ -35,6 +35,7 @@ use wedge::{Device, Embedder, GenerateParams, Tokens};
 
 pub mod auth;
 pub mod batcher;
+pub mod breaker;
 pub mod cache;
 mod completions;
 pub mod config;
@@ -47,10 +48,11 @@ pub mod scheduler;
 pub mod watch;
 mod worker;
 
-pub use auth::{ApiKeys, Caller, RateLimits};
+pub use auth::{Caller, Credentials, QuotaLeft, Quotas, RateLimits};
 pub use batcher::{Batcher, Vector};
+pub use breaker::{BreakerState, DeviceKind};
 pub use completions::{Completion, Generation};
-pub use config::{BatchingConfig, CacheConfig, Config, GenerationConfig, LimitsConfig, ModelConfig};
+pub use config::{BatchingConfig, BreakerConfig, CacheConfig, Config, GenerationConfig, LimitsConfig, ModelConfig};
 pub use error::ServeError;
 pub use loader::Loader;
 pub use metrics::Metrics;
@@ -81,6 +83,9 @@ pub struct Embeddings {
     pub prompt_tokens: usize,
     /// Whether every vector came from the cache.
     pub cache_hit: bool,
+    /// Where the vectors that were computed ran (the CPU if any did); `None` when all came
+    /// from the cache.
+    pub device: Option<DeviceKind>,
 }
 
 /// The serving layer: the configured models (loaded by a [`Loader`] into a
@@ -91,8 +96,9 @@ pub struct Service {
     /// Whether every model to preload is loaded.
     loaded: AtomicBool,
     cache: Option<Arc<Cache>>,
-    keys: ApiKeys,
+    keys: Credentials,
     rates: RateLimits,
+    quotas: Arc<Quotas>,
     metrics: Arc<Metrics>,
 }
 
@@ -113,10 +119,11 @@ impl Service {
         }
         let metrics = Arc::new(Metrics::new(registry));
         let cache = Cache::open(&config.cache, metrics.clone())?.map(Arc::new);
-        let loader = Loader::new(device, config.batching, config.generation.clone(), metrics.clone());
+        let loader = Loader::new(device, config.batching, config.generation.clone(), config.breaker, metrics.clone());
         Ok(Service {
-            keys: ApiKeys::new(&config.auth)?,
+            keys: Credentials::new(&config.auth)?,
             rates: RateLimits::new(&config.limits),
+            quotas: Arc::new(Quotas::new(&config.auth.quota)),
             models: Arc::new(ModelRegistry::new(models, loader, &config.registry, metrics.clone())),
             loaded: AtomicBool::new(false),
             config,
@@ -180,40 +187,83 @@ impl Service {
         self.models.get(name).await
     }
 
-    /// A model by name or alias for a caller: `version` when pinned, else the version the
-    /// caller's id (`user`, API key or address) is routed to ([`registry::Entry::route`]).
+    /// A model by name or alias for a caller that may use it (else 403, before anything
+    /// loads): `version` when pinned, else the version that `user` (when given, else the
+    /// caller's id) is routed to ([`registry::Entry::route`]).
     pub async fn model_for(
         &self,
         name: &str,
-        caller: Option<&str>,
+        caller: &Caller,
+        user: Option<&str>,
         version: Option<&str>,
     ) -> Result<Arc<ServedModel>, ServeError> {
-        self.models.get_routed(name, caller, version).await
+        let entry = self.models.entry(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+        self.authorize(caller, &entry.name)?;
+        self.models.get_routed(&entry.name, Some(user.unwrap_or(caller.id())), version).await
     }
 
-    /// The first model (in configuration order) of a task, for requests that name none:
-    /// `language` picks among language models, else among embedding models.
-    pub async fn default_model(&self, language: bool, caller: Option<&str>) -> Result<Arc<ServedModel>, ServeError> {
+    /// The first model (in configuration order) of a task that the caller may use, for
+    /// requests that name none: `language` picks among language models, else among embedding
+    /// models. `user` routes as in [`Service::model_for`].
+    pub async fn default_model(
+        &self,
+        language: bool,
+        caller: &Caller,
+        user: Option<&str>,
+    ) -> Result<Arc<ServedModel>, ServeError> {
         let entry = self
             .models
             .entries()
             .into_iter()
+            .filter(|e| caller.may_use(&e.name))
             .find(|e| e.versions.first().is_some_and(|(s, _)| s.file.is_language() == language))
             .ok_or_else(|| {
                 ServeError::BadInput(if language {
-                    "no language model is served here".into()
+                    "no language model is served here for this caller".into()
                 } else {
-                    "no embedding model is served here".into()
+                    "no embedding model is served here for this caller".into()
                 })
             })?;
-        self.models.get_routed(&entry.name, caller, None).await
+        self.models.get_routed(&entry.name, Some(user.unwrap_or(caller.id())), None).await
     }
 
-    /// Checks a request's API key (`None`: none given) and its caller's rate.
-    pub fn admit(&self, api_key: Option<&str>, client: &str) -> Result<Caller, ServeError> {
-        let caller = self.keys.check(api_key, client)?;
+    /// Whether `caller` may use the model named `name` (a name, not an alias): 403 if not.
+    pub fn authorize(&self, caller: &Caller, name: &str) -> Result<(), ServeError> {
+        if caller.may_use(name) {
+            Ok(())
+        } else {
+            Err(ServeError::Forbidden(format!("this key or token may not use model `{name}`")))
+        }
+    }
+
+    /// Checks a request's credentials (an API key or a JWT; `None`: none given), its
+    /// caller's rate and quota, and counts the request in the quota.
+    pub fn admit(&self, credentials: Option<&str>, client: &str) -> Result<Caller, ServeError> {
+        let caller = self.keys.check(credentials, client)?;
         self.rates.check(&caller)?;
+        self.quotas.admit(&caller)?;
         Ok(caller)
+    }
+
+    /// Who presented `credentials`, without counting a request against its rate or quota
+    /// (for `/metrics`, which a scraper reads often).
+    pub fn identify(&self, credentials: Option<&str>, client: &str) -> Result<Caller, ServeError> {
+        self.keys.check(credentials, client)
+    }
+
+    /// Whether requests need credentials (API keys or JWT settings are configured).
+    pub fn credentials_required(&self) -> bool {
+        self.keys.required()
+    }
+
+    /// Counts `tokens` used by `caller` against its quota.
+    pub fn charge(&self, caller: &Caller, tokens: usize) {
+        self.quotas.charge(caller, tokens as u64);
+    }
+
+    /// What `caller` has left of its quota.
+    pub fn quota_left(&self, caller: &Caller) -> QuotaLeft {
+        self.quotas.left(caller)
     }
 
     /// Embeds `inputs` with the model named `model`, through the cache and its batcher.
@@ -251,39 +301,46 @@ impl Service {
         let prompt_tokens = tokens.iter().map(|t| t.ids.len()).sum();
         let jobs = tokens.into_iter().map(|t| self.embed_one(&model, t, policy));
         let found = futures_util::future::try_join_all(jobs).await?;
-        let cache_hit = self.cache.is_some() && found.iter().all(|(_, origin)| origin.is_hit());
-        let vectors = found.into_iter().map(|(v, _)| v).collect();
-        Ok(Embeddings { model, vectors, prompt_tokens, cache_hit })
+        let cache_hit = self.cache.is_some() && found.iter().all(|(_, origin, _)| origin.is_hit());
+        let device = found.iter().filter_map(|(_, _, d)| *d).min_by_key(|d| *d != DeviceKind::Cpu);
+        let vectors = found.into_iter().map(|(v, _, _)| v).collect();
+        Ok(Embeddings { model, vectors, prompt_tokens, cache_hit, device })
     }
 
     /// One input's embedding, through the cache (keyed by the model's digest, the output
     /// options, none of which change an embedding yet, and the token ids), with where it came
-    /// from.
+    /// from and, when this request computed it, the device that did.
     async fn embed_one(
         &self,
         model: &ServedModel,
         tokens: Tokens,
         policy: CachePolicy,
-    ) -> Result<(Vector, Origin), ServeError> {
+    ) -> Result<(Vector, Origin, Option<DeviceKind>), ServeError> {
         let Some(cache) = &self.cache else {
-            return Ok((run(model.embedding()?, tokens).await?, Origin::Computed));
+            let (v, device) = run(model.embedding()?, tokens).await?;
+            return Ok((v, Origin::Computed, Some(device)));
         };
         let mut canonical = tokens.ids.clone();
         canonical.push(u32::MAX); // separates ids from type ids
         canonical.extend(&tokens.type_ids);
         let key = cache::key(&model.digest, "embedding", &canonical);
+        let ran = std::sync::Mutex::new(None);
+        let compute = async {
+            let (v, device) = run(model.embedding()?, tokens).await?;
+            *ran.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(device);
+            Ok::<_, ServeError>(Cached::Vector(v))
+        };
         let (value, origin) = match policy {
             CachePolicy::Bypass => {
-                let v = Cached::Vector(run(model.embedding()?, tokens).await?);
+                let v = compute.await?;
                 cache.put(key, v.clone()).await;
                 (v, Origin::Computed)
             }
-            CachePolicy::Use => {
-                cache.get_or_compute(key, async { Ok(Cached::Vector(run(model.embedding()?, tokens).await?)) }).await?
-            }
+            CachePolicy::Use => cache.get_or_compute(key, compute).await?,
         };
+        let device = ran.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         match value {
-            Cached::Vector(v) => Ok((v, origin)),
+            Cached::Vector(v) => Ok((v, origin, device)),
             // (keys of embeddings and completions differ in their options, so this is a bug)
             Cached::Completion(_) => {
                 Err(ServeError::Inference("the cache holds a completion under an embedding's key".into()))
@@ -295,9 +352,11 @@ impl Service {
     /// language model `model`: the receiver gets each token as it is sampled, then the end.
     /// Dropping the receiver cancels the request. A reproducible request (greedy, or seeded)
     /// that repeats is replayed from the completion cache unless `policy` bypasses it; a
-    /// computed one is stored when it is done.
+    /// computed one is stored when it is done. The tokens are counted in `caller`'s quota
+    /// (prompt and completion; what was generated when a request ends early).
     pub async fn generate(
         &self,
+        caller: &Caller,
         model: &ServedModel,
         prompt: Vec<u32>,
         params: GenerateParams,
@@ -305,18 +364,19 @@ impl Service {
     ) -> Result<Generation, ServeError> {
         let scheduler = &model.language()?.scheduler;
         let options = completions::cache_options(&params, &self.config.generation);
+        let account = completions::Account::new(self.quotas.clone(), caller.clone(), prompt.len());
         let (Some(cache), Some(options)) = (&self.cache, options) else {
-            return Ok(Generation::live(scheduler.submit(prompt, params)?, None));
+            return Ok(Generation::live(scheduler.submit(prompt, params)?, None, account));
         };
         let key = cache::key(&model.digest, &options, &prompt);
         if policy == CachePolicy::Use
             && let Some((Cached::Completion(c), _)) = cache.get(&key).await
         {
             self.metrics.llm_cache_hits.get_or_create(&model.label()).inc();
-            return Ok(Generation::replay(&c));
+            return Ok(Generation::replay(&c, account));
         }
         let rx = scheduler.submit(prompt, params)?;
-        Ok(Generation::live(rx, Some((key, cache.clone()))))
+        Ok(Generation::live(rx, Some((key, cache.clone())), account))
     }
 
     /// Finishes queued inputs, stops the batchers and commits the disk cache.
@@ -335,7 +395,7 @@ impl Service {
     }
 }
 
-async fn run(model: &EmbeddingModel, tokens: Tokens) -> Result<Vector, ServeError> {
+async fn run(model: &EmbeddingModel, tokens: Tokens) -> Result<batcher::Embedded, ServeError> {
     let rx = model.batcher.submit(tokens)?;
     rx.await.map_err(|_| ServeError::ShuttingDown)?
 }

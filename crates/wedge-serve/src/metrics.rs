@@ -54,6 +54,18 @@ pub struct DeviceLabel {
     pub device: String,
 }
 
+/// Why a model's GPU→CPU breaker opened.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TripLabel {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// `error` (the device or a run failed, the device was lost), `panic`, `timeout` (the
+    /// watchdog), `probe` (a half-open probe failed or hung).
+    pub reason: &'static str,
+}
+
 /// Serving metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -89,6 +101,14 @@ pub struct Metrics {
     pub model_load_seconds: Family<ModelLabel, Gauge<f64, AtomicU64>>,
     /// 1 for the device each model runs on.
     pub device: Family<DeviceLabel, Gauge>,
+    /// State of a GPU model's breaker: 0 closed (on the GPU), 1 open (on the CPU), 2
+    /// half-open (on the CPU, a probe on the GPU).
+    pub breaker_state: Family<ModelLabel, Gauge>,
+    /// Times a GPU model's breaker opened, by reason.
+    pub breaker_trips: Family<TripLabel, Counter>,
+    /// Batches and steps a GPU model ran on the CPU because its breaker was open (or its GPU
+    /// run faulted and was rerun).
+    pub breaker_cpu_runs: Family<ModelLabel, Counter>,
     /// Language models: seconds from admission to the first generated token.
     pub llm_ttft: Family<ModelLabel, Histogram>,
     /// Language models: seconds between a sequence's consecutive tokens.
@@ -139,6 +159,9 @@ impl Metrics {
             cache_write_dropped: Counter::default(),
             model_load_seconds: Family::default(),
             device: Family::default(),
+            breaker_state: Family::default(),
+            breaker_trips: Family::default(),
+            breaker_cpu_runs: Family::default(),
             llm_ttft: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16))),
             llm_inter_token: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
             llm_prompt_tokens: Family::default(),
@@ -191,6 +214,21 @@ impl Metrics {
             m.model_load_seconds.clone(),
         );
         registry.register("wedge_device", "1 for the device a model runs on", m.device.clone());
+        registry.register(
+            "wedge_breaker_state",
+            "GPU to CPU breaker of a model: 0 closed (GPU), 1 open (CPU), 2 half-open (probing the GPU)",
+            m.breaker_state.clone(),
+        );
+        registry.register(
+            "wedge_breaker_trips",
+            "Times a model's GPU breaker opened, by reason",
+            m.breaker_trips.clone(),
+        );
+        registry.register(
+            "wedge_breaker_cpu_runs",
+            "Batches and steps of a GPU model run on the CPU while its breaker was open",
+            m.breaker_cpu_runs.clone(),
+        );
         registry.register(
             "wedge_model_reloads",
             "Models replaced by a new load of their file",

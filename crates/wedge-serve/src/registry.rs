@@ -640,8 +640,13 @@ mod tests {
 
     fn registry(dir: &std::path::Path, names: &[&str], max_loaded_bytes: u64) -> Arc<ModelRegistry> {
         let metrics = Arc::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
-        let loader =
-            Loader::new(wedge::Device::cpu(), BatchingConfig::default(), GenerationConfig::default(), metrics.clone());
+        let loader = Loader::new(
+            wedge::Device::cpu(),
+            BatchingConfig::default(),
+            GenerationConfig::default(),
+            crate::config::BreakerConfig::default(),
+            metrics.clone(),
+        );
         let models = names
             .iter()
             .map(|n| {

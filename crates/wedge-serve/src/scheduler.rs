@@ -7,13 +7,14 @@
 //! disconnected, the request timed out) is dropped before the next step.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use wedge::{Continuation, DecodeState, FinishReason, GenerateParams, LanguageModel, SeqId, TokenEvent};
 
 use crate::ServeError;
+use crate::breaker::{CpuCopy, DeviceKind, GpuGuard};
 use crate::metrics::{Metrics, ModelLabel};
 use crate::worker::{WorkQueue, WorkerThread};
 
@@ -74,6 +75,8 @@ struct Shared {
     running: AtomicUsize,
     /// Mean seconds a request held a sequence (f64 bits), for `Retry-After`.
     request_secs: AtomicU64,
+    /// Steps run on the GPU now (else on the CPU).
+    on_gpu: AtomicBool,
 }
 
 impl Shared {
@@ -94,6 +97,18 @@ impl std::fmt::Debug for Scheduler {
     }
 }
 
+/// How a language model on a GPU moves to the CPU: its breaker, and a CPU copy of its file.
+pub(crate) struct Fallback {
+    pub(crate) guard: GpuGuard,
+    pub(crate) cpu: CpuCopy<LanguageModel>,
+}
+
+impl std::fmt::Debug for Fallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fallback").field("guard", &self.guard).finish_non_exhaustive()
+    }
+}
+
 impl Scheduler {
     /// Allocates the model's cache (`max_sequences` × `ctx` positions) and starts its thread.
     pub fn start(
@@ -102,10 +117,23 @@ impl Scheduler {
         limits: SchedulerLimits,
         metrics: Arc<Metrics>,
     ) -> Result<Scheduler, ServeError> {
+        Scheduler::start_with(label, lm, limits, metrics, None)
+    }
+
+    /// [`Scheduler::start`] for a model on a GPU with a breaker: its steps run on the GPU
+    /// thread under the watchdog and move to the CPU copy while the breaker is open.
+    pub(crate) fn start_with(
+        label: &ModelLabel,
+        lm: Arc<LanguageModel>,
+        limits: SchedulerLimits,
+        metrics: Arc<Metrics>,
+        fallback: Option<Fallback>,
+    ) -> Result<Scheduler, ServeError> {
         let model = label.model.as_str();
         let state = lm
             .new_state(limits.max_sequences, limits.ctx)
             .map_err(|e| ServeError::Config(format!("model `{model}`: key/value cache: {e}")))?;
+        let device = if lm.on_cpu() { DeviceKind::Cpu } else { DeviceKind::Gpu };
         let shared = Arc::new(Shared {
             queue: WorkQueue::new(),
             label: label.clone(),
@@ -113,12 +141,20 @@ impl Scheduler {
             metrics,
             running: AtomicUsize::new(0),
             request_secs: AtomicU64::new(1f64.to_bits()),
+            on_gpu: AtomicBool::new(device == DeviceKind::Gpu),
         });
         let s = shared.clone();
-        let worker =
-            WorkerThread::spawn("llm", model, move || Worker { s: &s, lm: &lm, state, running: Vec::new() }.run())
-                .map_err(|e| ServeError::Config(format!("cannot start the scheduler thread of `{model}`: {e}")))?;
+        let engine = Engine { lm: lm.clone(), state, device };
+        let worker = WorkerThread::spawn("llm", model, move || {
+            Worker { s: &s, lm: &lm, fallback, engine: Some(engine), running: Vec::new() }.run()
+        })
+        .map_err(|e| ServeError::Config(format!("cannot start the scheduler thread of `{model}`: {e}")))?;
         Ok(Scheduler { shared, worker })
+    }
+
+    /// Where steps run now (the CPU while a GPU model's breaker is open).
+    pub fn device(&self) -> DeviceKind {
+        if self.shared.on_gpu.load(Ordering::Relaxed) { DeviceKind::Gpu } else { DeviceKind::Cpu }
     }
 
     /// The sizes it runs with.
@@ -195,7 +231,10 @@ struct Running {
     seq: SeqId,
     next: Continuation,
     events: mpsc::UnboundedSender<GenEvent>,
-    /// Prompt tokens in the cache so far.
+    /// What the sequence's cache must hold before it decodes: the prompt, or after a move to
+    /// another device the prompt and the tokens generated before the last one.
+    target: Vec<u32>,
+    /// Tokens of `target` in the cache so far.
     prefilled: usize,
     cached: usize,
     admitted: Instant,
@@ -204,14 +243,46 @@ struct Running {
 
 impl Running {
     fn prefilling(&self) -> bool {
-        self.prefilled < self.next.prompt().len()
+        self.prefilled < self.target.len()
     }
+
+    /// Starts over in an empty sequence `seq` (of another device's cache): what the old one
+    /// held is fed again, and decoding goes on from the token sampled last.
+    fn refill(&mut self, seq: SeqId) {
+        let mut target = self.next.prompt().to_vec();
+        if let Some((_, fed)) = self.next.tokens().split_last() {
+            target.extend_from_slice(fed);
+        }
+        self.seq = seq;
+        self.target = target;
+        self.prefilled = 0;
+    }
+}
+
+/// The model and key/value cache that steps run on.
+struct Engine {
+    lm: Arc<LanguageModel>,
+    state: DecodeState,
+    device: DeviceKind,
+}
+
+/// How a step went.
+enum Stepped {
+    /// Logits for every entry of the step.
+    Logits(Vec<Vec<f32>>),
+    /// The step failed (its requests fail with this).
+    Failed(String),
+    /// The GPU faulted: the step runs again on the CPU.
+    Moved,
 }
 
 struct Worker<'a> {
     s: &'a Shared,
-    lm: &'a LanguageModel,
-    state: DecodeState,
+    /// The model as loaded: its vocabulary and sizes, and the GPU model of a fallback.
+    lm: &'a Arc<LanguageModel>,
+    fallback: Option<Fallback>,
+    /// `None` after a GPU run that faulted, until the next engine is made.
+    engine: Option<Engine>,
     running: Vec<Running>,
 }
 
@@ -227,7 +298,7 @@ impl Worker<'_> {
                     return; // closed and drained
                 }
                 let mut admitted = Vec::new();
-                let free = self.state.capacity() - self.state.active();
+                let free = self.s.limits.max_sequences.saturating_sub(self.running.len());
                 while admitted.len() < free {
                     let Some(r) = q.items.pop_front() else { break };
                     if r.events.is_closed() {
@@ -239,6 +310,14 @@ impl Worker<'_> {
                 self.s.metrics.llm_waiting.get_or_create(&self.s.label()).set(q.items.len() as i64);
                 admitted
             };
+            if let Err(e) = self.ensure_engine() {
+                tracing::error!(model = %self.s.label.model, "no device to run on: {e}");
+                for r in admitted {
+                    let _ = r.events.send(GenEvent::Failed(e.clone()));
+                }
+                self.fail((0..self.running.len()).collect(), &e.to_string());
+                continue;
+            }
             for r in admitted {
                 self.admit(r);
             }
@@ -251,8 +330,46 @@ impl Worker<'_> {
         }
     }
 
+    /// Makes sure steps have an engine on the device the breaker says (the model's own when
+    /// there is no breaker). A new engine starts with an empty cache: every running request
+    /// is fed again there.
+    fn ensure_engine(&mut self) -> Result<(), ServeError> {
+        let want = match &self.fallback {
+            Some(fb) => {
+                let lm = self.lm.clone();
+                if fb.guard.use_gpu(move || probe(&lm)) { DeviceKind::Gpu } else { DeviceKind::Cpu }
+            }
+            None if self.lm.on_cpu() => DeviceKind::Cpu,
+            None => DeviceKind::Gpu,
+        };
+        if self.engine.as_ref().is_some_and(|e| e.device == want) {
+            return Ok(());
+        }
+        let lm = match (&self.fallback, want) {
+            (Some(fb), DeviceKind::Cpu) => fb.cpu.get()?,
+            _ => self.lm.clone(),
+        };
+        self.engine = None; // (frees the old cache first)
+        let limits = self.s.limits;
+        let mut state = lm
+            .new_state(limits.max_sequences, limits.ctx)
+            .map_err(|e| ServeError::Inference(format!("key/value cache on the {}: {e}", want.as_str())))?;
+        for r in &mut self.running {
+            let seq = state.add().ok_or_else(|| ServeError::Inference("no free sequence".into()))?;
+            r.refill(seq);
+        }
+        tracing::warn!(
+            model = %self.s.label.model, version = %self.s.label.version, running = self.running.len(),
+            "steps move to the {}", want.as_str()
+        );
+        self.s.on_gpu.store(want == DeviceKind::Gpu, Ordering::Relaxed);
+        self.engine = Some(Engine { lm, state, device: want });
+        Ok(())
+    }
+
     fn admit(&mut self, r: Request) {
-        let Some((seq, cached)) = self.state.add_reusing(&r.prompt) else {
+        let Some(engine) = self.engine.as_mut() else { return };
+        let Some((seq, cached)) = engine.state.add_reusing(&r.prompt) else {
             let _ = r.events.send(GenEvent::Failed(ServeError::Inference("no free sequence".into())));
             return;
         };
@@ -269,6 +386,7 @@ impl Worker<'_> {
                     seq,
                     next,
                     events: r.events,
+                    target: r.prompt,
                     prefilled: cached,
                     cached,
                     admitted: Instant::now(),
@@ -276,7 +394,7 @@ impl Worker<'_> {
                 });
             }
             Err(e) => {
-                self.state.remove(seq);
+                engine.state.remove(seq);
                 let _ = r.events.send(GenEvent::Failed(ServeError::BadInput(e.to_string())));
             }
         }
@@ -291,7 +409,9 @@ impl Worker<'_> {
         while i < self.running.len() {
             if self.running[i].events.is_closed() {
                 let r = self.running.swap_remove(i);
-                self.state.remove(r.seq);
+                if let Some(e) = &mut self.engine {
+                    e.state.remove(r.seq);
+                }
                 self.cancelled();
             } else {
                 i += 1;
@@ -318,41 +438,44 @@ impl Worker<'_> {
                 break;
             }
             let r = &self.running[i];
-            let take = budget.max(1).min(r.next.prompt().len() - r.prefilled);
-            work.push((i, r.next.prompt()[r.prefilled..r.prefilled + take].to_vec()));
+            let take = budget.max(1).min(r.target.len() - r.prefilled);
+            work.push((i, r.target[r.prefilled..r.prefilled + take].to_vec()));
             budget = budget.saturating_sub(take);
         }
-        let batch: Vec<(SeqId, &[u32])> = work.iter().map(|(i, t)| (self.running[*i].seq, t.as_slice())).collect();
+        let batch: Vec<(SeqId, Vec<u32>)> = work.iter().map(|(i, t)| (self.running[*i].seq, t.clone())).collect();
         let label = self.s.label();
         let tokens: usize = work.iter().map(|(_, t)| t.len()).sum();
         self.s.metrics.llm_step_tokens.get_or_create(&label).observe(tokens as f64);
         self.s.metrics.llm_step_sequences.get_or_create(&label).observe(work.len() as f64);
         let t0 = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.lm.step(&mut self.state, &batch)));
+        let result = self.run_step(batch);
         self.s.metrics.batch_seconds.get_or_create(&label).observe(t0.elapsed().as_secs_f64());
-        let logits = match result {
-            Ok(Ok(l)) if l.len() == work.len() => l,
-            other => {
-                let msg = match other {
-                    Ok(Ok(l)) => format!("a step gave {} rows of logits for {} sequences", l.len(), work.len()),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "the model panicked".to_string(),
-                };
+        let failed = match result {
+            Stepped::Logits(l) if l.len() == work.len() => Ok(l),
+            Stepped::Logits(l) => Err(format!("a step gave {} rows of logits for {} sequences", l.len(), work.len())),
+            Stepped::Failed(e) => Err(e),
+            Stepped::Moved => return,
+        };
+        let logits = match failed {
+            Ok(l) => l,
+            Err(msg) => {
                 tracing::error!(model = %self.s.label.model, version = %self.s.label.version, "step failed: {msg}");
                 self.fail(work.iter().map(|(i, _)| *i).collect(), &msg);
                 return;
             }
         };
+        let Some(engine) = &self.engine else { return };
         let mut ended = Vec::new();
         for ((i, fed), l) in work.iter().zip(logits) {
             let r = &mut self.running[*i];
             if r.prefilling() {
                 r.prefilled += fed.len();
-                if r.prefilling() {
+                // a request fed again after a move already holds its next token
+                if r.prefilling() || !r.next.tokens().is_empty() {
                     continue;
                 }
             }
-            let room = self.state.len(r.seq).is_some_and(|n| n < self.state.ctx());
+            let room = engine.state.len(r.seq).is_some_and(|n| n < engine.state.ctx());
             match r.next.accept(self.lm.vocab(), &l, room) {
                 Ok(event) => {
                     let now = Instant::now();
@@ -389,6 +512,49 @@ impl Worker<'_> {
         self.retire(ended);
     }
 
+    /// Runs a step on the engine: inline, or with a breaker on the GPU thread under the
+    /// watchdog, where a fault gives the engine up (the next one is made on the CPU).
+    fn run_step(&mut self, batch: Vec<(SeqId, Vec<u32>)>) -> Stepped {
+        let Some(mut engine) = self.engine.take() else {
+            return Stepped::Failed("no device to run on".into());
+        };
+        let inline = |engine: &mut Engine| {
+            let work: Vec<(SeqId, &[u32])> = batch.iter().map(|(s, t)| (*s, t.as_slice())).collect();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.lm.step(&mut engine.state, &work))) {
+                Ok(Ok(l)) => Stepped::Logits(l),
+                Ok(Err(e)) => Stepped::Failed(e.to_string()),
+                Err(_) => Stepped::Failed("the model panicked".into()),
+            }
+        };
+        let guard = match &self.fallback {
+            Some(fb) if engine.device == DeviceKind::Gpu => &fb.guard,
+            other => {
+                if let Some(fb) = other {
+                    fb.guard.ran_on_cpu();
+                }
+                let stepped = inline(&mut engine);
+                self.engine = Some(engine);
+                return stepped;
+            }
+        };
+        let ran = guard.run(move || {
+            let work: Vec<(SeqId, &[u32])> = batch.iter().map(|(s, t)| (*s, t.as_slice())).collect();
+            match engine.lm.step(&mut engine.state, &work) {
+                Ok(l) => Ok((engine, l)),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        match ran {
+            Ok((engine, l)) => {
+                self.engine = Some(engine);
+                Stepped::Logits(l)
+            }
+            // the breaker is open: the engine (and the cache it held) is given up, and the
+            // step runs again on the CPU with every request fed there anew
+            Err(_) => Stepped::Moved,
+        }
+    }
+
     fn fail(&mut self, which: Vec<usize>, msg: &str) {
         for &i in &which {
             let _ = self.running[i].events.send(GenEvent::Failed(ServeError::Inference(msg.to_string())));
@@ -401,7 +567,9 @@ impl Worker<'_> {
         which.sort_unstable();
         for i in which.into_iter().rev() {
             let r = self.running.swap_remove(i);
-            self.state.remove(r.seq);
+            if let Some(e) = &mut self.engine {
+                e.state.remove(r.seq);
+            }
             let secs = r.admitted.elapsed().as_secs_f64();
             let mean = f64::from_bits(self.s.request_secs.load(Ordering::Relaxed));
             self.s.request_secs.store((0.8 * mean + 0.2 * secs).to_bits(), Ordering::Relaxed);
@@ -413,7 +581,15 @@ impl Worker<'_> {
         let m = &self.s.metrics;
         self.s.running.store(self.running.len(), Ordering::Relaxed);
         m.llm_running.get_or_create(&label).set(self.running.len() as i64);
-        let positions: usize = self.running.iter().filter_map(|r| self.state.len(r.seq)).sum();
+        let Some(engine) = &self.engine else { return };
+        let positions: usize = self.running.iter().filter_map(|r| engine.state.len(r.seq)).sum();
         m.llm_kv_bytes_used.get_or_create(&label).set(self.lm.kv_bytes(positions) as i64);
     }
+}
+
+/// A probe of a GPU model: one token through a small cache of its own.
+fn probe(lm: &LanguageModel) -> Result<(), String> {
+    let mut state = lm.new_state(1, 16).map_err(|e| e.to_string())?;
+    let seq = state.add().ok_or("no sequence")?;
+    lm.step(&mut state, &[(seq, &[0][..])]).map(drop).map_err(|e| e.to_string())
 }

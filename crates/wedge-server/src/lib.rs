@@ -174,8 +174,10 @@ fn error_response(e: &ServeError) -> Response<Body> {
     let (status, kind) = match e {
         ServeError::BadInput(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         ServeError::UnknownModel(_) => (StatusCode::NOT_FOUND, "model_not_found"),
-        ServeError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error"),
+        ServeError::Unauthorized | ServeError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "authentication_error"),
+        ServeError::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error"),
         ServeError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+        ServeError::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
         ServeError::Overloaded { .. }
         | ServeError::NotReady
         | ServeError::ShuttingDown
@@ -188,6 +190,7 @@ fn error_response(e: &ServeError) -> Response<Body> {
     let mut r = json(status, body.to_string().into_bytes());
     let retry = match e {
         ServeError::RateLimited { retry_after_s }
+        | ServeError::QuotaExceeded { retry_after_s, .. }
         | ServeError::Overloaded { retry_after_s, .. }
         | ServeError::Loading { retry_after_s, .. } => Some(*retry_after_s),
         ServeError::NotReady | ServeError::ShuttingDown => Some(1),
@@ -196,8 +199,15 @@ fn error_response(e: &ServeError) -> Response<Body> {
     if let Some(s) = retry {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
-    if matches!(e, ServeError::Unauthorized) {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    match e {
+        ServeError::Unauthorized => {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        ServeError::InvalidToken(_) => {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+        }
+        _ => {}
     }
     r
 }
@@ -322,6 +332,12 @@ async fn route_request(
         }
         ["metrics"] => {
             expect(&method, Method::GET, "GET")?;
+            if service.credentials_required() && !service.config().auth.metrics_public {
+                let caller = service.identify(credentials(req.headers()), &peer.ip().to_string())?;
+                if !caller.may_read_metrics() {
+                    return Err(ServeError::Forbidden("this key or token may not read /metrics".into()).into());
+                }
+            }
             let mut text = String::new();
             prometheus_client::encoding::text::encode(&mut text, &state.registry)
                 .map_err(|e| ServeError::Inference(format!("metrics: {e}")))?;
@@ -345,16 +361,16 @@ async fn route_request(
             let r: api::OpenAiRequest = parse_json(&body)?;
             let encoding = r.encoding()?;
             // (a caller keeps one version of a model with several: by `user`, else its key)
-            let who = r.user.as_deref().unwrap_or(caller.id());
             let model = match &r.model {
-                Some(name) => service.model_for(name, Some(who), None).await?,
-                None => service.default_model(false, Some(who)).await?,
+                Some(name) => service.model_for(name, &caller, r.user.as_deref(), None).await?,
+                None => service.default_model(false, &caller, r.user.as_deref()).await?,
             };
             r.check_dimensions(&model)?;
             let inputs = api::openai_inputs(r.input)?;
             let out = service.embed_with(model, &inputs, policy).await?;
+            service.charge(&caller, out.prompt_tokens);
             let resp = with_cache(json(StatusCode::OK, api::openai_response(&out, encoding)?), out.cache_hit);
-            Ok(with_version(resp, &out.model.version))
+            Ok(with_device(with_version(resp, &out.model.version), out.device))
         }
         ["v1", "chat", "completions"] | ["v1", "completions"] => {
             expect(&method, Method::POST, "POST")?;
@@ -364,9 +380,11 @@ async fn route_request(
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
             let max_choices = service.config().generation.max_sequences;
             let r = llm::GenRequest::parse(service, endpoint, &body, max_choices, &caller).await?;
-            let receivers = r.submit(service, policy).await?;
+            let receivers = r.submit(service, &caller, policy).await?;
             let hit = receivers.iter().all(Generation::cache_hit);
             let version = r.model.version.clone();
+            // (where its steps run as it starts: a GPU fault may move them mid-stream)
+            let device = r.model.language().ok().filter(|_| !hit).map(|l| l.scheduler().device());
             if r.stream {
                 let events = llm::EventStream::start(receivers).await?;
                 let frames = futures_util::StreamExt::map(events.frames(&r, id), |b| {
@@ -377,10 +395,10 @@ async fn route_request(
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-                Ok(with_version(with_cache(resp, hit), &version))
+                Ok(with_device(with_version(with_cache(resp, hit), &version), device))
             } else {
                 let resp = with_cache(json(StatusCode::OK, llm::complete(&r, receivers, id).await?), hit);
-                Ok(with_version(resp, &version))
+                Ok(with_device(with_version(resp, &version), device))
             }
         }
         ["tokenize"] | ["detokenize"] => {
@@ -397,10 +415,11 @@ async fn route_request(
         }
         ["v1", "models"] => {
             expect(&method, Method::GET, "GET")?;
-            admit(service, req.headers(), peer)?;
+            let caller = admit(service, req.headers(), peer)?;
             let data: Vec<_> = service
                 .models()
                 .iter()
+                .filter(|m| caller.may_use(&m.name))
                 .map(|m| {
                     let mut v = serde_json::json!({"id": m.name, "object": "model", "created": 0, "owned_by": "wedge", "task": m.task()});
                     if let Ok(l) = m.language() {
@@ -414,7 +433,7 @@ async fn route_request(
         ["v2", "models", name] | ["v2", "models", name, "versions", _] => {
             expect(&method, Method::GET, "GET")?;
             let caller = admit(service, req.headers(), peer)?;
-            let m = service.model_for(name, Some(caller.id()), pinned(&segments)).await?;
+            let m = service.model_for(name, &caller, None, pinned(&segments)).await?;
             Ok(with_version(json(StatusCode::OK, api::model_metadata(&m).to_string().into_bytes()), &m.version))
         }
         ["v2", "models", name, "ready"] | ["v2", "models", name, "versions", _, "ready"] => {
@@ -422,6 +441,7 @@ async fn route_request(
             let caller = admit(service, req.headers(), peer)?;
             // (asks without loading: a model that is not loaded is not ready)
             let entry = service.registry().entry(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+            service.authorize(&caller, &entry.name)?;
             let slot = entry.route(Some(caller.id()), pinned(&segments))?;
             let ready = slot.model().is_some();
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -432,20 +452,21 @@ async fn route_request(
             expect(&method, Method::POST, "POST")?;
             let caller = admit(service, req.headers(), peer)?;
             // 404 before reading a body for a model that is not here
-            let model = service.model_for(name, Some(caller.id()), pinned(&segments)).await?;
+            let model = service.model_for(name, &caller, None, pinned(&segments)).await?;
             let policy = cache_policy(req.headers());
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
             let (id, texts) = parse_json::<api::InferRequest>(&body)?.texts()?;
             let out = service.embed_with(model, &texts, policy).await?;
+            service.charge(&caller, out.prompt_tokens);
             let resp = with_cache(json(StatusCode::OK, api::infer_response(&out, id)?), out.cache_hit);
-            Ok(with_version(resp, &out.model.version))
+            Ok(with_device(with_version(resp, &out.model.version), out.device))
         }
         // KServe v2 model repository extension: the index, and loading (or reloading) and
         // unloading by name. The load answers once the model serves (or failed, leaving the
         // loaded version serving).
         ["v2", "repository", "index"] => {
             expect(&method, Method::POST, "POST")?;
-            admit(service, req.headers(), peer)?;
+            let caller = admit(service, req.headers(), peer)?;
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
             let ready_only = if body.is_empty() {
                 false
@@ -455,19 +476,25 @@ async fn route_request(
                     .and_then(serde_json::Value::as_bool)
                     .unwrap_or(false)
             };
-            let index: Vec<_> =
-                service.registry().index().into_iter().filter(|e| !ready_only || e.state == "READY").collect();
+            let index: Vec<_> = service
+                .registry()
+                .index()
+                .into_iter()
+                .filter(|e| (!ready_only || e.state == "READY") && caller.may_use(&e.name))
+                .collect();
             Ok(json(StatusCode::OK, serde_json::to_vec(&index).map_err(|e| ServeError::Inference(e.to_string()))?))
         }
         ["v2", "repository", "models", name, "load"] => {
             expect(&method, Method::POST, "POST")?;
-            admit(service, req.headers(), peer)?;
+            let caller = admit(service, req.headers(), peer)?;
+            repository_authorize(service, &caller, name)?;
             service.registry().reload(name).await?;
             Ok(json(StatusCode::OK, b"{}".to_vec()))
         }
         ["v2", "repository", "models", name, "unload"] => {
             expect(&method, Method::POST, "POST")?;
-            admit(service, req.headers(), peer)?;
+            let caller = admit(service, req.headers(), peer)?;
+            repository_authorize(service, &caller, name)?;
             let (registry, name) = (service.registry().clone(), name.to_string());
             tokio::task::spawn_blocking(move || registry.unload(&name))
                 .await
@@ -478,21 +505,43 @@ async fn route_request(
     }
 }
 
-/// Checks the request's API key and rate; returns who it is.
+/// Whether `caller` may load or unload the model `name` (as it may use it); an unknown name
+/// is left to the registry's own 404.
+fn repository_authorize(service: &Service, caller: &Caller, name: &str) -> Result<(), ServeError> {
+    match service.registry().entry(name) {
+        Some(entry) => service.authorize(caller, &entry.name),
+        None => Ok(()),
+    }
+}
+
+/// Checks the request's credentials, rate and quota; returns who it is.
 fn admit(service: &Service, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller, ServeError> {
+    service.admit(credentials(headers), &peer.ip().to_string())
+}
+
+/// The credentials a request presents: `Authorization: Bearer …`, else `x-api-key`.
+fn credentials(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
-    let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    service.admit(key, &peer.ip().to_string())
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
 }
 
 /// Names the model version that answered.
 fn with_version(mut r: Response<Body>, version: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(version) {
         r.headers_mut().insert("x-wedge-model-version", v);
+    }
+    r
+}
+
+/// Names the device that computed the answer (`cpu` or `gpu`), when one did (not for an
+/// answer wholly from the cache).
+fn with_device(mut r: Response<Body>, device: Option<wedge_serve::DeviceKind>) -> Response<Body> {
+    if let Some(d) = device {
+        r.headers_mut().insert("x-wedge-device", HeaderValue::from_static(d.as_str()));
     }
     r
 }

@@ -35,10 +35,10 @@ fn bad(msg: String) -> ServeError {
 /// first if it is not); of a model with several versions, the one the request's `user` (else
 /// the caller) is routed to.
 async fn language_model(service: &Service, f: &Fields<'_>, caller: &Caller) -> Result<Arc<ServedModel>, ServeError> {
-    let who = f.string("user").map_err(bad)?.unwrap_or(caller.id());
+    let user = f.string("user").map_err(bad)?;
     match f.string("model").map_err(bad)? {
-        Some(name) => service.model_for(name, Some(who), None).await,
-        None => service.default_model(true, Some(who)).await,
+        Some(name) => service.model_for(name, caller, user, None).await,
+        None => service.default_model(true, caller, user).await,
     }
 }
 
@@ -73,12 +73,17 @@ impl GenRequest {
 
     /// Submits the request's `n` choices (choice `i` seeded with `seed + i`), each answered
     /// from the completion cache when it can be.
-    pub(crate) async fn submit(&self, service: &Service, policy: CachePolicy) -> Result<Vec<Generation>, ServeError> {
+    pub(crate) async fn submit(
+        &self,
+        service: &Service,
+        caller: &Caller,
+        policy: CachePolicy,
+    ) -> Result<Vec<Generation>, ServeError> {
         let mut choices = Vec::with_capacity(self.n);
         for i in 0..self.n {
             let mut params = self.params.clone();
             params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(i as u64));
-            choices.push(service.generate(&self.model, self.prompt.clone(), params, policy).await?);
+            choices.push(service.generate(caller, &self.model, self.prompt.clone(), params, policy).await?);
         }
         Ok(choices)
     }

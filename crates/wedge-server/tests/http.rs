@@ -212,8 +212,10 @@ async fn keys_rate_limits_and_timeouts() {
     let limited = limited.expect("no call was rate limited");
     assert_eq!((limited.status.as_u16(), limited.error_type().as_str()), (429, "rate_limit_error"));
     assert!(limited.header("retry-after").parse::<u64>().unwrap() >= 1);
-    // Health and metrics stay open for probes and scrapers.
+    // Health stays open for probes; metrics want a key now.
     assert_eq!(get(&s.url("/v2/health/ready")).await.status, 200);
+    assert_eq!(get(&s.url("/metrics")).await.status, 401);
+    assert_eq!(call(Method::GET, &s.url("/metrics"), &[("x-api-key", "k-one")], Bytes::new()).await.status, 200);
     s.stop().await;
 
     let mut c = config(&bundled());
@@ -223,6 +225,132 @@ async fn keys_rate_limits_and_timeouts() {
     let s = TestServer::start(c).await;
     let r = post(&s.url("/v1/embeddings"), json!({"input": "slow"})).await;
     assert_eq!((r.status.as_u16(), r.error_type().as_str()), (504, "timeout_error"));
+    s.stop().await;
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A JWT for `sub` with `scope`, signed with the test keys of `tests/data/jwt`.
+fn token(alg: jsonwebtoken::Algorithm, sub: &str, scope: &str, exp: u64) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/jwt");
+    let (key, kid) = match alg {
+        Algorithm::RS256 => (EncodingKey::from_rsa_pem(&std::fs::read(data.join("rsa-private.pem")).unwrap()), "rsa-1"),
+        Algorithm::ES256 => (EncodingKey::from_ec_pem(&std::fs::read(data.join("ec-private.pem")).unwrap()), "ec-1"),
+        _ => (Ok(EncodingKey::from_secret(b"the HS256 secret of this test, 32+ bytes")), ""),
+    };
+    let header = Header { kid: (!kid.is_empty()).then(|| kid.to_string()), ..Header::new(alg) };
+    let claims = json!({"sub": sub, "scope": scope, "exp": exp, "iss": "https://id.example", "aud": "wedge"});
+    jsonwebtoken::encode(&header, &claims, &key.unwrap()).unwrap()
+}
+
+/// JWT bearer tokens (HS256, and RS256/ES256 from a JWKS file) with per-model scopes, keys
+/// with models, quotas of requests and tokens, and `/metrics` behind credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_scopes_and_quotas() {
+    use jsonwebtoken::Algorithm;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&bundled());
+    c.models.push(ModelConfig { name: "other".into(), aliases: vec![], ..c.models[0].clone() });
+    c.models[1].path = changed_model(dir.path());
+    c.auth.jwt = Some(wedge_serve::config::JwtConfig {
+        hs256_secret: Some("the HS256 secret of this test, 32+ bytes".into()),
+        jwks_file: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/jwt/jwks.json")),
+        issuer: Some("https://id.example".into()),
+        audience: Some("wedge".into()),
+        leeway_secs: 0,
+        ..Default::default()
+    });
+    let key = |key: &str, models: Option<Vec<&str>>, metrics, requests, tokens| wedge_serve::config::KeyConfig {
+        key: Some(key.into()),
+        models: models.map(|m| m.into_iter().map(String::from).collect()),
+        metrics,
+        requests,
+        tokens,
+        ..Default::default()
+    };
+    c.auth.keys = vec![
+        key("team-a", Some(vec!["other"]), false, Some(3), None),
+        key("metered", None, true, None, Some(12)),
+        key("ops", None, true, None, None),
+    ];
+    let s = TestServer::start(c).await;
+    let url = s.url("/v1/embeddings");
+    let with = |auth: String| vec![("authorization".to_string(), format!("Bearer {auth}"))];
+    let ask = |model: &str, headers: Vec<(String, String)>| {
+        let (url, body) = (url.clone(), json!({"model": model, "input": "a short text"}).to_string());
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            call(Method::POST, &url, &h, body).await
+        }
+    };
+    let later = unix_now() + 600;
+
+    // a token is scoped to the models it names, whatever signed it
+    for alg in [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256] {
+        let alice = token(alg, "alice", "model:all-MiniLM-L6-v2", later);
+        assert_eq!(ask("all-MiniLM-L6-v2", with(alice.clone())).await.status, 200, "{alg:?}");
+        let r = ask("other", with(alice.clone())).await;
+        assert_eq!((r.status.as_u16(), r.error_type().as_str()), (403, "permission_error"), "{alg:?}");
+        // an alias is the model it names
+        assert_eq!(ask("default", with(alice)).await.status, 200);
+    }
+    let alice = token(Algorithm::RS256, "alice", "model:all-MiniLM-L6-v2", later);
+    let listed =
+        call(Method::GET, &s.url("/v1/models"), &[("authorization", &format!("Bearer {alice}"))], Bytes::new())
+            .await
+            .json();
+    let ids: Vec<&str> = listed["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["all-MiniLM-L6-v2"]);
+    let r = ask("all-MiniLM-L6-v2", with(token(Algorithm::ES256, "alice", "model:*", unix_now() - 5))).await;
+    assert_eq!((r.status.as_u16(), r.error_type().as_str()), (401, "authentication_error"));
+    assert_eq!(r.header("www-authenticate"), "Bearer error=\"invalid_token\"");
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("Expired"), "{}", r.json());
+    let mut forged = token(Algorithm::ES256, "alice", "model:*", later);
+    forged.truncate(forged.len() - 4);
+    assert_eq!(ask("other", with(forged)).await.status, 401);
+
+    // a key with models: its default model is the first it may use; its requests are counted
+    let r = call(Method::POST, &url, &[("x-api-key", "team-a")], json!({"input": "hi"}).to_string()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["model"], "other");
+    assert_eq!(ask("all-MiniLM-L6-v2", vec![("x-api-key".into(), "team-a".into())]).await.status, 403);
+    assert_eq!(ask("other", vec![("x-api-key".into(), "team-a".into())]).await.status, 200);
+    let r = ask("other", vec![("x-api-key".into(), "team-a".into())]).await;
+    // (the 3 requests of its quota are used: a refused one counts too)
+    assert_eq!((r.status.as_u16(), r.error_type().as_str()), (429, "insufficient_quota"));
+    assert!(r.header("retry-after").parse::<u64>().unwrap() > 3_600);
+
+    // a token quota: a request may go past it, the next is refused
+    let metered = || vec![("x-api-key".to_string(), "metered".to_string())];
+    let long = json!({"input": "a text of more than twelve tokens, which is what this key may use in a day"});
+    let r = call(Method::POST, &url, &[("x-api-key", "metered")], long.to_string()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["usage"]["prompt_tokens"].as_u64().unwrap() > 12);
+    let r = ask("other", metered()).await;
+    assert_eq!((r.status.as_u16(), r.error_type().as_str()), (429, "insufficient_quota"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("12 tokens"));
+
+    // /metrics: credentials, and a scope or key that may read it
+    assert_eq!(get(&s.url("/metrics")).await.status, 401);
+    let metrics = |auth: String| {
+        let url = s.url("/metrics");
+        async move { call(Method::GET, &url, &[("authorization", &format!("Bearer {auth}"))], Bytes::new()).await.status }
+    };
+    assert_eq!(metrics(alice).await, 403);
+    assert_eq!(metrics("team-a".into()).await, 403);
+    assert_eq!(metrics("ops".into()).await, 200);
+    assert_eq!(metrics(token(Algorithm::HS256, "prometheus", "metrics", later)).await, 200);
+    s.stop().await;
+
+    let mut c = config(&bundled());
+    c.auth.api_keys = vec!["k".into()];
+    c.auth.metrics_public = true;
+    let s = TestServer::start(c).await;
+    assert_eq!(get(&s.url("/metrics")).await.status, 200);
+    assert_eq!(post(&s.url("/v1/embeddings"), json!({"input": "hi"})).await.status, 401);
     s.stop().await;
 }
 
