@@ -2,7 +2,8 @@
 //! (lavapipe in CI): runs that fail, and runs that hang. Every request is answered; the
 //! traffic moves to the CPU (`x-wedge-device`, `/metrics`) and back once a probe finds the
 //! GPU well again; a stream that is generating when the GPU faults goes on on the CPU with the
-//! same tokens.
+//! same tokens. And a model whose load does not end answers 503 + `Retry-After` after the load
+//! timeout.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,7 +19,7 @@ use wedge_gpu::Fault;
 use wedge_serve::{Config, ModelConfig};
 
 mod common;
-use common::{Reply, TestServer, client, metric, post};
+use common::{Reply, TestServer, client, cosine, metric, post, smollm2};
 
 /// The tests take turns: each is timed by a watchdog, and lavapipe shares the 2 cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -66,12 +67,6 @@ async fn embed(s: &TestServer, text: &str) -> (Reply, Vec<f32>) {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json()["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     (r, v)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-    let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (n(a) * n(b))
 }
 
 /// Sends requests until one is answered by the GPU again (the probe runs off the request
@@ -147,16 +142,40 @@ async fn embeddings_move_to_the_cpu_when_the_gpu_fails_or_hangs_and_come_back() 
     s.stop().await;
 }
 
-fn smollm2() -> Option<PathBuf> {
-    let path = std::env::var_os("WEDGE_SMOLLM2_GGUF").map(PathBuf::from).filter(|p| p.is_file());
-    if path.is_none() {
-        wedge_testkit::unavailable(
-            "WEDGE_REQUIRE_MODEL",
-            "the language-model breaker",
-            "WEDGE_SMOLLM2_GGUF does not name the file (models/fetch.sh smollm2 fetches it)",
-        );
+/// A model whose load does not end (its warm-up run hangs on the GPU) keeps a request waiting
+/// only `load_timeout_secs`, which then gets 503 with `Retry-After` while the load goes on; the
+/// index says LOADING; once the load ends the model serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_a_slow_load_then_gets_503_with_retry_after() {
+    let Some(device) = gpu("a slow load on the GPU") else { return };
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut c = breaker_config(3_000);
+    let mut m = model("minilm", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge"));
+    m.preload = Some(false);
+    c.models.push(m);
+    c.registry.load_timeout_secs = 1;
+    let s = TestServer::start_on(c, device.clone()).await;
+    inject(&device, Some(Fault::Hang));
+    let t0 = Instant::now();
+    let r = post(&s.url("/v1/embeddings"), json!({"model": "minilm", "input": "first"})).await;
+    assert_eq!((r.status.as_u16(), r.error_type().as_str()), (503, "overloaded_error"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("is loading"), "{}", r.json());
+    assert_eq!(r.header("retry-after"), "1");
+    assert!(t0.elapsed() >= Duration::from_secs(1), "answered before the load timeout");
+    let index = |s: &TestServer| {
+        let url = s.url("/v2/repository/index");
+        async move { post(&url, json!({})).await.json()[0]["state"].as_str().unwrap().to_string() }
+    };
+    assert_eq!(index(&s).await, "LOADING");
+    inject(&device, None);
+    let t0 = Instant::now();
+    while index(&s).await != "READY" {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the load did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    path
+    let (r, _) = embed(&s, "second").await;
+    assert_eq!(r.header("x-wedge-device"), "gpu");
+    s.stop().await;
 }
 
 /// Streams a greedy completion of `prompt` of `max_tokens` tokens; returns the
@@ -193,7 +212,7 @@ async fn stream_completion(s: &TestServer, prompt: &str, max_tokens: usize) -> (
 /// short watchdog would take for a hang.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generating_stream_survives_a_gpu_fault_with_the_same_tokens() {
-    let Some(gguf) = smollm2() else { return };
+    let Some(gguf) = smollm2("the language-model breaker") else { return };
     let Some(device) = gpu("the language-model breaker on the GPU") else { return };
     let _turn = ONE_AT_A_TIME.lock().await;
     let prompt = "One, two,";

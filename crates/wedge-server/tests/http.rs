@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use wedge_serve::{Config, ModelConfig};
 
 mod common;
-use common::{Reply, TestServer, call, client, get, metric, post};
+use common::{Reply, TestServer, call, client, cosine, get, metric, post};
 
 fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge")
@@ -77,12 +77,6 @@ async fn declared_too_large(server: &TestServer, len: usize) -> Reply {
 
 fn embedding(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-    let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (n(a) * n(b))
 }
 
 /// The first public text and its PyTorch fp32 embedding.

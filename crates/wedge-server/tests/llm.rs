@@ -18,19 +18,7 @@ use wedge::{ChatMessage, GenerateParams, LanguageModel, LmOptions};
 use wedge_serve::{Config, ModelConfig};
 
 mod common;
-use common::{TestServer, client, get, metric, post};
-
-fn smollm2() -> Option<PathBuf> {
-    let path = std::env::var_os("WEDGE_SMOLLM2_GGUF").map(PathBuf::from).filter(|p| p.is_file());
-    if path.is_none() {
-        wedge_testkit::unavailable(
-            "WEDGE_REQUIRE_MODEL",
-            "serving SmolLM2 over HTTP",
-            "WEDGE_SMOLLM2_GGUF does not name the file (models/fetch.sh smollm2 fetches it)",
-        );
-    }
-    path
-}
+use common::{TestServer, client, get, metric, post, smollm2};
 
 const CTX: usize = 384;
 
@@ -104,7 +92,7 @@ async fn post_fresh(url: &str, body: Value) -> common::Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_routes_answer_as_the_library_generates() {
-    let Some(gguf) = smollm2() else { return };
+    let Some(gguf) = smollm2("serving SmolLM2 over HTTP") else { return };
     let (prompt_len, greedy) = library_chat(&gguf, &[ChatMessage::new("user", "What is the capital of France?")], 24);
     let s = TestServer::start(config(&gguf)).await;
 
@@ -218,7 +206,7 @@ async fn openai_routes_answer_as_the_library_generates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_server_sent_events_as_openai_sends_them() {
-    let Some(gguf) = smollm2() else { return };
+    let Some(gguf) = smollm2("serving SmolLM2 over HTTP") else { return };
     let s = TestServer::start(config(&gguf)).await;
     let whole =
         post(&s.url("/v1/chat/completions"), chat("Name three colors.", json!({"max_tokens": 20}))).await.json();
@@ -267,7 +255,7 @@ async fn streams_are_server_sent_events_as_openai_sends_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequences_batch_together_leave_when_cancelled_and_reuse_prefixes() {
-    let Some(gguf) = smollm2() else { return };
+    let Some(gguf) = smollm2("serving SmolLM2 over HTTP") else { return };
     let s = TestServer::start(config(&gguf)).await;
     let url = s.url("/v1/completions");
     let model = s.service.model("smollm2").await.unwrap();
@@ -325,7 +313,7 @@ async fn sequences_batch_together_leave_when_cancelled_and_reuse_prefixes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_sheds_with_503() {
-    let Some(gguf) = smollm2() else { return };
+    let Some(gguf) = smollm2("serving SmolLM2 over HTTP") else { return };
     let mut c = config(&gguf);
     c.generation.max_sequences = 1;
     c.generation.max_batch_tokens = 8;
@@ -358,7 +346,7 @@ async fn a_full_queue_sheds_with_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reproducible_requests_repeat_from_the_completion_cache() {
-    let Some(gguf) = smollm2() else { return };
+    let Some(gguf) = smollm2("serving SmolLM2 over HTTP") else { return };
     let dir = tempfile::tempdir().unwrap();
     let with_disk = |model: &Path| {
         let mut c = config(model);
@@ -437,7 +425,7 @@ async fn reproducible_requests_repeat_from_the_completion_cache() {
 /// tokens agree).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gpu_serves_batched_requests_as_the_cpu_generates() {
-    let Some(gguf) = smollm2() else { return };
+    let Some(gguf) = smollm2("serving SmolLM2 over HTTP") else { return };
     let device = match wedge::Device::gpu() {
         Ok(d) => d,
         Err(e) => {
@@ -487,7 +475,7 @@ async fn a_gpu_serves_batched_requests_as_the_cpu_generates() {
 /// OpenAI's JavaScript client (`openai` from npm, in web/'s packages) parses every answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_library_parses_every_answer() {
-    let Some(gguf) = smollm2() else { return };
+    let Some(gguf) = smollm2("serving SmolLM2 over HTTP") else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let node = std::process::Command::new("node").arg("--version").output();
     if node.is_err() || !root.join("web/node_modules/openai/package.json").is_file() {

@@ -113,3 +113,24 @@ pub(crate) async fn metric(server: &TestServer, prefix: &str) -> f64 {
     let text = String::from_utf8(get(&server.url("/metrics")).await.body.to_vec()).unwrap();
     text.lines().filter(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()).sum()
 }
+
+/// The SmolLM2 GGUF file `WEDGE_SMOLLM2_GGUF` names, if it is there (else `check` is skipped,
+/// or fails under `WEDGE_REQUIRE_MODEL=1`).
+pub(crate) fn smollm2(check: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("WEDGE_SMOLLM2_GGUF").map(std::path::PathBuf::from).filter(|p| p.is_file());
+    if path.is_none() {
+        wedge_testkit::unavailable(
+            "WEDGE_REQUIRE_MODEL",
+            check,
+            "WEDGE_SMOLLM2_GGUF does not name the file (models/fetch.sh smollm2 fetches it)",
+        );
+    }
+    path
+}
+
+/// Cosine similarity, in f64.
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (n(a) * n(b))
+}
