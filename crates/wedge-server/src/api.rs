@@ -133,7 +133,6 @@ pub(crate) struct InferRequest {
     #[serde(default)]
     pub(crate) outputs: Option<Vec<RequestedOutput>>,
     #[serde(default)]
-    #[allow(dead_code)] // accepted per the protocol; none are used
     pub(crate) parameters: Option<Value>,
 }
 
@@ -142,10 +141,95 @@ pub(crate) struct InferInput {
     pub(crate) name: String,
     pub(crate) shape: Vec<i64>,
     pub(crate) datatype: String,
-    pub(crate) data: Value,
+    /// JSON data; absent when the tensor's bytes follow the JSON (`binary_data_size`).
     #[serde(default)]
-    #[allow(dead_code)]
+    pub(crate) data: Option<Value>,
+    #[serde(default)]
     pub(crate) parameters: Option<Value>,
+}
+
+/// A KServe v2 infer request, read: its id, texts, and whether the answer's tensor goes as
+/// binary data after the JSON.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Infer {
+    pub(crate) id: Option<String>,
+    pub(crate) texts: Vec<String>,
+    pub(crate) binary_output: bool,
+}
+
+/// A `parameters` field as a number or a flag.
+fn param<'a>(p: &'a Option<Value>, name: &str) -> Option<&'a Value> {
+    p.as_ref().and_then(|p| p.get(name))
+}
+
+/// The BYTES elements of a binary tensor: each a 4-byte little-endian length and its bytes.
+fn binary_strings(mut raw: &[u8]) -> Result<Vec<String>, ServeError> {
+    let bad = |m: &str| ServeError::BadInput(format!("input `{INPUT_NAME}`: binary BYTES data {m}"));
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        let (len, rest) = raw.split_first_chunk::<4>().ok_or_else(|| bad("ends inside an element's length"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err(bad("ends inside an element"));
+        }
+        let (text, rest) = rest.split_at(len);
+        out.push(String::from_utf8(text.to_vec()).map_err(|_| bad("holds an element that is not UTF-8"))?);
+        raw = rest;
+    }
+    Ok(out)
+}
+
+impl Infer {
+    /// Reads a request body: JSON, or with the binary tensor data extension
+    /// (`Inference-Header-Content-Length: header_len`) that much JSON followed by the inputs'
+    /// bytes, in input order, each input saying its size in `parameters.binary_data_size`.
+    pub(crate) fn parse(body: &[u8], header_len: Option<usize>) -> Result<Infer, ServeError> {
+        let bad = |m: String| ServeError::BadInput(m);
+        let (head, mut binary) = match header_len {
+            None => (body, &body[..0]),
+            Some(n) if n <= body.len() => body.split_at(n),
+            Some(n) => {
+                return Err(bad(format!(
+                    "Inference-Header-Content-Length is {n} but the body has {} bytes",
+                    body.len()
+                )));
+            }
+        };
+        let mut r: InferRequest = serde_json::from_slice(head).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        for input in &mut r.inputs {
+            let Some(size) = param(&input.parameters, "binary_data_size") else { continue };
+            let size = size
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or_else(|| bad(format!("input `{}`: binary_data_size must be a byte count", input.name)))?;
+            if size > binary.len() {
+                return Err(bad(format!(
+                    "input `{}`: binary_data_size {size} is more than the {} bytes after the JSON",
+                    input.name,
+                    binary.len()
+                )));
+            }
+            if input.data.is_some() {
+                return Err(bad(format!("input `{}` has both data and binary_data_size", input.name)));
+            }
+            let (raw, rest) = binary.split_at(size);
+            binary = rest;
+            if input.datatype == "BYTES" && input.name == INPUT_NAME {
+                input.data = Some(Value::from(binary_strings(raw)?));
+            } else {
+                // (checked and refused by name and datatype below)
+                input.data = Some(Value::Null);
+            }
+        }
+        if !binary.is_empty() {
+            return Err(bad(format!("{} bytes after the JSON belong to no input", binary.len())));
+        }
+        let requested =
+            r.outputs.iter().flatten().any(|o| param(&o.parameters, "binary_data") == Some(&Value::Bool(true)));
+        let binary_output = requested || param(&r.parameters, "binary_data_output") == Some(&Value::Bool(true));
+        let (id, texts) = r.texts()?;
+        Ok(Infer { id, texts, binary_output })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,10 +264,6 @@ impl InferRequest {
                 if o.name != OUTPUT_NAME {
                     return bad(format!("unknown output `{}`; this model has `{OUTPUT_NAME}`", o.name));
                 }
-                let binary = o.parameters.as_ref().and_then(|p| p.get("binary_data")).and_then(Value::as_bool);
-                if binary == Some(true) {
-                    return bad("binary_data outputs are not supported; use JSON".into());
-                }
             }
         }
         let [input]: [InferInput; 1] = match self.inputs.try_into() {
@@ -197,7 +277,8 @@ impl InferRequest {
             return bad(format!("input `{INPUT_NAME}` has datatype {}; expected BYTES", input.datatype));
         }
         let mut texts = Vec::new();
-        flatten_strings(input.data, &mut texts)?;
+        let data = input.data.ok_or_else(|| ServeError::BadInput(format!("input `{INPUT_NAME}` has no data")))?;
+        flatten_strings(data, &mut texts)?;
         let elements = input.shape.iter().try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) });
         let shape_ok = matches!(input.shape.len(), 1 | 2)
             && (input.shape.len() == 1 || input.shape[1] == 1)
@@ -218,7 +299,10 @@ struct InferOutput {
     name: &'static str,
     datatype: &'static str,
     shape: [usize; 2],
-    data: Vec<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -230,19 +314,48 @@ struct InferResponse<'a> {
     outputs: [InferOutput; 1],
 }
 
-pub(crate) fn infer_response(out: &Embeddings, id: Option<String>) -> Result<Vec<u8>, ServeError> {
+/// The answer to an infer request: JSON, or with `binary` the JSON (its length returned, for
+/// `Inference-Header-Content-Length`) followed by the output's little-endian FP32 bytes.
+pub(crate) fn infer_response(
+    out: &Embeddings,
+    id: Option<String>,
+    binary: bool,
+) -> Result<(Vec<u8>, Option<usize>), ServeError> {
     let dim = out.model.embedding()?.dim;
     let mut data = Vec::with_capacity(out.vectors.len() * dim);
     for v in &out.vectors {
         data.extend_from_slice(v);
     }
-    let body = InferResponse {
-        model_name: &out.model.name,
-        model_version: &out.model.version,
-        id,
-        outputs: [InferOutput { name: OUTPUT_NAME, datatype: "FP32", shape: [out.vectors.len(), dim], data }],
+    let shape = [out.vectors.len(), dim];
+    let output = if binary {
+        let size = 4 * data.len();
+        InferOutput {
+            name: OUTPUT_NAME,
+            datatype: "FP32",
+            shape,
+            data: None,
+            parameters: Some(serde_json::json!({ "binary_data_size": size })),
+        }
+    } else {
+        InferOutput {
+            name: OUTPUT_NAME,
+            datatype: "FP32",
+            shape,
+            data: Some(std::mem::take(&mut data)),
+            parameters: None,
+        }
     };
-    serde_json::to_vec(&body).map_err(|e| ServeError::Inference(e.to_string()))
+    let body = InferResponse { model_name: &out.model.name, model_version: &out.model.version, id, outputs: [output] };
+    let mut bytes = serde_json::to_vec(&body).map_err(|e| ServeError::Inference(e.to_string()))?;
+    if !binary {
+        return Ok((bytes, None));
+    }
+    let header_len = bytes.len();
+    bytes.reserve(4 * data.len());
+    for x in &data {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    Ok((bytes, Some(header_len)))
 }
 
 /// `GET /v2/models/{name}`. A language model lists no tensors: it is served through the
@@ -270,7 +383,8 @@ mod tests {
     use super::*;
 
     fn infer(v: Value) -> Result<(Option<String>, Vec<String>), ServeError> {
-        serde_json::from_value::<InferRequest>(v).map_err(|e| ServeError::BadInput(e.to_string()))?.texts()
+        let i = Infer::parse(v.to_string().as_bytes(), None)?;
+        Ok((i.id, i.texts))
     }
 
     #[test]
@@ -289,6 +403,49 @@ mod tests {
         ] {
             assert!(infer(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    /// A body as Triton's clients send it: JSON, then each BYTES element as a 4-byte length
+    /// and its bytes.
+    fn binary_body(texts: &[&str], extra: &[u8], output: Value) -> (Vec<u8>, usize) {
+        let mut raw = Vec::new();
+        for t in texts {
+            raw.extend_from_slice(&(t.len() as u32).to_le_bytes());
+            raw.extend_from_slice(t.as_bytes());
+        }
+        let head = serde_json::json!({
+            "inputs": [{"name": "text", "shape": [texts.len()], "datatype": "BYTES",
+                        "parameters": {"binary_data_size": raw.len()}}],
+            "parameters": output,
+        })
+        .to_string();
+        let n = head.len();
+        ([head.into_bytes(), raw, extra.to_vec()].concat(), n)
+    }
+
+    #[test]
+    fn binary_tensor_data_is_read_and_checked() {
+        let (body, n) = binary_body(&["héllo", "", "two"], b"", serde_json::json!({"binary_data_output": true}));
+        let got = Infer::parse(&body, Some(n)).unwrap();
+        assert_eq!(got.texts, ["héllo", "", "two"]);
+        assert!(got.binary_output);
+        let (body, n) = binary_body(&["a"], b"", serde_json::json!({}));
+        assert!(!Infer::parse(&body, Some(n)).unwrap().binary_output);
+        let refused = |body: &[u8], n: Option<usize>, why: &str| {
+            let e = Infer::parse(body, n).unwrap_err().to_string();
+            assert!(e.contains(why), "{e} (wanted {why})");
+        };
+        let (body, n) = binary_body(&["a", "b"], b"zz", serde_json::json!({}));
+        refused(&body, Some(n), "belong to no input");
+        refused(&body, Some(body.len() + 1), "Inference-Header-Content-Length");
+        refused(&body[..body.len() - 3], Some(n), "binary_data_size");
+        refused(&body, None, "invalid JSON");
+        let (mut body, n) = binary_body(&["ab"], b"", serde_json::json!({}));
+        let len = body.len();
+        body[len - 1] = 0xff; // not UTF-8
+        refused(&body, Some(n), "not UTF-8");
+        body[n] = 9; // a length past the end
+        refused(&body, Some(n), "ends inside an element");
     }
 
     #[test]

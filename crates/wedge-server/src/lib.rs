@@ -169,8 +169,31 @@ fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
 
-/// The one place where errors become HTTP: status, `{"error": {"message", "type"}}`, headers.
-fn error_response(e: &ServeError) -> Response<Body> {
+/// Which protocol a route speaks, for the shape of its errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// OpenAI's `{"error": {"message", "type"}}` (every route but `/v2`'s).
+    OpenAi,
+    /// KServe v2's `{"error": "message"}` (the `/v2` routes; Triton's clients read it).
+    KServe,
+}
+
+impl Protocol {
+    fn of(path: &str) -> Protocol {
+        if path == "/v2" || path.starts_with("/v2/") { Protocol::KServe } else { Protocol::OpenAi }
+    }
+
+    fn error_body(self, message: &str, kind: &str) -> Vec<u8> {
+        let v = match self {
+            Protocol::OpenAi => serde_json::json!({"error": {"message": message, "type": kind}}),
+            Protocol::KServe => serde_json::json!({ "error": message }),
+        };
+        v.to_string().into_bytes()
+    }
+}
+
+/// The one place where errors become HTTP: status, the protocol's error body, headers.
+fn error_response(e: &ServeError, protocol: Protocol) -> Response<Body> {
     let (status, kind) = match e {
         ServeError::BadInput(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         ServeError::UnknownModel(_) => (StatusCode::NOT_FOUND, "model_not_found"),
@@ -186,8 +209,7 @@ fn error_response(e: &ServeError) -> Response<Body> {
         ServeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout_error"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
     };
-    let body = serde_json::json!({"error": {"message": e.to_string(), "type": kind}});
-    let mut r = json(status, body.to_string().into_bytes());
+    let mut r = json(status, protocol.error_body(&e.to_string(), kind));
     let retry = match e {
         ServeError::RateLimited { retry_after_s }
         | ServeError::QuotaExceeded { retry_after_s, .. }
@@ -226,9 +248,9 @@ impl From<ServeError> for Failure {
     }
 }
 
-fn failure_response(f: &Failure) -> Response<Body> {
+fn failure_response(f: &Failure, protocol: Protocol) -> Response<Body> {
     let (status, kind, message) = match f {
-        Failure::Serve(e) => return error_response(e),
+        Failure::Serve(e) => return error_response(e, protocol),
         Failure::TooLarge(max) => {
             (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("request body over {max} bytes"))
         }
@@ -236,15 +258,13 @@ fn failure_response(f: &Failure) -> Response<Body> {
         Failure::MethodNotAllowed(allow) => {
             let mut r = json(
                 StatusCode::METHOD_NOT_ALLOWED,
-                serde_json::json!({"error": {"message": format!("use {allow}"), "type": "invalid_request_error"}})
-                    .to_string()
-                    .into_bytes(),
+                protocol.error_body(&format!("use {allow}"), "invalid_request_error"),
             );
             r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
             return r;
         }
     };
-    json(status, serde_json::json!({"error": {"message": message, "type": kind}}).to_string().into_bytes())
+    json(status, protocol.error_body(&message, kind))
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
@@ -266,10 +286,11 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
     let span = tracing::info_span!("request", request_id = %id, %method, %path, %peer);
     let timeout = Duration::from_millis(state.service.config().limits.request_timeout_ms);
     let result = tokio::time::timeout(timeout, route_request(&state, peer, req, &id)).instrument(span.clone()).await;
+    let protocol = Protocol::of(&path);
     let mut resp = match result {
         Ok(Ok(r)) => r,
-        Ok(Err(f)) => failure_response(&f),
-        Err(_) => error_response(&ServeError::Timeout(timeout.as_millis() as u64)),
+        Ok(Err(f)) => failure_response(&f, protocol),
+        Err(_) => error_response(&ServeError::Timeout(timeout.as_millis() as u64), protocol),
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -454,11 +475,25 @@ async fn route_request(
             // 404 before reading a body for a model that is not here
             let model = service.model_for(name, &caller, None, pinned(&segments)).await?;
             let policy = cache_policy(req.headers());
+            // (the binary tensor data extension: that much JSON, then the tensors' bytes)
+            let header_len = match req.headers().get("inference-header-content-length") {
+                None => None,
+                Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+                    ServeError::BadInput("Inference-Header-Content-Length must be a byte count".into())
+                })?),
+            };
             let body = read_body(req, service.config().limits.max_body_bytes).await?;
-            let (id, texts) = parse_json::<api::InferRequest>(&body)?.texts()?;
-            let out = service.embed_with(model, &texts, policy).await?;
+            let infer = api::Infer::parse(&body, header_len)?;
+            let out = service.embed_with(model, &infer.texts, policy).await?;
             service.charge(&caller, out.prompt_tokens);
-            let resp = with_cache(json(StatusCode::OK, api::infer_response(&out, id)?), out.cache_hit);
+            let (bytes, json_len) = api::infer_response(&out, infer.id, infer.binary_output)?;
+            let mut resp = json(StatusCode::OK, bytes);
+            if let Some(n) = json_len {
+                let h = resp.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                h.insert("inference-header-content-length", HeaderValue::from(n));
+            }
+            let resp = with_cache(resp, out.cache_hit);
             Ok(with_device(with_version(resp, &out.model.version), out.device))
         }
         // KServe v2 model repository extension: the index, and loading (or reloading) and
@@ -601,19 +636,31 @@ mod tests {
             (ServeError::BadInput("x".into()), 400),
             (ServeError::UnknownModel("m".into()), 404),
             (ServeError::Unauthorized, 401),
+            (ServeError::InvalidToken("expired".into()), 401),
+            (ServeError::Forbidden("no".into()), 403),
             (ServeError::RateLimited { retry_after_s: 2 }, 429),
+            (ServeError::QuotaExceeded { what: "tokens", limit: 5, retry_after_s: 9 }, 429),
             (ServeError::Overloaded { model: "m".into(), queued: 9, retry_after_s: 3 }, 503),
             (ServeError::NotReady, 503),
             (ServeError::Timeout(5), 504),
             (ServeError::Inference("x".into()), 500),
         ];
         for (e, status) in cases {
-            let r = error_response(&e);
-            assert_eq!(r.status().as_u16(), status, "{e}");
-            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+            for protocol in [Protocol::OpenAi, Protocol::KServe] {
+                let r = error_response(&e, protocol);
+                assert_eq!(r.status().as_u16(), status, "{e}");
+                assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+            }
         }
-        let r = error_response(&ServeError::Overloaded { model: "m".into(), queued: 9, retry_after_s: 3 });
+        let r = error_response(
+            &ServeError::Overloaded { model: "m".into(), queued: 9, retry_after_s: 3 },
+            Protocol::KServe,
+        );
         assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(Protocol::of("/v2/models/m/infer"), Protocol::KServe);
+        assert_eq!(Protocol::of("/v2"), Protocol::KServe);
+        assert_eq!(Protocol::of("/v1/embeddings"), Protocol::OpenAi);
+        assert_eq!(Protocol::of("/v2x"), Protocol::OpenAi);
     }
 
     #[test]

@@ -256,7 +256,7 @@ async fn a_generating_stream_survives_a_gpu_fault_with_the_same_tokens() {
     gpu.inject_fault_after(4, Fault::Hang);
     let (on, text) = stream_completion(&s, prompt, max_tokens).await;
     assert_eq!((on.as_str(), text.as_str()), ("gpu", want.as_str()));
-    assert_eq!(metric(&s, "wedge_breaker_trips_total{model=\"smollm2\",version=\"1\",reason=\"timeout\"}").await, 1.0);
+    assert!(metric(&s, "wedge_breaker_trips_total{model=\"smollm2\",version=\"1\",reason=\"timeout\"}").await >= 1.0);
     inject(&device, None);
     s.stop().await;
 }

@@ -19,6 +19,9 @@ use wedge_serve::{Config, ModelConfig};
 mod common;
 use common::{Reply, TestServer, call, client, cosine, get, metric, post};
 
+/// An error in KServe's shape, `{"error": "message"}` (the `/v2` routes).
+const KSERVE: &str = "kserve";
+
 fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge")
 }
@@ -130,12 +133,34 @@ async fn endpoints_answer_in_both_protocols() {
     assert_eq!((kv["id"].clone(), kv["outputs"][0]["shape"].clone()), (json!("q1"), json!([1, 384])));
     assert_eq!(kv["outputs"][0]["datatype"], "FP32");
     assert_eq!(embedding(&kv["outputs"][0]["data"]), got);
+    // ... and with the binary tensor data extension, as Triton's HTTP client sends by default:
+    // the JSON, then each BYTES element as a 4-byte length and its bytes; the answer's FP32
+    // tensor after its JSON.
+    let raw = [(text.len() as u32).to_le_bytes().to_vec(), text.as_bytes().to_vec()].concat();
+    let head = json!({
+        "inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": raw.len()}}],
+        "parameters": {"binary_data_output": true}
+    })
+    .to_string();
+    let n = head.len().to_string();
+    let headers = [("content-type", "application/octet-stream"), ("inference-header-content-length", n.as_str())];
+    let b =
+        call(Method::POST, &s.url("/v2/models/all-MiniLM-L6-v2/infer"), &headers, [head.into_bytes(), raw].concat())
+            .await;
+    assert_eq!(b.status, 200, "{}", String::from_utf8_lossy(&b.body));
+    let json_len: usize = b.header("inference-header-content-length").parse().unwrap();
+    let meta: Value = serde_json::from_slice(&b.body[..json_len]).unwrap();
+    assert_eq!(meta["outputs"][0]["parameters"]["binary_data_size"], json!(384 * 4));
+    assert!(meta["outputs"][0].get("data").is_none());
+    let floats: Vec<f32> =
+        b.body[json_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(floats, got);
 
     // Errors: status, JSON shape, type.
     let cases: Vec<(Reply, u16, &str)> = vec![
         (post(&s.url("/v1/embeddings"), json!({"model": "nope", "input": "x"})).await, 404, "model_not_found"),
-        (post(&s.url("/v2/models/nope/infer"), json!({"inputs": []})).await, 404, "model_not_found"),
-        (get(&s.url("/v2/models/nope")).await, 404, "model_not_found"),
+        (post(&s.url("/v2/models/nope/infer"), json!({"inputs": []})).await, 404, KSERVE),
+        (get(&s.url("/v2/models/nope")).await, 404, KSERVE),
         (post(&s.url("/v1/embeddings"), json!({"input": []})).await, 400, "invalid_request_error"),
         (post(&s.url("/v1/embeddings"), json!({"input": [[1, 2]]})).await, 400, "invalid_request_error"),
         (post(&s.url("/v1/embeddings"), json!({"inputs": "x"})).await, 400, "invalid_request_error"),
@@ -153,15 +178,20 @@ async fn endpoints_answer_in_both_protocols() {
             )
             .await,
             400,
-            "invalid_request_error",
+            KSERVE,
         ),
+        (get(&s.url("/v2/models/default/infer")).await, 405, KSERVE),
         (get(&s.url("/v1/embeddings")).await, 405, "invalid_request_error"),
         (get(&s.url("/nowhere")).await, 404, "not_found"),
         (declared_too_large(&s, (4 << 20) + 1).await, 413, "invalid_request_error"),
     ];
     for (i, (r, status, kind)) in cases.iter().enumerate() {
         assert_eq!(r.status.as_u16(), *status, "case {i}: {}", String::from_utf8_lossy(&r.body));
-        assert_eq!(r.error_type(), *kind, "case {i}");
+        if *kind == KSERVE {
+            assert!(!r.kserve_error().is_empty(), "case {i}");
+        } else {
+            assert_eq!(r.error_type(), *kind, "case {i}");
+        }
     }
     let m = String::from_utf8(get(&s.url("/metrics")).await.body.to_vec()).unwrap();
     for needle in [

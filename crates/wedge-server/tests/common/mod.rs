@@ -79,7 +79,13 @@ impl Reply {
         self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
     }
 
-    /// An error reply has the documented shape.
+    /// A KServe v2 error reply (`{"error": "message"}`): its message.
+    pub(crate) fn kserve_error(&self) -> String {
+        let v = self.json();
+        v["error"].as_str().unwrap_or_else(|| panic!("not KServe's error shape: {v}")).to_string()
+    }
+
+    /// An OpenAI error reply has the documented shape: its type.
     pub(crate) fn error_type(&self) -> String {
         let v = self.json();
         assert!(v["error"]["message"].is_string(), "{v}");
