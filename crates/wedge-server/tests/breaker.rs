@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,25 +16,13 @@ use hyper::{Method, Request};
 use serde_json::{Value, json};
 use wedge::{GenerateParams, LanguageModel, LmOptions};
 use wedge_gpu::Fault;
-use wedge_serve::{Config, ModelConfig};
+use wedge_serve::Config;
 
 mod common;
-use common::{Reply, TestServer, client, cosine, metric, post, smollm2};
+use common::{Reply, TestServer, client, cosine, metric, model_config, post, smollm2};
 
 /// The tests take turns: each is timed by a watchdog, and lavapipe shares the 2 cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn model(name: &str, path: PathBuf) -> ModelConfig {
-    ModelConfig {
-        name: name.into(),
-        path,
-        version: None,
-        aliases: vec![],
-        batching: None,
-        preload: None,
-        versions: vec![],
-    }
-}
 
 fn gpu(check: &str) -> Option<wedge::Device> {
     match wedge::Device::gpu() {
@@ -88,7 +76,10 @@ async fn embeddings_move_to_the_cpu_when_the_gpu_fails_or_hangs_and_come_back() 
     let Some(device) = gpu("the embedding breaker on the GPU") else { return };
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut c = breaker_config(3_000);
-    c.models.push(model("minilm", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge")));
+    c.models.push(model_config(
+        "minilm",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge"),
+    ));
     let s = TestServer::start_on(c, device.clone()).await;
     let text = "The quick brown fox jumps over the lazy dog.";
     let (r, on_gpu) = embed(&s, text).await;
@@ -150,7 +141,8 @@ async fn a_request_waits_for_a_slow_load_then_gets_503_with_retry_after() {
     let Some(device) = gpu("a slow load on the GPU") else { return };
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut c = breaker_config(3_000);
-    let mut m = model("minilm", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge"));
+    let mut m =
+        model_config("minilm", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge"));
     m.preload = Some(false);
     c.models.push(m);
     c.registry.load_timeout_secs = 1;
@@ -225,7 +217,7 @@ async fn a_generating_stream_survives_a_gpu_fault_with_the_same_tokens() {
         lm.generate(&ids, params).unwrap().map(|t| t.unwrap().text).collect::<String>()
     };
     let mut c = breaker_config(4_000);
-    c.models.push(model("smollm2", gguf));
+    c.models.push(model_config("smollm2", gguf));
     c.generation.ctx = 64;
     c.generation.max_sequences = 2;
     let s = TestServer::start_on(c, device.clone()).await;

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,26 +15,20 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use serde_json::{Value, json};
 use wedge::{ChatMessage, GenerateParams, LanguageModel, LmOptions};
-use wedge_serve::{Config, ModelConfig};
+use wedge_serve::Config;
 
 mod common;
-use common::{TestServer, client, get, metric, post, smollm2};
+use common::{TestServer, client, get, metric, model_config, post, smollm2};
 
 const CTX: usize = 384;
 
 fn config(gguf: &Path) -> Config {
     let mut c = Config::default();
-    let model = |name: &str, path: PathBuf| ModelConfig {
-        name: name.into(),
-        path,
-        version: None,
-        aliases: vec![],
-        batching: None,
-        preload: None,
-        versions: Vec::new(),
-    };
-    c.models.push(model("smollm2", gguf.to_path_buf()));
-    c.models.push(model("minilm", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge")));
+    c.models.push(model_config("smollm2", gguf.to_path_buf()));
+    c.models.push(model_config(
+        "minilm",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge"),
+    ));
     c.generation.ctx = CTX;
     c.generation.max_sequences = 4;
     c

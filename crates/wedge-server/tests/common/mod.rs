@@ -140,3 +140,16 @@ pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (n(a) * n(b))
 }
+
+/// A model of the configuration: `name` served from `path`, every other field at its default.
+pub(crate) fn model_config(name: &str, path: std::path::PathBuf) -> wedge_serve::ModelConfig {
+    wedge_serve::ModelConfig {
+        name: name.into(),
+        path,
+        version: None,
+        aliases: vec![],
+        batching: None,
+        preload: None,
+        versions: vec![],
+    }
+}
