@@ -98,6 +98,11 @@ impl Batcher {
         Ok(rx)
     }
 
+    /// Most inputs that may wait (`max_queue`).
+    pub fn max_queue(&self) -> usize {
+        self.shared.settings.max_queue
+    }
+
     /// Inputs waiting now.
     pub fn queued(&self) -> usize {
         self.shared.queue.lock().items.len()

@@ -290,6 +290,16 @@ impl Service {
                 limits.max_inputs
             )));
         }
+        // more inputs than the model's queue holds could never be admitted: a 400 that says
+        // so, not a 503 that retrying cannot fix
+        let max_queue = model.embedding()?.batcher.max_queue();
+        if inputs.len() > max_queue {
+            return Err(ServeError::BadInput(format!(
+                "{} inputs in one request; model `{}` queues at most {max_queue} (batching.max_queue)",
+                inputs.len(),
+                model.name
+            )));
+        }
         if let Some((i, t)) = inputs.iter().enumerate().find(|(_, t)| t.len() > limits.max_input_bytes) {
             return Err(ServeError::BadInput(format!(
                 "input {i} is {} bytes; at most {}",

@@ -525,6 +525,10 @@ async fn overload_is_answered_with_503_not_timeouts() {
     }
     assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
     assert_eq!(metric(&s, "wedge_shed_requests_total").await, f64::from(shed));
+    // more inputs than the queue holds: a 400 naming the limit, not a 503 to retry for ever
+    let r = post(&url, json!({"input": ["a", "b", "c"]})).await;
+    assert_eq!((r.status.as_u16(), r.error_type().as_str()), (400, "invalid_request_error"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("at most 2 (batching.max_queue)"), "{}", r.json());
     s.stop().await;
 }
 
