@@ -391,7 +391,7 @@ async fn route_request(
             let out = service.embed_with(model, &inputs, policy).await?;
             service.charge(&caller, out.prompt_tokens);
             let resp = with_cache(json(StatusCode::OK, api::openai_response(&out, encoding)?), out.cache_hit);
-            Ok(with_device(with_version(resp, &out.model.version), out.device))
+            Ok(with_quota(with_device(with_version(resp, &out.model.version), out.device), service, &caller))
         }
         ["v1", "chat", "completions"] | ["v1", "completions"] => {
             expect(&method, Method::POST, "POST")?;
@@ -416,10 +416,10 @@ async fn route_request(
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-                Ok(with_device(with_version(with_cache(resp, hit), &version), device))
+                Ok(with_quota(with_device(with_version(with_cache(resp, hit), &version), device), service, &caller))
             } else {
                 let resp = with_cache(json(StatusCode::OK, llm::complete(&r, receivers, id).await?), hit);
-                Ok(with_device(with_version(resp, &version), device))
+                Ok(with_quota(with_device(with_version(resp, &version), device), service, &caller))
             }
         }
         ["tokenize"] | ["detokenize"] => {
@@ -494,7 +494,7 @@ async fn route_request(
                 h.insert("inference-header-content-length", HeaderValue::from(n));
             }
             let resp = with_cache(resp, out.cache_hit);
-            Ok(with_device(with_version(resp, &out.model.version), out.device))
+            Ok(with_quota(with_device(with_version(resp, &out.model.version), out.device), service, &caller))
         }
         // KServe v2 model repository extension: the index, and loading (or reloading) and
         // unloading by name. The load answers once the model serves (or failed, leaving the
@@ -594,6 +594,30 @@ fn cache_policy(headers: &HeaderMap) -> CachePolicy {
         v.split(',').map(str::trim).any(|d| d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store"))
     });
     if no_cache { CachePolicy::Bypass } else { CachePolicy::Use }
+}
+
+/// What is left of the caller's quota, as OpenAI names it (`x-ratelimit-remaining-requests`,
+/// `-tokens`, their limits, and the seconds to the period's end), when it has one.
+fn with_quota(mut r: Response<Body>, service: &Service, caller: &Caller) -> Response<Body> {
+    let left = service.quota_left(caller);
+    let quota = caller.quota();
+    let h = r.headers_mut();
+    for (what, limit, remaining) in [("requests", quota.requests, left.requests), ("tokens", quota.tokens, left.tokens)]
+    {
+        let Some(remaining) = remaining else { continue };
+        let reset = HeaderValue::from_str(&format!("{}s", left.reset_s)).ok();
+        for (kind, value) in [
+            ("limit", Some(HeaderValue::from(limit))),
+            ("remaining", Some(HeaderValue::from(remaining))),
+            ("reset", reset),
+        ] {
+            let name = hyper::header::HeaderName::from_bytes(format!("x-ratelimit-{kind}-{what}").as_bytes());
+            if let (Ok(name), Some(value)) = (name, value) {
+                h.insert(name, value);
+            }
+        }
+    }
+    r
 }
 
 fn with_cache(mut r: Response<Body>, hit: bool) -> Response<Body> {

@@ -368,6 +368,10 @@ async fn tokens_scopes_and_quotas() {
     let r = call(Method::POST, &url, &[("x-api-key", "team-a")], json!({"input": "hi"}).to_string()).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["model"], "other");
+    // what is left, as OpenAI's headers say it
+    assert_eq!((r.header("x-ratelimit-limit-requests"), r.header("x-ratelimit-remaining-requests")), ("3", "2"));
+    assert!(r.header("x-ratelimit-reset-requests").ends_with('s'));
+    assert_eq!(r.header("x-ratelimit-remaining-tokens"), "", "no token quota, no header");
     assert_eq!(ask("all-MiniLM-L6-v2", vec![("x-api-key".into(), "team-a".into())]).await.status, 403);
     assert_eq!(ask("other", vec![("x-api-key".into(), "team-a".into())]).await.status, 200);
     let r = ask("other", vec![("x-api-key".into(), "team-a".into())]).await;
@@ -380,6 +384,7 @@ async fn tokens_scopes_and_quotas() {
     let long = json!({"input": "a text of more than twelve tokens, which is what this key may use in a day"});
     let r = call(Method::POST, &url, &[("x-api-key", "metered")], long.to_string()).await;
     assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-remaining-tokens"), "0");
     assert!(r.json()["usage"]["prompt_tokens"].as_u64().unwrap() > 12);
     let r = ask("other", metered()).await;
     assert_eq!((r.status.as_u16(), r.error_type().as_str()), (429, "insufficient_quota"));
