@@ -170,8 +170,8 @@ pub(crate) struct Account {
 }
 
 impl Account {
-    pub(crate) fn new(quotas: Arc<Quotas>, caller: Caller, prompt_tokens: usize) -> Option<Account> {
-        Some(Account { quotas, caller, prompt_tokens, seen: 0, failed: false })
+    pub(crate) fn new(quotas: Arc<Quotas>, caller: Caller, prompt_tokens: usize) -> Account {
+        Account { quotas, caller, prompt_tokens, seen: 0, failed: false }
     }
 }
 
@@ -187,7 +187,7 @@ impl Drop for Account {
 pub struct Generation {
     source: Source,
     recording: Option<Recording>,
-    account: Option<Account>,
+    account: Account,
     hit: bool,
 }
 
@@ -199,13 +199,13 @@ impl std::fmt::Debug for Generation {
 
 impl Generation {
     /// A request the scheduler runs; stored under `store`'s key when it is done.
-    pub(crate) fn live(rx: GenReceiver, store: Option<(Key, Arc<Cache>)>, account: Option<Account>) -> Generation {
+    pub(crate) fn live(rx: GenReceiver, store: Option<(Key, Arc<Cache>)>, account: Account) -> Generation {
         let recording = store.map(|(key, cache)| Recording { key, tokens: Vec::new(), cache });
         Generation { source: Source::Live(rx), recording, account, hit: false }
     }
 
     /// A completion replayed from the cache.
-    pub(crate) fn replay(c: &Completion, account: Option<Account>) -> Generation {
+    pub(crate) fn replay(c: &Completion, account: Account) -> Generation {
         Generation { source: Source::Replay(c.events()), recording: None, account, hit: true }
     }
 
@@ -225,14 +225,10 @@ impl Generation {
                 if let Some(r) = &mut self.recording {
                     r.tokens.push(StoredToken::new(t));
                 }
-                if let Some(a) = &mut self.account {
-                    a.seen += 1;
-                }
+                self.account.seen += 1;
             }
             GenEvent::Done { finish, usage } => {
-                if let Some(a) = &mut self.account {
-                    (a.prompt_tokens, a.seen) = (usage.prompt_tokens, usage.completion_tokens);
-                }
+                (self.account.prompt_tokens, self.account.seen) = (usage.prompt_tokens, usage.completion_tokens);
                 if let Some(r) = self.recording.take() {
                     let c = Arc::new(Completion {
                         tokens: r.tokens,
@@ -245,9 +241,7 @@ impl Generation {
             }
             GenEvent::Failed(_) => {
                 self.recording = None;
-                if let Some(a) = &mut self.account {
-                    a.failed = true;
-                }
+                self.account.failed = true;
             }
         }
         Some(event)
