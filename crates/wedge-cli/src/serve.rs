@@ -27,6 +27,10 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long)]
     addr: Option<String>,
+    /// Address of the gRPC port (KServe v2; default 127.0.0.1:8081); "" for none, equal to
+    /// --addr to share the HTTP port.
+    #[arg(long)]
+    grpc_addr: Option<String>,
     /// auto (a hardware GPU, else the CPU), gpu or cpu.
     #[arg(long)]
     device: Option<String>,
@@ -83,6 +87,9 @@ fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<
     }
     if let Some(a) = args.addr {
         c.addr = a;
+    }
+    if let Some(a) = args.grpc_addr {
+        c.grpc_addr = a;
     }
     if let Some(d) = args.device {
         c.device = d;
@@ -175,13 +182,20 @@ pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
     runtime.block_on(async move {
         let mut registry = prometheus_client::registry::Registry::default();
-        let addr = config.addr.clone();
+        let (addr, grpc_addr) = (config.addr.clone(), config.grpc_addr.clone());
         let service = Arc::new(Service::new(config, device, &mut registry)?);
-        let server = wedge_server::Server::bind(service.clone(), registry, &addr)
+        let mut server = wedge_server::Server::bind(service.clone(), registry, &addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let scheme = if server.is_tls() { "https" } else { "http" };
         tracing::info!("listening on {scheme}://{}", server.local_addr()?);
+        if !grpc_addr.is_empty() && grpc_addr != addr {
+            server.bind_grpc(&grpc_addr).await.with_context(|| format!("cannot listen for gRPC on {grpc_addr}"))?;
+        }
+        let grpc = server.grpc_addr().or_else(|| server.local_addr().ok().filter(|_| !grpc_addr.is_empty()));
+        if let Some(g) = grpc {
+            tracing::info!("gRPC (KServe v2) on {g}");
+        }
         // (kept until shutdown: dropping it stops the watching)
         let watcher =
             if service.config().registry.watch { Some(service.watch_files(config_file.as_deref())?) } else { None };

@@ -12,6 +12,9 @@ use crate::ServeError;
 pub struct Config {
     /// Address to listen on.
     pub addr: String,
+    /// Address of the gRPC port (KServe v2's `GRPCInferenceService`); empty for none. Equal to
+    /// `addr`, gRPC shares the HTTP port (as it always may, over HTTP/2).
+    pub grpc_addr: String,
     /// `auto` (a hardware GPU, else the CPU), `gpu` or `cpu`.
     pub device: String,
     /// Log format: `human` or `json`.
@@ -35,12 +38,15 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS; plain HTTP without it.
     pub tls: Option<TlsConfig>,
+    /// Compressed responses and request bodies.
+    pub compression: CompressionConfig,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             addr: "127.0.0.1:8080".into(),
+            grpc_addr: "127.0.0.1:8081".into(),
             device: "auto".into(),
             log_format: "human".into(),
             models: Vec::new(),
@@ -52,6 +58,7 @@ impl Default for Config {
             breaker: BreakerConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -311,6 +318,25 @@ impl Default for LimitsConfig {
             rate_limit_per_sec: 0,
             rate_limit_burst: None,
         }
+    }
+}
+
+/// HTTP compression: responses are compressed in the coding the client's `Accept-Encoding`
+/// prefers (zstd, br, gzip or deflate), streams flushed event by event; request bodies in
+/// any of those `Content-Encoding`s are accepted, `limits.max_body_bytes` bounding both the
+/// compressed and the decompressed size.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    /// Compress responses at all (compressed request bodies are accepted either way).
+    pub enabled: bool,
+    /// Smaller whole responses go out as they are (streams are always compressed).
+    pub min_bytes: usize,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> CompressionConfig {
+        CompressionConfig { enabled: true, min_bytes: 1024 }
     }
 }
 

@@ -52,7 +52,9 @@ pub use auth::{Caller, Credentials, QuotaLeft, Quotas, RateLimits};
 pub use batcher::{Batcher, Vector};
 pub use breaker::{BreakerState, DeviceKind};
 pub use completions::{Completion, Generation};
-pub use config::{BatchingConfig, BreakerConfig, CacheConfig, Config, GenerationConfig, LimitsConfig, ModelConfig};
+pub use config::{
+    BatchingConfig, BreakerConfig, CacheConfig, CompressionConfig, Config, GenerationConfig, LimitsConfig, ModelConfig,
+};
 pub use error::ServeError;
 pub use loader::Loader;
 pub use metrics::Metrics;

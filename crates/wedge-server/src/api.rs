@@ -163,7 +163,7 @@ fn param<'a>(p: &'a Option<Value>, name: &str) -> Option<&'a Value> {
 }
 
 /// The BYTES elements of a binary tensor: each a 4-byte little-endian length and its bytes.
-fn binary_strings(mut raw: &[u8]) -> Result<Vec<String>, ServeError> {
+pub(crate) fn binary_strings(mut raw: &[u8]) -> Result<Vec<String>, ServeError> {
     let bad = |m: &str| ServeError::BadInput(format!("input `{INPUT_NAME}`: binary BYTES data {m}"));
     let mut out = Vec::new();
     while !raw.is_empty() {
@@ -358,16 +358,9 @@ pub(crate) fn infer_response(
     Ok((bytes, Some(header_len)))
 }
 
-/// `GET /v2/models/{name}`. A language model lists no tensors: it is served through the
-/// OpenAI routes.
+/// `GET /v2/models/{name}`.
 pub(crate) fn model_metadata(m: &ServedModel) -> Value {
-    let (inputs, outputs) = match m.embedding() {
-        Ok(e) => (
-            serde_json::json!([{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]),
-            serde_json::json!([{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, e.dim]}]),
-        ),
-        Err(_) => (serde_json::json!([]), serde_json::json!([])),
-    };
+    let (inputs, outputs) = model_tensors(m);
     serde_json::json!({
         "name": m.name,
         "versions": [m.version],
@@ -376,6 +369,27 @@ pub(crate) fn model_metadata(m: &ServedModel) -> Value {
         "inputs": inputs,
         "outputs": outputs,
     })
+}
+
+/// A tensor a model takes or gives, as its metadata describes it (-1: any size).
+#[derive(Debug, Serialize)]
+pub(crate) struct TensorSpec {
+    pub(crate) name: &'static str,
+    pub(crate) datatype: &'static str,
+    pub(crate) shape: Vec<i64>,
+}
+
+/// The inputs and outputs of `m` in KServe v2 terms: an embedding model takes BYTES `text`
+/// [N] and gives FP32 `embedding` [N, dim]. A language model lists no tensors: it is served
+/// through the OpenAI routes.
+pub(crate) fn model_tensors(m: &ServedModel) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    match m.embedding() {
+        Ok(e) => (
+            vec![TensorSpec { name: INPUT_NAME, datatype: "BYTES", shape: vec![-1] }],
+            vec![TensorSpec { name: OUTPUT_NAME, datatype: "FP32", shape: vec![-1, e.dim as i64] }],
+        ),
+        Err(_) => (Vec::new(), Vec::new()),
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,12 @@
 //!
 //! Routes: `POST /v1/embeddings` (OpenAI), `GET /v1/models`, `POST /v2/models/{name}/infer`,
 //! `GET /v2/models/{name}`, `GET /v2/models/{name}/ready`, `GET /v2/health/live`,
-//! `GET /v2/health/ready`, `GET /v2` (KServe v2), `GET /metrics` (Prometheus). Everything
-//! about serving itself (models, batching, cache, keys, limits) lives in `wedge-serve`.
+//! `GET /v2/health/ready`, `GET /v2` (KServe v2), `GET /metrics` (Prometheus); responses
+//! compressed as the client accepts (zstd, br, gzip, deflate) and compressed request bodies
+//! read. KServe v2 over gRPC (`inference.GRPCInferenceService`, [`grpc`]) on its own port
+//! ([`Server::bind_grpc`]) and on the HTTP port to any request of type `application/grpc`.
+//! Everything about serving itself (models, batching, cache, keys, limits) lives in
+//! `wedge-serve`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -34,6 +38,8 @@ use tracing::Instrument;
 use wedge_serve::{CachePolicy, Caller, Generation, ServeError, Service};
 
 mod api;
+mod compress;
+pub mod grpc;
 mod llm;
 mod tls;
 
@@ -68,12 +74,15 @@ struct State {
     requests: Family<RouteStatus, Counter>,
     latency: Family<RouteLabel, Histogram>,
     next_id: AtomicU64,
+    grpc: grpc::proto::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::Grpc>,
 }
 
 /// A bound server, ready to [`Server::run`].
 pub struct Server {
     state: Arc<State>,
     listener: TcpListener,
+    /// The port of gRPC alone, when it has one.
+    grpc_listener: Option<TcpListener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -98,8 +107,21 @@ impl Server {
             None => None,
         };
         let listener = TcpListener::bind(addr).await?;
-        let state = Arc::new(State { service, registry, requests, latency, next_id: AtomicU64::new(1) });
-        Ok(Server { state, listener, tls })
+        let grpc = grpc::server(service.clone(), &mut registry);
+        let state = Arc::new(State { service, registry, requests, latency, next_id: AtomicU64::new(1), grpc });
+        Ok(Server { state, listener, grpc_listener: None, tls })
+    }
+
+    /// Binds `addr` for gRPC alone (with TLS when the HTTP port has it). Without it, gRPC
+    /// calls are answered on the HTTP port only (HTTP/2, `content-type: application/grpc`).
+    pub async fn bind_grpc(&mut self, addr: &str) -> Result<(), ServerError> {
+        self.grpc_listener = Some(TcpListener::bind(addr).await?);
+        Ok(())
+    }
+
+    /// The address of the gRPC port, when [`Server::bind_grpc`] gave it one.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound address (useful with port 0).
@@ -118,18 +140,24 @@ impl Server {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        let grpc_accept = async |l: &Option<TcpListener>| match l {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        };
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let (accepted, grpc_only) = tokio::select! {
+                a = self.listener.accept() => (a, false),
+                a = grpc_accept(&self.grpc_listener) => (a, true),
                 () = &mut shutdown => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let state = self.state.clone();
@@ -137,7 +165,7 @@ impl Server {
             let watcher = graceful.watcher();
             let tls = self.tls.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| handle(state.clone(), peer, req));
+                let svc = hyper::service::service_fn(move |req| serve(state.clone(), peer, grpc_only, req));
                 let result = match tls {
                     None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
                     Some(acceptor) => match acceptor.accept(stream).await {
@@ -153,6 +181,7 @@ impl Server {
                 }
             });
         }
+        drop(self.grpc_listener);
         drop(self.listener);
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
@@ -160,6 +189,24 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// One request of a connection: to gRPC on the gRPC port and for `application/grpc` content,
+/// else to the HTTP routes.
+async fn serve(
+    state: Arc<State>,
+    peer: SocketAddr,
+    grpc_only: bool,
+    mut req: Request<Incoming>,
+) -> Result<Response<Either<Body, tonic::body::Body>>, Infallible> {
+    let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc_only || grpc {
+        use tonic::codegen::Service as _;
+        req.extensions_mut().insert(grpc::Peer(peer));
+        let resp = state.grpc.clone().call(req).await?;
+        return Ok(resp.map(Either::Right));
+    }
+    Ok(handle(state, peer, req).await?.map(Either::Left))
 }
 
 /// A response body: whole (JSON) or streamed (server-sent events).
@@ -192,9 +239,9 @@ impl Protocol {
     }
 }
 
-/// The one place where errors become HTTP: status, the protocol's error body, headers.
-fn error_response(e: &ServeError, protocol: Protocol) -> Response<Body> {
-    let (status, kind) = match e {
+/// The HTTP status and OpenAI error type of a serving error (gRPC's code follows the status).
+fn classify(e: &ServeError) -> (StatusCode, &'static str) {
+    match e {
         ServeError::BadInput(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         ServeError::UnknownModel(_) => (StatusCode::NOT_FOUND, "model_not_found"),
         ServeError::Unauthorized | ServeError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "authentication_error"),
@@ -208,16 +255,26 @@ fn error_response(e: &ServeError, protocol: Protocol) -> Response<Body> {
         | ServeError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error"),
         ServeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout_error"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
-    };
-    let mut r = json(status, protocol.error_body(&e.to_string(), kind));
-    let retry = match e {
+    }
+}
+
+/// Seconds a client should wait before trying again, where waiting helps.
+fn retry_after(e: &ServeError) -> Option<u64> {
+    match e {
         ServeError::RateLimited { retry_after_s }
         | ServeError::QuotaExceeded { retry_after_s, .. }
         | ServeError::Overloaded { retry_after_s, .. }
         | ServeError::Loading { retry_after_s, .. } => Some(*retry_after_s),
         ServeError::NotReady | ServeError::ShuttingDown => Some(1),
         _ => None,
-    };
+    }
+}
+
+/// The one place where errors become HTTP: status, the protocol's error body, headers.
+fn error_response(e: &ServeError, protocol: Protocol) -> Response<Body> {
+    let (status, kind) = classify(e);
+    let mut r = json(status, protocol.error_body(&e.to_string(), kind));
+    let retry = retry_after(e);
     if let Some(s) = retry {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
@@ -238,6 +295,8 @@ fn error_response(e: &ServeError, protocol: Protocol) -> Response<Body> {
 enum Failure {
     Serve(ServeError),
     TooLarge(usize),
+    /// A request body in a coding wedge does not speak (415).
+    UnsupportedEncoding(String),
     NotFound(String),
     MethodNotAllowed(&'static str),
 }
@@ -251,9 +310,12 @@ impl From<ServeError> for Failure {
 fn failure_response(f: &Failure, protocol: Protocol) -> Response<Body> {
     let (status, kind, message) = match f {
         Failure::Serve(e) => return error_response(e, protocol),
-        Failure::TooLarge(max) => {
-            (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("request body over {max} bytes"))
-        }
+        Failure::TooLarge(max) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("request body over {max} bytes (limits.max_body_bytes, counted decompressed too)"),
+        ),
+        Failure::UnsupportedEncoding(m) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", m.clone()),
         Failure::NotFound(path) => (StatusCode::NOT_FOUND, "not_found", format!("no route for {path}")),
         Failure::MethodNotAllowed(allow) => {
             let mut r = json(
@@ -284,6 +346,8 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
     let path = req.uri().path().to_string();
     let route = route_name(&path);
     let span = tracing::info_span!("request", request_id = %id, %method, %path, %peer);
+    let compression = state.service.config().compression;
+    let coding = if compression.enabled { compress::negotiate(req.headers()) } else { None };
     let timeout = Duration::from_millis(state.service.config().limits.request_timeout_ms);
     let result = tokio::time::timeout(timeout, route_request(&state, peer, req, &id)).instrument(span.clone()).await;
     let protocol = Protocol::of(&path);
@@ -294,6 +358,9 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    if compression.enabled {
+        resp = compress::encode(resp, coding, compression.min_bytes).await;
     }
     let status = resp.status().as_u16();
     let secs = t0.elapsed().as_secs_f64();
@@ -460,14 +527,10 @@ async fn route_request(
         ["v2", "models", name, "ready"] | ["v2", "models", name, "versions", _, "ready"] => {
             expect(&method, Method::GET, "GET")?;
             let caller = admit(service, req.headers(), peer)?;
-            // (asks without loading: a model that is not loaded is not ready)
-            let entry = service.registry().entry(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
-            service.authorize(&caller, &entry.name)?;
-            let slot = entry.route(Some(caller.id()), pinned(&segments))?;
-            let ready = slot.model().is_some();
+            let (name, version, ready) = model_ready(service, &caller, name, pinned(&segments))?;
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            let body = serde_json::json!({"name": entry.name, "version": slot.version(), "ready": ready});
-            Ok(with_version(json(status, body.to_string().into_bytes()), slot.version()))
+            let body = serde_json::json!({"name": name, "version": version, "ready": ready});
+            Ok(with_version(json(status, body.to_string().into_bytes()), &version))
         }
         ["v2", "models", name, "infer"] | ["v2", "models", name, "versions", _, "infer"] => {
             expect(&method, Method::POST, "POST")?;
@@ -538,6 +601,20 @@ async fn route_request(
         }
         _ => Err(Failure::NotFound(path)),
     }
+}
+
+/// Whether the version of model `name` that `caller` is routed to (or `version`) is loaded,
+/// asked without loading it: its name, that version, and the answer.
+fn model_ready(
+    service: &Service,
+    caller: &Caller,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(String, String, bool), ServeError> {
+    let entry = service.registry().entry(name).ok_or_else(|| ServeError::UnknownModel(name.to_string()))?;
+    service.authorize(caller, &entry.name)?;
+    let slot = entry.route(Some(caller.id()), version)?;
+    Ok((entry.name.clone(), slot.version().to_string(), slot.model().is_some()))
 }
 
 /// Whether `caller` may load or unload the model `name` (as it may use it); an unknown name
@@ -626,8 +703,33 @@ fn with_cache(mut r: Response<Body>, hit: bool) -> Response<Body> {
 }
 
 /// Reads a body of at most `max` bytes: a larger `Content-Length` is refused before reading,
-/// and a body that grows past `max` while streaming is cut off.
+/// and a body that grows past `max` while streaming is cut off. A compressed body
+/// (`Content-Encoding`) is decompressed, and refused once it grows past `max` bytes too.
 async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
+    let coding = compress::request_coding(req.headers()).map_err(|e| decode_failure(e, max))?;
+    let body = read_raw_body(req, max).await?;
+    let Some(coding) = coding else { return Ok(body) };
+    let decode = move || compress::decode(coding, &body, max);
+    // (a few MiB decompress in milliseconds; larger limits leave the async workers alone)
+    let decoded = if max <= 4 << 20 {
+        decode()
+    } else {
+        tokio::task::spawn_blocking(decode)
+            .await
+            .map_err(|e| ServeError::Inference(format!("decompressing the body: {e}")))?
+    };
+    Ok(Bytes::from(decoded.map_err(|e| decode_failure(e, max))?))
+}
+
+fn decode_failure(e: compress::DecodeError, max: usize) -> Failure {
+    match e {
+        compress::DecodeError::Unsupported(m) => Failure::UnsupportedEncoding(m),
+        compress::DecodeError::TooLarge => Failure::TooLarge(max),
+        compress::DecodeError::Corrupt(m) => Failure::Serve(ServeError::BadInput(m)),
+    }
+}
+
+async fn read_raw_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(Failure::TooLarge(max));

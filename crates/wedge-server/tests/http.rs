@@ -280,6 +280,133 @@ async fn tritons_http_client_speaks_to_wedge() {
     s.stop().await;
 }
 
+/// `data` in an HTTP content coding, as a client would send it.
+fn encode_as(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            brotli::BrotliCompress(&mut &data[..], &mut out, &brotli::enc::BrotliEncoderParams::default()).unwrap();
+            out
+        }
+        "zstd" => zstd::encode_all(data, 3).unwrap(),
+        other => panic!("no coding {other}"),
+    }
+}
+
+/// A body in an HTTP content coding (`""`: none), decoded as a client would.
+fn decode_as(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match coding {
+        "" => out.extend_from_slice(data),
+        "gzip" => _ = flate2::read::GzDecoder::new(data).read_to_end(&mut out).unwrap(),
+        "deflate" => _ = flate2::read::ZlibDecoder::new(data).read_to_end(&mut out).unwrap(),
+        "br" => _ = brotli::Decompressor::new(data, 4096).read_to_end(&mut out).unwrap(),
+        "zstd" => out = zstd::decode_all(data).unwrap(),
+        other => panic!("no coding {other}"),
+    }
+    out
+}
+
+/// Responses in the coding the client prefers (zstd, br, gzip or deflate) above a minimum
+/// size; request bodies in any of them, with the body limit counted decompressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_and_request_bodies_are_compressed() {
+    let mut c = config(&bundled());
+    c.limits.max_body_bytes = 64 << 10;
+    let s = TestServer::start(c).await;
+    let url = s.url("/v1/embeddings");
+    let body = json!({"input": ["compressed answers", "edge"]}).to_string();
+    let plain = call(Method::POST, &url, &[("content-type", "application/json")], body.clone()).await;
+    assert_eq!((plain.status, plain.header("content-encoding")), (StatusCode::OK, ""));
+    let want = plain.json()["data"].clone();
+    for (accept, coding) in [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("zstd", "zstd"),
+        ("deflate", "deflate"),
+        ("gzip, deflate, br, zstd", "zstd"),
+        ("gzip;q=0.5, br;q=0.9", "br"),
+        ("x-gzip", "gzip"),
+        ("*;q=0.1, zstd;q=0", "br"),
+        ("identity", ""),
+        ("gzip;q=0", ""),
+        ("compress", ""),
+    ] {
+        let headers = [("content-type", "application/json"), ("accept-encoding", accept)];
+        let r = call(Method::POST, &url, &headers, body.clone()).await;
+        assert_eq!((r.status, r.header("content-encoding")), (StatusCode::OK, coding), "{accept}");
+        assert!(r.header("vary").contains("accept-encoding"), "{accept}");
+        if !coding.is_empty() {
+            assert!(r.body.len() < plain.body.len() * 3 / 4, "{accept}: {} of {}", r.body.len(), plain.body.len());
+        }
+        let v: Value = serde_json::from_slice(&decode_as(coding, &r.body)).unwrap();
+        assert_eq!(v["data"], want, "{accept}");
+    }
+    // Small answers (under compression.min_bytes) go as they are.
+    let ready = call(Method::GET, &s.url("/v2/health/ready"), &[("accept-encoding", "gzip")], Bytes::new()).await;
+    assert_eq!((ready.status, ready.header("content-encoding")), (StatusCode::OK, ""));
+
+    // Compressed request bodies, on both protocols.
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        let headers = [("content-type", "application/json"), ("content-encoding", coding)];
+        let r = call(Method::POST, &url, &headers, encode_as(coding, body.as_bytes())).await;
+        assert_eq!(r.status, 200, "{coding}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["data"], want, "{coding}");
+    }
+    let kserve = json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["edge"]}]});
+    let headers = [("content-type", "application/json"), ("content-encoding", "gzip")];
+    let k = call(
+        Method::POST,
+        &s.url("/v2/models/default/infer"),
+        &headers,
+        encode_as("gzip", kserve.to_string().as_bytes()),
+    )
+    .await;
+    assert_eq!(k.status, 200, "{}", String::from_utf8_lossy(&k.body));
+    assert_eq!(embedding(&k.json()["outputs"][0]["data"]), embedding(&want[1]["embedding"]));
+
+    // A zip bomb (a few KiB that inflate to 16 MiB) gets 413, however it is coded; a coding
+    // wedge does not speak gets 415; a body that is not what it claims gets 400.
+    let bomb = [br#"{"input": [""#.as_slice(), &vec![b'a'; 16 << 20], br#""]}"#].concat();
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        let packed = encode_as(coding, &bomb);
+        assert!(packed.len() < 64 << 10, "{coding}: {}", packed.len());
+        let headers = [("content-type", "application/json"), ("content-encoding", coding)];
+        let r = call(Method::POST, &url, &headers, packed).await;
+        assert_eq!((r.status.as_u16(), r.error_type().as_str()), (413, "invalid_request_error"), "{coding}");
+    }
+    let cases = [
+        ("/v1/embeddings", "compress", body.as_bytes().to_vec(), 415),
+        ("/v1/embeddings", "gzip, gzip", encode_as("gzip", &encode_as("gzip", body.as_bytes())), 415),
+        ("/v1/embeddings", "gzip", body.as_bytes().to_vec(), 400),
+        ("/v2/models/default/infer", "snappy", kserve.to_string().into_bytes(), 415),
+        ("/v2/models/default/infer", "zstd", b"not zstd at all".to_vec(), 400),
+    ];
+    for (path, coding, data, status) in cases {
+        let headers = [("content-type", "application/json"), ("content-encoding", coding)];
+        let r = call(Method::POST, &s.url(path), &headers, data).await;
+        assert_eq!(r.status.as_u16(), status, "{path} {coding}: {}", String::from_utf8_lossy(&r.body));
+        if path.starts_with("/v2") {
+            assert!(!r.kserve_error().is_empty());
+        } else {
+            assert_eq!(r.error_type(), "invalid_request_error");
+        }
+    }
+    s.stop().await;
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }

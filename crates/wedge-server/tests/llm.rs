@@ -76,6 +76,47 @@ async fn stream_with(url: &str, body: Value, headers: &[(&str, &str)]) -> (u16, 
     (status, kind, events.collect(), cache)
 }
 
+/// A streamed request asking for gzip, read off the wire chunk by chunk (HTTP/1.1's chunked
+/// transfer coding carries each frame the server writes as one chunk): the response head, and
+/// the text decoded after each chunk.
+async fn gzip_stream(addr: std::net::SocketAddr, path: &str, body: &Value) -> (String, Vec<String>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut tcp = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept-encoding: gzip\r\n\
+         cache-control: no-cache\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.get_mut().write_all(request.as_bytes()).await.unwrap();
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(tcp.read_line(&mut line).await.unwrap() > 0, "closed in the head: {head}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+    let mut decoded = Vec::new();
+    loop {
+        let mut size = String::new();
+        tcp.read_line(&mut size).await.unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or_else(|_| panic!("chunk size {size:?}"));
+        let mut chunk = vec![0; n + 2];
+        tcp.read_exact(&mut chunk).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        decoder.write_all(&chunk[..n]).unwrap();
+        decoder.flush().unwrap();
+        decoded.push(String::from_utf8_lossy(decoder.get_ref()).into_owned());
+    }
+    assert_eq!(decoder.finish().unwrap().len(), decoded.last().unwrap().len(), "the gzip stream ends cleanly");
+    (head, decoded)
+}
+
 /// A request that bypasses the completion cache.
 async fn post_fresh(url: &str, body: Value) -> common::Reply {
     let headers = [("content-type", "application/json"), ("cache-control", "no-cache")];
@@ -204,6 +245,7 @@ async fn streams_are_server_sent_events_as_openai_sends_them() {
     let s = TestServer::start(config(&gguf)).await;
     let whole =
         post(&s.url("/v1/chat/completions"), chat("Name three colors.", json!({"max_tokens": 20}))).await.json();
+    let whole_chat = whole.clone();
     let body = chat(
         "Name three colors.",
         json!({"max_tokens": 20, "stream": true, "stream_options": {"include_usage": true}}),
@@ -244,6 +286,27 @@ async fn streams_are_server_sent_events_as_openai_sends_them() {
     let (status, kind, _) =
         stream(&s.url("/v1/chat/completions"), chat("x", json!({"stream": true, "min_p": 3}))).await;
     assert_eq!((status, kind.as_str()), (400, "application/json"));
+
+    // Compressed, every event still leaves when it is written: each chunk on the wire
+    // decodes to whole events, and together they are the same text.
+    let body = chat("Name three colors.", json!({"max_tokens": 20, "stream": true}));
+    let (head, decoded) = gzip_stream(s.addr, "/v1/chat/completions", &body).await;
+    assert!(head.contains("content-encoding: gzip") && head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(decoded.len() > 3, "{decoded:?}");
+    for (i, text) in decoded.iter().enumerate() {
+        assert!(text.ends_with("\n\n"), "chunk {i} leaves an event unfinished: {text:?}");
+    }
+    let all = decoded.last().unwrap();
+    let events: Vec<&str> =
+        all.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").unwrap()).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .filter_map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().map(String::from)
+        })
+        .collect();
+    assert_eq!(text, whole_chat["choices"][0]["message"]["content"].as_str().unwrap());
     s.stop().await;
 }
 

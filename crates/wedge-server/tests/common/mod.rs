@@ -14,9 +14,11 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use wedge_serve::{Config, Service};
 
-/// A server on a loopback port (on the CPU backend unless started on another device).
+/// A server on a loopback port (on the CPU backend unless started on another device), and
+/// gRPC on a second one.
 pub(crate) struct TestServer {
     pub(crate) addr: std::net::SocketAddr,
+    pub(crate) grpc_addr: std::net::SocketAddr,
     pub(crate) service: Arc<Service>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -33,8 +35,9 @@ impl TestServer {
         let service = Arc::new(Service::new(config, device, &mut registry).unwrap());
         let loader = service.clone();
         tokio::task::spawn_blocking(move || loader.load_models()).await.unwrap().unwrap();
-        let server = wedge_server::Server::bind(service.clone(), registry, "127.0.0.1:0").await.unwrap();
-        let addr = server.local_addr().unwrap();
+        let mut server = wedge_server::Server::bind(service.clone(), registry, "127.0.0.1:0").await.unwrap();
+        server.bind_grpc("127.0.0.1:0").await.unwrap();
+        let (addr, grpc_addr) = (server.local_addr().unwrap(), server.grpc_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -47,7 +50,7 @@ impl TestServer {
                 .await
                 .unwrap();
         });
-        TestServer { addr, service, stop: Some(stop), task: Some(task) }
+        TestServer { addr, grpc_addr, service, stop: Some(stop), task: Some(task) }
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -32,6 +32,17 @@ plain = http.InferInput("text", [3, 1], "BYTES")
 plain.set_data_from_numpy(texts, binary_data=False)
 assert np.array_equal(c.infer(model, [plain]).as_numpy("embedding"), e), "JSON and binary inputs differ"
 
+# Compressed both ways, as the client offers: its request body gzip or deflate, and the
+# answer in the coding it asks for.
+for request_coding, response_coding in [("gzip", "deflate"), ("deflate", "gzip")]:
+    z = c.infer(
+        model,
+        [binary],
+        request_compression_algorithm=request_coding,
+        response_compression_algorithm=response_coding,
+    )
+    assert np.array_equal(z.as_numpy("embedding"), e), f"{request_coding}/{response_coding} differ"
+
 for call, status, words in [
     (lambda: c.infer("no-such-model", [binary]), "404", "not served"),
     (lambda: c.infer(model, [http.InferInput("txt", [1], "BYTES")]), "400", "txt"),
