@@ -48,7 +48,7 @@ cargo build --release -q -p wedge-cli
 for mode in "" "--fast"; do
   echo "== wedge serve $mode, $threads threads"
   RAYON_NUM_THREADS=$threads target/release/wedge serve --model "smollm2=$model" --device cpu \
-    --addr "127.0.0.1:$port" $mode >"$work/wedge$mode.log" 2>&1 &
+    --addr "127.0.0.1:$port" --grpc-addr "" $mode >"$work/wedge$mode.log" 2>&1 &
   server=$!
   trap 'kill $server 2>/dev/null || true' EXIT
   wait_ready /v2/health/ready

@@ -27,7 +27,7 @@ run() { # label server-flags... -- wrk-script concurrency
   local flags=()
   while [ "$1" != "--" ]; do flags+=("$1"); shift; done
   local script=$2 conns=$3
-  "$WEDGE" serve --device "$DEVICE" --addr "127.0.0.1:$PORT" "${flags[@]}" 2>/tmp/wedge-serve-load.log &
+  "$WEDGE" serve --device "$DEVICE" --addr "127.0.0.1:$PORT" --grpc-addr "" "${flags[@]}" 2>/tmp/wedge-serve-load.log &
   local pid=$!
   for _ in $(seq 200); do
     curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null 2>&1 && break
@@ -45,7 +45,7 @@ run() { # label server-flags... -- wrk-script concurrency
 
 oha_hits() {
   command -v oha >/dev/null || { echo "(oha not installed: no open-loop figures)"; return; }
-  "$WEDGE" serve --device "$DEVICE" --addr "127.0.0.1:$PORT" 2>/tmp/wedge-serve-load.log &
+  "$WEDGE" serve --device "$DEVICE" --addr "127.0.0.1:$PORT" --grpc-addr "" 2>/tmp/wedge-serve-load.log &
   local pid=$!
   for _ in $(seq 200); do
     curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null 2>&1 && break

@@ -30,7 +30,7 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
 #[test]
 fn serve_answers_the_readme_curl_and_stops_cleanly_on_sigterm() {
     let mut child = wedge()
-        .args(["serve", "--device", "cpu", "--addr", "127.0.0.1:0", "--log-format", "json"])
+        .args(["serve", "--device", "cpu", "--addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--log-format", "json"])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -86,7 +86,7 @@ fn bad_configuration_is_a_clear_error() {
         let path = dir.join("wedge.toml");
         std::fs::write(&path, text).unwrap();
         let out = wedge()
-            .args(["serve", "--device", "cpu", "--addr", "127.0.0.1:0", "--config"])
+            .args(["serve", "--device", "cpu", "--addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--config"])
             .arg(&path)
             .output()
             .unwrap();
