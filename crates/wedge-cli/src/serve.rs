@@ -134,12 +134,16 @@ fn model_flag(m: &str) -> Result<ModelConfig> {
     Ok(ModelConfig { name, path, version: None, aliases: vec![], batching: None, preload: None, versions: vec![] })
 }
 
-fn init_logs(format: &str) {
+fn init_logs(format: &str, telemetry: Option<&wedge_server::telemetry::Telemetry>) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    // (the filter is the logs' own: the trace layer takes wedge's DEBUG spans either way)
+    let logs = if format == "json" { logs.json().boxed() } else { logs.boxed() };
+    let traces = telemetry.map(wedge_server::telemetry::Telemetry::layer);
+    let _ = tracing_subscriber::registry().with(logs.with_filter(filter)).with(traces).try_init();
 }
 
 async fn shutdown_signal() {
@@ -171,7 +175,17 @@ pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) 
     let config_file = args.config.clone().filter(|_| args.models.is_empty());
     let config = config(args, bundled)?;
     let config_file = config_file.filter(|p| Config::load(p).is_ok_and(|c| !c.models.is_empty()));
-    init_logs(&config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    // (the trace exporters do their I/O on the runtime)
+    let telemetry = {
+        let _entered = runtime.enter();
+        wedge_server::telemetry::Telemetry::start(&config.telemetry)?
+    };
+    init_logs(&config.log_format, telemetry.as_ref());
+    if let Some(t) = &telemetry {
+        let s = t.settings();
+        tracing::info!(endpoint = %s.endpoint, protocol = %s.protocol, sample_ratio = s.sample_ratio, "exporting traces");
+    }
     for (m, _) in config.all_models()?.iter().flat_map(ModelConfig::loadables) {
         if !Path::new(&m.path).is_file() {
             anyhow::bail!("model `{}`: no file at {}", m.name, m.path.display());
@@ -179,8 +193,7 @@ pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) 
     }
     let device = crate::open_device(&config.device)?;
     tracing::info!(device = crate::device_line(&device), "device chosen");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let mut registry = prometheus_client::registry::Registry::default();
         let (addr, grpc_addr) = (config.addr.clone(), config.grpc_addr.clone());
         let service = Arc::new(Service::new(config, device, &mut registry)?);
@@ -222,7 +235,11 @@ pub(crate) fn serve(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) 
             Some(e) => Err(e.context("loading models")),
             None => Ok(()),
         }
-    })
+    });
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    served
 }
 
 #[cfg(test)]

@@ -30,7 +30,17 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
 #[test]
 fn serve_answers_the_readme_curl_and_stops_cleanly_on_sigterm() {
     let mut child = wedge()
-        .args(["serve", "--device", "cpu", "--addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

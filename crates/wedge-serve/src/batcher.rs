@@ -29,6 +29,10 @@ struct Item {
     tokens: Tokens,
     reply: oneshot::Sender<Result<Embedded, ServeError>>,
     queued_at: Instant,
+    /// The span of the request that queued it (a trace's batch run hangs under it).
+    request: tracing::Span,
+    /// Open while it waits (a DEBUG span: traced only when telemetry is on).
+    queued: tracing::Span,
 }
 
 struct Shared {
@@ -91,7 +95,8 @@ impl Batcher {
             let retry_after_s = ((queued as f64 * per).ceil() as u64).clamp(1, 60);
             return Err(ServeError::Overloaded { model: self.shared.label.model.clone(), queued, retry_after_s });
         }
-        q.items.push_back(Item { tokens, reply: tx, queued_at: Instant::now() });
+        let (request, queued) = (tracing::Span::current(), tracing::debug_span!("queue", queued = queued as i64));
+        q.items.push_back(Item { tokens, reply: tx, queued_at: Instant::now(), request, queued });
         self.shared.metrics.queue_depth.get_or_create(&self.shared.label()).set(q.items.len() as i64);
         drop(q);
         self.shared.queue.notify();
@@ -148,13 +153,27 @@ fn work(s: &Shared, run: &RunBatch) {
         s.metrics.queue_depth.get_or_create(&s.label()).set(q.items.len() as i64);
         drop(q);
         // Inputs whose requests went away (timeout, disconnect) are not run.
-        let batch: Vec<Item> = batch.into_iter().filter(|i| !i.reply.is_closed()).collect();
+        let mut batch: Vec<Item> = batch.into_iter().filter(|i| !i.reply.is_closed()).collect();
         if batch.is_empty() {
             continue;
         }
         let tokens: Vec<Tokens> = batch.iter().map(|i| i.tokens.clone()).collect();
+        // Each input's trace: its wait ends, the run (shared with the batch) begins.
+        let n = batch.len();
+        let runs: Vec<tracing::Span> = batch
+            .iter_mut()
+            .map(|i| {
+                i.queued = tracing::Span::none();
+                tracing::debug_span!(parent: &i.request, "batch", size = n as i64, device = tracing::field::Empty)
+            })
+            .collect();
         let t0 = Instant::now();
         let result = run_caught(run, &tokens);
+        if let Ok((_, device)) = &result {
+            for span in &runs {
+                span.record("device", device.as_str());
+            }
+        }
         let secs = t0.elapsed().as_secs_f64();
         let label = s.label();
         s.metrics.batch_size.get_or_create(&label).observe(batch.len() as f64);

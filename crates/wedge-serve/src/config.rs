@@ -40,6 +40,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Compressed responses and request bodies.
     pub compression: CompressionConfig,
+    /// OpenTelemetry traces over OTLP; off unless an endpoint is set (here or in
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: None,
             compression: CompressionConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -340,6 +344,25 @@ impl Default for CompressionConfig {
     }
 }
 
+/// OpenTelemetry traces: every request's spans (admission, tokenization, each cache tier,
+/// queueing, the batch run, the response) exported over OTLP to a collector. Each field left
+/// out falls back to the standard variable named beside it; with no endpoint either way,
+/// tracing is off and costs nothing.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's base URL, e.g. `http://otel-collector:4318` (HTTP) or
+    /// `http://otel-collector:4317` (gRPC) (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// `http/protobuf` or `grpc` (`OTEL_EXPORTER_OTLP_PROTOCOL`; default `http/protobuf`).
+    pub protocol: Option<String>,
+    /// The share of traces kept, 0 to 1, for traces that do not arrive already sampled or not
+    /// by their `traceparent` (`OTEL_TRACES_SAMPLER_ARG`; default 1).
+    pub sample_ratio: Option<f64>,
+    /// The `service.name` of the spans (`OTEL_SERVICE_NAME`; default `wedge`).
+    pub service_name: Option<String>,
+}
+
 /// The circuit breaker between a model's GPU and the CPU: a GPU error, a lost device or a run
 /// past the watchdog moves the model's traffic to a CPU copy of the same file (made on first
 /// need) and reruns the run that faulted there; after `probe_after_ms` a probe run tries the
@@ -583,6 +606,18 @@ impl Config {
             return bad("registry: load_timeout_secs must be at least 1".into());
         }
         let l = &self.limits;
+        let t = &self.telemetry;
+        if let Some(p) = &t.protocol
+            && p != "grpc"
+            && p != "http/protobuf"
+        {
+            return bad(format!("telemetry.protocol `{p}`: use grpc or http/protobuf"));
+        }
+        if let Some(r) = t.sample_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return bad(format!("telemetry.sample_ratio {r}: must be between 0 and 1"));
+        }
         if l.max_body_bytes == 0 || l.max_inputs == 0 || l.max_input_bytes == 0 || l.request_timeout_ms == 0 {
             return bad("limits: max_body_bytes, max_inputs, max_input_bytes and request_timeout_ms must be > 0".into());
         }

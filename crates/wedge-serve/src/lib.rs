@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
+use tracing::Instrument;
 use wedge::{Device, Embedder, GenerateParams, Tokens};
 
 pub mod auth;
@@ -54,6 +55,7 @@ pub use breaker::{BreakerState, DeviceKind};
 pub use completions::{Completion, Generation};
 pub use config::{
     BatchingConfig, BreakerConfig, CacheConfig, CompressionConfig, Config, GenerationConfig, LimitsConfig, ModelConfig,
+    TelemetryConfig,
 };
 pub use error::ServeError;
 pub use loader::Loader;
@@ -309,7 +311,8 @@ impl Service {
                 limits.max_input_bytes
             )));
         }
-        let tokens = tokenize(&model, inputs).await?;
+        let tokens =
+            tokenize(&model, inputs).instrument(tracing::debug_span!("tokenize", inputs = inputs.len() as i64)).await?;
         let prompt_tokens = tokens.iter().map(|t| t.ids.len()).sum();
         let jobs = tokens.into_iter().map(|t| self.embed_one(&model, t, policy));
         let found = futures_util::future::try_join_all(jobs).await?;

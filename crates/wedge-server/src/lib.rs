@@ -41,6 +41,7 @@ mod api;
 mod compress;
 pub mod grpc;
 mod llm;
+pub mod telemetry;
 mod tls;
 
 pub use tls::tls_acceptor;
@@ -55,6 +56,9 @@ pub enum ServerError {
     /// Certificate or key.
     #[error("tls: {0}")]
     Tls(String),
+    /// The OpenTelemetry exporter.
+    #[error("telemetry: {0}")]
+    Telemetry(String),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,8 +206,13 @@ async fn serve(
     let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc_only || grpc {
         use tonic::codegen::Service as _;
+        let path = req.uri().path().to_string();
+        let span =
+            tracing::info_span!("grpc", %path, %peer, otel.name = path.trim_start_matches('/'), otel.kind = "server");
+        telemetry::continue_trace(&span, req.headers());
         req.extensions_mut().insert(grpc::Peer(peer));
-        let resp = state.grpc.clone().call(req).await?;
+        let mut resp = state.grpc.clone().call(req).instrument(span.clone()).await?;
+        telemetry::return_trace(&span, resp.headers_mut());
         return Ok(resp.map(Either::Right));
     }
     Ok(handle(state, peer, req).await?.map(Either::Left))
@@ -345,7 +354,17 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let route = route_name(&path);
-    let span = tracing::info_span!("request", request_id = %id, %method, %path, %peer);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        %method,
+        %path,
+        %peer,
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.response.status_code = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span, req.headers());
     let compression = state.service.config().compression;
     let coding = if compression.enabled { compress::negotiate(req.headers()) } else { None };
     let timeout = Duration::from_millis(state.service.config().limits.request_timeout_ms);
@@ -359,10 +378,14 @@ async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> 
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    if compression.enabled {
-        resp = compress::encode(resp, coding, compression.min_bytes).await;
-    }
     let status = resp.status().as_u16();
+    span.record("http.response.status_code", i64::from(status));
+    let respond =
+        tracing::debug_span!(parent: &span, "response", coding = coding.map_or("identity", compress::Coding::name));
+    if compression.enabled {
+        resp = compress::encode(resp, coding, compression.min_bytes).instrument(respond).await;
+    }
+    telemetry::return_trace(&span, resp.headers_mut());
     let secs = t0.elapsed().as_secs_f64();
     state.requests.get_or_create(&RouteStatus { route, status }).inc();
     state.latency.get_or_create(&RouteLabel { route }).observe(secs);
@@ -628,6 +651,7 @@ fn repository_authorize(service: &Service, caller: &Caller, name: &str) -> Resul
 
 /// Checks the request's credentials, rate and quota; returns who it is.
 fn admit(service: &Service, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller, ServeError> {
+    let _span = tracing::debug_span!("admission").entered();
     service.admit(credentials(headers), &peer.ip().to_string())
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 pub use disk::DiskCache;
 pub use memory::MemoryCache;
@@ -146,7 +147,9 @@ impl Cache {
     pub async fn get(&self, key: &Key) -> Option<(Cached, Origin)> {
         for (i, tier) in self.tiers.iter().enumerate() {
             let t0 = Instant::now();
-            let found = tier.get(key).await;
+            let span = tracing::debug_span!("cache_get", tier = tier.name(), hit = tracing::field::Empty);
+            let found = tier.get(key).instrument(span.clone()).await;
+            span.record("hit", found.is_some());
             self.observe(tier.name(), "get", t0);
             self.count(tier.name(), if found.is_some() { "hit" } else { "miss" });
             if let Some(v) = found {
@@ -165,7 +168,7 @@ impl Cache {
     pub async fn put(&self, key: Key, value: Cached) {
         for tier in &self.tiers {
             let t0 = Instant::now();
-            tier.put(key, value.clone()).await;
+            tier.put(key, value.clone()).instrument(tracing::debug_span!("cache_put", tier = tier.name())).await;
             self.observe(tier.name(), "put", t0);
         }
     }
