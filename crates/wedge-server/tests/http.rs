@@ -407,6 +407,63 @@ async fn responses_and_request_bodies_are_compressed() {
     s.stop().await;
 }
 
+/// Every `"wedge_…"` name a registry is given in `crates/{dir}/src`.
+fn registered_metrics(dir: &str, names: &mut std::collections::HashSet<String>) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir).join("src");
+    let mut stack = vec![src];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (i, _) in text.match_indices("register(") {
+                    let rest = text[i..].trim_start_matches("register(").trim_start();
+                    if let Some(name) = rest.strip_prefix("\"wedge_") {
+                        names.insert(format!("wedge_{}", name.split('"').next().unwrap()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The alerting rules, the dashboard and the autoscaler's adapter rules in `deploy/` name only
+/// metrics wedge registers (a renamed metric would leave them silently empty).
+#[test]
+fn monitoring_names_only_registered_metrics() {
+    let mut registered = std::collections::HashSet::new();
+    registered_metrics("wedge-serve", &mut registered);
+    registered_metrics("wedge-server", &mut registered);
+    for name in ["wedge_grpc_requests", "wedge_http_requests", "wedge_queue_depth", "wedge_breaker_state"] {
+        assert!(registered.contains(name), "{name} not found among {registered:?}");
+    }
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut checked = 0;
+    for file in [
+        "monitoring/wedge-alerts.yaml",
+        "monitoring/wedge-dashboard.json",
+        "monitoring/prometheus-adapter.yaml",
+        "base/hpa.yaml",
+    ] {
+        let body = std::fs::read_to_string(deploy.join(file)).unwrap();
+        let mut rest = body.as_str();
+        while let Some(at) = rest.find("wedge_") {
+            let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[at + name.len()..];
+            // (OpenMetrics' sample names: a counter's _total, a histogram's _bucket, _count, _sum)
+            let family = ["_bucket", "_count", "_sum", "_total"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            assert!(registered.contains(family), "{file} names {name}, which wedge does not register");
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "{checked}");
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
