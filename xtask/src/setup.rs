@@ -55,6 +55,14 @@ impl Setup {
         self.missing.iter().find(|(n, _)| *n == need).map(|(_, why)| why.as_str())
     }
 
+    /// Where the Python of `need`'s virtual environment goes.
+    fn python_mut(&mut self, need: Need) -> &mut Option<PathBuf> {
+        match need {
+            Need::Manifests => &mut self.manifests_python,
+            _ => &mut self.triton_python,
+        }
+    }
+
     /// Where a fetched model is.
     pub(crate) fn model(&self, need: Need) -> Option<&Path> {
         self.models.iter().find(|(n, _)| *n == need).map(|(_, p)| p.as_path())
@@ -130,50 +138,46 @@ pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
     }
     report.setup_step("models", t);
 
-    let t = Instant::now();
-    if setup.missing(Need::TritonClient).is_none() {
-        let tool = PythonTool {
-            name: "tritonclient",
-            version: TRITONCLIENT,
-            requirement: "tritonclient[http,grpc]",
-            imports: "import tritonclient.http, tritonclient.grpc",
-        };
-        match tool.find_or_install(opts) {
-            Ok((python, installed)) => {
-                if let Some(i) = installed {
-                    report.installed(i);
-                }
-                setup.triton_python = Some(python);
-            }
-            Err(why) => setup.missing.push((Need::TritonClient, why)),
-        }
-    }
-    report.setup_step("tritonclient", t);
-
-    let t = Instant::now();
     let kubectl = Command::new("kubectl").args(["version", "--client"]).stdout(Stdio::null()).status();
     if !kubectl.is_ok_and(|s| s.success()) {
         // (not in Debian: the Kubernetes project's apt repository, pkgs.k8s.io, has it)
         setup.missing.push((Need::Manifests, "no kubectl on PATH (install it from pkgs.k8s.io)".into()));
     }
-    if setup.missing(Need::Manifests).is_none() {
-        let tool = PythonTool {
-            name: "kubernetes-validate",
-            version: KUBERNETES_VALIDATE,
-            requirement: "kubernetes-validate",
-            imports: "import kubernetes_validate, yaml",
-        };
-        match tool.find_or_install(opts) {
-            Ok((python, installed)) => {
-                if let Some(i) = installed {
-                    report.installed(i);
+    let tools = [
+        (
+            Need::TritonClient,
+            PythonTool {
+                name: "tritonclient",
+                version: TRITONCLIENT,
+                requirement: "tritonclient[http,grpc]",
+                imports: "import tritonclient.http, tritonclient.grpc",
+            },
+        ),
+        (
+            Need::Manifests,
+            PythonTool {
+                name: "kubernetes-validate",
+                version: KUBERNETES_VALIDATE,
+                requirement: "kubernetes-validate",
+                imports: "import kubernetes_validate, yaml",
+            },
+        ),
+    ];
+    for (need, tool) in tools {
+        let t = Instant::now();
+        if setup.missing(need).is_none() {
+            match tool.find_or_install(opts) {
+                Ok((python, installed)) => {
+                    if let Some(i) = installed {
+                        report.installed(i);
+                    }
+                    *setup.python_mut(need) = Some(python);
                 }
-                setup.manifests_python = Some(python);
+                Err(why) => setup.missing.push((need, why)),
             }
-            Err(why) => setup.missing.push((Need::Manifests, why)),
         }
+        report.setup_step(tool.name, t);
     }
-    report.setup_step("kubernetes-validate", t);
 
     for (need, why) in &setup.missing {
         report.missing(*need, why);

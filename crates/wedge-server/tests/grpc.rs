@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::json;
 use tonic::codec::CompressionEncoding;
@@ -170,26 +170,8 @@ async fn keys_and_tokens_come_in_the_metadata() {
 /// client on the same server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritons_grpc_client_speaks_to_wedge() {
-    let python = std::env::var_os("WEDGE_TRITON_PYTHON").map(PathBuf::from).filter(|p| p.is_file());
-    let Some(python) = python else {
-        return wedge_testkit::unavailable(
-            "WEDGE_REQUIRE_TRITON",
-            "Triton's Python gRPC client against wedge serve",
-            "WEDGE_TRITON_PYTHON does not name a Python with tritonclient (cargo xtask setup makes one)",
-        );
-    };
     let s = TestServer::start(config()).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/triton/grpc_client.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(s.grpc_addr.to_string())
-        .arg(s.addr.to_string())
-        .arg("all-MiniLM-L6-v2")
-        .output()
-        .await
-        .unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "tritonclient: {said}");
-    assert!(said.contains("tritonclient grpc: ok"), "{said}");
+    let args = [s.grpc_addr.to_string(), s.addr.to_string(), "all-MiniLM-L6-v2".to_string()];
+    common::run_triton_client("grpc_client.py", &args, "tritonclient grpc: ok").await;
     s.stop().await;
 }

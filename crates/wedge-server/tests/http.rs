@@ -257,26 +257,9 @@ async fn keys_rate_limits_and_timeouts() {
 /// JSON, FP32 out in binary and JSON, errors read with their status and message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritons_http_client_speaks_to_wedge() {
-    let python = std::env::var_os("WEDGE_TRITON_PYTHON").map(PathBuf::from).filter(|p| p.is_file());
-    let Some(python) = python else {
-        return wedge_testkit::unavailable(
-            "WEDGE_REQUIRE_TRITON",
-            "Triton's Python client against wedge serve",
-            "WEDGE_TRITON_PYTHON does not name a Python with tritonclient (cargo xtask setup makes one)",
-        );
-    };
     let s = TestServer::start(config(&bundled())).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/triton/http_client.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(s.addr.to_string())
-        .arg("all-MiniLM-L6-v2")
-        .output()
-        .await
-        .unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "tritonclient: {said}");
-    assert!(said.contains("tritonclient http: ok"), "{said}");
+    let args = [s.addr.to_string(), "all-MiniLM-L6-v2".to_string()];
+    common::run_triton_client("http_client.py", &args, "tritonclient http: ok").await;
     s.stop().await;
 }
 

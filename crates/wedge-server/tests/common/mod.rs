@@ -156,3 +156,24 @@ pub(crate) fn model_config(name: &str, path: std::path::PathBuf) -> wedge_serve:
         versions: vec![],
     }
 }
+
+/// Runs `tests/triton/{script}` with `args` in the Python that has Triton's client
+/// (`WEDGE_TRITON_PYTHON`, which `cargo xtask setup` makes) and checks that it ends saying
+/// `done`; None (a skip, or a failure under `WEDGE_REQUIRE_TRITON=1`) without that Python.
+pub(crate) async fn run_triton_client(script: &str, args: &[String], done: &str) -> Option<()> {
+    let python = std::env::var_os("WEDGE_TRITON_PYTHON").map(std::path::PathBuf::from).filter(|p| p.is_file());
+    let Some(python) = python else {
+        wedge_testkit::unavailable(
+            "WEDGE_REQUIRE_TRITON",
+            &format!("Triton's Python client ({script}) against wedge serve"),
+            "WEDGE_TRITON_PYTHON does not name a Python with tritonclient (cargo xtask setup makes one)",
+        );
+        return None;
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/triton").join(script);
+    let out = tokio::process::Command::new(&python).arg(&script).args(args).output().await.unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "tritonclient: {said}");
+    assert!(said.contains(done), "{said}");
+    Some(())
+}
