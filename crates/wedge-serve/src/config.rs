@@ -310,6 +310,17 @@ pub struct LimitsConfig {
     pub rate_limit_per_sec: u32,
     /// Requests a key may make at once above the rate (default: the rate, at least 1).
     pub rate_limit_burst: Option<u32>,
+    /// Time a client has to send a request's head, in milliseconds; also the longest an
+    /// HTTP/1.1 connection may stay idle between requests. Slower ones are closed (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to finish the TLS handshake, in milliseconds.
+    pub tls_handshake_timeout_ms: u64,
+    /// Most client connections open at once; past it, new ones wait to be accepted.
+    pub max_connections: usize,
+    /// Most requests at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Largest request head (HTTP/1.1) or header list (HTTP/2), in bytes; at least 8 KiB.
+    pub max_header_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -321,6 +332,11 @@ impl Default for LimitsConfig {
             request_timeout_ms: 30_000,
             rate_limit_per_sec: 0,
             rate_limit_burst: None,
+            header_read_timeout_ms: 10_000,
+            tls_handshake_timeout_ms: 10_000,
+            max_connections: 10_000,
+            max_concurrent_streams: 256,
+            max_header_bytes: 64 << 10,
         }
     }
 }
@@ -620,6 +636,15 @@ impl Config {
         }
         if l.max_body_bytes == 0 || l.max_inputs == 0 || l.max_input_bytes == 0 || l.request_timeout_ms == 0 {
             return bad("limits: max_body_bytes, max_inputs, max_input_bytes and request_timeout_ms must be > 0".into());
+        }
+        if l.header_read_timeout_ms == 0 || l.tls_handshake_timeout_ms == 0 {
+            return bad("limits: header_read_timeout_ms and tls_handshake_timeout_ms must be > 0".into());
+        }
+        if l.max_connections == 0 || l.max_concurrent_streams == 0 {
+            return bad("limits: max_connections and max_concurrent_streams must be > 0".into());
+        }
+        if l.max_header_bytes < 8 << 10 {
+            return bad(format!("limits: max_header_bytes {} is under 8192", l.max_header_bytes));
         }
         if l.rate_limit_burst == Some(0) {
             return bad("limits: rate_limit_burst must be at least 1".into());

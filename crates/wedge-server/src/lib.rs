@@ -25,12 +25,13 @@ use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -78,6 +79,8 @@ struct State {
     requests: Family<RouteStatus, Counter>,
     latency: Family<RouteLabel, Histogram>,
     next_id: AtomicU64,
+    /// Connections open now.
+    connections: Gauge,
     grpc: grpc::proto::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::Grpc>,
 }
 
@@ -111,8 +114,11 @@ impl Server {
             None => None,
         };
         let listener = TcpListener::bind(addr).await?;
+        let connections = Gauge::default();
+        registry.register("wedge_open_connections", "Client connections open now", connections.clone());
         let grpc = grpc::server(service.clone(), &mut registry);
-        let state = Arc::new(State { service, registry, requests, latency, next_id: AtomicU64::new(1), grpc });
+        let next_id = AtomicU64::new(1);
+        let state = Arc::new(State { service, registry, requests, latency, next_id, connections, grpc });
         Ok(Server { state, listener, grpc_listener: None, tls })
     }
 
@@ -141,7 +147,16 @@ impl Server {
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
     /// (at most `drain` long), and returns. The caller shuts the service down afterwards.
     pub async fn run(self, shutdown: impl Future<Output = ()>, drain: Duration) -> Result<(), ServerError> {
-        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let limits = self.state.service.config().limits;
+        let builder = connection_builder(&limits);
+        // (over TLS, ALPN has chosen the protocol: no sniffing, so HTTP/1.1's head timeout
+        // runs from the start)
+        let builders = Arc::new([builder.clone(), builder.clone().http1_only(), builder.http2_only()]);
+        let tls_timeout = Duration::from_millis(limits.tls_handshake_timeout_ms);
+        let head_timeout = Duration::from_millis(limits.header_read_timeout_ms);
+        // (a connection holds a slot until it closes; with none free, accepting waits and
+        // new connections queue in the kernel's backlog)
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         let grpc_accept = async |l: &Option<TcpListener>| match l {
@@ -149,6 +164,11 @@ impl Server {
             None => std::future::pending().await,
         };
         loop {
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot,
+                () = &mut shutdown => break,
+            };
+            let Ok(slot) = slot else { break };
             let (accepted, grpc_only) = tokio::select! {
                 a = self.listener.accept() => (a, false),
                 a = grpc_accept(&self.grpc_listener) => (a, true),
@@ -165,17 +185,40 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let state = self.state.clone();
-            let builder = builder.clone();
+            let builders = builders.clone();
             let watcher = graceful.watcher();
             let tls = self.tls.clone();
+            let open = self.state.connections.clone();
             tokio::spawn(async move {
+                let _slot = slot;
+                open.inc();
+                let _open = scopeguard(move || {
+                    open.dec();
+                });
                 let svc = hyper::service::service_fn(move |req| serve(state.clone(), peer, grpc_only, req));
                 let result = match tls {
-                    None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(s) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned()).await,
-                        Err(e) => {
+                    None => {
+                        // The protocol is read off the first bytes, before HTTP/1.1's head timeout
+                        // starts: a client that sends none is closed here.
+                        let mut first = [0u8; 1];
+                        if tokio::time::timeout(head_timeout, stream.peek(&mut first)).await.is_err() {
+                            tracing::debug!(%peer, "nothing sent in {} ms", head_timeout.as_millis());
+                            return;
+                        }
+                        watcher.watch(builders[0].serve_connection(TokioIo::new(stream), svc).into_owned()).await
+                    }
+                    Some(acceptor) => match tokio::time::timeout(tls_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                            let builder = &builders[if h2 { 2 } else { 1 }];
+                            watcher.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned()).await
+                        }
+                        Ok(Err(e)) => {
                             tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake not done in {} ms", tls_timeout.as_millis());
                             return;
                         }
                     },
@@ -193,6 +236,47 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Runs `f` when dropped.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+fn scopeguard<F: FnOnce()>(f: F) -> OnDrop<F> {
+    OnDrop(Some(f))
+}
+
+/// How connections are served, bounded for clients that are slow or hostile: the request head
+/// (and the wait for the next one on a kept-alive HTTP/1.1 connection) within
+/// `header_read_timeout_ms`, headers of at most `max_header_bytes`, at most
+/// `max_concurrent_streams` streams per HTTP/2 connection, streams a client resets before they
+/// are answered counted (h2's defence against rapid reset), and dead HTTP/2 peers found by
+/// pings.
+fn connection_builder(limits: &wedge_serve::LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let header_bytes = limits.max_header_bytes.max(8 << 10);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .max_buf_size(header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
 }
 
 /// One request of a connection: to gRPC on the gRPC port and for `application/grpc` content,

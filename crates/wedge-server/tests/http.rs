@@ -263,6 +263,98 @@ async fn tritons_http_client_speaks_to_wedge() {
     s.stop().await;
 }
 
+/// Reads until the server closes the connection (or resets it); false if it is still open after
+/// `within`.
+async fn closed_by_server(tcp: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let read_to_end = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_to_end).await.is_ok()
+}
+
+/// Slow and hostile clients cost a bounded share: a request head that does not arrive within
+/// `header_read_timeout_ms` (slowloris), or a kept-alive connection idle that long, is closed
+/// while other clients are served; a head over `max_header_bytes` is refused with 431; past
+/// `max_connections`, a new connection waits until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_hostile_clients_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let mut c = config(&bundled());
+    c.limits.header_read_timeout_ms = 1_000;
+    c.limits.max_concurrent_streams = 16;
+    let s = TestServer::start(c).await;
+    let mut slow = Vec::new();
+    for i in 0..1_000 {
+        let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        if i % 2 == 0 {
+            // a head that never ends; the other half send nothing at all
+            tcp.write_all(b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        }
+        slow.push(tcp);
+    }
+    assert!(metric(&s, "wedge_open_connections").await >= 1_000.0);
+    // a byte at a time keeps no connection alive, and a normal client is served meanwhile
+    for _ in 0..3 {
+        for tcp in slow.iter_mut().step_by(2) {
+            let _ = tcp.write_all(b"x").await;
+        }
+        let r = post(&s.url("/v1/embeddings"), json!({"input": "served beside the slow ones"})).await;
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (i, tcp) in slow.iter_mut().enumerate() {
+        assert!(closed_by_server(tcp, Duration::from_secs(60)).await, "slow connection {i} is still open");
+    }
+    drop(slow);
+
+    // A head over max_header_bytes: 431, and the connection closes.
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let big = format!("GET /v2/health/ready HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(100 << 10));
+    let _ = tcp.write_all(big.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut answer))
+        .await;
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+
+    // HTTP/2 clients are told max_concurrent_streams.
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let request = hyper::Request::get(s.url("/v2/health/live")).body(()).unwrap();
+    let (answer, _) = send.send_request(request, true).unwrap();
+    let answer = tokio::select! {
+        a = answer => a.unwrap(),
+        e = &mut connection => panic!("the connection ended first: {e:?}"),
+    };
+    assert_eq!(answer.status(), 200);
+    assert_eq!(connection.max_concurrent_send_streams(), 16);
+    drop((send, connection));
+    s.stop().await;
+
+    // Past max_connections, a new connection is not served until one closes.
+    let mut c = config(&bundled());
+    c.limits.max_connections = 8;
+    let s = TestServer::start(c).await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
+    }
+    let url = s.url("/v2/health/live");
+    let mut waiting = tokio::spawn(async move { get(&url).await.status });
+    assert!(tokio::time::timeout(Duration::from_millis(1500), &mut waiting).await.is_err(), "served past the cap");
+    drop(held);
+    let status = tokio::time::timeout(Duration::from_secs(30), waiting).await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    s.stop().await;
+}
+
 /// `data` in an HTTP content coding, as a client would send it.
 fn encode_as(coding: &str, data: &[u8]) -> Vec<u8> {
     use std::io::Write;
