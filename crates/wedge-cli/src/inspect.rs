@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use wedge_core::gguf::{Gguf, Value};
-use wedge_core::package::{PackageLimits, read_header};
+use wedge_core::package::{PackageLimits, read_header, verify_sections};
 use wedge_core::quant::rows_cols;
 
 /// `wedge inspect`: a `.wedge` package or a GGUF file, told apart by their magic bytes, or a
@@ -35,6 +35,8 @@ pub(crate) fn inspect(path: &Path, json: bool) -> Result<()> {
 
 fn wedge(path: &Path, bytes: &[u8], json: bool, out: &mut impl Write) -> Result<()> {
     let parsed = read_header(bytes, &PackageLimits::default())?;
+    // (every section, as loading would read it: a damaged file is refused here too)
+    verify_sections(bytes, &parsed).with_context(|| format!("{} is damaged", path.display()))?;
     let h = &parsed.header;
     let mut params = 0u64;
     let mut stored = 0u64;

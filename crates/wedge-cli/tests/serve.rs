@@ -107,3 +107,43 @@ fn bad_configuration_is_a_clear_error() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A package with one flipped byte in a tensor's data is refused by every command that reads
+/// it, each naming the damaged tensor: `inspect` (which checks every section, not only the
+/// header), `embed` and `serve`.
+#[test]
+fn a_damaged_model_is_refused_everywhere_naming_the_tensor() {
+    use wedge_core::package::{PackageLimits, read_header};
+    let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2.wedge");
+    let mut bytes = std::fs::read(bundled).unwrap();
+    let parsed = read_header(&bytes, &PackageLimits::default()).unwrap();
+    let t = &parsed.header.tensors[parsed.header.tensors.len() / 2];
+    let at = parsed.data_offset + (t.offset + t.stored_len / 2) as usize;
+    bytes[at] ^= 0x40;
+    let dir = std::env::temp_dir().join(format!("wedge-damaged-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let damaged = dir.join("damaged.wedge");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let want = format!("tensor `{}`: checksum mismatch", t.name);
+    let path = damaged.to_str().unwrap();
+
+    let served = format!("d={path}");
+    let runs: [(&str, Vec<&str>); 3] = [
+        ("inspect", vec!["inspect", path]),
+        ("embed", vec!["embed", "--model", path, "--device", "cpu"]),
+        (
+            "serve",
+            vec!["serve", "--model", &served, "--device", "cpu", "--addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"],
+        ),
+    ];
+    for (name, args) in runs {
+        let mut child =
+            wedge().args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(b"{\"text\":\"x\"}\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} accepted a damaged file");
+        assert!(said.contains(&want), "{name} does not name the damaged tensor ({want}): {said}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

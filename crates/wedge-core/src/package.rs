@@ -281,6 +281,34 @@ fn validate_header(h: &Header, data_len: u64, limits: &PackageLimits) -> Result<
     Ok(())
 }
 
+/// Checks every tensor's and asset's section of the package whose header is `parsed` (as
+/// [`read_header`] gave it for `bytes`): its CRC-32, and that it decompresses to the size the
+/// header says, as loading would. The error names every damaged section (the first ten).
+pub fn verify_sections(bytes: &[u8], parsed: &ParsedHeader) -> Result<()> {
+    let data = &bytes[parsed.data_offset..];
+    let h = &parsed.header;
+    let tensors =
+        h.tensors.iter().map(|t| (format!("tensor `{}`", t.name), t.offset, t.stored_len, t.raw_len, t.crc32));
+    let assets = h.assets.iter().map(|a| (format!("asset `{}`", a.name), a.offset, a.stored_len, a.raw_len, a.crc32));
+    let damaged: Vec<String> = tensors
+        .chain(assets)
+        .filter_map(|(what, offset, stored, raw, crc)| inflate(&what, data, offset, stored, raw, crc).err())
+        .map(|e| match e {
+            Error::Package(m) => m,
+            other => other.to_string(),
+        })
+        .collect();
+    match damaged.as_slice() {
+        [] => Ok(()),
+        [one] => Err(bad(one.clone())),
+        many => {
+            let shown = many.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
+            let more = if many.len() > 10 { format!(" and {} more", many.len() - 10) } else { String::new() };
+            Err(bad(format!("{} damaged sections: {shown}{more}", many.len())))
+        }
+    }
+}
+
 /// Checks a section's CRC and decompresses it to exactly `raw_len` bytes.
 fn inflate(what: &str, data: &[u8], offset: u64, stored_len: u64, raw_len: u64, crc: u32) -> Result<Vec<u8>> {
     // Bounds were checked in validate_header.
@@ -446,6 +474,27 @@ mod tests {
         assert!(read_header_of(&bytes[..len], len as u64 + 1, &limits).is_err());
         assert!(read_header_of(&bytes[..len - 1], bytes.len() as u64, &limits).is_err());
         assert_eq!(header_len(b"GGUF and more bytes than a prefix holds, or even more", &limits), None);
+    }
+
+    #[test]
+    fn verifying_names_every_damaged_section() {
+        let (mut bytes, _) = sample().to_bytes(3).unwrap();
+        let parsed = read_header(&bytes, &PackageLimits::default()).unwrap();
+        verify_sections(&bytes, &parsed).unwrap();
+        let sections: Vec<(String, u64)> = parsed
+            .header
+            .tensors
+            .iter()
+            .map(|t| (format!("tensor `{}`", t.name), t.offset))
+            .chain(parsed.header.assets.iter().map(|a| (format!("asset `{}`", a.name), a.offset)))
+            .collect();
+        bytes[parsed.data_offset + sections[0].1 as usize] ^= 1;
+        let one = verify_sections(&bytes, &parsed).unwrap_err().to_string();
+        assert!(one.contains(&sections[0].0) && one.contains("checksum"), "{one}");
+        let last = sections.last().unwrap();
+        bytes[parsed.data_offset + last.1 as usize] ^= 1;
+        let two = verify_sections(&bytes, &parsed).unwrap_err().to_string();
+        assert!(two.contains("2 damaged sections") && two.contains(&last.0), "{two}");
     }
 
     #[test]
