@@ -263,6 +263,127 @@ async fn tritons_http_client_speaks_to_wedge() {
     s.stop().await;
 }
 
+/// A bad request and its answer: route, body, extra headers, status, error type (or KSERVE).
+type BadInput = (&'static str, Vec<u8>, Vec<(&'static str, String)>, u16, &'static str);
+
+/// Every bad input a user can send to the embedding and KServe routes, as a table: each gets
+/// its status and error type (OpenAI's object, or KServe's `{"error"}` on `/v2`), and the
+/// server keeps serving after all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_their_status_and_the_server_keeps_serving() {
+    let s = TestServer::start(config(&bundled())).await;
+    let json_type = [("content-type", "application/json")];
+    let text = |t: &str| json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]});
+    let kserve = |input: Value| json!({"inputs": [input]}).to_string().into_bytes();
+    let binary = |head: Value, tail: &[u8], declared: &str| {
+        let head = head.to_string();
+        let len = if declared.is_empty() { head.len().to_string() } else { declared.to_string() };
+        ([head.into_bytes(), tail.to_vec()].concat(), len)
+    };
+    let bad_utf8 = [1u32.to_le_bytes().as_slice(), &[0xff]].concat();
+    let binary_input = |size: usize| json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": size}}]});
+    let mut cases: Vec<BadInput> = vec![
+        ("/v1/embeddings", br#"{"input": 5}"#.to_vec(), vec![], 400, "invalid_request_error"),
+        ("/v1/embeddings", br#"{"input": null}"#.to_vec(), vec![], 400, "invalid_request_error"),
+        ("/v1/embeddings", br#"{"input": []}"#.to_vec(), vec![], 400, "invalid_request_error"),
+        ("/v1/embeddings", br#"{"input": [1.5]}"#.to_vec(), vec![], 400, "invalid_request_error"),
+        ("/v1/embeddings", br#"{"input": [[1, 2]]}"#.to_vec(), vec![], 400, "invalid_request_error"),
+        ("/v1/embeddings", br#"{"input": "x", "model": 7}"#.to_vec(), vec![], 400, "invalid_request_error"),
+        ("/v1/embeddings", br#"{"input": "x", "model": "nope"}"#.to_vec(), vec![], 404, "model_not_found"),
+        (
+            "/v1/embeddings",
+            br#"{"input": "x", "encoding_format": "hex"}"#.to_vec(),
+            vec![],
+            400,
+            "invalid_request_error",
+        ),
+        ("/v1/embeddings", br#"{"input": "x", "dimensions": -1}"#.to_vec(), vec![], 400, "invalid_request_error"),
+        ("/v1/embeddings", br#"{"input": "x", "dimensions": 1e30}"#.to_vec(), vec![], 400, "invalid_request_error"),
+        ("/v1/embeddings", b"[]".to_vec(), vec![], 400, "invalid_request_error"),
+        ("/v1/embeddings", b"".to_vec(), vec![], 400, "invalid_request_error"),
+        ("/v1/embeddings", b"{\"input\": \"\xff\xfe\"}".to_vec(), vec![], 400, "invalid_request_error"),
+        (
+            "/v1/embeddings",
+            json!({"input": vec!["x"; 3000]}).to_string().into_bytes(),
+            vec![],
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "/v1/embeddings",
+            json!({"input": "x".repeat(70_000)}).to_string().into_bytes(),
+            vec![],
+            400,
+            "invalid_request_error",
+        ),
+        ("/v2/models/default/infer", br#"{"inputs": []}"#.to_vec(), vec![], 400, KSERVE),
+        ("/v2/models/default/infer", b"{not json".to_vec(), vec![], 400, KSERVE),
+        (
+            "/v2/models/default/infer",
+            kserve(json!({"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]})),
+            vec![],
+            400,
+            KSERVE,
+        ),
+        (
+            "/v2/models/default/infer",
+            kserve(json!({"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a"]})),
+            vec![],
+            400,
+            KSERVE,
+        ),
+        (
+            "/v2/models/default/infer",
+            kserve(json!({"name": "text", "shape": [-1], "datatype": "BYTES", "data": ["a"]})),
+            vec![],
+            400,
+            KSERVE,
+        ),
+        (
+            "/v2/models/default/infer",
+            kserve(json!({"name": "text", "shape": [1_000_000_000_000i64, 1], "datatype": "BYTES", "data": ["a"]})),
+            vec![],
+            400,
+            KSERVE,
+        ),
+        (
+            "/v2/models/default/infer",
+            kserve(json!({"name": "text", "shape": [1], "datatype": "BYTES", "data": [7]})),
+            vec![],
+            400,
+            KSERVE,
+        ),
+        ("/v2/models/nope/infer", text("x").to_string().into_bytes(), vec![], 404, KSERVE),
+        ("/v2/models/default/versions/9/infer", text("x").to_string().into_bytes(), vec![], 404, KSERVE),
+    ];
+    for (head, tail, declared) in [
+        (binary_input(5), b"12345".as_slice(), "99999"),
+        (binary_input(5), b"12345".as_slice(), "abc"),
+        (binary_input(50), b"12345".as_slice(), ""),
+        (binary_input(bad_utf8.len()), bad_utf8.as_slice(), ""),
+        (binary_input(3), b"\x09\x00\x00".as_slice(), ""),
+    ] {
+        let (body, len) = binary(head, tail, declared);
+        cases.push(("/v2/models/default/infer", body, vec![("inference-header-content-length", len)], 400, KSERVE));
+    }
+    for (i, (route, body, extra, status, kind)) in cases.into_iter().enumerate() {
+        let mut headers: Vec<(&str, &str)> = json_type.to_vec();
+        headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        let r = call(Method::POST, &s.url(route), &headers, body).await;
+        assert_eq!(r.status.as_u16(), status, "case {i} ({route}): {}", String::from_utf8_lossy(&r.body));
+        if kind == KSERVE {
+            assert!(!r.kserve_error().is_empty(), "case {i}");
+        } else {
+            assert_eq!(r.error_type(), kind, "case {i}: {}", String::from_utf8_lossy(&r.body));
+        }
+    }
+    let r = post(&s.url("/v1/embeddings"), json!({"input": "still serving"})).await;
+    assert_eq!(r.status, 200);
+    let k = post(&s.url("/v2/models/default/infer"), text("still serving")).await;
+    assert_eq!(k.status, 200);
+    s.stop().await;
+}
+
 /// Reads until the server closes the connection (or resets it); false if it is still open after
 /// `within`.
 async fn closed_by_server(tcp: &mut tokio::net::TcpStream, within: Duration) -> bool {
