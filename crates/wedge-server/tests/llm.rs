@@ -216,12 +216,26 @@ async fn openai_routes_answer_as_the_library_generates() {
         (chat("x", json!({"n": 99})), "n"),
         (json!({"model": "smollm2"}), "messages"),
         (json!({"model": "smollm2", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), "image_url"),
+        (chat("x", json!({"temperature": -1})), "temperature"),
+        (chat("x", json!({"top_p": 2})), "top_p"),
+        (chat("x", json!({"max_tokens": -5})), "max_tokens"),
+        (chat("x", json!({"frequency_penalty": 5})), "frequency_penalty"),
+        (chat("x", json!({"presence_penalty": -9})), "presence_penalty"),
+        (chat("x", json!({"seed": "abc"})), "seed"),
+        (chat("x", json!({"n": 0})), "n"),
+        (json!({"model": "smollm2", "messages": "x"}), "messages"),
+        (json!({"model": "smollm2", "messages": []}), "messages"),
     ] {
         let r = post(&s.url("/v1/chat/completions"), body.clone()).await;
-        assert_eq!((r.status.as_u16(), r.error_type().as_str()), (400, "invalid_request_error"), "{body}");
+        assert_eq!(r.status.as_u16(), 400, "{body}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.error_type(), "invalid_request_error", "{body}");
         let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
         assert!(msg.contains(needle), "{msg:?} should name {needle:?}");
     }
+    // An absurd max_tokens is bounded by the context, as llama.cpp's server bounds n_predict.
+    let r = post(&s.url("/v1/chat/completions"), chat("x", json!({"max_tokens": 1_000_000_000_000i64}))).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["usage"]["total_tokens"].as_u64().unwrap() <= CTX as u64);
     let long = "word ".repeat(CTX);
     let r = post(&s.url("/v1/completions"), json!({"prompt": long})).await;
     let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
