@@ -125,7 +125,7 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
     }
 
     if report.needs("manifests", setup, &[Need::Manifests])
-        && let Some(python) = &setup.manifests_python
+        && let Some(python) = setup.python(Need::Manifests)
     {
         // deploy/: the kustomizations render and validate, the alert rules pass their tests
         report.step("manifests", Command::new(python).arg("deploy/check.py"));
@@ -143,7 +143,7 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
     if let Some(file) = setup.model(Need::SmolLm2) {
         tests.env("WEDGE_SMOLLM2_GGUF", file);
     }
-    if let Some(python) = &setup.triton_python {
+    if let Some(python) = setup.python(Need::TritonClient) {
         tests.env("WEDGE_TRITON_PYTHON", python);
     }
     if opts.strict {

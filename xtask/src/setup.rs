@@ -44,10 +44,8 @@ pub(crate) enum Need {
 pub(crate) struct Setup {
     pub(crate) missing: Vec<(Need, String)>,
     pub(crate) models: Vec<(Need, PathBuf)>,
-    /// The Python of the virtual environment that has Triton's client.
-    pub(crate) triton_python: Option<PathBuf>,
-    /// The Python of the virtual environment that has kubernetes-validate.
-    pub(crate) manifests_python: Option<PathBuf>,
+    /// The Python of each tool's virtual environment (Triton's client, kubernetes-validate).
+    pub(crate) pythons: Vec<(Need, PathBuf)>,
 }
 
 impl Setup {
@@ -55,12 +53,9 @@ impl Setup {
         self.missing.iter().find(|(n, _)| *n == need).map(|(_, why)| why.as_str())
     }
 
-    /// Where the Python of `need`'s virtual environment goes.
-    fn python_mut(&mut self, need: Need) -> &mut Option<PathBuf> {
-        match need {
-            Need::Manifests => &mut self.manifests_python,
-            _ => &mut self.triton_python,
-        }
+    /// The Python of the virtual environment that `need` installed.
+    pub(crate) fn python(&self, need: Need) -> Option<&Path> {
+        self.pythons.iter().find(|(n, _)| *n == need).map(|(_, p)| p.as_path())
     }
 
     /// Where a fetched model is.
@@ -171,7 +166,7 @@ pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
                     if let Some(i) = installed {
                         report.installed(i);
                     }
-                    *setup.python_mut(need) = Some(python);
+                    setup.pythons.push((need, python));
                 }
                 Err(why) => setup.missing.push((need, why)),
             }

@@ -188,13 +188,9 @@ impl Server {
             let builders = builders.clone();
             let watcher = graceful.watcher();
             let tls = self.tls.clone();
-            let open = self.state.connections.clone();
+            let open = Open::new(slot, self.state.connections.clone());
             tokio::spawn(async move {
-                let _slot = slot;
-                open.inc();
-                let _open = scopeguard(move || {
-                    open.dec();
-                });
+                let _open = open;
                 let svc = hyper::service::service_fn(move |req| serve(state.clone(), peer, grpc_only, req));
                 let result = match tls {
                     None => {
@@ -238,19 +234,24 @@ impl Server {
     }
 }
 
-/// Runs `f` when dropped.
-struct OnDrop<F: FnOnce()>(Option<F>);
+/// An open connection: its slot of `max_connections`, counted in `wedge_open_connections`
+/// until it is dropped.
+struct Open {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    gauge: Gauge,
+}
 
-impl<F: FnOnce()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
+impl Open {
+    fn new(slot: tokio::sync::OwnedSemaphorePermit, gauge: Gauge) -> Open {
+        gauge.inc();
+        Open { _slot: slot, gauge }
     }
 }
 
-fn scopeguard<F: FnOnce()>(f: F) -> OnDrop<F> {
-    OnDrop(Some(f))
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// How connections are served, bounded for clients that are slow or hostile: the request head
@@ -367,8 +368,7 @@ fn retry_after(e: &ServeError) -> Option<u64> {
 fn error_response(e: &ServeError, protocol: Protocol) -> Response<Body> {
     let (status, kind) = classify(e);
     let mut r = json(status, protocol.error_body(&e.to_string(), kind));
-    let retry = retry_after(e);
-    if let Some(s) = retry {
+    if let Some(s) = retry_after(e) {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     match e {
