@@ -201,71 +201,111 @@ impl EventStream {
         }
     }
 
-    /// The SSE frames of the whole answer: a role delta per chat choice first, a chunk per
-    /// released text, a last chunk per choice with its `finish_reason`, the usage chunk when
-    /// asked, then `[DONE]`. A failure becomes an error event and ends the stream.
+    /// The SSE frames of the whole answer, as [`SseWriter`] writes them.
     pub(crate) fn frames(self, req: &GenRequest, id: &str) -> BoxStream<'static, Bytes> {
+        let model = req.model.clone();
+        let writer = SseWriter::new(req.endpoint, id, &req.model.name, req.n, req.include_usage, req.logprobs);
+        let head = writer.head();
+        let events = futures_util::stream::iter(self.first).chain(self.rest);
+        let body =
+            futures_util::stream::unfold((events, writer, model), |(mut events, mut writer, model)| async move {
+                if writer.is_done() {
+                    return None;
+                }
+                let (i, event) = events.next().await?;
+                let vocab = model.language().ok().map(|l| l.model().vocab());
+                let out = writer.event(i, event, vocab);
+                Some((out, (events, writer, model)))
+            });
+        futures_util::stream::iter(head).chain(body).filter(|b| std::future::ready(!b.is_empty())).boxed()
+    }
+}
+
+/// Writes a streamed answer's server-sent events from its choices' events: a role delta per
+/// chat choice first, a chunk per released text, a last chunk per choice with its
+/// `finish_reason`, the usage chunk when asked, then `[DONE]`. A failure becomes an error event
+/// and ends the stream.
+pub(crate) struct SseWriter {
+    chunk: ChunkWriter,
+    n: usize,
+    usage: Vec<Option<Usage>>,
+    /// Text bytes sent so far per choice (the logprobs' `text_offset`).
+    offsets: Vec<usize>,
+    done: bool,
+}
+
+impl SseWriter {
+    /// A writer for `n` choices of a request to `endpoint`, answer id `id`, from `model`.
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        id: &str,
+        model: &str,
+        n: usize,
+        include_usage: bool,
+        logprobs: Logprobs,
+    ) -> SseWriter {
         let chunk = ChunkWriter {
-            endpoint: req.endpoint,
-            id: match req.endpoint {
+            endpoint,
+            id: match endpoint {
                 Endpoint::Chat => format!("chatcmpl-{id}"),
                 Endpoint::Completions => format!("cmpl-{id}"),
             },
             created: unix_now(),
-            model: req.model.name.clone(),
-            include_usage: req.include_usage,
-            logprobs: req.logprobs,
+            model: model.to_string(),
+            include_usage,
+            logprobs,
         };
-        let model = req.model.clone();
-        let n = req.n;
-        let head: Vec<Bytes> = match req.endpoint {
+        SseWriter { chunk, n, usage: vec![None; n], offsets: vec![0; n], done: false }
+    }
+
+    /// The frames before any event: the chat choices' role deltas.
+    pub(crate) fn head(&self) -> Vec<Bytes> {
+        match self.chunk.endpoint {
             Endpoint::Chat => {
-                (0..n).map(|i| chunk.frame(i, json!({"role": "assistant", "content": ""}), None)).collect()
+                (0..self.n).map(|i| self.chunk.frame(i, json!({"role": "assistant", "content": ""}), None)).collect()
             }
             Endpoint::Completions => Vec::new(),
-        };
-        let events = futures_util::stream::iter(self.first).chain(self.rest);
-        let state = (events, chunk, model, vec![None::<Usage>; n], vec![0usize; n], false);
-        let body = futures_util::stream::unfold(
-            state,
-            |(mut events, chunk, model, mut usage, mut offsets, done)| async move {
-                if done {
-                    return None;
-                }
-                let out = match events.next().await {
-                    Some((i, GenEvent::Token(t))) => {
-                        let lp = match model.language() {
-                            Ok(l) => {
-                                TokenLogprobs { vocab: l.model().vocab(), mode: chunk.logprobs }.json(&[&t], offsets[i])
-                            }
-                            Err(_) => Value::Null,
-                        };
-                        offsets[i] += t.text.len();
-                        if t.text.is_empty() && lp.is_null() { Bytes::new() } else { chunk.content(i, &t.text, lp) }
-                    }
-                    Some((i, GenEvent::Done { finish, usage: u })) => {
-                        usage[i] = Some(u);
-                        let mut out = chunk.finish(i, finish).to_vec();
-                        if usage.iter().all(Option::is_some) {
-                            if chunk.include_usage {
-                                let all: Vec<Usage> = usage.iter().flatten().copied().collect();
-                                out.extend_from_slice(&chunk.usage(&total_usage(&all)));
-                            }
-                            out.extend_from_slice(b"data: [DONE]\n\n");
-                            return Some((Bytes::from(out), (events, chunk, model, usage, offsets, true)));
-                        }
-                        Bytes::from(out)
-                    }
-                    Some((_, GenEvent::Failed(e))) => {
-                        let ev = json!({"error": {"message": e.to_string(), "type": "server_error"}});
-                        return Some((sse(&ev), (events, chunk, model, usage, offsets, true)));
-                    }
-                    None => return None,
+        }
+    }
+
+    /// Whether the stream has ended (`[DONE]` or an error event written).
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The frames of choice `i`'s `event` (possibly none); `vocab` spells the log-probabilities'
+    /// tokens. Events after the end, or of a choice this writer does not have, write nothing.
+    pub(crate) fn event(&mut self, i: usize, event: GenEvent, vocab: Option<&wedge::Vocab>) -> Bytes {
+        if self.done || i >= self.n {
+            return Bytes::new();
+        }
+        match event {
+            GenEvent::Token(t) => {
+                let lp = match vocab {
+                    Some(vocab) => TokenLogprobs { vocab, mode: self.chunk.logprobs }.json(&[&t], self.offsets[i]),
+                    None => Value::Null,
                 };
-                Some((out, (events, chunk, model, usage, offsets, false)))
-            },
-        );
-        futures_util::stream::iter(head).chain(body).filter(|b| std::future::ready(!b.is_empty())).boxed()
+                self.offsets[i] += t.text.len();
+                if t.text.is_empty() && lp.is_null() { Bytes::new() } else { self.chunk.content(i, &t.text, lp) }
+            }
+            GenEvent::Done { finish, usage } => {
+                self.usage[i] = Some(usage);
+                let mut out = self.chunk.finish(i, finish).to_vec();
+                if self.usage.iter().all(Option::is_some) {
+                    if self.chunk.include_usage {
+                        let all: Vec<Usage> = self.usage.iter().flatten().copied().collect();
+                        out.extend_from_slice(&self.chunk.usage(&total_usage(&all)));
+                    }
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    self.done = true;
+                }
+                Bytes::from(out)
+            }
+            GenEvent::Failed(e) => {
+                self.done = true;
+                sse(&json!({"error": {"message": e.to_string(), "type": "server_error"}}))
+            }
+        }
     }
 }
 
@@ -350,7 +390,13 @@ pub(crate) async fn tokenize(service: &Service, body: &[u8], caller: &Caller) ->
     let f = Fields(&map);
     let model = language_model(service, &f, caller).await?;
     let served = model.language()?;
-    let vocab = served.model().vocab();
+    let ids = token_ids_of(&f, served.model().vocab())?;
+    let body = json!({"tokens": ids, "count": ids.len(), "max_model_len": served.scheduler().limits().ctx});
+    serde_json::to_vec(&body).map_err(|e| ServeError::Inference(e.to_string()))
+}
+
+/// The token ids `/tokenize` answers for a request's fields.
+pub(crate) fn token_ids_of(f: &Fields<'_>, vocab: &wedge::Vocab) -> Result<Vec<u32>, ServeError> {
     let special = f.boolean("add_special_tokens").map_err(bad)?.unwrap_or(true);
     let mut ids = if f.get("messages").is_some() {
         let msgs = messages(f.get("messages")).map_err(bad)?;
@@ -367,8 +413,15 @@ pub(crate) async fn tokenize(service: &Service, body: &[u8], caller: &Caller) ->
     if !special && vocab.bos().is_some() && ids.first() == vocab.bos().as_ref() {
         ids.remove(0);
     }
-    let body = json!({"tokens": ids, "count": ids.len(), "max_model_len": served.scheduler().limits().ctx});
-    serde_json::to_vec(&body).map_err(|e| ServeError::Inference(e.to_string()))
+    Ok(ids)
+}
+
+/// The text `/detokenize` answers for a request's fields.
+pub(crate) fn text_of(f: &Fields<'_>, vocab: &wedge::Vocab) -> Result<String, ServeError> {
+    let Some(Value::Array(ids)) = f.get("tokens") else {
+        return Err(bad("`tokens` must be an array of token ids".into()));
+    };
+    vocab.decode(&token_ids(ids, vocab, "tokens").map_err(bad)?).map_err(|e| bad(e.to_string()))
 }
 
 /// `POST /detokenize`: `{"model", "tokens": [ids]}` → `{"prompt": text}` (also as `content`).
@@ -376,10 +429,6 @@ pub(crate) async fn detokenize(service: &Service, body: &[u8], caller: &Caller) 
     let map = object(body).map_err(bad)?;
     let f = Fields(&map);
     let model = language_model(service, &f, caller).await?;
-    let vocab = model.language()?.model().vocab();
-    let Some(Value::Array(ids)) = f.get("tokens") else {
-        return Err(bad("`tokens` must be an array of token ids".into()));
-    };
-    let text = vocab.decode(&token_ids(ids, vocab, "tokens").map_err(bad)?).map_err(|e| bad(e.to_string()))?;
+    let text = text_of(&f, model.language()?.model().vocab())?;
     serde_json::to_vec(&json!({"prompt": text, "content": text})).map_err(|e| ServeError::Inference(e.to_string()))
 }
