@@ -225,6 +225,9 @@ async fn openai_routes_answer_as_the_library_generates() {
         (chat("x", json!({"n": 0})), "n"),
         (json!({"model": "smollm2", "messages": "x"}), "messages"),
         (json!({"model": "smollm2", "messages": []}), "messages"),
+        (json!({"model": "smollm2", "messages": [{"role": "wizard", "content": "x"}]}), "wizard"),
+        (json!({"model": "smollm2", "messages": [{"role": "user"}]}), "content"),
+        (json!({"model": "smollm2", "messages": [{"role": "system", "content": null}]}), "content"),
     ] {
         let r = post(&s.url("/v1/chat/completions"), body.clone()).await;
         assert_eq!(r.status.as_u16(), 400, "{body}: {}", String::from_utf8_lossy(&r.body));

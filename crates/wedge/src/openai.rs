@@ -231,6 +231,21 @@ pub fn messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, String> {
         .map(|(i, m)| {
             let at = format!("messages[{i}]");
             let role = m.get("role").and_then(Value::as_str).ok_or_else(|| format!("`{at}.role` is missing"))?;
+            // OpenAI's roles; `developer` (its newer name for system instructions) is rendered
+            // as `system`, the role chat templates know
+            let role = match role {
+                "developer" => "system",
+                "system" | "user" | "assistant" | "tool" => role,
+                other => {
+                    return Err(format!(
+                        "`{at}.role` is `{other}`; supported: system, developer, user, assistant, tool"
+                    ));
+                }
+            };
+            // only an assistant's turn may come without content (as OpenAI's API allows)
+            if role != "assistant" && m.get("content").is_none_or(Value::is_null) {
+                return Err(format!("`{at}.content` is missing: a {role} message needs its text"));
+            }
             Ok(ChatMessage::new(role, &content_text(m.get("content"), &at)?))
         })
         .collect()
