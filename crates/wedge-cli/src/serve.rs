@@ -46,6 +46,10 @@ pub(crate) struct ServeArgs {
     /// How long an input may wait for a batch to fill, in microseconds.
     #[arg(long)]
     max_queue_delay_us: Option<u64>,
+    /// Refuse (503) a request that would wait longer than this behind the queue, in
+    /// milliseconds (0: only the queue's length bounds the wait).
+    #[arg(long)]
+    max_queue_wait_ms: Option<u64>,
     /// Disk cache file (redb); none by default.
     #[arg(long)]
     cache_path: Option<PathBuf>,
@@ -102,6 +106,9 @@ fn config(args: ServeArgs, bundled: impl FnOnce() -> Result<PathBuf>) -> Result<
     }
     if let Some(us) = args.max_queue_delay_us {
         c.batching.max_queue_delay_us = us;
+    }
+    if let Some(ms) = args.max_queue_wait_ms {
+        c.batching.max_queue_wait_ms = ms;
     }
     if let Some(p) = args.cache_path {
         c.cache.disk_path = Some(p);

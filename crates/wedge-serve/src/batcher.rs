@@ -90,10 +90,7 @@ impl Batcher {
         let queued = q.items.len();
         if queued >= self.shared.settings.max_queue {
             drop(q);
-            self.shared.metrics.shed.get_or_create(&self.shared.label()).inc();
-            let per = f64::from_bits(self.shared.per_input_s.load(std::sync::atomic::Ordering::Relaxed));
-            let retry_after_s = ((queued as f64 * per).ceil() as u64).clamp(1, 60);
-            return Err(ServeError::Overloaded { model: self.shared.label.model.clone(), queued, retry_after_s });
+            return Err(self.shed(queued));
         }
         let (request, queued) = (tracing::Span::current(), tracing::debug_span!("queue", queued = queued as i64));
         q.items.push_back(Item { tokens, reply: tx, queued_at: Instant::now(), request, queued });
@@ -101,6 +98,30 @@ impl Batcher {
         drop(q);
         self.shared.queue.notify();
         Ok(rx)
+    }
+
+    /// Whether a request may queue now: refused (503) when the inputs already queued would keep
+    /// it waiting longer than `max_queue_wait_ms`, judged by the recent time per input. A
+    /// request asks once, before its first input, so that it is admitted or refused whole.
+    pub fn admit(&self) -> Result<(), ServeError> {
+        let max_ms = self.shared.settings.max_queue_wait_ms;
+        if max_ms == 0 {
+            return Ok(());
+        }
+        let queued = self.queued();
+        let wait_ms = queued as f64 * self.per_input_s() * 1e3;
+        if wait_ms > max_ms as f64 { Err(self.shed(queued)) } else { Ok(()) }
+    }
+
+    fn per_input_s(&self) -> f64 {
+        f64::from_bits(self.shared.per_input_s.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Counts a shed request and says when to come back: once the queue has run.
+    fn shed(&self, queued: usize) -> ServeError {
+        self.shared.metrics.shed.get_or_create(&self.shared.label()).inc();
+        let retry_after_s = ((queued as f64 * self.per_input_s()).ceil() as u64).clamp(1, 60);
+        ServeError::Overloaded { model: self.shared.label.model.clone(), queued, retry_after_s }
     }
 
     /// Most inputs that may wait (`max_queue`).
@@ -246,7 +267,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_inputs_share_runs_and_come_back_in_order() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let settings = BatchingConfig { max_batch_size: 8, max_queue_delay_us: 50_000, max_queue: 100 };
+        let settings =
+            BatchingConfig { max_batch_size: 8, max_queue_delay_us: 50_000, max_queue: 100, max_queue_wait_ms: 0 };
         let b =
             Batcher::start(&ModelLabel::new("m", "1"), settings, metrics(), recording(sizes.clone(), Duration::ZERO));
         let rxs: Vec<_> = (0..20).map(|i| b.submit(tokens(i)).unwrap()).collect();
@@ -262,7 +284,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_sheds_and_shutdown_drains() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let settings = BatchingConfig { max_batch_size: 1, max_queue_delay_us: 0, max_queue: 3 };
+        let settings = BatchingConfig { max_batch_size: 1, max_queue_delay_us: 0, max_queue: 3, max_queue_wait_ms: 0 };
         let b = Batcher::start(
             &ModelLabel::new("m", "1"),
             settings,
@@ -289,6 +311,37 @@ mod tests {
         }
     }
 
+    /// With a wait budget, a request that would wait behind more than it is refused at once,
+    /// while the queue still has room; once the queue has run, requests are admitted again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_longer_than_the_wait_budget_sheds_at_once() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let settings =
+            BatchingConfig { max_batch_size: 1, max_queue_delay_us: 0, max_queue: 100, max_queue_wait_ms: 200 };
+        let run = recording(sizes.clone(), Duration::from_millis(50));
+        let b = Batcher::start(&ModelLabel::new("m", "1"), settings, metrics(), run);
+        // one run teaches the batcher its time per input (~50 ms)
+        b.submit(tokens(0)).unwrap().await.unwrap().unwrap();
+        let mut waiting = Vec::new();
+        let mut refused = 0;
+        for i in 0..20 {
+            match b.admit() {
+                Ok(()) => waiting.push(b.submit(tokens(i)).unwrap()),
+                Err(ServeError::Overloaded { retry_after_s, queued, .. }) => {
+                    assert!(retry_after_s >= 1 && queued >= 4, "refused behind {queued} inputs");
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!((4..=6).contains(&waiting.len()), "{} admitted behind a 200 ms budget of 50 ms runs", waiting.len());
+        assert_eq!(refused, 20 - waiting.len());
+        for rx in waiting {
+            rx.await.unwrap().unwrap();
+        }
+        assert!(b.admit().is_ok(), "an empty queue admits");
+    }
+
     #[tokio::test]
     async fn model_errors_reach_every_waiter() {
         let run: RunBatch = Box::new(|_| Err(ServeError::Inference("boom".into())));
@@ -311,7 +364,8 @@ mod tests {
             }
             Ok((batch.iter().map(|t| vec![t.ids[0] as f32]).collect(), DeviceKind::Cpu))
         });
-        let settings = BatchingConfig { max_batch_size: 8, max_queue_delay_us: 50_000, max_queue: 100 };
+        let settings =
+            BatchingConfig { max_batch_size: 8, max_queue_delay_us: 50_000, max_queue: 100, max_queue_wait_ms: 0 };
         let b = Batcher::start(&ModelLabel::new("m", "1"), settings, metrics(), run);
         let rxs: Vec<_> = [12, 13, 14].into_iter().map(|i| b.submit(tokens(i)).unwrap()).collect();
         let got: Vec<_> = futures_util::future::join_all(rxs).await.into_iter().map(Result::unwrap).collect();

@@ -183,11 +183,16 @@ pub struct BatchingConfig {
     pub max_queue_delay_us: u64,
     /// Most inputs waiting per model; past it requests get 503 with `Retry-After`.
     pub max_queue: usize,
+    /// Longest a request's inputs may expect to wait behind the queue, in milliseconds (the
+    /// inputs queued times the recent time per input); a request that would wait longer gets
+    /// 503 with `Retry-After` at once, so that the requests admitted under overload keep their
+    /// latency. 0: only `max_queue` bounds the wait.
+    pub max_queue_wait_ms: u64,
 }
 
 impl Default for BatchingConfig {
     fn default() -> BatchingConfig {
-        BatchingConfig { max_batch_size: 32, max_queue_delay_us: 2_000, max_queue: 1_024 }
+        BatchingConfig { max_batch_size: 32, max_queue_delay_us: 2_000, max_queue: 1_024, max_queue_wait_ms: 0 }
     }
 }
 
@@ -201,6 +206,8 @@ pub struct BatchingOverride {
     pub max_queue_delay_us: Option<u64>,
     /// See [`BatchingConfig::max_queue`].
     pub max_queue: Option<usize>,
+    /// See [`BatchingConfig::max_queue_wait_ms`].
+    pub max_queue_wait_ms: Option<u64>,
 }
 
 impl BatchingConfig {
@@ -211,6 +218,7 @@ impl BatchingConfig {
             max_batch_size: o.max_batch_size.unwrap_or(self.max_batch_size),
             max_queue_delay_us: o.max_queue_delay_us.unwrap_or(self.max_queue_delay_us),
             max_queue: o.max_queue.unwrap_or(self.max_queue),
+            max_queue_wait_ms: o.max_queue_wait_ms.unwrap_or(self.max_queue_wait_ms),
         }
     }
 }
@@ -596,6 +604,9 @@ impl Config {
             }
             if b.max_queue_delay_us > 10_000_000 {
                 return bad(format!("model `{}`: max_queue_delay_us is over 10 s", m.name));
+            }
+            if b.max_queue_wait_ms > 600_000 {
+                return bad(format!("model `{}`: max_queue_wait_ms is over 10 minutes", m.name));
             }
         }
         let g = &self.generation;

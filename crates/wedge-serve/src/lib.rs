@@ -314,7 +314,8 @@ impl Service {
         let tokens =
             tokenize(&model, inputs).instrument(tracing::debug_span!("tokenize", inputs = inputs.len() as i64)).await?;
         let prompt_tokens = tokens.iter().map(|t| t.ids.len()).sum();
-        let jobs = tokens.into_iter().map(|t| self.embed_one(&model, t, policy));
+        let admission = Admission::default();
+        let jobs = tokens.into_iter().map(|t| self.embed_one(&model, t, policy, &admission));
         let found = futures_util::future::try_join_all(jobs).await?;
         let cache_hit = self.cache.is_some() && found.iter().all(|(_, origin, _)| origin.is_hit());
         let device = found.iter().filter_map(|(_, _, d)| *d).min_by_key(|d| *d != DeviceKind::Cpu);
@@ -330,9 +331,10 @@ impl Service {
         model: &ServedModel,
         tokens: Tokens,
         policy: CachePolicy,
+        admission: &Admission,
     ) -> Result<(Vector, Origin, Option<DeviceKind>), ServeError> {
         let Some(cache) = &self.cache else {
-            let (v, device) = run(model.embedding()?, tokens).await?;
+            let (v, device) = run(model.embedding()?, tokens, admission).await?;
             return Ok((v, Origin::Computed, Some(device)));
         };
         let mut canonical = tokens.ids.clone();
@@ -341,7 +343,7 @@ impl Service {
         let key = cache::key(&model.digest, "embedding", &canonical);
         let ran = std::sync::Mutex::new(None);
         let compute = async {
-            let (v, device) = run(model.embedding()?, tokens).await?;
+            let (v, device) = run(model.embedding()?, tokens, admission).await?;
             *ran.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(device);
             Ok::<_, ServeError>(Cached::Vector(v))
         };
@@ -410,7 +412,14 @@ impl Service {
     }
 }
 
-async fn run(model: &EmbeddingModel, tokens: Tokens) -> Result<batcher::Embedded, ServeError> {
+/// A request's admission to its model's queue ([`Batcher::admit`]), decided once, at the first
+/// of its inputs that must be computed (inputs the cache answers never queue), so that a
+/// request is admitted or refused whole.
+#[derive(Debug, Default)]
+struct Admission(std::sync::OnceLock<Result<(), ServeError>>);
+
+async fn run(model: &EmbeddingModel, tokens: Tokens, admission: &Admission) -> Result<batcher::Embedded, ServeError> {
+    admission.0.get_or_init(|| model.batcher.admit()).clone()?;
     let rx = model.batcher.submit(tokens)?;
     rx.await.map_err(|_| ServeError::ShuttingDown)?
 }
