@@ -29,7 +29,8 @@ environments; kubectl must be there already), then runs:
   render and validate, the alert rules pass promtool's tests), the Rust tests (cargo test --workspace)
   with WEDGE_REQUIRE_GPU=1, WEDGE_REQUIRE_MODEL=1, WEDGE_REQUIRE_NODE=1 (Node.js and web/'s
   npm packages, for the OpenAI client test), WEDGE_REQUIRE_REDIS=1 and WEDGE_REQUIRE_TRITON=1
-  (Triton's Python client against the live server), the web build and the browser tests.
+  (Triton's Python client against the live server), each fuzz target for 10 s (cargo-fuzz,
+  installed at a pinned version), the web build and the browser tests.
 
   --quick       no fmt and no clippy
   --lenient     a missing prerequisite skips what needs it (listed in the summary) instead
@@ -155,6 +156,10 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
         None => report.not_run("rust tests", "the test build failed"),
     }
 
+    if report.needs("fuzz", setup, &[Need::CargoFuzz]) {
+        fuzz(report, &target);
+    }
+
     if report.needs("wasm kernel tests", setup, &[Need::Wasi]) {
         // the CPU backend's unit tests built for wasm (simd128, as the browser runs them)
         let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("wasi").join("run.mjs");
@@ -193,6 +198,45 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
         report.not_run("browser tests", "the web build did not run");
     }
     report.read_skips(&skip_log);
+}
+
+/// Seconds each fuzz target runs in CI (the long campaigns are `cargo fuzz run` by hand: see
+/// fuzz/README.md).
+const FUZZ_SECONDS: u32 = 10;
+
+/// The fuzz targets of fuzz/, built with cargo-fuzz's coverage instrumentation and no
+/// sanitizer (the stable toolchain), each run for [`FUZZ_SECONDS`] from its corpus: the corpus
+/// in the repository is only read, what the run adds goes to a scratch folder. (The Rust
+/// tests replay every corpus input too, in `wedge-fuzz`.)
+fn fuzz(report: &mut Report, target: &Path) {
+    let dir = target.join("fuzz");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let cargo_fuzz = |args: &[&str]| {
+        let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        c.arg("fuzz").args(args).args(["--sanitizer", "none", "--target-dir", &dir_arg]);
+        c
+    };
+    if !report.step("fuzz build", &mut cargo_fuzz(&["build"])) {
+        report.not_run("fuzz runs", "the fuzz build failed");
+        return;
+    }
+    let manifest = std::fs::read_to_string("fuzz/Cargo.toml").unwrap_or_default();
+    let names: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .filter(|n| *n != "wedge-fuzz-targets")
+        .collect();
+    for name in names {
+        let scratch = dir.join("new-inputs").join(name);
+        let _ = std::fs::remove_dir_all(&scratch);
+        let _ = std::fs::create_dir_all(&scratch);
+        let corpus = format!("fuzz/corpus/{name}");
+        let mut run = cargo_fuzz(&["run", name]);
+        run.arg(&scratch).arg(&corpus).arg("--");
+        run.args([format!("-max_total_time={FUZZ_SECONDS}"), "-timeout=10".into(), "-rss_limit_mb=4096".into()]);
+        report.step(&format!("fuzz {name}"), &mut run);
+    }
 }
 
 /// Where cargo puts build outputs (`CARGO_TARGET_DIR`, else `target/` here), as an absolute

@@ -40,6 +40,8 @@ use wedge_serve::{CachePolicy, Caller, Generation, ServeError, Service};
 
 mod api;
 mod compress;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod grpc;
 mod llm;
 pub mod telemetry;
