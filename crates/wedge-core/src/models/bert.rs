@@ -52,6 +52,7 @@ impl EncoderConfig {
         let (h, nh) = (self.hidden_size, self.num_heads);
         check(h > 0 && nh > 0 && h % nh == 0, "hidden_size must be a positive multiple of num_heads")?;
         check(self.vocab_size > 0 && self.num_layers > 0, "vocab_size and num_layers must be positive")?;
+        check(self.num_layers <= super::MAX_LAYERS, "num_layers is over 1024")?;
         let d = h / nh;
         let mut b = Builder::new();
         let ids = b.g.input("input_ids", Elem::U32, dims());

@@ -323,6 +323,7 @@ impl DecoderConfig {
         let (h, nh, nkv, d) = (self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim);
         check(nh > 0 && nkv > 0 && nh % nkv == 0, "num_heads must be a positive multiple of num_kv_heads")?;
         check(d > 0 && d % 2 == 0, "head_dim must be even")?;
+        check(self.num_layers <= super::MAX_LAYERS, "num_layers is over 1024")?;
         check(self.vocab_size > 0 && self.num_layers > 0 && h > 0, "sizes must be positive")
     }
 
