@@ -98,6 +98,8 @@ struct Tensor {
     offset: Option<u64>,
 }
 
+/// The largest data area written.
+const MAX_DATA: u64 = 256 << 10;
 const HIDDEN: u64 = 32;
 const FFN: u64 = 64;
 const HEAD_DIM: u64 = 16;
@@ -177,8 +179,11 @@ fn write(spec: &GgufSpec) -> Vec<u8> {
     for e in &spec.kv_edits {
         match e {
             KvEdit::Set(i, v) => {
-                let i = if usize::from(*i) < own * 2 { usize::from(*i) % own } else { usize::from(*i) % kvs.len() };
-                kvs[i].1 = v.value();
+                // mostly the decoder's own keys (while they are first), else any
+                let n = if usize::from(*i) < own * 2 { own.min(kvs.len()) } else { kvs.len() };
+                if n > 0 {
+                    kvs[usize::from(*i) % n].1 = v.value();
+                }
             }
             KvEdit::Drop(i) => {
                 if !kvs.is_empty() {
@@ -243,17 +248,22 @@ fn write(spec: &GgufSpec) -> Vec<u8> {
         }
         w.u32(t.code);
         let n = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).unwrap_or(0);
-        let size = GgmlType::from_code(t.code).and_then(|g| g.bytes_for(n)).unwrap_or(0).min(1 << 20);
+        let size = GgmlType::from_code(t.code).and_then(|g| g.bytes_for(n)).unwrap_or(0).min(MAX_DATA);
         let offset = t.offset.unwrap_or(next);
         w.u64(offset);
         layout.push((offset, size));
-        next = (offset.saturating_add(size)).div_ceil(alignment).saturating_mul(alignment).min(1 << 22);
+        next = (offset.saturating_add(size)).div_ceil(alignment).saturating_mul(alignment).min(MAX_DATA);
     }
     w.pad(alignment);
     let start = w.0.len();
-    let end = layout.iter().map(|&(o, s)| o.saturating_add(s)).filter(|&e| e <= 1 << 22).max().unwrap_or(0);
+    // the data area: up to 256 KiB (the micro decoder needs about 80), the values repeated
+    let end = layout.iter().map(|&(o, s)| o.saturating_add(s)).filter(|&e| e <= MAX_DATA).max().unwrap_or(0);
     let values: &[u8] = if spec.values.is_empty() { &[0x3c, 0x00, 0x20, 0x81] } else { &spec.values };
-    w.0.extend(values.iter().cycle().take(end as usize));
+    let mut data = vec![0u8; end as usize];
+    for chunk in data.chunks_mut(values.len()) {
+        chunk.copy_from_slice(&values[..chunk.len()]);
+    }
+    w.0.extend_from_slice(&data);
     // f32 and f16 values kept finite and small: the exponent byte of every word masked
     for (offset, size) in layout {
         let Some(end) = offset.checked_add(size).filter(|&e| e <= end) else { continue };
