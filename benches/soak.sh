@@ -13,7 +13,7 @@ URL="http://127.0.0.1:$PORT/v1/embeddings"
 export HIT_RATIO=${HIT_RATIO:-0.5} CHAT_RATIO=${CHAT_RATIO:-0.1}
 GGUF=${WEDGE_SMOLLM2_GGUF:-$(models/fetch.sh smollm2)}
 if [ -z "${WEDGE:-}" ] || [ -z "${LOAD:-}" ]; then
-  cargo build --release -q -p wedge-cli -p wedge-server --example load
+  cargo build --release -q -p wedge-cli && cargo build --release -q -p wedge-server --example load
   WEDGE="${CARGO_TARGET_DIR:-target}/release/wedge"
   LOAD="${CARGO_TARGET_DIR:-target}/release/examples/load"
 fi

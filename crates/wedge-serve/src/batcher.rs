@@ -40,13 +40,40 @@ struct Shared {
     settings: BatchingConfig,
     label: ModelLabel,
     metrics: Arc<Metrics>,
-    /// Mean seconds per input of recent runs (f64 bits), for `Retry-After`.
+    /// Seconds per input of recent runs (f64 bits; a moving average), for `Retry-After` and the
+    /// wait budget.
     per_input_s: std::sync::atomic::AtomicU64,
+    /// Inputs of the run in progress.
+    running: std::sync::atomic::AtomicUsize,
+    /// Runs so far (the first sets the time per input; later ones move it by a fifth).
+    runs: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
     fn label(&self) -> ModelLabel {
         self.label.clone()
+    }
+
+    fn per_input_s(&self) -> f64 {
+        f64::from_bits(self.per_input_s.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Takes a run's time per input into the estimate: a moving average, so that one slow or
+    /// fast run does not swing admission.
+    fn learn_per_input(&self, secs: f64) {
+        let first = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+        let mean = if first { secs } else { 0.8 * self.per_input_s() + 0.2 * secs };
+        self.per_input_s.store(mean.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Most inputs of the next run: `max_batch_size`, and with a wait budget no more than run
+    /// within it, so that an input admitted by the budget is not then held by a long run.
+    fn batch_limit(&self) -> usize {
+        let max = self.settings.max_batch_size.max(1);
+        match self.settings.max_queue_wait_ms {
+            0 => max,
+            ms => ((ms as f64 / 1e3 / self.per_input_s()) as usize).clamp(1, max),
+        }
     }
 }
 
@@ -72,6 +99,8 @@ impl Batcher {
             label: label.clone(),
             metrics,
             per_input_s: std::sync::atomic::AtomicU64::new(0.01f64.to_bits()),
+            running: std::sync::atomic::AtomicUsize::new(0),
+            runs: std::sync::atomic::AtomicU64::new(0),
         });
         let s = shared.clone();
         let worker = WorkerThread::spawn("batch", model, move || work(&s, &run))
@@ -108,19 +137,17 @@ impl Batcher {
         if max_ms == 0 {
             return Ok(());
         }
+        // the run in progress and the inputs queued are ahead of it
         let queued = self.queued();
-        let wait_ms = queued as f64 * self.per_input_s() * 1e3;
+        let ahead = queued + self.shared.running.load(std::sync::atomic::Ordering::Relaxed);
+        let wait_ms = ahead as f64 * self.shared.per_input_s() * 1e3;
         if wait_ms > max_ms as f64 { Err(self.shed(queued)) } else { Ok(()) }
-    }
-
-    fn per_input_s(&self) -> f64 {
-        f64::from_bits(self.shared.per_input_s.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Counts a shed request and says when to come back: once the queue has run.
     fn shed(&self, queued: usize) -> ServeError {
         self.shared.metrics.shed.get_or_create(&self.shared.label()).inc();
-        let retry_after_s = ((queued as f64 * self.per_input_s()).ceil() as u64).clamp(1, 60);
+        let retry_after_s = ((queued as f64 * self.shared.per_input_s()).ceil() as u64).clamp(1, 60);
         ServeError::Overloaded { model: self.shared.label.model.clone(), queued, retry_after_s }
     }
 
@@ -150,7 +177,6 @@ impl Drop for Batcher {
 }
 
 fn work(s: &Shared, run: &RunBatch) {
-    let max = s.settings.max_batch_size.max(1);
     let delay = Duration::from_micros(s.settings.max_queue_delay_us);
     loop {
         let mut q = s.queue.lock();
@@ -161,6 +187,7 @@ fn work(s: &Shared, run: &RunBatch) {
             return; // closed and drained
         };
         // Wait for company until the oldest input has waited `delay`, the batch is full, or we close.
+        let max = s.batch_limit();
         let deadline = first.queued_at + delay;
         while q.items.len() < max && !q.closed {
             let now = Instant::now();
@@ -189,7 +216,9 @@ fn work(s: &Shared, run: &RunBatch) {
             })
             .collect();
         let t0 = Instant::now();
+        s.running.store(n, std::sync::atomic::Ordering::Relaxed);
         let result = run_caught(run, &tokens);
+        s.running.store(0, std::sync::atomic::Ordering::Relaxed);
         if let Ok((_, device)) = &result {
             for span in &runs {
                 span.record("device", device.as_str());
@@ -199,7 +228,7 @@ fn work(s: &Shared, run: &RunBatch) {
         let label = s.label();
         s.metrics.batch_size.get_or_create(&label).observe(batch.len() as f64);
         s.metrics.batch_seconds.get_or_create(&label).observe(secs);
-        s.per_input_s.store((secs / batch.len() as f64).to_bits(), std::sync::atomic::Ordering::Relaxed);
+        s.learn_per_input(secs / batch.len() as f64);
         match result {
             Ok((vectors, device)) => {
                 s.metrics.inferences.get_or_create(&label).inc_by(batch.len() as u64);
@@ -328,7 +357,7 @@ mod tests {
             match b.admit() {
                 Ok(()) => waiting.push(b.submit(tokens(i)).unwrap()),
                 Err(ServeError::Overloaded { retry_after_s, queued, .. }) => {
-                    assert!(retry_after_s >= 1 && queued >= 4, "refused behind {queued} inputs");
+                    assert!(retry_after_s >= 1 && queued >= 3, "refused behind {queued} queued inputs and one running");
                     refused += 1;
                 }
                 Err(e) => panic!("{e}"),

@@ -184,9 +184,10 @@ pub struct BatchingConfig {
     /// Most inputs waiting per model; past it requests get 503 with `Retry-After`.
     pub max_queue: usize,
     /// Longest a request's inputs may expect to wait behind the queue, in milliseconds (the
-    /// inputs queued times the recent time per input); a request that would wait longer gets
-    /// 503 with `Retry-After` at once, so that the requests admitted under overload keep their
-    /// latency. 0: only `max_queue` bounds the wait.
+    /// inputs queued and running times the recent time per input); a request that would wait
+    /// longer gets 503 with `Retry-After` at once, and no run takes more inputs than fit in
+    /// it, so that the requests admitted under overload keep their latency. 0: only
+    /// `max_queue` bounds the wait.
     pub max_queue_wait_ms: u64,
 }
 
