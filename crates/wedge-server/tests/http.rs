@@ -485,6 +485,35 @@ async fn slow_and_hostile_clients_are_bounded() {
     s.stop().await;
 }
 
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and resets them at once,
+/// as fast as it can, is cut off with GOAWAY long before it has made the server start its
+/// thousands of requests, and a normal client is served meanwhile and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_cut_off() {
+    let s = TestServer::start(config(&bundled())).await;
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut resets = 0;
+    for _ in 0..100_000 {
+        let Ok(ready) = send.ready().await else { break };
+        send = ready;
+        let request = hyper::Request::post(s.url("/v1/embeddings")).body(()).unwrap();
+        let Ok((_, mut stream)) = send.send_request(request, false) else { break };
+        stream.send_reset(h2::Reason::CANCEL);
+        resets += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(30), connection).await;
+    let error = ended.expect("the server ended the connection").unwrap().expect_err("with an error");
+    eprintln!("cut off after {resets} rapid resets: {error}");
+    assert!(resets < 10_000, "the server took {resets} rapid resets");
+    // GOAWAY(ENHANCE_YOUR_CALM), or the socket closed under a client still writing
+    assert!(error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || error.is_io(), "{error}");
+    let r = post(&s.url("/v1/embeddings"), json!({"input": "served after the attack"})).await;
+    assert_eq!(r.status, 200);
+    s.stop().await;
+}
+
 /// `data` in an HTTP content coding, as a client would send it.
 fn encode_as(coding: &str, data: &[u8]) -> Vec<u8> {
     use std::io::Write;
