@@ -200,8 +200,10 @@ fn build(spec: &WedgeSpec) -> Option<Vec<u8>> {
     }
     // the weights the (edited) config asks for, if it builds and is small
     if let Ok(mg) = wedge_core::models::build(&pkg.architecture, &pkg.config) {
-        let total: usize = mg.weight_shapes.iter().map(|s| s.iter().product::<usize>()).sum();
-        if total > 1 << 20 {
+        let total = mg.weight_shapes.iter().try_fold(0usize, |sum, s| {
+            s.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| sum.checked_add(n))
+        });
+        if total.is_none_or(|t| t > 1 << 20) {
             return None;
         }
         let values: Vec<f32> = if spec.values.is_empty() {
@@ -210,7 +212,7 @@ fn build(spec: &WedgeSpec) -> Option<Vec<u8>> {
             spec.values.iter().map(|&b| f32::from(b as i8) / 64.0).collect()
         };
         for (i, (name, shape)) in mg.graph.weights.iter().zip(&mg.weight_shapes).enumerate() {
-            let n: usize = shape.iter().product();
+            let n: usize = shape.iter().product(); // (bounded above)
             let v: Vec<f32> = values.iter().copied().cycle().skip(i).take(n).collect();
             // matrices in the formats chosen, vectors in f32 as the importers store them (a
             // table edit may still change either)
