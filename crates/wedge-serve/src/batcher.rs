@@ -129,15 +129,15 @@ impl Batcher {
         Ok(rx)
     }
 
-    /// Whether a request may queue now: refused (503) when the inputs already queued would keep
-    /// it waiting longer than `max_queue_wait_ms`, judged by the recent time per input. A
-    /// request asks once, before its first input, so that it is admitted or refused whole.
+    /// Whether a request may queue now: refused (503) when the inputs queued and the run in
+    /// progress would keep it waiting longer than `max_queue_wait_ms`, judged by the recent time
+    /// per input. A request asks once, before its first input, so that it is admitted or
+    /// refused whole.
     pub fn admit(&self) -> Result<(), ServeError> {
         let max_ms = self.shared.settings.max_queue_wait_ms;
         if max_ms == 0 {
             return Ok(());
         }
-        // the run in progress and the inputs queued are ahead of it
         let queued = self.queued();
         let ahead = queued + self.shared.running.load(std::sync::atomic::Ordering::Relaxed);
         let wait_ms = ahead as f64 * self.shared.per_input_s() * 1e3;
