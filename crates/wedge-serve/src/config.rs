@@ -271,7 +271,8 @@ impl Default for GenerationConfig {
 pub struct CacheConfig {
     /// Whether to cache at all.
     pub enabled: bool,
-    /// Tier 1 bound, in bytes of stored embeddings and completions.
+    /// Tier 1 bound, in bytes of stored embeddings and completions; 0 turns tier 1 off (a node
+    /// that reads through to the shared tiers).
     pub memory_bytes: u64,
     /// Entry lifetime in seconds, both tiers.
     pub ttl_secs: u64,

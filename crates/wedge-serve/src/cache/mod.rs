@@ -115,14 +115,17 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// The tiers `config` asks for (memory, then disk when it has a path, then Redis when it
-    /// has a URL); `None` when the cache is off.
+    /// The tiers `config` asks for (memory unless its bound is 0, then disk when it has a
+    /// path, then Redis when it has a URL); `None` when the cache is off.
     pub fn open(config: &CacheConfig, metrics: Arc<Metrics>) -> Result<Option<Cache>, ServeError> {
         if !config.enabled {
             return Ok(None);
         }
         let ttl = Duration::from_secs(config.ttl_secs);
-        let mut tiers: Vec<Arc<dyn Tier>> = vec![Arc::new(MemoryCache::new(config.memory_bytes, ttl))];
+        let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();
+        if config.memory_bytes > 0 {
+            tiers.push(Arc::new(MemoryCache::new(config.memory_bytes, ttl)));
+        }
         if let Some(p) = &config.disk_path {
             tiers.push(Arc::new(DiskCache::open(p, config.disk_bytes, ttl, metrics.clone())?));
         }
