@@ -37,12 +37,17 @@ impl Rng {
 /// Starts the node on the model file and the cache file; returns it with its address once it
 /// serves.
 fn start(model: &Path, cache: &Path) -> (Child, String) {
+    let mut args = vec!["--model".into(), format!("m={}", model.display()).into(), "--cache-path".into()];
+    args.push(cache.as_os_str().to_owned());
+    start_with(&args)
+}
+
+/// Starts `wedge serve --device cpu` on a free port with `args`; returns it with its address
+/// once its model is ready.
+fn start_with(args: &[std::ffi::OsString]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wedge"))
         .args(["serve", "--device", "cpu", "--addr", "127.0.0.1:0", "--grpc-addr", ""])
-        .arg("--model")
-        .arg(format!("m={}", model.display()))
-        .arg("--cache-path")
-        .arg(cache)
+        .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -90,6 +95,15 @@ fn embed(addr: &str, texts: &[&str]) -> Option<(Vec<Vec<f32>>, bool)> {
         .map(|d| d["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
         .collect();
     Some((vectors, head.to_ascii_lowercase().contains("x-wedge-cache: hit")))
+}
+
+/// The node's value of one Prometheus series (0 when absent).
+fn metric(addr: &str, series: &str) -> f64 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines().filter_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok()).sum()
 }
 
 /// Whether two unit vectors are the same embedding (batches of other sizes round differently;
@@ -203,4 +217,162 @@ fn kill_9_during_cache_writes_and_hot_reloads_serves_nothing_torn_or_stale() {
         aside.exists()
     );
     assert!(hits > 0, "no answer came from the disk cache after a restart: the test checked nothing it wrote");
+}
+
+/// A `redis-server` (Debian's) on `port` keeping an append-only file in `dir`, fsynced at
+/// every write: killed with SIGKILL, it restarts with what it had acknowledged.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16, dir: &Path) -> Option<Redis> {
+        if Command::new("redis-server").arg("--version").output().is_err() {
+            wedge_testkit::unavailable("WEDGE_REQUIRE_REDIS", "the Redis cache tier", "no redis-server on PATH");
+            return None;
+        }
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--aof-load-truncated", "yes"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Redis { child, port };
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(20) {
+            if r.connection().is_some_and(|mut c| redis::cmd("PING").query::<String>(&mut c).is_ok()) {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn connection(&self) -> Option<redis::Connection> {
+        redis::Client::open(self.url()).ok()?.get_connection().ok()
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Redis killed with SIGKILL at random moments while a node writes to it, 100 times. A second
+/// node, with no cache of its own, reads through to Redis: after every restart of Redis it
+/// answers every text as the model embeds it, whether Redis kept the value, lost it, or (at
+/// the end, damaged on purpose) holds bytes that fail their checksum; the writing node never
+/// fails a request while Redis is down.
+#[test]
+fn redis_killed_during_writes_serves_nothing_torn_or_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let Some(mut redis) = Redis::start(port, dir.path()) else { return };
+    let models = two_models();
+    let model = dir.path().join("m.wedge");
+    std::fs::write(&model, &models[0]).unwrap();
+    let texts = texts();
+    let expected = references(&models, &texts);
+    let index = |t: &str| texts.iter().position(|x| x == t).unwrap();
+    // the writer keeps a memory tier; the reader has none, so each of its hits is Redis's
+    let node = |memory_bytes: u64, name: &str| {
+        let toml = format!(
+            "[[models]]\nname = \"m\"\npath = {:?}\n[cache]\nmemory_bytes = {memory_bytes}\n\
+             redis_url = \"redis://127.0.0.1:{port}\"\nredis_prefix = \"crash:\"\nredis_timeout_ms = 1000\n",
+            model.display().to_string()
+        );
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        start_with(&["--config".into(), path.into_os_string()])
+    };
+    let (mut writer, w_addr) = node(64 << 20, "writer");
+    let (mut reader, r_addr) = node(0, "reader");
+    let mut rng = Rng(0x0dd_ba11_5eed);
+    let (mut checked, mut from_redis) = (0usize, 0usize);
+    let began = Instant::now();
+    for round in 0..rounds() {
+        // two clients write new entries through the writer; Redis dies at a random moment
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (addr, expected) = (w_addr.clone(), expected.clone());
+                let ids: Vec<usize> = (0..4).map(|i| (round * 8 + w * 4 + i) % texts.len()).collect();
+                let batch: Vec<String> = ids.iter().map(|&i| texts[i].clone()).collect();
+                std::thread::spawn(move || {
+                    let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+                    for _ in 0..5 {
+                        let (vs, _) = embed(&addr, &refs).expect("the writer serves while Redis dies");
+                        for (&i, v) in ids.iter().zip(&vs) {
+                            assert!(same(v, &expected[0][i]), "the writer answered a wrong value");
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(rng.below(150)));
+        redis.kill();
+        for w in writers {
+            w.join().unwrap();
+        }
+        redis = Redis::start(port, dir.path()).unwrap();
+        // the reader answers texts written so far: from Redis when it kept them, else computed
+        let written = ((round + 1) * 8).min(texts.len()) as u64;
+        let picks: Vec<&str> = (0..4).map(|_| texts[rng.below(written) as usize].as_str()).collect();
+        let (served, hit) = embed(&r_addr, &picks).expect("the reader serves");
+        from_redis += usize::from(hit);
+        for (text, v) in picks.iter().zip(&served) {
+            assert!(
+                same(v, &expected[0][index(text)]),
+                "round {round}: the reader served for {text:?} a value that is not the model's"
+            );
+        }
+        checked += picks.len();
+    }
+    let values_from_redis = metric(&r_addr, "wedge_cache_lookups_total{tier=\"redis\",result=\"hit\"}");
+    // every value Redis holds damaged in place (a flipped byte): the reader serves none of them
+    let mut c = redis.connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("crash:*").query(&mut c).unwrap();
+    for k in &keys {
+        let len: usize = redis::cmd("STRLEN").arg(k).query(&mut c).unwrap();
+        let at = len / 2;
+        let byte: Vec<u8> = redis::cmd("GETRANGE").arg(k).arg(at).arg(at).query(&mut c).unwrap();
+        redis::cmd("SETRANGE").arg(k).arg(at).arg(vec![byte[0] ^ 0x20]).query::<()>(&mut c).unwrap();
+    }
+    let damaged_before = metric(&r_addr, "wedge_cache_tier_errors_total{tier=\"redis\",op=\"damaged\"}");
+    for chunk in texts.chunks(8).take(4) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let (served, hit) = embed(&r_addr, &refs).expect("the reader serves");
+        assert!(!hit, "a damaged value was served as a hit");
+        for (text, v) in refs.iter().zip(&served) {
+            assert!(same(v, &expected[0][index(text)]), "a damaged Redis value reached a client");
+        }
+    }
+    let damaged = metric(&r_addr, "wedge_cache_tier_errors_total{tier=\"redis\",op=\"damaged\"}") - damaged_before;
+    eprintln!(
+        "{} kills of Redis in {:.0?}: {checked} values checked after restarts, {values_from_redis} of them \
+         from Redis ({from_redis} answers wholly); {} keys at the end, {damaged} damaged values refused",
+        rounds(),
+        began.elapsed(),
+        keys.len()
+    );
+    assert!(from_redis > 0, "no answer came from Redis after a restart: the test checked nothing it kept");
+    assert!(damaged > 0.0, "no damaged value was detected");
+    for n in [&mut writer, &mut reader] {
+        n.kill().unwrap();
+        n.wait().unwrap();
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! Redis never fails a request: every call is bounded by a timeout, and consecutive failures
 //! open the tier's own breaker, which skips Redis for a while and then lets one request try
-//! it again (half-open). Writes go in the background. Errors, timeouts, skipped calls and
+//! it again (half-open). A call that finds its connection lost (Redis restarted) tries once
+//! more on the new one. Writes go in the background. Errors, timeouts, skipped calls and
 //! damaged values are counted.
 
 use std::sync::Arc;
@@ -108,7 +109,12 @@ impl RedisTier {
         let k = self.redis_key(key);
         let got = tokio::time::timeout(self.timeout, async {
             let mut c = self.connection().await?;
-            c.get::<_, Option<Vec<u8>>>(k).await
+            match c.get::<_, Option<Vec<u8>>>(&k).await {
+                // the connection was lost (Redis restarted): the manager is reconnecting now,
+                // and this call waits for that rather than failing
+                Err(e) if lost(&e) => c.get::<_, Option<Vec<u8>>>(&k).await,
+                other => other,
+            }
         })
         .await;
         match got {
@@ -174,6 +180,12 @@ impl Health {
     }
 }
 
+/// An error after which the connection manager reconnects: one retry then goes to the new
+/// connection (a restarted Redis is used again at once, not after the breaker's cool-down).
+fn lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+}
+
 fn label(op: &'static str) -> CacheOpLabel {
     CacheOpLabel { tier: "redis", op }
 }
@@ -206,7 +218,13 @@ impl Tier for RedisTier {
                 Err(_) => return h.failed("put", "timed out connecting"),
             };
             tokio::spawn(async move {
-                match tokio::time::timeout(timeout, conn.set_ex::<_, _, ()>(k, record, ttl.as_secs())).await {
+                let set = async {
+                    match conn.set_ex::<_, _, ()>(&k, &record, ttl.as_secs()).await {
+                        Err(e) if lost(&e) => conn.set_ex::<_, _, ()>(&k, &record, ttl.as_secs()).await,
+                        other => other,
+                    }
+                };
+                match tokio::time::timeout(timeout, set).await {
                     Ok(Ok(())) => h.succeeded(),
                     Ok(Err(e)) => h.failed("put", &e.to_string()),
                     Err(_) => h.failed("put", "timed out"),
