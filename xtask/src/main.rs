@@ -29,7 +29,8 @@ environments; kubectl must be there already), then runs:
   render and validate, the alert rules pass promtool's tests), the Rust tests (cargo test --workspace)
   with WEDGE_REQUIRE_GPU=1, WEDGE_REQUIRE_MODEL=1, WEDGE_REQUIRE_NODE=1 (Node.js and web/'s
   npm packages, for the OpenAI client test), WEDGE_REQUIRE_REDIS=1 and WEDGE_REQUIRE_TRITON=1
-  (Triton's Python client against the live server), each fuzz target for 5 s (built with
+  (Triton's Python client against the live server), a 60 s soak of `wedge serve` (benches/soak.sh,
+  failing on errors and leaked files), each fuzz target for 5 s (built with
   cargo-fuzz's instrumentation by cargo itself), the web build and the browser tests.
 
   --quick       no fmt and no clippy
@@ -156,6 +157,7 @@ fn test(opts: Options, setup: &Setup, report: &mut Report) {
         None => report.not_run("rust tests", "the test build failed"),
     }
 
+    soak(report, setup, &target);
     fuzz(report, &target);
 
     if report.needs("wasm kernel tests", setup, &[Need::Wasi]) {
@@ -209,6 +211,39 @@ const FUZZ_RUSTFLAGS: &str = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-cove
     -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
     -Cllvm-args=-sanitizer-coverage-trace-compares -Cllvm-args=-sanitizer-coverage-stack-depth \
     -Cllvm-args=-simplifycfg-branch-fold-threshold=0 --cfg fuzzing -Cdebug-assertions -Ccodegen-units=1";
+
+/// A 60-second soak of `wedge serve` (benches/soak.sh: the bundled embedding model and SmolLM2
+/// on the CPU, 80% of the measured capacity, hits and misses, chat among the embeddings) with
+/// the binaries the test build made (the dev profile is optimized). It fails on any request
+/// not answered 200 and on open files growing; latency is printed, never asserted.
+fn soak(report: &mut Report, setup: &Setup, target: &Path) {
+    let Some(gguf) = setup.model(Need::SmolLm2) else {
+        report.not_run("soak (60 s)", "no SmolLM2 file");
+        return;
+    };
+    // the load generator (an example of wedge-server), in the tests' profile and features
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--locked", "--workspace", "--examples"]);
+    if !report.step("build the load generator", &mut build) {
+        report.not_run("soak (60 s)", "the load generator did not build");
+        return;
+    }
+    let debug = target.join("debug");
+    let (wedge, load) = (debug.join("wedge"), debug.join("examples").join("load"));
+    if !wedge.is_file() || !load.is_file() {
+        report.not_run("soak (60 s)", "the test build made no wedge binary");
+        return;
+    }
+    let mut cmd = Command::new("bash");
+    cmd.args(["benches/soak.sh", "60"])
+        .env("WEDGE", wedge)
+        .env("LOAD", load)
+        .env("WEDGE_SMOLLM2_GGUF", gguf)
+        .env("LOAD_STRICT", "1")
+        .env("PORT", "18097");
+    report.step("soak (60 s)", &mut cmd);
+}
 
 /// The fuzz targets of fuzz/, built with coverage instrumentation ([`FUZZ_RUSTFLAGS`]) and
 /// each run for [`FUZZ_SECONDS`] from its corpus: the corpus in the repository is only read,
