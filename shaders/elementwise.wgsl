@@ -1,7 +1,7 @@
 // Elementwise kernels: binary ops with suffix broadcasting, and activations.
 
 override OP: u32 = 0u;   // 0 add, 1 mul
-override ACT: u32 = 0u;  // 0 none, 1 gelu (erf), 2 gelu (tanh), 3 silu
+override ACT: u32 = 0u;  // 0 none, 1 gelu (erf), 2 gelu (tanh), 3 silu, 4 relu
 
 const WG: u32 = 256u; // template: invocations per workgroup
 
@@ -31,6 +31,7 @@ fn act(v: f32) -> f32 {
         return 0.5 * v * (1.0 + tanh(u));
     }
     if (ACT == 3u) { return v / (1.0 + exp(-v)); }
+    if (ACT == 4u) { return max(v, 0.0); }
     return v;
 }
 

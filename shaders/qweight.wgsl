@@ -5,7 +5,7 @@
 // Scalar knobs (pipeline-overridable constants).
 override WTYPE: u32 = 0u;       // 0 f32, 1 f16, 2 q8, 3 q4, 4 q4_1, 5 q8a8 (stored as q8), 6 q8_0, 7 q4_k, 8 q6_k,
                                 //   9 bf16, 10 q5_0, 11 q5_1, 12 q5_k
-override ACT: u32 = 0u;         // 0 none, 1 gelu (erf), 2 gelu (tanh), 3 silu
+override ACT: u32 = 0u;         // 0 none, 1 gelu (erf), 2 gelu (tanh), 3 silu, 4 relu
 override HAS_BIAS: bool = false;
 
 // Shape-giving parameters (checked template substitution by wedge-shaders).
@@ -166,6 +166,7 @@ fn act(v: f32) -> f32 {
         return 0.5 * v * (1.0 + tanh(u));
     }
     if (ACT == 3u) { return v / (1.0 + exp(-v)); }
+    if (ACT == 4u) { return max(v, 0.0); }
     return v;
 }
 

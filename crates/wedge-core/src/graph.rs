@@ -83,6 +83,8 @@ pub enum Activation {
     GeluTanh,
     /// `x · sigmoid(x)` (llama's SwiGLU gate).
     Silu,
+    /// `max(x, 0)`.
+    Relu,
 }
 
 impl Activation {
@@ -93,6 +95,7 @@ impl Activation {
             Activation::GeluErf => 1,
             Activation::GeluTanh => 2,
             Activation::Silu => 3,
+            Activation::Relu => 4,
         }
     }
 }

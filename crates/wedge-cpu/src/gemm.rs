@@ -1368,7 +1368,8 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let w = Weight::quantize("w", &[n, k], &wv, format).unwrap();
-            let act = [Activation::None, Activation::GeluErf, Activation::Silu, Activation::GeluTanh][case % 4];
+            let act = [Activation::None, Activation::GeluErf, Activation::Silu, Activation::GeluTanh, Activation::Relu]
+                [case % 5];
             let b = (case % 2 == 0).then_some(bias.as_slice());
             let mut fast = vec![f32::NAN; m * n];
             let mut reference = vec![0f32; m * n];

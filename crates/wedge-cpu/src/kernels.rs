@@ -30,6 +30,7 @@ pub(crate) fn act1(act: Activation, v: f32) -> f32 {
         Activation::GeluErf => gelu_erf(v),
         Activation::GeluTanh => gelu_tanh(v),
         Activation::Silu => silu(v),
+        Activation::Relu => v.max(0.0),
     }
 }
 
@@ -101,6 +102,7 @@ pub(crate) fn activate_slice(act: Activation, x: &mut [f32]) {
             *v = 0.5 * *v * (1.0 + tanh);
         }),
         Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + exp_approx(-*v)),
+        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
     }
 }
 

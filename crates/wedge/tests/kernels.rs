@@ -52,7 +52,7 @@ fn long_gemv_cases() {
 
 fn matmul_cases(_tiled: bool) {
     let mut r = rng(1);
-    let acts = [Activation::None, Activation::GeluErf, Activation::GeluTanh, Activation::Silu];
+    let acts = [Activation::None, Activation::GeluErf, Activation::GeluTanh, Activation::Silu, Activation::Relu];
     for (fi, &format) in FORMATS.iter().enumerate() {
         for case in 0..10 {
             // alternate GEMV (m <= 4) and GEMM, with ragged sizes
@@ -89,7 +89,7 @@ fn matmul_cases(_tiled: bool) {
 fn f16_gemm_matches_its_twin() {
     let Some(device) = gpu_f16() else { return };
     let mut r = rng(12);
-    let acts = [Activation::None, Activation::GeluErf, Activation::GeluTanh, Activation::Silu];
+    let acts = [Activation::None, Activation::GeluErf, Activation::GeluTanh, Activation::Silu, Activation::Relu];
     let (mut worst_twin, mut worst_f32) = (0f32, 0f32);
     for &format in FORMATS.iter().filter(|f| **f != Format::Q8A8) {
         for case in 0..6 {
@@ -159,7 +159,7 @@ fn elementwise_with_broadcast() {
         let b = HostTensor::f32(&bshape, &rand_vec(&mut r, bn, 2.0));
         compare(&format!("{op:?} {shape:?} {bshape:?}"), "binary", &g, &[], &[a, b]);
     }
-    for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Silu] {
+    for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Silu, Activation::Relu] {
         let n = r.random_range(1..5000);
         let mut v = rand_vec(&mut r, n, 6.0);
         v.extend([-30.0, 30.0, 0.0, -1e-3]);
