@@ -9,8 +9,8 @@ mod common;
 use common::*;
 use rand::Rng;
 use wedge::{
-    Activation, DecoderConfig, Device, EncoderConfig, Format, HostTensor, LanguageModel, LmOptions, Model, Pooling,
-    RopeMode, RopeScaling, Session, Weight,
+    Activation, DecoderConfig, Device, EncoderConfig, Format, HostTensor, LanguageModel, LmOptions, Model, NormKind,
+    Pooling, RopeMode, RopeScaling, Session, Weight,
 };
 
 fn encoder_config() -> EncoderConfig {
@@ -26,6 +26,10 @@ fn encoder_config() -> EncoderConfig {
         activation: Activation::GeluErf,
         pooling: Pooling::Mean,
         normalize: true,
+        norm: Default::default(),
+        norm_first: false,
+        embedding_norm: Default::default(),
+        final_norm: NormKind::None,
     }
 }
 
@@ -122,6 +126,35 @@ fn encoder_gpu_matches_cpu_in_every_format() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The encoder variants other trainers make (burn's pre-norm `TransformerEncoder`, RMSNorm,
+/// no embedding norm, a final norm): the GPU runs them as the CPU does, and each changes the
+/// output (the option is not ignored).
+#[test]
+fn encoder_variants_gpu_matches_cpu() {
+    let inputs = encoder_inputs(&[7, 3], 5);
+    let base = encoder_config();
+    let bert = {
+        let mg = base.build().unwrap();
+        both(&mg.graph, &random_weights(&mg, Format::F32, 40), &inputs).0[1].to_f32()
+    };
+    let variants = [
+        EncoderConfig { norm_first: true, final_norm: NormKind::Layer, ..base.clone() },
+        EncoderConfig { norm: NormKind::Rms, embedding_norm: NormKind::None, ..base.clone() },
+        EncoderConfig { norm: NormKind::Rms, norm_first: true, final_norm: NormKind::Rms, ..base.clone() },
+        EncoderConfig { embedding_norm: NormKind::Rms, final_norm: NormKind::Layer, ..base.clone() },
+    ];
+    for (i, cfg) in variants.iter().enumerate() {
+        let mg = cfg.build().unwrap();
+        let weights = random_weights(&mg, Format::F32, 40);
+        let (cpu, gpu) = both(&mg.graph, &weights, &inputs);
+        let emb = cpu[1].to_f32();
+        assert!(max_diff(&emb, &bert) > 1e-3, "variant {i} computes what BERT's layout does");
+        if let Some(gpu) = gpu {
+            assert_close(&format!("encoder variant {i}"), "encoder", &gpu[1].to_f32(), &emb);
         }
     }
 }

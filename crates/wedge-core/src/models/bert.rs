@@ -1,5 +1,7 @@
-//! BERT-style sentence encoders (post-norm, learned positions, token types), with the
-//! Hugging Face checkpoint's weight names.
+//! BERT-style sentence encoders (learned positions, token types), with the Hugging Face
+//! checkpoint's weight names: BERT's post-norm layers with LayerNorm, and the variants other
+//! trainers make of the same stack (burn's `TransformerEncoder`): pre-norm layers, RMSNorm, no
+//! norm on the embeddings, a norm after the last layer.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +19,24 @@ pub enum Pooling {
     Cls,
 }
 
-/// A BERT-style encoder (post-norm, learned positions, token types).
+/// A normalization of an encoder: of its layers, of its summed embeddings, after its last
+/// layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// LayerNorm: scale (`.weight`) and shift (`.bias`).
+    #[default]
+    Layer,
+    /// RMSNorm: scale (`.weight`) only.
+    Rms,
+    /// None (not for the layers).
+    None,
+}
+
+/// A BERT-style encoder (learned positions, token types; by default post-norm with
+/// LayerNorm, as BERT). With `norm_first`, each layer normalizes the input of its attention
+/// (with the `attention.output.LayerNorm` weights) and of its FFN (`output.LayerNorm`) and adds
+/// the block's output to the unnormalized residual.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EncoderConfig {
     /// Vocabulary size.
@@ -42,6 +61,23 @@ pub struct EncoderConfig {
     pub pooling: Pooling,
     /// L2-normalize the pooled embedding.
     pub normalize: bool,
+    /// The layers' norms: LayerNorm (BERT) or RMSNorm.
+    #[serde(default)]
+    pub norm: NormKind,
+    /// Pre-norm layers instead of BERT's post-norm.
+    #[serde(default)]
+    pub norm_first: bool,
+    /// The norm of the summed embeddings (`embeddings.LayerNorm`; BERT's is a LayerNorm).
+    #[serde(default)]
+    pub embedding_norm: NormKind,
+    /// A norm of the last layer's output (`encoder.final_norm`), as pre-norm stacks often
+    /// have; none by default.
+    #[serde(default = "no_norm")]
+    pub final_norm: NormKind,
+}
+
+fn no_norm() -> NormKind {
+    NormKind::None
 }
 
 impl EncoderConfig {
@@ -53,6 +89,7 @@ impl EncoderConfig {
         check(h > 0 && nh > 0 && h % nh == 0, "hidden_size must be a positive multiple of num_heads")?;
         check(self.vocab_size > 0 && self.num_layers > 0, "vocab_size and num_layers must be positive")?;
         check(self.num_layers <= super::MAX_LAYERS, "num_layers is over 1024")?;
+        check(self.norm != NormKind::None, "the layers' norm must be layer or rms")?;
         let d = h / nh;
         let mut b = Builder::new();
         let ids = b.g.input("input_ids", Elem::U32, dims());
@@ -67,24 +104,30 @@ impl EncoderConfig {
         let t = b.g.push(Op::Embedding { table: te }, &[types]);
         let x = b.g.push(Op::Binary(BinaryOp::Add), &[x, p]);
         let x = b.g.push(Op::Binary(BinaryOp::Add), &[x, t]);
-        let mut x = b.layernorm(x, "embeddings.LayerNorm", h, self.layer_norm_eps);
+        let eps = self.layer_norm_eps;
+        let mut x = b.norm(self.embedding_norm, x, "embeddings.LayerNorm", h, eps);
         for l in 0..self.num_layers {
             let pre = format!("encoder.layer.{l}");
-            let q = b.linear(x, &format!("{pre}.attention.self.query"), h, h, true);
-            let k = b.linear(x, &format!("{pre}.attention.self.key"), h, h, true);
-            let v = b.linear(x, &format!("{pre}.attention.self.value"), h, h, true);
+            let (attn_norm, ffn_norm) =
+                (format!("{pre}.attention.output.LayerNorm"), format!("{pre}.output.LayerNorm"));
+            let a_in = if self.norm_first { b.norm(self.norm, x, &attn_norm, h, eps) } else { x };
+            let q = b.linear(a_in, &format!("{pre}.attention.self.query"), h, h, true);
+            let k = b.linear(a_in, &format!("{pre}.attention.self.key"), h, h, true);
+            let v = b.linear(a_in, &format!("{pre}.attention.self.value"), h, h, true);
             let att =
                 Op::Attention { heads: nh, kv_heads: nh, head_dim: d, causal: false, scale: 1.0 / (d as f32).sqrt() };
             let a = b.g.push(att, &[q, k, v, mask]);
             let a = b.linear(a, &format!("{pre}.attention.output.dense"), h, h, true);
             let a = b.g.push(Op::Binary(BinaryOp::Add), &[a, x]);
-            x = b.layernorm(a, &format!("{pre}.attention.output.LayerNorm"), h, self.layer_norm_eps);
-            let f = b.linear(x, &format!("{pre}.intermediate.dense"), self.intermediate_size, h, true);
+            x = if self.norm_first { a } else { b.norm(self.norm, a, &attn_norm, h, eps) };
+            let f_in = if self.norm_first { b.norm(self.norm, x, &ffn_norm, h, eps) } else { x };
+            let f = b.linear(f_in, &format!("{pre}.intermediate.dense"), self.intermediate_size, h, true);
             let f = b.g.push(Op::Act(self.activation), &[f]);
             let f = b.linear(f, &format!("{pre}.output.dense"), h, self.intermediate_size, true);
             let f = b.g.push(Op::Binary(BinaryOp::Add), &[f, x]);
-            x = b.layernorm(f, &format!("{pre}.output.LayerNorm"), h, self.layer_norm_eps);
+            x = if self.norm_first { f } else { b.norm(self.norm, f, &ffn_norm, h, eps) };
         }
+        x = b.norm(self.final_norm, x, "encoder.final_norm", h, eps);
         b.g.output("last_hidden_state", x);
         let pooled = match self.pooling {
             Pooling::Mean => b.g.push(Op::MeanPool, &[x, mask]),

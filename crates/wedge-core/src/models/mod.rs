@@ -6,7 +6,7 @@
 pub mod bert;
 pub mod llama;
 
-pub use bert::{EncoderConfig, Pooling};
+pub use bert::{EncoderConfig, NormKind, Pooling};
 pub use llama::DecoderConfig;
 
 use crate::error::{Error, Result};
@@ -110,6 +110,26 @@ impl Builder {
         let beta = self.w(&format!("{prefix}.bias"), &[d]);
         self.g.push(Op::LayerNorm { gamma, beta, eps }, &[x])
     }
+
+    /// A LayerNorm (`.weight`, `.bias`) or an RMSNorm (`.weight`) named `prefix`, or `x` as
+    /// it is.
+    pub(crate) fn norm(
+        &mut self,
+        kind: NormKind,
+        x: crate::ValueId,
+        prefix: &str,
+        d: usize,
+        eps: f32,
+    ) -> crate::ValueId {
+        match kind {
+            NormKind::Layer => self.layernorm(x, prefix, d, eps),
+            NormKind::Rms => {
+                let gamma = self.w(&format!("{prefix}.weight"), &[d]);
+                self.g.push(Op::RmsNorm { gamma, eps }, &[x])
+            }
+            NormKind::None => x,
+        }
+    }
 }
 
 pub(crate) fn check(cond: bool, msg: &str) -> Result<()> {
@@ -155,6 +175,10 @@ mod tests {
             activation: Activation::GeluErf,
             pooling: Pooling::Mean,
             normalize: true,
+            norm: NormKind::Layer,
+            norm_first: false,
+            embedding_norm: NormKind::Layer,
+            final_norm: NormKind::None,
         };
         let m = enc.build().unwrap();
         let infos: Vec<_> =
