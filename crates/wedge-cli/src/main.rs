@@ -298,8 +298,7 @@ fn auto_options(
     let reference = embed(f32_weights)?;
     let mut eval = |ws: &[wedge_core::Weight]| -> Result<(f64, f64), wedge_import::ImportError> {
         let got = embed(ws.to_vec()).map_err(|e| wedge_import::ImportError::Unsupported(format!("{e:#}")))?;
-        let cos: Vec<f64> = got.iter().zip(&reference).map(|(a, b)| cosine(a, b)).collect();
-        Ok((cos.iter().sum::<f64>() / cos.len() as f64, cos.iter().copied().fold(f64::INFINITY, f64::min)))
+        Ok(wedge_import::scores(&got, &reference))
     };
     let bar = ProgressBar::new_spinner();
     let choice = wedge_import::auto_select(weights, budget, group, &mut eval, &mut |msg| {
@@ -318,13 +317,6 @@ fn auto_options(
         choice.evaluations
     );
     Ok(choice.options)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-    let na = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb).max(f64::MIN_POSITIVE)
 }
 
 /// The bundled default model: `WEDGE_MODEL`, else `models/` beside the executable's

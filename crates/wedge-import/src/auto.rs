@@ -25,6 +25,20 @@ pub fn calibration_texts() -> Vec<&'static str> {
     CALIBRATION_TEXTS.lines().filter(|l| !l.trim().is_empty()).collect()
 }
 
+/// Cosine similarity of two vectors, in f64 (the measure of the quality budget).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(f64::MIN_POSITIVE)
+}
+
+/// The (mean, minimum) cosine of each output to its reference.
+pub fn scores(outputs: &[Vec<f32>], reference: &[Vec<f32>]) -> Scores {
+    let cos: Vec<f64> = outputs.iter().zip(reference).map(|(a, b)| cosine(a, b)).collect();
+    (cos.iter().sum::<f64>() / cos.len().max(1) as f64, cos.iter().copied().fold(f64::INFINITY, f64::min))
+}
+
 /// What `auto` chose and why.
 #[derive(Clone, Debug)]
 pub struct AutoChoice {

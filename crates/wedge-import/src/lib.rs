@@ -15,7 +15,9 @@
 mod auto;
 mod decoder;
 
-pub use auto::{AutoChoice, Budget, CALIBRATION_TEXTS, Scores, auto_select, calibration_texts, is_candidate};
+pub use auto::{
+    AutoChoice, Budget, CALIBRATION_TEXTS, Scores, auto_select, calibration_texts, cosine, is_candidate, scores,
+};
 pub use decoder::{DecoderQuant, import_gguf, import_hf_decoder, is_hf_decoder};
 
 use std::collections::BTreeMap;
@@ -150,8 +152,9 @@ pub fn inspect_hf_folder(dir: &Path) -> Result<HfEncoder> {
     let act = match cfg.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu") {
         "gelu" => Activation::GeluErf,
         "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+        "relu" => Activation::Relu,
         other => {
-            return Err(ImportError::Unsupported(format!("hidden_act `{other}` (supported: gelu, gelu_new)")));
+            return Err(ImportError::Unsupported(format!("hidden_act `{other}` (supported: gelu, gelu_new, relu)")));
         }
     };
     if let Some(p) = cfg.get("position_embedding_type").and_then(Value::as_str)
@@ -210,6 +213,10 @@ pub fn inspect_hf_folder(dir: &Path) -> Result<HfEncoder> {
         activation: act,
         pooling,
         normalize,
+        norm: Default::default(),
+        norm_first: false,
+        embedding_norm: Default::default(),
+        final_norm: wedge_core::models::NormKind::None,
     };
     Ok(HfEncoder { dir: dir.to_path_buf(), config, max_seq_length, tokenizer })
 }
@@ -277,22 +284,39 @@ pub fn package(
     opts: &ImportOptions,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Package> {
+    let tensors = quantize(weights, opts, progress)?;
+    let mut config = serde_json::to_value(&enc.config).map_err(|e| ImportError::Tensor(e.to_string()))?;
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("max_seq_length".into(), Value::from(enc.max_seq_length));
+    }
+    let source = enc.dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let metadata = precision_metadata(&source, &format!("wedge-import {}", env!("CARGO_PKG_VERSION")), opts);
+    let mut assets = BTreeMap::new();
+    assets.insert("tokenizer.json".to_string(), enc.tokenizer.clone());
+    Ok(Package { architecture: ARCHITECTURE.to_string(), config, metadata, tensors, assets })
+}
+
+/// Every weight in the format `opts` gives it, in order.
+pub fn quantize(
+    weights: &[F32Tensor],
+    opts: &ImportOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Vec<Weight>> {
     let mut tensors = Vec::with_capacity(weights.len());
     for (i, (name, shape, values)) in weights.iter().enumerate() {
         progress(i, weights.len(), name);
         tensors.push(Weight::quantize(name, shape, values, format_for(opts, name, shape))?);
     }
     progress(weights.len(), weights.len(), "");
-    let mut config = serde_json::to_value(&enc.config).map_err(|e| ImportError::Tensor(e.to_string()))?;
-    if let Some(obj) = config.as_object_mut() {
-        obj.insert("max_seq_length".into(), Value::from(enc.max_seq_length));
-    }
+    Ok(tensors)
+}
+
+/// A package's metadata: where it came from, what made it, and its precision (the linears'
+/// format, and how many tensors of each format when `opts` mixes them).
+pub fn precision_metadata(source: &str, converter: &str, opts: &ImportOptions) -> BTreeMap<String, String> {
     let mut metadata = BTreeMap::new();
-    metadata.insert(
-        "source".to_string(),
-        enc.dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-    );
-    metadata.insert("converter".to_string(), format!("wedge-import {}", env!("CARGO_PKG_VERSION")));
+    metadata.insert("source".to_string(), source.to_string());
+    metadata.insert("converter".to_string(), converter.to_string());
     metadata.insert("linear_format".to_string(), opts.linear.to_string());
     if !opts.overrides.is_empty() {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -302,9 +326,7 @@ pub fn package(
         let mix: Vec<String> = counts.iter().map(|(f, n)| format!("{n}x {f}")).collect();
         metadata.insert("mixed_precision".to_string(), mix.join(", "));
     }
-    let mut assets = BTreeMap::new();
-    assets.insert("tokenizer.json".to_string(), enc.tokenizer.clone());
-    Ok(Package { architecture: ARCHITECTURE.to_string(), config, metadata, tensors, assets })
+    metadata
 }
 
 /// Imports a Hugging Face BERT folder with `opts`.
