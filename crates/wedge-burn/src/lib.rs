@@ -302,26 +302,9 @@ impl<'a> EncoderExport<'a> {
                 same_eps(n.epsilon(role)?, role)?;
             }
         }
-        let max_position_embeddings = match self.positions {
-            Some(p) => {
-                let [rows, d] = p.weight.shape().dims();
-                if d != hidden {
-                    return Err(unsupported("positions", format!("{d} dimensions, the encoder has {hidden}")));
-                }
-                rows
-            }
-            None => self.max_seq_length.unwrap_or(DEFAULT_MAX_SEQ),
-        };
-        let type_vocab_size = match self.token_types {
-            Some(t) => {
-                let [rows, d] = t.weight.shape().dims();
-                if d != hidden {
-                    return Err(unsupported("token_types", format!("{d} dimensions, the encoder has {hidden}")));
-                }
-                rows
-            }
-            None => 1,
-        };
+        let max_position_embeddings =
+            table_rows(self.positions, "positions", hidden)?.unwrap_or(self.max_seq_length.unwrap_or(DEFAULT_MAX_SEQ));
+        let type_vocab_size = table_rows(self.token_types, "token_types", hidden)?.unwrap_or(1);
         let eps = eps.map_or(1e-5, |(v, _)| v);
         Ok(EncoderConfig {
             vocab_size,
@@ -498,6 +481,16 @@ impl<'a> EncoderExport<'a> {
             })
             .collect())
     }
+}
+
+/// The rows of an optional table added to the token embeddings, checked to be `hidden` wide.
+fn table_rows(table: Option<&Embedding>, role: &str, hidden: usize) -> Result<Option<usize>> {
+    let Some(t) = table else { return Ok(None) };
+    let [rows, d] = t.weight.shape().dims();
+    if d != hidden {
+        return Err(unsupported(role, format!("{d} dimensions, the encoder has {hidden}")));
+    }
+    Ok(Some(rows))
 }
 
 /// The wedge name of a tensor of a `TransformerEncoder` (its path in the snapshot, norms as
