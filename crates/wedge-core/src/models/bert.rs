@@ -90,6 +90,12 @@ impl EncoderConfig {
         check(self.vocab_size > 0 && self.num_layers > 0, "vocab_size and num_layers must be positive")?;
         check(self.num_layers <= super::MAX_LAYERS, "num_layers is over 1024")?;
         check(self.norm != NormKind::None, "the layers' norm must be layer or rms")?;
+        let tables = [self.vocab_size, self.max_position_embeddings, self.type_vocab_size, self.intermediate_size, h];
+        check(
+            tables.iter().all(|&n| super::fits(&[n, h])),
+            "sizes too large: a weight (vocab_size, max_position_embeddings, type_vocab_size, \
+             intermediate_size or hidden_size by hidden_size) would pass 2^40 elements",
+        )?;
         let d = h / nh;
         let mut b = Builder::new();
         let ids = b.g.input("input_ids", Elem::U32, dims());

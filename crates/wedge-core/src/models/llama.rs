@@ -324,7 +324,14 @@ impl DecoderConfig {
         check(nh > 0 && nkv > 0 && nh % nkv == 0, "num_heads must be a positive multiple of num_kv_heads")?;
         check(d > 0 && d % 2 == 0, "head_dim must be even")?;
         check(self.num_layers <= super::MAX_LAYERS, "num_layers is over 1024")?;
-        check(self.vocab_size > 0 && self.num_layers > 0 && h > 0, "sizes must be positive")
+        check(self.vocab_size > 0 && self.num_layers > 0 && h > 0, "sizes must be positive")?;
+        let (q, kv) = (nh.checked_mul(d).unwrap_or(usize::MAX), nkv.checked_mul(d).unwrap_or(usize::MAX));
+        let weights = [[q, h], [kv, h], [self.vocab_size, h], [self.intermediate_size, h]];
+        check(
+            weights.iter().all(|w| super::fits(w)),
+            "sizes too large: a weight (num_heads × head_dim, num_kv_heads × head_dim, vocab_size or \
+             intermediate_size by hidden_size) would pass 2^40 elements",
+        )
     }
 
     /// Builds the decoder graph over a whole sequence (causal). Inputs: `input_ids`,

@@ -72,6 +72,15 @@ pub(crate) fn dims() -> Vec<Dim> {
 /// a graph that a config's number alone could make the loader spend minutes or gigabytes on.
 pub const MAX_LAYERS: usize = 1024;
 
+/// Most elements one weight may have (2^40 where `usize` allows): a config's sizes are checked
+/// against it before any shape is multiplied out, so that no size computation overflows.
+pub const MAX_WEIGHT_ELEMENTS: u64 = if (usize::MAX as u64) < (1 << 43) { usize::MAX as u64 / 8 } else { 1 << 40 };
+
+/// Whether a weight of these dimensions stays within [`MAX_WEIGHT_ELEMENTS`].
+pub(crate) fn fits(dims: &[usize]) -> bool {
+    dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64)).is_some_and(|n| n <= MAX_WEIGHT_ELEMENTS)
+}
+
 pub(crate) struct Builder {
     pub(crate) g: Graph,
     pub(crate) shapes: Vec<Vec<usize>>,
@@ -159,6 +168,40 @@ mod tests {
         let m = build(ENCODER, &config(MAX_LAYERS)).unwrap();
         assert_eq!(m.graph.weights.len(), 5 + 16 * MAX_LAYERS);
         assert_eq!(m.weight_shapes.len(), m.graph.weights.len());
+    }
+
+    /// Sizes whose products overflow are refused by name, not multiplied (found by the
+    /// `wedge_structured` fuzz target: a decoder's num_heads × head_dim overflowed).
+    #[test]
+    fn sizes_whose_weights_overflow_are_refused() {
+        let decoder = |num_heads: usize, head_dim: usize, vocab_size: usize| DecoderConfig {
+            vocab_size,
+            hidden_size: 8,
+            intermediate_size: 16,
+            num_layers: 1,
+            num_heads,
+            num_kv_heads: 1,
+            head_dim,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_mode: RopeMode::Interleaved,
+            rope_scaling: Default::default(),
+            tie_word_embeddings: false,
+            qkv_bias: false,
+            context_length: 0,
+        };
+        decoder(2, 4, 32).build().unwrap();
+        for (heads, head_dim, vocab) in [(1 << 40, 1 << 30, 32), (2, 1 << 62, 32), (2, 4, usize::MAX / 2)] {
+            let e = decoder(heads, head_dim, vocab).build().unwrap_err().to_string();
+            assert!(e.contains("too large"), "{e}");
+        }
+        let encoder = serde_json::json!({
+            "activation": "gelu_erf", "hidden_size": 4, "intermediate_size": usize::MAX / 2,
+            "layer_norm_eps": 1e-12, "max_position_embeddings": 4, "normalize": true,
+            "num_heads": 2, "num_layers": 1, "pooling": "mean", "type_vocab_size": 1, "vocab_size": 4
+        });
+        let e = build(ENCODER, &encoder).unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
     }
 
     #[test]
