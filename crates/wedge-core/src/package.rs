@@ -372,8 +372,10 @@ impl Package {
     pub fn to_bytes(&self, level: i32) -> Result<(Vec<u8>, String)> {
         let mut data = Vec::new();
         let mut entries = Vec::new();
+        // one compression context for every section (making one costs more than a small tensor)
+        let mut zstd = zstd::bulk::Compressor::new(level)?;
         let mut put = |raw: &[u8]| -> Result<(u64, u64, u32)> {
-            let z = zstd::bulk::compress(raw, level)?;
+            let z = zstd.compress(raw)?;
             let off = data.len() as u64;
             data.extend_from_slice(&z);
             Ok((off, z.len() as u64, crc32fast::hash(&z)))
