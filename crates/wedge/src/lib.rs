@@ -197,8 +197,11 @@ impl Model {
     pub fn from_bytes_with_assets(
         bytes: &[u8],
     ) -> Result<(Model, std::collections::BTreeMap<String, Vec<u8>>, serde_json::Value)> {
+        // the graph first, from the header: an unknown architecture or a config that does not
+        // build is refused before any section is decompressed
+        let head = wedge_core::package::read_header(bytes, &wedge_core::package::PackageLimits::default())?;
+        let mg = wedge_core::models::build(&head.header.architecture, &head.header.config)?;
         let (pkg, digest) = Package::from_bytes(bytes)?;
-        let mg = wedge_core::models::build(&pkg.architecture, &pkg.config)?;
         let weights = mg.take_weights(pkg.tensors)?;
         let model = Model {
             graph: mg.graph,

@@ -82,6 +82,17 @@ fn config_err(msg: String) -> Error {
     Error::Core(wedge_core::Error::Config(msg))
 }
 
+/// Refuses a package whose architecture is not the decoder family.
+fn is_decoder(architecture: &str) -> Result<()> {
+    if architecture == wedge_core::models::DECODER {
+        return Ok(());
+    }
+    Err(config_err(format!(
+        "the package holds a `{architecture}` model, not a language model ({})",
+        wedge_core::models::DECODER
+    )))
+}
+
 impl LanguageModel {
     /// Loads a GGUF file (architecture `llama` or `qwen2`) onto `device`. Each tensor keeps
     /// its file's format and size (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K).
@@ -98,6 +109,9 @@ impl LanguageModel {
     /// a metadata-only GGUF asset (from a GGUF file) or as `tokenizer.json` and
     /// `tokenizer_config.json` (from a Hugging Face folder).
     pub fn from_wedge(bytes: &[u8], device: &Device, options: LmOptions) -> Result<LanguageModel> {
+        // a package of another kind is refused from its header, before its sections inflate
+        let limits = wedge_core::package::PackageLimits::default();
+        is_decoder(&wedge_core::package::read_header(bytes, &limits)?.header.architecture)?;
         let (pkg, _digest) = wedge_core::Package::from_bytes(bytes)?;
         LanguageModel::from_package(pkg, device, options)
     }
@@ -105,13 +119,7 @@ impl LanguageModel {
     /// [`LanguageModel::from_wedge`] of a package already in memory (such as one imported from
     /// a Hugging Face folder).
     pub fn from_package(pkg: wedge_core::Package, device: &Device, options: LmOptions) -> Result<LanguageModel> {
-        if pkg.architecture != wedge_core::models::DECODER {
-            return Err(config_err(format!(
-                "the package holds a `{}` model, not a language model ({})",
-                pkg.architecture,
-                wedge_core::models::DECODER
-            )));
-        }
+        is_decoder(&pkg.architecture)?;
         let config: DecoderConfig = serde_json::from_value(pkg.config.clone())
             .map_err(|e| config_err(format!("{} config: {e}", pkg.architecture)))?;
         let (vocab, architecture) = if let Some(asset) = pkg.assets.get(llama::VOCAB_ASSET) {

@@ -288,6 +288,45 @@ fn package_round_trip_runs_the_same() {
     assert!(err.contains("encoder.layer.1.output.dense.weight"), "{err}");
 }
 
+/// A package is refused for its family or its config from the header, before a section is
+/// decompressed: here every section is damaged, and the error is still about what the package
+/// is, not its checksums (a wrong file fails at once, whatever its size).
+#[test]
+fn a_package_of_the_other_family_is_refused_from_its_header() {
+    let damaged = |pkg: &wedge::Package| {
+        let (mut bytes, _) = pkg.to_bytes(3).unwrap();
+        let head = wedge_core::package::read_header(&bytes, &Default::default()).unwrap();
+        for t in &head.header.tensors {
+            bytes[head.data_offset + t.offset as usize] ^= 0x55;
+        }
+        bytes
+    };
+    let cfg = encoder_config();
+    let mg = cfg.build().unwrap();
+    let encoder = wedge::Package {
+        architecture: wedge_core::models::ENCODER.to_string(),
+        config: serde_json::to_value(&cfg).unwrap(),
+        metadata: Default::default(),
+        tensors: random_weights(&mg, Format::Q8, 5),
+        assets: Default::default(),
+    };
+    let err = LanguageModel::from_wedge(&damaged(&encoder), &Device::cpu(), LmOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("not a language model"), "{err}");
+    let mut bad_config = encoder.clone();
+    bad_config.config["num_heads"] = serde_json::json!(0);
+    let err = Model::from_bytes(&damaged(&bad_config)).unwrap_err().to_string();
+    assert!(!err.contains("checksum"), "{err}");
+    // and intact, the encoder still loads (the checks cost nothing to a right file)
+    Model::from_bytes(&encoder.to_bytes(3).unwrap().0).unwrap();
+
+    let gguf = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/tiny/qwen2_linear.gguf")).unwrap();
+    let decoder = wedge_import::import_gguf(&gguf, "test", wedge_import::DecoderQuant::Keep).unwrap();
+    let err = wedge::Embedder::from_bytes(&damaged(&decoder), &Device::cpu()).unwrap_err();
+    assert!(err.to_string().contains("not a sentence encoder"), "{err}");
+    let err = LanguageModel::from_wedge(&damaged(&decoder), &Device::cpu(), LmOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+}
+
 /// One step of the stateful decoder: `(seq, first position, tokens)` per entry, the logits of
 /// every token back.
 fn cached_step(session: &Session, state: &mut wedge::State, work: &[(u32, usize, &[u32])]) -> Vec<Vec<f32>> {
