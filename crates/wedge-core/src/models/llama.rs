@@ -325,7 +325,7 @@ impl DecoderConfig {
         check(d > 0 && d % 2 == 0, "head_dim must be even")?;
         check(self.num_layers <= super::MAX_LAYERS, "num_layers is over 1024")?;
         check(self.vocab_size > 0 && self.num_layers > 0 && h > 0, "sizes must be positive")?;
-        let (q, kv) = (nh.checked_mul(d).unwrap_or(usize::MAX), nkv.checked_mul(d).unwrap_or(usize::MAX));
+        let (q, kv) = (nh.saturating_mul(d), nkv.saturating_mul(d));
         let weights = [[q, h], [kv, h], [self.vocab_size, h], [self.intermediate_size, h]];
         check(
             weights.iter().all(|w| super::fits(w)),
