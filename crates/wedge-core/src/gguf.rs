@@ -632,22 +632,11 @@ impl Gguf<'_> {
             return Err(err(format!("tensor `{}`: {} bytes given, it has {}", t.name, data.len(), t.size)));
         }
         let shape = t.shape();
-        let words = |b: &[u8]| b.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
         let (format, packed, scales) = match t.ty {
-            GgmlType::F32 => (Format::F32, words(data), Vec::new()),
-            GgmlType::F16 | GgmlType::BF16 => {
-                // pairs of halves, low first: the f16 (bf16) layout; a row of odd length ends in
-                // a zero half of its own word
-                let cols = shape.last().copied().unwrap_or(0);
-                let mut w = Vec::with_capacity(data.len() / 4 + shape.len());
-                for row in data.chunks_exact(2 * cols) {
-                    for pair in row.chunks(4) {
-                        let h = |i: usize| u32::from(pair.get(i).copied().unwrap_or(0));
-                        w.push(h(0) | h(1) << 8 | h(2) << 16 | h(3) << 24);
-                    }
-                }
-                (if t.ty == GgmlType::F16 { Format::F16 } else { Format::Bf16 }, w, Vec::new())
-            }
+            // as they are, bit for bit
+            GgmlType::F32 => return Weight::from_le_bytes(&t.name, &shape, Format::F32, data),
+            GgmlType::F16 => return Weight::from_le_bytes(&t.name, &shape, Format::F16, data),
+            GgmlType::BF16 => return Weight::from_le_bytes(&t.name, &shape, Format::Bf16, data),
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
                 let one = matches!(t.ty, GgmlType::Q4_1 | GgmlType::Q5_1);
                 let five = matches!(t.ty, GgmlType::Q5_0 | GgmlType::Q5_1);

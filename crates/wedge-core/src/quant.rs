@@ -560,6 +560,36 @@ impl Weight {
         Weight::quantize(name, shape, values, Format::F32)
     }
 
+    /// A weight that holds little-endian F32, F16 or BF16 values (`data`, the values of
+    /// `shape` in row-major order, as safetensors and GGUF store them) bit for bit: nothing is
+    /// converted or rounded. A row of odd length in a half format ends in a zero half of its
+    /// own word.
+    pub fn from_le_bytes(name: &str, shape: &[usize], format: Format, data: &[u8]) -> Result<Weight> {
+        let size = match format {
+            Format::F32 => 4,
+            Format::F16 | Format::Bf16 => 2,
+            other => return Err(weight_err(name, format!("{other} is not a float format"))),
+        };
+        let (rows, cols) = check_len(name, shape, data.len() / size)?;
+        if !data.len().is_multiple_of(size) {
+            return Err(weight_err(name, format!("{} bytes are not whole {format} values", data.len())));
+        }
+        let word = |b: &[u8]| {
+            let byte = |i: usize| u32::from(b.get(i).copied().unwrap_or(0));
+            byte(0) | byte(1) << 8 | byte(2) << 16 | byte(3) << 24
+        };
+        let words = if size == 4 || cols == 0 {
+            data.chunks_exact(4).map(word).collect()
+        } else {
+            let mut words = Vec::with_capacity(rows * format.words_per_row(cols));
+            for row in data.chunks_exact(2 * cols) {
+                words.extend(row.chunks(4).map(word));
+            }
+            words
+        };
+        Weight::from_packed(name, shape, format, words, Vec::new())
+    }
+
     /// Builds a weight from already packed words, checking every length against the shape.
     pub fn from_packed(
         name: &str,
@@ -909,6 +939,38 @@ mod tests {
         assert!(err.to_string().contains("needs"), "{err}");
         assert!(Weight::quantize("t", &[2, 2], &[0.0; 3], Format::F32).is_err());
         assert!(Weight::quantize("t", &[2, 32], &[0.0; 64], Format::Q4 { group: 48 }).is_err());
+    }
+
+    /// Little-endian f32/f16/bf16 bytes make the weight `quantize` makes of the same values
+    /// (which each of these formats holds exactly), ragged rows, empty shapes and NaN bits
+    /// included; lengths that do not match and other formats are refused.
+    #[test]
+    fn float_bytes_are_kept_bit_for_bit() {
+        for (rows, cols) in [(3, 5), (2, 64), (1, 1), (4, 7), (0, 3), (3, 0)] {
+            let shape = [rows, cols];
+            let v = random(rows * cols, (rows * 31 + cols) as u64);
+            let cases: [(Format, Vec<u8>); 3] = [
+                (Format::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                (Format::F16, v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect()),
+                (Format::Bf16, v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()),
+            ];
+            for (format, bytes) in cases {
+                let w = Weight::from_le_bytes("t", &shape, format, &bytes).unwrap();
+                let exact = Weight::quantize("t", &shape, &w.to_f32(), format).unwrap();
+                assert_eq!(w.words, exact.words, "{format} {shape:?}");
+                let q = Weight::quantize("t", &shape, &v, format).unwrap();
+                assert_eq!(w.words, q.words, "{format} {shape:?}");
+                if !bytes.is_empty() {
+                    let short = Weight::from_le_bytes("t", &shape, format, &bytes[1..]).unwrap_err();
+                    assert!(short.to_string().contains("t"), "{short}");
+                }
+            }
+        }
+        let nan = f16::from_bits(0x7e01);
+        let w = Weight::from_le_bytes("n", &[1, 1], Format::F16, &nan.to_le_bytes()).unwrap();
+        assert_eq!(w.words, [0x7e01]);
+        assert!(Weight::from_le_bytes("t", &[1, 2], Format::Q8, &[0; 2]).is_err());
+        assert!(Weight::from_le_bytes("t", &[2, 2], Format::F32, &[0; 12]).is_err());
     }
 
     #[test]

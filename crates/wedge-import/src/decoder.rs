@@ -13,7 +13,7 @@ use wedge_core::models::DECODER;
 use wedge_core::models::llama::{self, DecoderConfig};
 use wedge_core::quant::{Format, SUPER_BLOCK, Weight};
 
-use crate::{ImportError, Result, read, read_json, to_f32};
+use crate::{ImportError, Result, read, read_json, unsupported_dtype};
 
 /// How a decoder's weight matrices are stored in the package.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -111,12 +111,12 @@ pub fn import_hf_decoder(dir: &Path, quant: DecoderQuant) -> Result<Package> {
                 )));
             }
             let format = match view.dtype() {
+                safetensors::Dtype::F32 => Format::F32,
                 safetensors::Dtype::F16 => Format::F16,
                 safetensors::Dtype::BF16 => Format::Bf16,
-                _ => Format::F32,
+                other => return Err(unsupported_dtype(&name, other)),
             };
-            // (f16 and bf16 values come back exactly from f32)
-            tensors.push(Weight::quantize(&name, shape, &to_f32(&name, &view)?, format)?);
+            tensors.push(Weight::from_le_bytes(&name, shape, format, view.data())?);
         }
     }
     if let Some(name) = wanted.keys().next() {

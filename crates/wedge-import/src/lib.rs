@@ -228,10 +228,13 @@ fn to_f32(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<
         Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        other => {
-            return Err(ImportError::Tensor(format!("tensor `{name}` has dtype {other:?}; supported: F32, F16, BF16")));
-        }
+        other => return Err(unsupported_dtype(name, other)),
     })
+}
+
+/// The error for a tensor of a type the importers do not read.
+fn unsupported_dtype(name: &str, dtype: safetensors::Dtype) -> ImportError {
+    ImportError::Tensor(format!("tensor `{name}` has dtype {dtype:?}; supported: F32, F16, BF16"))
 }
 
 /// The f32 weights of an encoder folder, named and ordered as the encoder graph wants them.
