@@ -311,9 +311,11 @@ pub fn verify_sections(bytes: &[u8], parsed: &ParsedHeader) -> Result<()> {
 
 /// Checks a section's CRC and decompresses it to exactly `raw_len` bytes.
 fn inflate(what: &str, data: &[u8], offset: u64, stored_len: u64, raw_len: u64, crc: u32) -> Result<Vec<u8>> {
-    // Bounds were checked in validate_header.
-    let start = offset as usize;
-    let stored = &data[start..start + stored_len as usize];
+    // (validate_header checked the bounds against the file the header came with)
+    let section = usize::try_from(offset).ok().zip(usize::try_from(stored_len).ok());
+    let stored = section
+        .and_then(|(start, len)| data.get(start..start.checked_add(len)?))
+        .ok_or_else(|| bad(format!("{what}: section runs past the end of the data")))?;
     if crc32fast::hash(stored) != crc {
         return Err(bad(format!("{what}: checksum mismatch (corrupt data)")));
     }
@@ -339,8 +341,14 @@ impl Package {
 
     /// Reads a whole package, validating it against `limits`. Returns it with its digest.
     pub fn from_bytes_with(bytes: &[u8], limits: &PackageLimits) -> Result<(Package, String)> {
-        let parsed = read_header(bytes, limits)?;
-        let data = &bytes[parsed.data_offset..];
+        Package::from_parsed(bytes, read_header(bytes, limits)?)
+    }
+
+    /// Reads a whole package whose header [`read_header`] has parsed and validated already
+    /// (`parsed`, from these `bytes`): a loader that looked at the header first does not parse
+    /// it again. Returns the package with its digest.
+    pub fn from_parsed(bytes: &[u8], parsed: ParsedHeader) -> Result<(Package, String)> {
+        let data = bytes.get(parsed.data_offset..).ok_or_else(|| bad("truncated: the data area is missing"))?;
         let h = parsed.header;
         let mut tensors = Vec::with_capacity(h.tensors.len());
         for t in &h.tensors {

@@ -107,14 +107,15 @@ impl Embedder {
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Embedder> {
         // a package of another family is refused from its header, before its sections inflate
         let limits = wedge_core::package::PackageLimits::default();
-        let architecture = wedge_core::package::read_header(bytes, &limits)?.header.architecture;
+        let head = wedge_core::package::read_header(bytes, &limits)?;
+        let architecture = &head.header.architecture;
         if architecture != wedge_core::models::ENCODER {
             return Err(config_err(format!(
                 "the package holds a `{architecture}` model, not a sentence encoder ({})",
                 wedge_core::models::ENCODER
             )));
         }
-        let (model, assets, config) = Model::from_bytes_with_assets(bytes)?;
+        let (model, assets, config) = Model::from_parsed(bytes, head)?;
         let tok =
             assets.get("tokenizer.json").ok_or_else(|| config_err("the package carries no tokenizer.json".into()))?;
         let max = config

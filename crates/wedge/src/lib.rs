@@ -47,6 +47,9 @@ pub use wedge_core::plan::{HostTensor, Plan, WeightInfo};
 pub use wedge_core::quant::{Format, Weight};
 pub use wedge_gpu::{AdapterChoice, AdapterSummary};
 
+/// A package's assets (tokenizer files and the like) by name.
+pub type Assets = std::collections::BTreeMap<String, Vec<u8>>;
+
 /// wgpu types, for applications that share a device with wedge.
 pub mod gpu {
     pub use wedge_gpu::GpuContext;
@@ -194,14 +197,17 @@ impl Model {
     }
 
     /// Loads a package and also returns its assets and its config.
-    pub fn from_bytes_with_assets(
-        bytes: &[u8],
-    ) -> Result<(Model, std::collections::BTreeMap<String, Vec<u8>>, serde_json::Value)> {
+    pub fn from_bytes_with_assets(bytes: &[u8]) -> Result<(Model, Assets, serde_json::Value)> {
+        Model::from_parsed(bytes, read_header(bytes, &PackageLimits::default())?)
+    }
+
+    /// [`Model::from_bytes_with_assets`] of a package whose header [`read_header`] has parsed
+    /// already (`head`, from these `bytes`).
+    pub fn from_parsed(bytes: &[u8], head: ParsedHeader) -> Result<(Model, Assets, serde_json::Value)> {
         // the graph first, from the header: an unknown architecture or a config that does not
         // build is refused before any section is decompressed
-        let head = wedge_core::package::read_header(bytes, &wedge_core::package::PackageLimits::default())?;
         let mg = wedge_core::models::build(&head.header.architecture, &head.header.config)?;
-        let (pkg, digest) = Package::from_bytes(bytes)?;
+        let (pkg, digest) = Package::from_parsed(bytes, head)?;
         let weights = mg.take_weights(pkg.tensors)?;
         let model = Model {
             graph: mg.graph,

@@ -111,8 +111,9 @@ impl LanguageModel {
     pub fn from_wedge(bytes: &[u8], device: &Device, options: LmOptions) -> Result<LanguageModel> {
         // a package of another kind is refused from its header, before its sections inflate
         let limits = wedge_core::package::PackageLimits::default();
-        is_decoder(&wedge_core::package::read_header(bytes, &limits)?.header.architecture)?;
-        let (pkg, _digest) = wedge_core::Package::from_bytes(bytes)?;
+        let head = wedge_core::package::read_header(bytes, &limits)?;
+        is_decoder(&head.header.architecture)?;
+        let (pkg, _digest) = wedge_core::Package::from_parsed(bytes, head)?;
         LanguageModel::from_package(pkg, device, options)
     }
 
