@@ -13,8 +13,18 @@
 //! template in a file cannot hang its caller.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokenizers::Tokenizer;
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::models::bpe::{BPE, Vocab as BpeVocab};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
 use wedge_core::gguf::{Array, Gguf, Value};
 
 use crate::{Error, Result};
@@ -59,19 +69,21 @@ fn tok_err(msg: impl Into<String>) -> Error {
 
 /// The `tokenizers` pre-tokenizer for a `tokenizer.ggml.pre`, and whether merges are skipped
 /// for words that are whole tokens (llama.cpp does so for Llama 3).
-fn pre_tokenizer(pre: &str) -> Option<(serde_json::Value, bool)> {
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
-    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
+fn pre_tokenizer(pre: &str) -> Option<Result<(PreTokenizerWrapper, bool)>> {
+    let byte_level = |use_regex: bool| PreTokenizerWrapper::from(ByteLevel::new(false, false, use_regex));
+    let split = |re: &str| -> Result<PreTokenizerWrapper> {
+        let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| tok_err(format!("the split of `{pre}`: {e}")))?;
+        Ok(split.into())
+    };
+    let sequence = |parts: Vec<PreTokenizerWrapper>| PreTokenizerWrapper::from(PreSequence::new(parts));
     Some(match pre {
         // GPT-2's own split is ByteLevel's regex
-        "gpt-2" => (byte_level(true), false),
+        "gpt-2" => Ok((byte_level(true), false)),
         // digits one at a time, then GPT-2's split
-        "smollm" => (
-            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-            false,
-        ),
-        "qwen2" => (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]}), false),
-        "llama-bpe" => (json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]}), true),
+        "smollm" => Ok((sequence(vec![Digits::new(true).into(), byte_level(true)]), false)),
+        "qwen2" => split(QWEN2_SPLIT).map(|s| (sequence(vec![s, byte_level(false)]), false)),
+        "llama-bpe" => split(LLAMA3_SPLIT).map(|s| (sequence(vec![s, byte_level(false)]), true)),
         _ => return None,
     })
 }
@@ -84,38 +96,46 @@ fn gguf_strings<'g>(g: &'g Gguf<'_>, key: &str) -> Result<&'g [String]> {
     }
 }
 
-/// The `tokenizers` spec of a byte-level BPE vocabulary (`tokenizer.ggml.model = gpt2`): the
+/// The parts of a `tokenizers` tokenizer that differ between the vocabulary kinds.
+struct TokenizerParts {
+    bpe: BPE,
+    normalizer: Option<NormalizerWrapper>,
+    pre_tokenizer: Option<PreTokenizerWrapper>,
+    decoder: DecoderWrapper,
+}
+
+fn bpe_err(e: impl std::fmt::Display) -> Error {
+    tok_err(format!("building the tokenizer: {e}"))
+}
+
+/// The `tokenizers` parts of a byte-level BPE vocabulary (`tokenizer.ggml.model = gpt2`): the
 /// file's merges, split first by the pre-tokenizer `tokenizer.ggml.pre` names.
-fn byte_level_bpe(
-    g: &Gguf<'_>,
-    _tokens: &[String],
-    vocab: serde_json::Map<String, serde_json::Value>,
-    added: Vec<serde_json::Value>,
-) -> Result<serde_json::Value> {
+fn byte_level_bpe(g: &Gguf<'_>, vocab: BpeVocab) -> Result<TokenizerParts> {
     let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
     let (pre_tokenizer, ignore_merges) = pre_tokenizer(pre).ok_or_else(|| {
         tok_err(format!(
             "tokenizer.ggml.pre `{pre}` is not one wedge knows ({}): its splitting rules would be a guess",
             KNOWN_PRE.join(", ")
         ))
-    })?;
-    let pairs = gguf_strings(g, "tokenizer.ggml.merges")?
+    })??;
+    let merges = gguf_strings(g, "tokenizer.ggml.merges")?
         .iter()
         .map(|m| {
-            m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or_else(|| tok_err(format!("merge {m:?} has no space")))
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| tok_err(format!("merge {m:?} has no space")))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-        "pre_tokenizer": pre_tokenizer, "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                  "ignore_merges": ignore_merges, "vocab": vocab, "merges": pairs},
-    }))
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).ignore_merges(ignore_merges).build().map_err(bpe_err)?;
+    Ok(TokenizerParts {
+        bpe,
+        normalizer: None,
+        pre_tokenizer: Some(pre_tokenizer),
+        decoder: ByteLevel::new(true, true, true).into(),
+    })
 }
 
-/// The `tokenizers` spec of a SentencePiece vocabulary (`tokenizer.ggml.model = llama`), made
+/// The `tokenizers` parts of a SentencePiece vocabulary (`tokenizer.ggml.model = llama`), made
 /// to segment as llama.cpp's SPM tokenizer does: spaces become `▁` (one put in front of the
 /// text, and after each special token, unless `add_space_prefix` is false), then adjacent
 /// pieces merge, the pair whose joined piece scores highest first (leftmost among equals); a
@@ -124,13 +144,7 @@ fn byte_level_bpe(
 /// reaches every piece whose characters are pieces themselves, which SentencePiece's training
 /// makes sure of; llama.cpp could also reach a piece spelled with a character outside the
 /// vocabulary.)
-fn sentencepiece(
-    g: &Gguf<'_>,
-    tokens: &[String],
-    types: &[i64],
-    vocab: serde_json::Map<String, serde_json::Value>,
-    added: Vec<serde_json::Value>,
-) -> Result<serde_json::Value> {
+fn sentencepiece(g: &Gguf<'_>, tokens: &[String], types: &[i64], vocab: BpeVocab) -> Result<TokenizerParts> {
     let scores = match g.get("tokenizer.ggml.scores").and_then(Value::as_array).and_then(Array::to_f64) {
         Some(v) if v.len() == tokens.len() => v,
         _ => return Err(tok_err("tokenizer.ggml.scores is not one number per token")),
@@ -141,7 +155,7 @@ fn sentencepiece(
         None => types.iter().position(|t| *t == UNKNOWN).map(|i| tokens[i].clone()),
     };
     // the first id of a piece that appears twice is the one looked up, as in the vocabulary
-    let id_of = |piece: &str| vocab.get(piece).and_then(serde_json::Value::as_u64).map(|i| i as usize);
+    let id_of = |piece: &str| vocab.get(piece).map(|&i| i as usize);
     let mut ranked: Vec<(f64, usize, &str, &str)> = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
         if types[id] != NORMAL || id_of(piece) != Some(id) {
@@ -156,23 +170,24 @@ fn sentencepiece(
         }
     }
     ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
-    let merges: Vec<_> = ranked.iter().map(|(_, _, a, b)| json!([a, b])).collect();
+    let merges = ranked.iter().map(|(_, _, a, b)| (a.to_string(), b.to_string())).collect();
+    let mut bpe = BPE::builder().vocab_and_merges(vocab, merges).fuse_unk(true).byte_fallback(true);
+    if let Some(unk) = unk {
+        bpe = bpe.unk_token(unk);
+    }
+    let replace = |from: &str, to: &str| Replace::new(from, to).map_err(bpe_err);
     let mut normalizers = Vec::new();
     if add_prefix {
-        normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
+        normalizers.push(Prepend::new("▁".to_string()).into());
     }
-    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
-    Ok(json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": {"type": "Sequence", "normalizers": normalizers},
-        "pre_tokenizer": null, "post_processor": null,
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
-            {"type": "ByteFallback"}, {"type": "Fuse"}]},
-        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
-                  "ignore_merges": false, "vocab": vocab, "merges": merges},
-    }))
+    normalizers.push(replace(" ", "▁")?.into());
+    let decoders = vec![replace("▁", " ")?.into(), ByteFallback::new().into(), Fuse::new().into()];
+    Ok(TokenizerParts {
+        bpe: bpe.build().map_err(bpe_err)?,
+        normalizer: Some(NormalizerSequence::new(normalizers).into()),
+        pre_tokenizer: None,
+        decoder: DecoderSequence::new(decoders).into(),
+    })
 }
 
 /// A language model's tokenizer, special tokens and chat template.
@@ -250,26 +265,22 @@ impl Vocab {
         }
 
         // the first id of a string that appears twice keeps it, as llama.cpp's lookup does
-        let mut vocab = serde_json::Map::with_capacity(tokens.len());
+        let mut vocab = BpeVocab::default();
+        vocab.reserve(tokens.len());
         for (i, t) in tokens.iter().enumerate() {
-            vocab.entry(t.clone()).or_insert(json!(i));
+            vocab.entry(t.clone()).or_insert(i as u32);
         }
-        let added: Vec<_> = types
+        let added: Vec<AddedToken> = types
             .iter()
             .enumerate()
             .filter(|(_, t)| matches!(**t, CONTROL | USER_DEFINED))
-            .map(|(i, t)| {
-                json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false,
-                       "normalized": false, "special": *t == CONTROL})
-            })
+            .map(|(i, t)| AddedToken::from(tokens[i].clone(), *t == CONTROL).normalized(false))
             .collect();
-        let spec = if model == "gpt2" {
-            byte_level_bpe(g, tokens, vocab, added)?
-        } else {
-            sentencepiece(g, tokens, &types, vocab, added)?
-        };
-        let tokenizer: Tokenizer =
-            spec.to_string().parse().map_err(|e| tok_err(format!("building the tokenizer: {e}")))?;
+        let parts = if model == "gpt2" { byte_level_bpe(g, vocab)? } else { sentencepiece(g, tokens, &types, vocab)? };
+        let mut tokenizer = Tokenizer::new(parts.bpe);
+        tokenizer.with_normalizer(parts.normalizer).with_pre_tokenizer(parts.pre_tokenizer);
+        tokenizer.with_decoder(Some(parts.decoder));
+        tokenizer.add_tokens(&added);
         let mut plain = tokenizer.clone();
         plain.set_encode_special_tokens(true);
         let template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
@@ -449,11 +460,7 @@ mod tests {
     #[test]
     fn every_known_pre_tokenizer_builds() {
         for pre in KNOWN_PRE {
-            let (spec, _) = pre_tokenizer(pre).unwrap();
-            let full = json!({"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": spec,
-                              "post_processor": null, "decoder": null, "truncation": null, "padding": null,
-                              "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}});
-            assert!(full.to_string().parse::<Tokenizer>().is_ok(), "{pre}");
+            assert!(pre_tokenizer(pre).unwrap().is_ok(), "{pre}");
         }
         assert!(pre_tokenizer("deepseek-llm").is_none());
     }
