@@ -63,6 +63,8 @@ pub struct Embedder {
     dim: usize,
     digest: Option<String>,
     weight_bytes: u64,
+    /// The graph pools the first token's state (it takes [`wedge_core::models::CLS_ROWS`]).
+    cls: bool,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -100,6 +102,7 @@ impl Embedder {
             dim,
             digest: model.digest().map(str::to_string),
             weight_bytes: model.weights().iter().map(|w| w.packed_bytes() as u64).sum(),
+            cls: model.graph().inputs.iter().any(|i| i.name == wedge_core::models::CLS_ROWS),
         })
     }
 
@@ -180,12 +183,17 @@ impl Embedder {
             mask[i * s..i * s + l].fill(1);
         }
         let pos: Vec<u32> = (0..b * s).map(|i| (i % s) as u32).collect();
-        Ok(vec![
+        let mut inputs = vec![
             HostTensor::u32(&[b, s], &ids),
             HostTensor::u32(&[b, s], &types),
             HostTensor::u32(&[b, s], &pos),
             HostTensor::u32(&[b, s], &mask),
-        ])
+        ];
+        if self.cls {
+            let rows: Vec<u32> = (0..b).map(|i| (i * s) as u32).collect();
+            inputs.push(HostTensor::u32(&[b], &rows));
+        }
+        Ok(inputs)
     }
 
     /// Embeds tokenized texts as one batch.

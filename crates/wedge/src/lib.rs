@@ -39,7 +39,7 @@ pub use wedge_cpu::{integer_kernels as cpu_integer_kernels, threads as cpu_threa
 pub use wedge_core::gguf::{GgmlType, Gguf};
 pub use wedge_core::graph::StateElem;
 pub use wedge_core::graph::{Activation, Dim, Elem, Graph, Op, RopeMode, RopeScaling, ValueId, WeightId};
-pub use wedge_core::models::{DECODER, DecoderConfig, ENCODER, EncoderConfig, ModelGraph, NormKind, Pooling};
+pub use wedge_core::models::{CLS_ROWS, DECODER, DecoderConfig, ENCODER, EncoderConfig, ModelGraph, NormKind, Pooling};
 pub use wedge_core::package::{
     PREFIX_LEN, Package, PackageLimits, ParsedHeader, header_len, read_header, read_header_of,
 };

@@ -130,6 +130,55 @@ fn encoder_gpu_matches_cpu_in_every_format() {
     }
 }
 
+/// CLS pooling (the sentence-transformers models whose pooling takes `pooling_mode_cls_token`,
+/// as BGE's do): the embedding is each sequence's first token state, normalized, at every
+/// padding, on the CPU and the GPU; through the Embedder, a text embeds alone as it does in a
+/// batch, and not as the same weights pooled by mean.
+#[test]
+fn cls_pooling_takes_each_sequence_first_token() {
+    let cfg = EncoderConfig { pooling: Pooling::Cls, vocab_size: 300, ..encoder_config() };
+    let mg = cfg.build().unwrap();
+    let (lens, s, h) = ([5, 17, 1, 9], 17, 64);
+    let mut inputs = encoder_inputs(&lens, 13);
+    inputs.push(HostTensor::u32(&[4], &[0, 17, 34, 51]));
+    let weights = random_weights(&mg, Format::F32, 7);
+    let (cpu, gpu) = both(&mg.graph, &weights, &inputs);
+    let (hidden, emb) = (cpu[0].to_f32(), cpu[1].to_f32());
+    assert_eq!(cpu[1].shape, vec![4, h]);
+    for i in 0..lens.len() {
+        let first = &hidden[i * s * h..(i * s + 1) * h];
+        let norm = first.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let want: Vec<f32> = first.iter().map(|v| v / norm).collect();
+        assert_close(&format!("cls embedding {i}"), "encoder", &emb[i * h..(i + 1) * h], &want);
+    }
+    if let Some(gpu) = gpu {
+        assert_close("cls embedding on the GPU", "encoder", &gpu[1].to_f32(), &emb);
+    }
+
+    let tokenizer =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/tiny/llama3_hf/tokenizer.json")).unwrap();
+    let package = |pooling: Pooling| {
+        let cfg = EncoderConfig { pooling, ..cfg.clone() };
+        let pkg = wedge::Package {
+            architecture: wedge_core::models::ENCODER.to_string(),
+            config: serde_json::to_value(&cfg).unwrap(),
+            metadata: Default::default(),
+            tensors: weights.clone(),
+            assets: [("tokenizer.json".to_string(), tokenizer.clone())].into(),
+        };
+        wedge::Embedder::from_bytes(&pkg.to_bytes(3).unwrap().0, &Device::cpu()).unwrap()
+    };
+    let (cls, mean) = (package(Pooling::Cls), package(Pooling::Mean));
+    let texts = ["a short one", "and a much longer text, padded by nothing at all", "x"];
+    let batch = cls.embed(&texts).unwrap();
+    for (text, v) in texts.iter().zip(&batch) {
+        assert_close(&format!("{text:?} alone"), "encoder", &cls.embed(&[text]).unwrap()[0], v);
+    }
+    let by_mean = mean.embed(&texts).unwrap();
+    let cos: f32 = batch[1].iter().zip(&by_mean[1]).map(|(a, b)| a * b).sum();
+    assert!(cos < 0.999, "cls and mean pooling gave the same vector (cosine {cos})");
+}
+
 /// The encoder variants other trainers make (burn's pre-norm `TransformerEncoder`, RMSNorm,
 /// no embedding norm, a final norm): the GPU runs them as the CPU does, and each changes the
 /// output (the option is not ignored).

@@ -6,8 +6,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Builder, ModelGraph, check, dims};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::graph::{Activation, BinaryOp, Elem, Op};
+
+/// The encoder input that CLS pooling reads: `[batch]` u32, the row of each sequence's first
+/// token in the flattened `[batch·seq, hidden]` states (`i·seq` for sequence `i`).
+pub const CLS_ROWS: &str = "cls_rows";
 
 /// Pooling of a sentence encoder's token states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,7 +19,7 @@ use crate::graph::{Activation, BinaryOp, Elem, Op};
 pub enum Pooling {
     /// Masked mean over tokens.
     Mean,
-    /// The first token's state.
+    /// The first token's state (BERT's `[CLS]`).
     Cls,
 }
 
@@ -82,8 +86,8 @@ fn no_norm() -> NormKind {
 
 impl EncoderConfig {
     /// Builds the encoder graph. Inputs: `input_ids`, `token_type_ids`, `position_ids`,
-    /// `attention_mask` (all `[batch, seq]` u32). Outputs: `last_hidden_state` and,
-    /// with pooling, `embedding` `[batch, hidden]`.
+    /// `attention_mask` (all `[batch, seq]` u32) and, with CLS pooling, [`CLS_ROWS`].
+    /// Outputs: `last_hidden_state` and `embedding` `[batch, hidden]`.
     pub fn build(&self) -> Result<ModelGraph> {
         let (h, nh) = (self.hidden_size, self.num_heads);
         check(h > 0 && nh > 0 && h % nh == 0, "hidden_size must be a positive multiple of num_heads")?;
@@ -102,6 +106,7 @@ impl EncoderConfig {
         let types = b.g.input("token_type_ids", Elem::U32, dims());
         let pos = b.g.input("position_ids", Elem::U32, dims());
         let mask = b.g.input("attention_mask", Elem::U32, dims());
+        let cls_rows = (self.pooling == Pooling::Cls).then(|| b.g.input(CLS_ROWS, Elem::U32, vec![dims()[0].clone()]));
         let we = b.w("embeddings.word_embeddings.weight", &[self.vocab_size, h]);
         let pe = b.w("embeddings.position_embeddings.weight", &[self.max_position_embeddings, h]);
         let te = b.w("embeddings.token_type_embeddings.weight", &[self.type_vocab_size, h]);
@@ -135,10 +140,11 @@ impl EncoderConfig {
         }
         x = b.norm(self.final_norm, x, "encoder.final_norm", h, eps);
         b.g.output("last_hidden_state", x);
-        let pooled = match self.pooling {
-            Pooling::Mean => b.g.push(Op::MeanPool, &[x, mask]),
-            Pooling::Cls => {
-                return Err(Error::Config("cls pooling is not supported yet; use mean".into()));
+        let pooled = match cls_rows {
+            None => b.g.push(Op::MeanPool, &[x, mask]),
+            Some(rows) => {
+                let flat = b.g.push(Op::Reshape(vec![-1, h as i64]), &[x]);
+                b.g.push(Op::SelectRows, &[flat, rows])
             }
         };
         let e = if self.normalize { b.g.push(Op::L2Normalize { eps: 1e-12 }, &[pooled]) } else { pooled };

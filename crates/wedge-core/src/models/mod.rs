@@ -6,7 +6,7 @@
 pub mod bert;
 pub mod llama;
 
-pub use bert::{EncoderConfig, NormKind, Pooling};
+pub use bert::{CLS_ROWS, EncoderConfig, NormKind, Pooling};
 pub use llama::DecoderConfig;
 
 use crate::error::{Error, Result};
