@@ -42,6 +42,10 @@ fn with_header_digest(data: &[u8]) -> Option<Vec<u8>> {
 /// Everything a user's entry point does with a package: the reader, `wedge inspect`'s
 /// section check, and loading it as an encoder and as a decoder on the CPU, then running it.
 pub(crate) fn load(bytes: &[u8]) {
+    // a package over this node's limits is refused here, as such a node refuses it: the
+    // loaders read with the default limits (4 GiB a tensor), which a few KiB of zstd frames
+    // could claim and make them inflate
+    let Ok(parsed) = read_header(bytes, &LIMITS) else { return };
     let mut loaded = false;
     if let Ok(e) = Embedder::from_bytes(bytes, cpu()) {
         loaded = true;
@@ -53,9 +57,8 @@ pub(crate) fn load(bytes: &[u8]) {
     }
     // a package that loaded had every section checked and inflated on the way: the check
     // alone is run for the others (inflating every section a second time was a fifth of
-    // each input's time), and the header is read for it only then (the loaders read it
-    // themselves: reading it here too was a twentieth of each input's time)
-    if !loaded && let Ok(parsed) = read_header(bytes, &LIMITS) {
+    // each input's time)
+    if !loaded {
         let _ = verify_sections(bytes, &parsed);
     }
 }
